@@ -1,0 +1,491 @@
+"""The KPI engine: validated events in, KPI records out. Pure: no I/O, clock injected.
+
+The worker and `kpi-engine replay` drive the same object:
+
+    engine.ingest(event, source)   # dedup, late check, aggregate updates
+    engine.advance()               # watermarks -> close windows -> final/revised records
+    engine.flush()                 # end of input: close everything
+
+A *source* is whatever orders events (a topic partition); a family's watermark is the
+minimum over its sources of the highest event time seen, so how partitions interleave never
+makes an event late.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from metrics.catalog import TOTAL, Catalog, Formula, Kpi, WindowSpec
+from metrics.events import UNKNOWN, Event
+from metrics.records import iso_boundary, iso_ms
+from metrics.trackers import MICRO, Fact, FirstSeen, Pipeline, Sessions
+from metrics.windows import Agg, FamilyWindows
+
+SEP: Final = "\x1f"  # joins the values of a combined breakdown (campaign_id+segment)
+NEVER: Final = -(2**62)
+_MICRO_BUILTINS: Final = frozenset({"won_amount", "cycle_days_sum"})
+
+Clock = Callable[[], int]  # epoch milliseconds
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    dedup_horizon_ms: int = 7 * 86_400_000
+    idle_timeout_ms: int = 30_000  # 0 turns wall-clock watermark advance off
+
+
+class _Watermark:
+    """Per-family event-time progress: min over sources of each source's max event time."""
+
+    __slots__ = ("last_wall", "sources", "value", "value_at_last_event")
+
+    def __init__(self) -> None:
+        self.sources: dict[Any, int] = {}
+        self.value = NEVER
+        self.last_wall = 0
+        self.value_at_last_event = NEVER
+
+    def observe(self, source: Any, ts: int, wall: int) -> None:
+        cur = self.sources.get(source)
+        if cur is None or ts > cur:
+            self.sources[source] = ts
+        self.last_wall = wall
+        low = min(self.sources.values())
+        if low > self.value:
+            self.value = low
+        self.value_at_last_event = self.value
+
+    def idle_advance(self, wall: int, idle_timeout_ms: int) -> None:
+        """On a quiet family, let event time move on with the wall clock."""
+        if idle_timeout_ms <= 0 or self.value == NEVER:
+            return
+        quiet = wall - self.last_wall
+        if quiet >= idle_timeout_ms:
+            moved = self.value_at_last_event + quiet
+            if moved > self.value:
+                self.value = moved
+
+
+class _Plan:
+    """A simple aggregate compiled for the hot path."""
+
+    __slots__ = ("agg", "breakdowns", "filters", "has_field", "sum_field")
+
+    def __init__(self, agg: str, sum_field: str | None, has_field: str | None,
+                 filters: tuple[tuple[str, frozenset[Any]], ...],
+                 breakdowns: list[tuple[str, tuple[str, ...]]]):
+        self.agg = agg
+        self.sum_field = sum_field
+        self.has_field = has_field
+        self.filters = filters
+        self.breakdowns = breakdowns
+
+
+class KpiEngine:
+    def __init__(self, catalog: Catalog, config: EngineConfig | None = None,
+                 clock: Clock | None = None):
+        self.catalog = catalog
+        self.config = config or EngineConfig()
+        self._clock: Clock = clock or (lambda: 0)
+        self.windows = {f: FamilyWindows(cfg) for f, cfg in catalog.families.items()}
+        self.watermarks = {f: _Watermark() for f in catalog.families}
+        self._plans: dict[str, list[_Plan]] = {}
+        self._builtin_targets: dict[str, list[tuple[str, list[tuple[str, tuple[str, ...]]]]]] = {}
+        for agg in catalog.aggregates.values():
+            bds = [(b, tuple(b.split("+")) if b else ()) for b in catalog.breakdowns[agg.name]]
+            if agg.builtin is not None:
+                self._builtin_targets.setdefault(agg.builtin, []).append((agg.name, bds))
+            else:
+                assert agg.event is not None
+                self._plans.setdefault(agg.event, []).append(
+                    _Plan(agg.name, agg.sum_field, agg.has_field, agg.where, bds))
+        self._micro = {a.name for a in catalog.aggregates.values()
+                       if a.sum_field is not None or a.builtin in _MICRO_BUILTINS}
+        horizon = {f: cfg.longest_ms + cfg.grace_ms for f, cfg in catalog.families.items()}
+        self.opens = FirstSeen("unique_opens", horizon["email"])
+        self.clicks = FirstSeen("unique_clickers", horizon["email"])
+        self.sessions = Sessions(horizon["web"])
+        self.pipeline = Pipeline(horizon["crm"])
+        self._seen: dict[str, int] = {}
+        self._seen_by_hour: dict[int, list[str]] = {}
+        self._next_close = {f: NEVER for f in catalog.families}
+        self._kpis_by_family: dict[str, list[Kpi]] = {f: [] for f in catalog.families}
+        for kpi in catalog.kpis.values():
+            for f in kpi.families:
+                self._kpis_by_family[f].append(kpi)
+        #: (family, window, end) -> kpi -> dims -> (numerator, denominator, revision) as
+        #: published; a KPI over several families is filed under its first one
+        self._published: dict[tuple[str, str, int], dict[str, dict[tuple[tuple[str, str], ...],
+                                                              tuple[float, float, int]]]] = {}
+        self._published_floor = {f: NEVER for f in catalog.families}
+        #: set when a watermark passed a window close: call advance()
+        self.due = False
+        # counters the streaming shell exports
+        self.events_total: dict[tuple[str, str], int] = {}
+        self.duplicates_total = 0
+        self.late_total: dict[str, int] = {f: 0 for f in catalog.families}
+
+    # ---- input ---------------------------------------------------------------------------
+
+    def ingest(self, ev: Event, source: Any = 0) -> str:
+        """Count one event. Returns 'ok', 'duplicate' or 'late'."""
+        eid = ev.event_id
+        if eid in self._seen:
+            self.duplicates_total += 1
+            return "duplicate"
+        fam = ev.family
+        fw = self.windows[fam]
+        ts = ev.ts_ms
+        if not fw.started:
+            fw.start(ts)
+            self._next_close[fam] = self._compute_next_close(fam)
+        elif fw.is_late(ts):
+            self.late_total[fam] += 1
+            return "late"
+        self._seen[eid] = ts
+        hour = ts // 3_600_000
+        bucket = self._seen_by_hour.get(hour)
+        if bucket is None:
+            self._seen_by_hour[hour] = [eid]
+        else:
+            bucket.append(eid)
+        k = (fam, ev.type)
+        self.events_total[k] = self.events_total.get(k, 0) + 1
+        data = ev.data
+        plans = self._plans.get(ev.type)
+        if plans:
+            self._apply_plans(fw, ts, data, plans)
+        if ev.type in _STATEFUL:
+            for fact in self._track(ev):
+                self._apply_fact(fw, fact)
+        wm = self.watermarks[fam]
+        wm.observe(source, ts, self._clock())
+        if wm.value >= self._next_close[fam]:
+            self.due = True
+        return "ok"
+
+    def _apply_plans(self, fw: FamilyWindows, ts: int, data: dict[str, Any],
+                     plans: list[_Plan]) -> None:
+        pane = fw.pane(ts)
+        for plan in plans:
+            if plan.filters and not all(data.get(f) in vals for f, vals in plan.filters):
+                continue
+            if plan.has_field is not None:
+                if data.get(plan.has_field) is None:
+                    continue
+                value = 1
+            elif plan.sum_field is not None:
+                raw = data.get(plan.sum_field)
+                if raw is None:
+                    continue
+                value = round(raw * MICRO)
+            else:
+                value = 1
+            agg = plan.agg
+            for bname, fields in plan.breakdowns:
+                if not fields:
+                    key = (agg, TOTAL, TOTAL)
+                elif len(fields) == 1:
+                    key = (agg, bname, data.get(fields[0]) or UNKNOWN)
+                else:
+                    key = (agg, bname, SEP.join(str(data.get(f) or UNKNOWN) for f in fields))
+                if pane is not None:
+                    pane[key] = pane.get(key, 0) + value
+                else:
+                    fw.add(ts, key, value)
+
+    def _track(self, ev: Event) -> list[Fact]:
+        d = ev.data
+        t = ev.type
+        ts = ev.ts_ms
+        if t == "email.opened" or t == "email.clicked":
+            dims = (("campaign_id", d["campaign_id"]), ("segment", d.get("segment") or UNKNOWN))
+            tracker = self.opens if t == "email.opened" else self.clicks
+            return tracker.observe((d["campaign_id"], d["contact_id"]), ts, dims)
+        if t == "page.viewed" or t == "goal.converted":
+            return self.sessions.observe(
+                d["session_id"], ts, view=t == "page.viewed", channel=d["channel"],
+                campaign=d.get("campaign_id") or UNKNOWN, goal=d.get("goal"))
+        if t == "lead.created":
+            return self.pipeline.lead(d["lead_id"], ts, d["channel"],
+                                      d.get("campaign_id") or UNKNOWN)
+        if t == "deal.stage_changed":
+            return self.pipeline.deal(d, ts)
+        return []
+
+    def _apply_fact(self, fw: FamilyWindows, fact: Fact) -> None:
+        ts, builtin, dims, value = fact
+        targets = self._builtin_targets.get(builtin)
+        if not targets:
+            return
+        dmap = dict(dims)
+        for agg, bds in targets:
+            for bname, fields in bds:
+                if not fields:
+                    key = (agg, TOTAL, TOTAL)
+                else:
+                    key = (agg, bname, SEP.join(dmap.get(f) or UNKNOWN for f in fields))
+                fw.add(ts, key, value)
+
+    # ---- time ----------------------------------------------------------------------------
+
+    def _compute_next_close(self, fam: str) -> int:
+        fw = self.windows[fam]
+        if not fw.started:
+            return NEVER
+        grace = fw.cfg.grace_ms
+        return min(s.last_end + s.spec.hop_ms + grace for s in fw.specs)
+
+    def forget_source(self, source: Any) -> None:
+        """A partition was revoked: it no longer holds back the watermark."""
+        for wm in self.watermarks.values():
+            wm.sources.pop(source, None)
+
+    def advance(self) -> list[dict[str, Any]]:
+        """Move watermarks, close due windows, and return final and revised KPI records."""
+        wall = self._clock()
+        self.due = False
+        closed: dict[str, list[tuple[str, int]]] = {}
+        for fam, wm in self.watermarks.items():
+            wm.idle_advance(wall, self.config.idle_timeout_ms)
+            if wm.value >= self._next_close[fam]:
+                closed[fam] = [(spec.name, end)
+                               for spec, end, _ in self.windows[fam].close_until(wm.value)]
+                self._next_close[fam] = self._compute_next_close(fam)
+        out = self._publish(closed)
+        for fam in closed:
+            self._expire(fam, self.watermarks[fam].value)
+        return out
+
+    def flush(self) -> list[dict[str, Any]]:
+        """End of input: close every window that holds data."""
+        closed: dict[str, list[tuple[str, int]]] = {}
+        for fam, fw in self.windows.items():
+            if not fw.started:
+                continue
+            last = max(self.watermarks[fam].sources.values(), default=NEVER)
+            far = last + fw.cfg.longest_ms + fw.cfg.grace_ms + max(
+                w.hop_ms for w in fw.cfg.windows)
+            closed[fam] = [(spec.name, end) for spec, end, _ in fw.close_until(far)]
+        return self._publish(closed)  # nothing expires: the input is over
+
+    def _expire(self, fam: str, watermark: int) -> None:
+        self.windows[fam].expire(watermark)
+        if fam == "email":
+            self.opens.expire(watermark)
+            self.clicks.expire(watermark)
+        elif fam == "web":
+            self.sessions.expire(watermark)
+        elif fam == "crm":
+            self.pipeline.expire(watermark)
+        cutoff_h = (watermark - self.config.dedup_horizon_ms) // 3_600_000
+        for h in [h for h in self._seen_by_hour if h < cutoff_h]:
+            for eid in self._seen_by_hour.pop(h):
+                self._seen.pop(eid, None)
+        # published values are kept while their window can still be revised (windows.py)
+        cfg = self.catalog.families[fam]
+        horizon = watermark - cfg.longest_ms - cfg.grace_ms
+        if horizon > self._published_floor[fam] + 3_600_000:
+            self._published_floor[fam] = horizon
+            for key in [k for k in self._published if k[0] == fam and k[2] < horizon]:
+                del self._published[key]
+
+    # ---- output --------------------------------------------------------------------------
+
+    def _publish(self, closed: dict[str, list[tuple[str, int]]]) -> list[dict[str, Any]]:
+        todo: dict[tuple[str, int], set[str]] = {}  # (window, end) -> families touched
+        for fam, ends in closed.items():
+            for w_end in ends:
+                todo.setdefault(w_end, set()).add(fam)
+        for fam, fw in self.windows.items():
+            for w_end in fw.dirty:
+                todo.setdefault(w_end, set()).add(fam)
+            fw.dirty.clear()
+        out: list[dict[str, Any]] = []
+        for (wname, end), fams in sorted(todo.items(), key=lambda x: (x[0][1], x[0][0])):
+            indexes: dict[str, Index] = {}  # each family's snapshot is indexed once
+            kpis = {k.name: k for f in sorted(fams) for k in self._kpis_by_family[f]
+                    if wname in k.windows}
+            for kpi in kpis.values():
+                idx = self._closed_index(kpi, wname, end, indexes)
+                if idx is not None:
+                    out += self._records(kpi, wname, end, idx)
+        return out
+
+    def _closed_index(self, kpi: Kpi, wname: str, end: int,
+                      cache: dict[str, Index]) -> Index | None:
+        """Index of every family's snapshot, or None while one of them is still open."""
+        parts: list[Index] = []
+        for fam in kpi.families:
+            fw = self.windows[fam]
+            if not fw.started:
+                continue  # a family with no input yet contributes nothing
+            last = fw.last_end(wname)
+            if last is None or last < end:
+                return None
+            idx = cache.get(fam)
+            if idx is None:
+                idx = cache[fam] = index_snapshot(fw.closed_snapshot(wname, end) or {})
+            parts.append(idx)
+        return parts[0] if len(parts) == 1 else merge_indexes(parts)
+
+    def _records(self, kpi: Kpi, wname: str, end: int, idx: Index) -> list[dict[str, Any]]:
+        published = self._published.setdefault((kpi.families[0], wname, end), {}).setdefault(
+            kpi.name, {})
+        rows = compute_kpi(self.catalog, kpi, idx, self._micro)
+        for dkey in published:
+            if dkey not in rows:
+                rows[dkey] = (0.0, 0.0 if kpi.denominator else 1.0)
+        size = self._window_spec(kpi, wname).size_ms
+        out = []
+        emitted_at = iso_ms(self._clock())
+        for dkey in sorted(rows):
+            num, den = rows[dkey]
+            prev = published.get(dkey)
+            if prev is not None and prev[0] == num and prev[1] == den:
+                continue
+            revision = 0 if prev is None else prev[2] + 1
+            published[dkey] = (num, den, revision)
+            out.append(make_record(kpi, self.catalog.unit_label(kpi), wname, end - size, end,
+                                   dict(dkey), num, den, final=True, revision=revision,
+                                   emitted_at=emitted_at))
+        return out
+
+    def _window_spec(self, kpi: Kpi, wname: str) -> WindowSpec:
+        return self.catalog.window(kpi.families[0], wname)
+
+    def open_records(self) -> list[dict[str, Any]]:
+        """Current values of the newest open window of every KPI and window (final: false)."""
+        out: list[dict[str, Any]] = []
+        emitted_at = iso_ms(self._clock())
+        for kpi in self.catalog.kpis.values():
+            started = [f for f in kpi.families if self.windows[f].started]
+            if not started:
+                continue
+            for wname in kpi.windows:
+                spec = self._window_spec(kpi, wname)
+                wm = max(self.watermarks[f].value for f in started)
+                if wm == NEVER:
+                    continue
+                end = (wm // spec.hop_ms + 1) * spec.hop_ms
+                idx = merge_indexes([index_snapshot(self.windows[f].open_snapshot(spec, end))
+                                     for f in started])
+                rows = compute_kpi(self.catalog, kpi, idx, self._micro)
+                for dkey in sorted(rows):
+                    num, den = rows[dkey]
+                    out.append(make_record(kpi, self.catalog.unit_label(kpi), wname,
+                                           end - spec.size_ms, end, dict(dkey), num, den,
+                                           final=False, revision=0, emitted_at=emitted_at))
+        return out
+
+    # ---- introspection -------------------------------------------------------------------
+
+    def state_sizes(self) -> dict[str, int]:
+        return {
+            "dedup_ids": len(self._seen),
+            "unique_opens": len(self.opens),
+            "unique_clicks": len(self.clicks),
+            "sessions": len(self.sessions),
+            "pipeline": len(self.pipeline),
+            "panes": sum(len(fw.panes) for fw in self.windows.values()),
+            "published_windows": len(self._published),
+        }
+
+
+_STATEFUL: Final = frozenset(
+    {"email.opened", "email.clicked", "page.viewed", "goal.converted", "lead.created",
+     "deal.stage_changed"})
+
+
+Index = dict[tuple[str, str], dict[str, int]]  # (aggregate, breakdown) -> value -> amount
+
+
+def index_snapshot(snap: Agg) -> Index:
+    idx: Index = {}
+    for (agg, b, v), n in snap.items():
+        d = idx.get((agg, b))
+        if d is None:
+            d = idx[(agg, b)] = {}
+        d[v] = n
+    return idx
+
+
+def merge_indexes(parts: Iterable[Index]) -> Index:
+    """Families never share an aggregate, so merging is a plain union."""
+    merged: Index = {}
+    for idx in parts:
+        merged.update(idx)
+    return merged
+
+
+def compute_kpi(catalog: Catalog, kpi: Kpi, idx: Index, micro: set[str]
+                ) -> dict[tuple[tuple[str, str], ...], tuple[float, float]]:
+    """Numerator and denominator of a KPI for its total and every breakdown value present."""
+    rows: dict[tuple[tuple[str, str], ...], tuple[float, float]] = {}
+    for b in (TOTAL, *kpi.breakdowns):
+        num_f, den_f = kpi.formulas(b)
+        kept = catalog.breakdowns
+        if b == TOTAL:
+            values = [TOTAL]
+        else:
+            seen: set[str] = set()
+            for term in (t for f in num_f + den_f for t in f):
+                if not term.total and b in kept[term.aggregate]:
+                    seen.update(idx.get((term.aggregate, b), {}))
+            values = sorted(seen)
+        fields = b.split("+") if b else []
+        for v in values:
+            any_data = False
+
+            def read(f: Formula, v: str = v) -> float:
+                nonlocal any_data
+                product = 1.0
+                for factor in f:
+                    ints = 0
+                    micros = 0
+                    for term in factor:
+                        if term.total or b not in kept[term.aggregate]:
+                            n = idx.get((term.aggregate, TOTAL), {}).get(TOTAL, 0)
+                        else:
+                            n = idx.get((term.aggregate, b), {}).get(v, 0)
+                        any_data = any_data or n != 0
+                        if term.aggregate in micro:
+                            micros += term.sign * n
+                        else:
+                            ints += term.sign * n
+                    product *= ints + micros / MICRO
+                return product
+
+            num = read(num_f)
+            den = read(den_f) if den_f else 1.0
+            if not any_data:
+                continue
+            dims = tuple(zip(fields, v.split(SEP), strict=True)) if b else ()
+            rows[dims] = (num, den)
+    return rows
+
+
+def make_record(kpi: Kpi, unit: str, window: str, start: int, end: int, dims: dict[str, str],
+                num: float, den: float, *, final: bool, revision: int,
+                emitted_at: str) -> dict[str, Any]:
+    value = None if den == 0 else kpi.scale * num / den
+    return {
+        "kpi": kpi.name,
+        "window": window,
+        "start": iso_boundary(start),
+        "end": iso_boundary(end),
+        "dims": dims,
+        "value": value,
+        "numerator": _plain(num),
+        "denominator": _plain(den),
+        "unit": unit,
+        "final": final,
+        "revision": revision,
+        "emitted_at": emitted_at,
+    }
+
+
+def _plain(x: float) -> float | int:
+    return int(x) if x == int(x) and abs(x) < 2**53 else x

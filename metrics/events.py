@@ -1,0 +1,287 @@
+"""The event contract (CONTRACT.md §1) as code: raw bytes in, a typed event or a reason out.
+
+Pure and allocation-light: this runs once per input message on the hot path. Rejections are
+values (``Invalid``), never exceptions, so a poison pill can't take a worker down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final, NamedTuple
+
+import orjson
+
+MAX_EVENT_BYTES: Final = 1024 * 1024
+FUTURE_TOLERANCE_MS: Final = 5 * 60 * 1000
+
+#: topic (without prefix) -> topic family
+TOPIC_FAMILIES: Final[dict[str, str]] = {
+    "email-events": "email",
+    "web-events": "web",
+    "crm-events": "crm",
+    "social-events": "social",
+    "spend-events": "spend",
+}
+FAMILIES: Final = ("email", "web", "crm", "social", "spend")
+FAMILY_TOPIC: Final = {fam: topic for topic, fam in TOPIC_FAMILIES.items()}
+#: `channel` when an event carries none
+DEFAULT_CHANNEL: Final = {
+    "email": "email",
+    "web": "web",
+    "social": "social",
+    "crm": "unknown",
+    "spend": "unknown",
+}
+DEAL_STAGES: Final = ("lead", "mql", "sql", "opportunity", "proposal", "won", "lost")
+UNKNOWN: Final = "unknown"
+
+_BAD: Final = object()
+Validator = Callable[[Any], Any]
+
+
+class Event:
+    """A validated event. ``data`` is the parsed JSON object with defaults filled in."""
+
+    __slots__ = ("data", "event_id", "family", "ts_ms", "type")
+
+    def __init__(self, event_id: str, type_: str, ts_ms: int, family: str, data: dict[str, Any]):
+        self.event_id = event_id
+        self.type = type_
+        self.ts_ms = ts_ms
+        self.family = family
+        self.data = data
+
+    def get(self, field: str, default: Any = None) -> Any:
+        return self.data.get(field, default)
+
+    def __repr__(self) -> str:
+        return f"Event({self.type} {self.event_id} @{self.ts_ms})"
+
+
+class Invalid(NamedTuple):
+    """A rejected input with its stable reason code (e.g. ``missing_field:campaign_id``)."""
+
+    reason: str
+
+
+def _string(max_len: int) -> Validator:
+    def check(v: Any) -> Any:
+        return v if type(v) is str and 0 < len(v) <= max_len else _BAD
+
+    return check
+
+
+def _enum(*values: str) -> Validator:
+    allowed = frozenset(values)
+
+    def check(v: Any) -> Any:
+        return v if type(v) is str and v in allowed else _BAD
+
+    return check
+
+
+def _int_range(lo: int, hi: int | None = None) -> Validator:
+    def check(v: Any) -> Any:
+        if type(v) is not int or v < lo or (hi is not None and v > hi):
+            return _BAD
+        return v
+
+    return check
+
+
+def _number(*, strictly_positive: bool) -> Validator:
+    def check(v: Any) -> Any:
+        t = type(v)
+        if t is int or (t is float and math.isfinite(v)):
+            if v > 0 or (v == 0 and not strictly_positive):
+                return v
+        return _BAD
+
+    return check
+
+
+_S128, _S64 = _string(128), _string(64)
+_AMOUNT_GE0 = _number(strictly_positive=False)
+_COUNT = _int_range(1)
+
+#: optional envelope fields, checked whenever present
+_ENVELOPE: Final[tuple[tuple[str, Validator], ...]] = (
+    ("campaign_id", _S128),
+    ("channel", _S64),
+    ("account_id", _S128),
+    ("contact_id", _S128),
+    ("segment", _S64),
+)
+
+
+class TypeSpec(NamedTuple):
+    family: str
+    required: tuple[tuple[str, Validator], ...]
+    optional: tuple[tuple[str, Validator], ...] = ()
+    defaults: tuple[tuple[str, Any], ...] = ()
+
+
+_EMAIL_REQ = (("campaign_id", _S128), ("contact_id", _S128))
+
+TYPES: Final[dict[str, TypeSpec]] = {
+    "email.sent": TypeSpec("email", _EMAIL_REQ),
+    "email.delivered": TypeSpec("email", _EMAIL_REQ),
+    "email.opened": TypeSpec(
+        "email", _EMAIL_REQ, (("client", _S64),), (("client", UNKNOWN),)
+    ),
+    "email.clicked": TypeSpec("email", _EMAIL_REQ, (("url", _string(4096)),)),
+    "email.bounced": TypeSpec("email", (*_EMAIL_REQ, ("bounce", _enum("hard", "soft")))),
+    "email.unsubscribed": TypeSpec("email", _EMAIL_REQ),
+    "page.viewed": TypeSpec(
+        "web",
+        (("session_id", _S128), ("page", _string(2048))),
+        (("visitor_id", _S128), ("duration_s", _AMOUNT_GE0)),
+    ),
+    "goal.converted": TypeSpec("web", (("session_id", _S128), ("goal", _S64))),
+    "cart.created": TypeSpec("web", (("cart_id", _S128),), (("session_id", _S128),)),
+    "order.placed": TypeSpec("web", (("cart_id", _S128), ("amount", _AMOUNT_GE0))),
+    "lead.created": TypeSpec("crm", (("lead_id", _S128), ("channel", _S64))),
+    "deal.stage_changed": TypeSpec(
+        "crm",
+        (("deal_id", _S128), ("stage", _enum(*DEAL_STAGES))),
+        (("amount", _AMOUNT_GE0), ("lead_id", _S128)),
+    ),
+    "survey.answered": TypeSpec("crm", (("score", _int_range(0, 10)),)),
+    "social.impressions": TypeSpec("social", (("network", _S64), ("count", _COUNT))),
+    "social.interaction": TypeSpec(
+        "social",
+        (("network", _S64), ("kind", _enum("like", "comment", "share", "click", "follow"))),
+        (("count", _COUNT),),
+        (("count", 1),),
+    ),
+    "spend.recorded": TypeSpec(
+        "spend", (("amount", _number(strictly_positive=True)),), (("currency", _S64),)
+    ),
+}
+
+_CLIENTS: Final = frozenset({"mobile", "desktop", "webmail"})
+
+
+def parse_ts(v: Any) -> int | None:
+    """Event time in epoch milliseconds, or None when it can't be read unambiguously."""
+    if type(v) is int:
+        return v if v >= 0 else None
+    if type(v) is str and 10 <= len(v) <= 40:
+        try:
+            dt = datetime.fromisoformat(v)
+        except ValueError:
+            return None
+        if dt.tzinfo is None:  # an offset is required: naive times are ambiguous
+            return None
+        return int(dt.timestamp() * 1000)
+    return None
+
+
+def validate(
+    d: Any, *, now_ms: int, currency: str = "EUR", topic_family: str | None = None
+) -> Event | Invalid:
+    """Validate an already-decoded JSON value against the contract."""
+    if type(d) is not dict:
+        return Invalid("not_object")
+    type_ = d.get("type")
+    if type_ is None:
+        return Invalid("missing_field:type")
+    spec = TYPES.get(type_) if type(type_) is str else None
+    if spec is None:
+        return Invalid("unknown_type")
+    if topic_family is not None and spec.family != topic_family:
+        return Invalid("wrong_topic")
+    event_id = d.get("event_id")
+    if event_id is None:
+        return Invalid("missing_field:event_id")
+    if _S128(event_id) is _BAD:
+        return Invalid("bad_value:event_id")
+    raw_ts = d.get("ts")
+    if raw_ts is None:
+        return Invalid("missing_field:ts")
+    ts_ms = parse_ts(raw_ts)
+    if ts_ms is None:
+        return Invalid("bad_value:ts")
+    if ts_ms > now_ms + FUTURE_TOLERANCE_MS:
+        return Invalid("future_ts")
+    for name, check in spec.required:
+        v = d.get(name)
+        if v is None:
+            return Invalid(f"missing_field:{name}")
+        if check(v) is _BAD:
+            return Invalid(f"bad_value:{name}")
+    for name, check in _ENVELOPE:
+        v = d.get(name)
+        if v is not None and check(v) is _BAD:
+            return Invalid(f"bad_value:{name}")
+    for name, check in spec.optional:
+        v = d.get(name)
+        if v is not None and check(v) is _BAD:
+            return Invalid(f"bad_value:{name}")
+    for name, default in spec.defaults:
+        if d.get(name) is None:
+            d[name] = default
+    extra = _EXTRA_CHECKS.get(type_)
+    if extra is not None:
+        reason = extra(d, currency)
+        if reason is not None:
+            return Invalid(reason)
+    if d.get("channel") is None:
+        d["channel"] = DEFAULT_CHANNEL[spec.family]
+    return Event(event_id, type_, ts_ms, spec.family, d)
+
+
+def _check_opened(d: dict[str, Any], currency: str) -> str | None:
+    if d["client"] not in _CLIENTS:
+        d["client"] = UNKNOWN  # the contract folds unknown clients, it doesn't reject them
+    return None
+
+
+def _check_deal(d: dict[str, Any], currency: str) -> str | None:
+    if d["stage"] == "won" and d.get("amount") is None:
+        return "missing_field:amount"
+    return None
+
+
+def _check_spend(d: dict[str, Any], currency: str) -> str | None:
+    if d.get("campaign_id") is None and d.get("channel") is None:
+        return "missing_field:campaign_id_or_channel"
+    cur = d.get("currency")
+    if cur is not None and cur != currency:
+        return "currency"
+    return None
+
+
+_EXTRA_CHECKS: Final[dict[str, Callable[[dict[str, Any], str], str | None]]] = {
+    "email.opened": _check_opened,
+    "deal.stage_changed": _check_deal,
+    "spend.recorded": _check_spend,
+}
+
+
+def parse_event(
+    raw: bytes | str, *, now_ms: int, currency: str = "EUR", topic_family: str | None = None
+) -> Event | Invalid:
+    """Parse one message. Never raises: anything unusable becomes ``Invalid(reason)``."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return Invalid("too_large")
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Invalid("not_json")
+    return validate(d, now_ms=now_ms, currency=currency, topic_family=topic_family)
+
+
+#: every reason code validate() can produce, for docs, metrics pre-registration and tests
+def reason_codes() -> list[str]:
+    fields: set[str] = {"event_id", "ts", "type"}
+    for spec in TYPES.values():
+        fields.update(n for n, _ in spec.required + spec.optional)
+    fields.update(n for n, _ in _ENVELOPE)
+    codes = ["not_json", "not_object", "too_large", "unknown_type", "wrong_topic", "future_ts"]
+    codes += ["currency", "missing_field:campaign_id_or_channel"]
+    codes += [f"missing_field:{f}" for f in sorted(fields | {"amount"})]
+    codes += [f"bad_value:{f}" for f in sorted(fields - {"type"})]
+    return codes

@@ -1,0 +1,177 @@
+"""Event-time panes and rolling windows of one topic family.
+
+Every aggregate update lands in one *fine pane* (the gcd of the family's hops, e.g. 1 min).
+Each window spec (size, hop) keeps a running sum over the panes of the last closed window;
+closing the next window adds the newest hop of panes and subtracts the expired one, so a 24 h
+window is never re-summed from scratch. Values are integers (money and durations in
+millionths), so add-then-subtract is exact and order does not matter.
+
+A closed window keeps a snapshot while it can still change (its end + longest window + grace):
+an update that lands in it (a late event inside grace, or a stateful retraction such as a
+session turning out not to be single-page) patches the snapshot and marks it dirty, and the
+engine republishes it as a revision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from math import gcd
+
+from metrics.catalog import FamilyConfig, WindowSpec
+
+Key = tuple[str, str, str]  # (aggregate, breakdown, dimension value); breakdown "" is the total
+Agg = dict[Key, int]
+
+
+class _Spec:
+    __slots__ = ("closed", "last_end", "running", "spec")
+
+    def __init__(self, spec: WindowSpec, last_end: int):
+        self.spec = spec
+        self.last_end = last_end  # windows ending at or before this are closed
+        self.running: Agg = {}  # sum of panes in [last_end - size, last_end)
+        self.closed: dict[int, Agg] = {}  # end -> snapshot, while revisable
+
+
+class FamilyWindows:
+    def __init__(self, cfg: FamilyConfig):
+        self.cfg = cfg
+        hop = 0
+        for w in cfg.windows:
+            hop = gcd(hop, w.hop_ms)
+        self.pane_ms = hop
+        self.panes: dict[int, Agg] = {}
+        self.specs: list[_Spec] = []
+        self.started = False
+        #: panes at or after this start belong to no closed window and no running sum
+        self.frontier = 0
+        #: (window name, end) of closed windows changed since the last drain
+        self.dirty: set[tuple[str, int]] = set()
+        self._longest = cfg.longest_ms
+        self._pane_floor = 0  # panes before this were dropped
+
+    def start(self, first_ts: int) -> None:
+        """Windows ending before first event - grace are treated as closed (never emitted)."""
+        base = first_ts - self.cfg.grace_ms
+        self.specs = [_Spec(w, base - base % w.hop_ms) for w in self.cfg.windows]
+        self.frontier = max(s.last_end for s in self.specs)
+        self._pane_floor = min(s.last_end - s.spec.size_ms for s in self.specs)
+        self.started = True
+
+    def is_late(self, ts: int) -> bool:
+        """True when every window containing ts is already closed."""
+        for s in self.specs:
+            hop = s.spec.hop_ms
+            last_window_end = (ts + s.spec.size_ms) // hop * hop
+            if last_window_end > s.last_end:
+                return False
+        return True
+
+    def pane(self, ts: int) -> Agg | None:
+        """The pane dict for ts when it sits beyond every closed window (the fast path)."""
+        if ts < self.frontier:
+            return None
+        start = ts - ts % self.pane_ms
+        p = self.panes.get(start)
+        if p is None:
+            p = self.panes[start] = {}
+        return p
+
+    def add(self, ts: int, key: Key, value: int) -> None:
+        """Apply one delta anywhere in time (slow path: may touch closed windows)."""
+        p = ts - ts % self.pane_ms
+        if p >= self._pane_floor:
+            pane = self.panes.get(p)
+            if pane is None:
+                pane = self.panes[p] = {}
+            pane[key] = pane.get(key, 0) + value
+        if p >= self.frontier:
+            return
+        for s in self.specs:
+            if p >= s.last_end:
+                continue
+            size, hop = s.spec.size_ms, s.spec.hop_ms
+            if p >= s.last_end - size:
+                s.running[key] = s.running.get(key, 0) + value
+            end = (p // hop + 1) * hop
+            stop = min(p + size, s.last_end)
+            while end <= stop:
+                snap = s.closed.get(end)
+                if snap is not None:
+                    snap[key] = snap.get(key, 0) + value
+                    self.dirty.add((s.spec.name, end))
+                end += hop
+
+    def _sum_panes(self, start: int, stop: int) -> Iterator[tuple[Key, int]]:
+        step = self.pane_ms
+        for p in range(start - start % step, stop, step):
+            pane = self.panes.get(p)
+            if pane:
+                yield from pane.items()
+
+    def close_until(self, watermark: int) -> list[tuple[WindowSpec, int, Agg]]:
+        """Close every window whose end + grace <= watermark. Returns (spec, end, snapshot)."""
+        out: list[tuple[WindowSpec, int, Agg]] = []
+        if not self.started:
+            return out
+        grace = self.cfg.grace_ms
+        for s in self.specs:
+            size, hop = s.spec.size_ms, s.spec.hop_ms
+            while s.last_end + hop + grace <= watermark:
+                end = s.last_end + hop
+                run = s.running
+                for k, v in self._sum_panes(end - hop, end):
+                    run[k] = run.get(k, 0) + v
+                for k, v in self._sum_panes(end - hop - size, end - size):
+                    run[k] = run.get(k, 0) - v
+                snap = {k: v for k, v in run.items() if v}
+                s.running = snap
+                s.last_end = end
+                s.closed[end] = dict(snap)
+                out.append((s.spec, end, snap))
+        self.frontier = max(s.last_end for s in self.specs)
+        return out
+
+    def expire(self, watermark: int) -> None:
+        """Drop snapshots and panes nothing can change or read any more. Call after the
+        closed windows were published."""
+        if not self.started:
+            return
+        # A closed window can change while an event inside it is still accepted, i.e. while
+        # some window holding that event is open: until end + longest + grace.
+        horizon = watermark - self._longest - self.cfg.grace_ms
+        for s in self.specs:
+            for end in [e for e in s.closed if e < horizon]:
+                del s.closed[end]
+        # Running sums only ever subtract panes from last_end - size on.
+        floor = min(s.last_end - s.spec.size_ms for s in self.specs)
+        if floor > self._pane_floor:
+            for p in [p for p in self.panes if p < floor]:
+                del self.panes[p]
+            self._pane_floor = floor
+
+    def open_snapshot(self, spec: WindowSpec, end: int) -> Agg:
+        """Current contents of the (still open) window of ``spec`` ending at ``end``."""
+        for s in self.specs:
+            if s.spec == spec:
+                if end <= s.last_end:
+                    return dict(s.closed.get(end, {}))
+                acc = dict(s.running)
+                for k, v in self._sum_panes(s.last_end, end):
+                    acc[k] = acc.get(k, 0) + v
+                for k, v in self._sum_panes(s.last_end - spec.size_ms, end - spec.size_ms):
+                    acc[k] = acc.get(k, 0) - v
+                return {k: v for k, v in acc.items() if v}
+        raise KeyError(spec.name)
+
+    def closed_snapshot(self, spec_name: str, end: int) -> Agg | None:
+        for s in self.specs:
+            if s.spec.name == spec_name:
+                return s.closed.get(end)
+        return None
+
+    def last_end(self, spec_name: str) -> int | None:
+        for s in self.specs:
+            if s.spec.name == spec_name:
+                return s.last_end
+        return None

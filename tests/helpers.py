@@ -1,0 +1,53 @@
+"""Shared test helpers: run the pure core on in-memory events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from kpi_engine.replay import replay_lines
+from metrics.catalog import Catalog, load_catalog
+from metrics.records import window_key
+
+DEFAULT_CATALOG = load_catalog()
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).astimezone(UTC).timestamp() * 1000)
+
+
+def replay(events: Iterable[dict[str, Any] | bytes], catalog: Catalog = DEFAULT_CATALOG,
+           now_ms: int | None = None) -> list[dict[str, Any]]:
+    lines = (e if isinstance(e, bytes) else orjson.dumps(e) for e in events)
+    return [item for kind, item in replay_lines(lines, catalog, now_ms=now_ms)
+            if kind == "record"]
+
+
+def finals(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Last revision per kpi-windows key, without the wall-clock field."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        key = window_key(rec)
+        prev = out.get(key)
+        if prev is None or rec["revision"] > prev["revision"]:
+            out[key] = {k: v for k, v in rec.items() if k != "emitted_at"}
+    return out
+
+
+def pick(records: Iterable[dict[str, Any]], kpi: str, window: str, end: str,
+         **dims: str) -> dict[str, Any]:
+    matches = [r for r in finals(records).values()
+               if r["kpi"] == kpi and r["window"] == window and r["end"] == end
+               and r["dims"] == dims]
+    assert len(matches) == 1, f"no single record for {kpi} {window} {end} {dims}: {matches}"
+    return matches[0]
+
+
+def final_values(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """finals() without the revision counter, which counts republishes and so depends on
+    arrival order; the values of the last revision must not."""
+    return {k: {f: v for f, v in r.items() if f != "revision"}
+            for k, r in finals(records).items()}
