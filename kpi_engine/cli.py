@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -181,8 +182,11 @@ def _generate(args: argparse.Namespace, settings: Any) -> int:
     else:
         from streams.produce import produce_live
 
+        realtime = start is None
+        if realtime:  # live traffic: event time is now
+            start = time.time_ns() // 1_000_000
         gen = Generator(_gen_config(args, start))
-        produce_live(settings, gen, realtime=start is None)
+        produce_live(settings, gen, realtime=realtime)
     stats = orjson.dumps(gen.stats.as_dict(), option=orjson.OPT_INDENT_2)
     if args.stats:
         with open(args.stats, "wb") as fh:

@@ -25,8 +25,8 @@ class Settings:
     web_port: int = 6066
     group_id: str = "kpi-engine"
     currency: str = "EUR"
-    idle_timeout_s: float = 30.0
-    emit_interval_s: float = 1.0
+    idle_timeout: float = 30.0  # seconds; 0 turns idle watermark advance off
+    emit_interval: float = 1.0  # seconds
     dedup_horizon_s: float = 7 * 86_400.0
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 1.0

@@ -1,0 +1,62 @@
+"""Topic names and their creation. Every topic is created, with its partition count, before
+anything produces: Tansu would otherwise auto-create it with 4 partitions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from kpi_engine.settings import Settings
+from metrics.errors import BrokerError
+from metrics.events import TOPIC_FAMILIES
+
+INPUT_TOPICS: Final = tuple(TOPIC_FAMILIES)
+OUTPUT_TOPICS: Final = ("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late")
+
+
+def input_topics(settings: Settings) -> list[str]:
+    return [settings.topic(t) for t in INPUT_TOPICS]
+
+
+def all_topics(settings: Settings) -> list[str]:
+    return [settings.topic(t) for t in INPUT_TOPICS + OUTPUT_TOPICS]
+
+
+def family_of(settings: Settings, topic: str) -> str | None:
+    return TOPIC_FAMILIES.get(topic.removeprefix(settings.topic_prefix))
+
+
+async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
+                        timeout_s: float = 20.0) -> None:
+    """Create missing topics; fail clearly when an existing one has another partition count
+    than the inputs expect."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+            await asyncio.sleep(0.5)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(n, num_partitions=partitions, replication_factor=1)
+                     for n in missing])
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+    finally:
+        await admin.close()
+
+
+def create_topics(settings: Settings, bootstrap: str | None = None) -> None:
+    asyncio.run(ensure_topics(bootstrap or settings.bootstrap, all_topics(settings),
+                              settings.partitions))

@@ -1,0 +1,205 @@
+"""The Faust worker: a thin shell around the pure KPI engine.
+
+One agent reads every input topic in batches (``take_events``), parses and validates each
+message, feeds the engine, and routes what the engine can't use: invalid input to `kpi-dlq`
+with its reason and source coordinates, late input to `kpi-late`. Closed windows go to
+`kpi-windows`; a timer publishes open-window values to `kpi-updates` once per emit interval
+and lets quiet families' watermarks move with the wall clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kpi_engine.settings import Settings
+from metrics.catalog import Catalog, load_catalog
+from metrics.engine import EngineConfig, KpiEngine
+from metrics.errors import SettingsError
+from metrics.events import Event, parse_event
+from metrics.exporter import ShellStats, make_registry
+from metrics.records import update_key, window_key
+from streams.topics import create_topics, family_of, input_topics
+
+log = logging.getLogger("kpi_engine.worker")
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class KpiShell:
+    """State and I/O of one worker process, independent of how Faust calls it."""
+
+    def __init__(self, app: faust.App, settings: Settings, catalog: Catalog):
+        self.app = app
+        self.settings = settings
+        self.catalog = catalog
+        self.engine = KpiEngine(catalog, EngineConfig(
+            dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
+            idle_timeout_ms=int(settings.idle_timeout * 1000)), clock=wall_ms)
+        self.stats = ShellStats()
+        self.registry, self.emit_latency = make_registry(self.engine, self.stats,
+                                                         settings.topic)
+        self.topic_windows = settings.topic("kpi-windows")
+        self.topic_updates = settings.topic("kpi-updates")
+        self.topic_dlq = settings.topic("kpi-dlq")
+        self.topic_late = settings.topic("kpi-late")
+        self._lag_by_tp: dict[Any, int] = {}
+        self.started_at = time.monotonic()
+        self.first_event_at: float | None = None
+
+    async def handle(self, batch: list[faust.EventT]) -> None:
+        t0 = time.perf_counter()
+        now = wall_ms()
+        engine, stats, settings = self.engine, self.stats, self.settings
+        currency = self.catalog.currency
+        rejected: list[tuple[Any, str]] = []
+        late: list[Any] = []
+        last_offsets: dict[Any, int] = {}
+        for fev in batch:
+            msg = fev.message
+            raw = msg.value if isinstance(msg.value, bytes) else b""
+            parsed = parse_event(raw, now_ms=now, currency=currency,
+                                 topic_family=family_of(settings, msg.topic))
+            if type(parsed) is Event:
+                if engine.ingest(parsed, (msg.topic, msg.partition)) == "late":
+                    late.append(msg)
+            else:
+                reason: str = parsed.reason  # type: ignore[union-attr]
+                stats.invalid[reason] = stats.invalid.get(reason, 0) + 1
+                rejected.append((msg, reason))
+            last_offsets[msg.tp] = msg.offset
+        if self.first_event_at is None and batch:
+            self.first_event_at = time.monotonic()
+        producer = self.app.producer
+        for msg, reason in rejected:
+            await producer.send(self.topic_dlq, msg.key, msg.value, None, None,
+                                _source_headers(msg, reason))
+        for msg in late:
+            await producer.send(self.topic_late, msg.key, msg.value, None, None,
+                                _source_headers(msg, "late"))
+        if engine.due:
+            await self.publish_finals(engine.advance(), t0)
+        self._update_lag(last_offsets)
+
+    async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
+        send = self.app.producer.send
+        for rec in records:
+            await send(self.topic_windows, window_key(rec).encode(), orjson.dumps(rec), None,
+                       None, None)
+        if records:
+            self.emit_latency.observe(time.perf_counter() - t0)
+
+    async def tick(self) -> None:
+        """Emit interval: idle watermark advance, then open-window values."""
+        t0 = time.perf_counter()
+        await self.publish_finals(self.engine.advance(), t0)
+        current = self.engine.open_records()
+        self.stats.kpis = current
+        send = self.app.producer.send
+        for rec in current:
+            await send(self.topic_updates, update_key(rec).encode(), orjson.dumps(rec), None,
+                       None, None)
+
+    def _update_lag(self, last_offsets: dict[Any, int]) -> None:
+        consumer = self.app.consumer
+        for tp, offset in last_offsets.items():
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # not known yet after a rebalance: keep the last figure
+                continue
+            if high is not None:
+                self._lag_by_tp[tp] = max(0, high - offset - 1)
+        by_topic: dict[str, int] = {}
+        for tp, lag in self._lag_by_tp.items():
+            by_topic[tp.topic] = by_topic.get(tp.topic, 0) + lag
+        self.stats.lag = by_topic
+
+    def kpis_json(self, query: Any) -> list[dict[str, Any]]:
+        """Current values, filtered by ?window=&kpi= and any dimension (?channel=email)."""
+        window = query.get("window")
+        kpi = query.get("kpi")
+        dims = {k: v for k, v in query.items() if k not in ("window", "kpi")}
+        return [r for r in self.stats.kpis
+                if (window is None or r["window"] == window)
+                and (kpi is None or r["kpi"] == kpi)
+                and all(r["dims"].get(k) == v for k, v in dims.items())]
+
+
+def _source_headers(msg: Any, error: str) -> list[tuple[str, bytes]]:
+    return [("error", error.encode()), ("source_topic", msg.topic.encode()),
+            ("source_partition", str(msg.partition).encode()),
+            ("source_offset", str(msg.offset).encode())]
+
+
+def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]:
+    if settings.broker is None:
+        raise SettingsError("the worker needs --broker or KPI_BROKER (kafka://host:port); "
+                            "`kpi-engine demo` runs one on an embedded broker")
+    app = faust.App(
+        settings.group_id,
+        broker=settings.broker,
+        store="memory://",
+        datadir=settings.data_dir or tempfile.mkdtemp(prefix="kpi-engine-"),
+        # Tansu holds group joins for session_timeout / 2: keep it short (ENGINEERING.md)
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=1,
+    )
+    shell = KpiShell(app, settings, catalog)
+    source = app.topic(*input_topics(settings), key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="kpi-engine-process")
+    async def process(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(5000, within=0.05):
+            await shell.handle(batch)
+
+    @app.timer(settings.emit_interval)
+    async def emit() -> None:
+        await shell.tick()
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        # aiohttp wants the charset apart from the content type
+        ctype = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+        return web.bytes(generate_latest(shell.registry), content_type=ctype)
+
+    @app.page("/health")
+    async def health_view(web: Any, request: Any) -> Any:
+        e = shell.engine
+        return web.json({
+            "status": "ok",
+            "events": sum(e.events_total.values()),
+            "invalid": sum(shell.stats.invalid.values()),
+            "duplicates": e.duplicates_total,
+            "late": sum(e.late_total.values()),
+            "state": e.state_sizes(),
+        })
+
+    @app.page("/kpis")
+    async def kpis_view(web: Any, request: Any) -> Any:
+        return web.json({"kpis": shell.kpis_json(request.query)})
+
+    return app, shell
+
+
+def run_worker(settings: Settings) -> int:
+    catalog = load_catalog(settings.catalog)
+    create_topics(settings)
+    app, _ = make_app(settings, catalog)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
+    return 0
