@@ -420,13 +420,36 @@ def merge_indexes(parts: Iterable[Index]) -> Index:
     return merged
 
 
+def _read(formula: Formula, idx: Index, b: str, v: str, kept: dict[str, tuple[str, ...]],
+          micro: set[str]) -> tuple[float, bool]:
+    """Product of the formula's factors at breakdown b, value v; and whether any term had
+    data. Integer and millionth sums are added apart so the result is exact."""
+    product = 1.0
+    any_data = False
+    for factor in formula:
+        ints = 0
+        micros = 0
+        for term in factor:
+            if term.total or b not in kept[term.aggregate]:
+                n = idx.get((term.aggregate, TOTAL), {}).get(TOTAL, 0)
+            else:
+                n = idx.get((term.aggregate, b), {}).get(v, 0)
+            any_data = any_data or n != 0
+            if term.aggregate in micro:
+                micros += term.sign * n
+            else:
+                ints += term.sign * n
+        product *= ints + micros / MICRO
+    return product, any_data
+
+
 def compute_kpi(catalog: Catalog, kpi: Kpi, idx: Index, micro: set[str]
                 ) -> dict[tuple[tuple[str, str], ...], tuple[float, float]]:
     """Numerator and denominator of a KPI for its total and every breakdown value present."""
     rows: dict[tuple[tuple[str, str], ...], tuple[float, float]] = {}
+    kept = catalog.breakdowns
     for b in (TOTAL, *kpi.breakdowns):
         num_f, den_f = kpi.formulas(b)
-        kept = catalog.breakdowns
         if b == TOTAL:
             values = [TOTAL]
         else:
@@ -437,31 +460,10 @@ def compute_kpi(catalog: Catalog, kpi: Kpi, idx: Index, micro: set[str]
             values = sorted(seen)
         fields = b.split("+") if b else []
         for v in values:
-            any_data = False
-
-            def read(f: Formula, v: str = v) -> float:
-                nonlocal any_data
-                product = 1.0
-                for factor in f:
-                    ints = 0
-                    micros = 0
-                    for term in factor:
-                        if term.total or b not in kept[term.aggregate]:
-                            n = idx.get((term.aggregate, TOTAL), {}).get(TOTAL, 0)
-                        else:
-                            n = idx.get((term.aggregate, b), {}).get(v, 0)
-                        any_data = any_data or n != 0
-                        if term.aggregate in micro:
-                            micros += term.sign * n
-                        else:
-                            ints += term.sign * n
-                    product *= ints + micros / MICRO
-                return product
-
-            num = read(num_f)
-            den = read(den_f) if den_f else 1.0
-            if not any_data:
-                continue
+            num, num_data = _read(num_f, idx, b, v, kept, micro)
+            den, den_data = _read(den_f, idx, b, v, kept, micro) if den_f else (1.0, False)
+            if not (num_data or den_data):
+                continue  # a window without input for this KPI publishes nothing
             dims = tuple(zip(fields, v.split(SEP), strict=True)) if b else ()
             rows[dims] = (num, den)
     return rows

@@ -94,9 +94,9 @@ def _int_range(lo: int, hi: int | None = None) -> Validator:
 def _number(*, strictly_positive: bool) -> Validator:
     def check(v: Any) -> Any:
         t = type(v)
-        if t is int or (t is float and math.isfinite(v)):
-            if v > 0 or (v == 0 and not strictly_positive):
-                return v
+        if (t is int or (t is float and math.isfinite(v))) and (
+                v > 0 or (v == 0 and not strictly_positive)):
+            return v
         return _BAD
 
     return check

@@ -12,7 +12,7 @@ State expires with the longest window plus grace, so memory stays flat on an end
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from metrics.events import DEAL_STAGES, UNKNOWN
 
@@ -36,13 +36,16 @@ def net_change(before: list[Fact], after: list[Fact]) -> list[Fact]:
     return [(ts, b, dims, v) for (ts, b, dims), v in delta.items() if v]
 
 
-class _Buckets:
+K = TypeVar("K", bound=Hashable)
+
+
+class _Buckets(Generic[K]):
     """Keys filed by the hour of their last activity, for cheap expiry sweeps."""
 
     def __init__(self) -> None:
-        self.by_hour: dict[int, list[Hashable]] = {}
+        self.by_hour: dict[int, list[K]] = {}
 
-    def file(self, key: Hashable, ts: int) -> None:
+    def file(self, key: K, ts: int) -> None:
         h = ts // _HOUR
         bucket = self.by_hour.get(h)
         if bucket is None:
@@ -50,10 +53,10 @@ class _Buckets:
         else:
             bucket.append(key)
 
-    def pop_before(self, cutoff_ts: int) -> list[Hashable]:
+    def pop_before(self, cutoff_ts: int) -> list[K]:
         cutoff_h = cutoff_ts // _HOUR
         old = [h for h in self.by_hour if h < cutoff_h]
-        out: list[Hashable] = []
+        out: list[K] = []
         for h in old:
             out.extend(self.by_hour.pop(h))
         return out
@@ -71,7 +74,7 @@ class FirstSeen:
         self.builtin = builtin
         self.horizon_ms = horizon_ms
         self.state: dict[Hashable, tuple[int, tuple[tuple[str, str], ...]]] = {}
-        self._buckets = _Buckets()
+        self._buckets: _Buckets[Hashable] = _Buckets()
 
     def observe(self, key: Hashable, ts: int, dims: tuple[tuple[str, str], ...]) -> list[Fact]:
         cur = self.state.get(key)
@@ -120,7 +123,7 @@ class Sessions:
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
         self.state: dict[str, list[_Session]] = {}
-        self._buckets = _Buckets()
+        self._buckets: _Buckets[str] = _Buckets()
 
     def observe(
         self, sid: str, ts: int, *, view: bool, channel: str, campaign: str, goal: str | None
@@ -165,9 +168,9 @@ class Sessions:
                 continue
             keep = [c for c in clusters if c.end >= cutoff]
             if keep:
-                self.state[sid] = keep  # type: ignore[index]
+                self.state[sid] = keep
             else:
-                del self.state[sid]  # type: ignore[arg-type]
+                del self.state[sid]
 
     def __len__(self) -> int:
         return len(self.state)
@@ -212,8 +215,8 @@ class Pipeline:
         self.deals: dict[str, _Deal] = {}
         self.deals_by_lead: dict[str, set[str]] = {}
         self.facts: dict[str, list[Fact]] = {}
-        self._lead_buckets = _Buckets()
-        self._deal_buckets = _Buckets()
+        self._lead_buckets: _Buckets[str] = _Buckets()
+        self._deal_buckets: _Buckets[str] = _Buckets()
 
     def lead(self, lead_id: str, ts: int, channel: str, campaign: str) -> list[Fact]:
         info = (ts, channel, campaign)
@@ -269,7 +272,7 @@ class Pipeline:
             ts, amount = d.entries[stage]
             facts.append((ts, "deals_entered", (*dims, ("stage", stage)), 1))
             idx = _STAGE_INDEX[stage]
-            if 0 < idx and stage != "lost":
+            if idx > 0 and stage != "lost":
                 facts.append((ts, "deals_advanced", (*dims, ("stage", DEAL_STAGES[idx - 1])), 1))
             if stage == "opportunity":
                 facts.append((ts, "opportunities", dims, 1))
@@ -288,18 +291,18 @@ class Pipeline:
     def expire(self, watermark: int) -> None:
         cutoff = watermark - self.horizon_ms
         for lead_id in self._lead_buckets.pop_before(cutoff):
-            cur = self.leads.get(lead_id)  # type: ignore[call-overload]
+            cur = self.leads.get(lead_id)
             if cur is not None and cur[0] < cutoff:
-                del self.leads[lead_id]  # type: ignore[arg-type]
+                del self.leads[lead_id]
         for deal_id in self._deal_buckets.pop_before(cutoff):
-            d = self.deals.get(deal_id)  # type: ignore[call-overload]
+            d = self.deals.get(deal_id)
             if d is not None and d.last_ts < cutoff:
-                del self.deals[deal_id]  # type: ignore[arg-type]
-                self.facts.pop(deal_id, None)  # type: ignore[call-overload]
+                del self.deals[deal_id]
+                self.facts.pop(deal_id, None)
                 if d.lead_id is not None:
                     linked = self.deals_by_lead.get(d.lead_id)
                     if linked is not None:
-                        linked.discard(deal_id)  # type: ignore[arg-type]
+                        linked.discard(deal_id)
                         if not linked:
                             del self.deals_by_lead[d.lead_id]
 

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from kpi_engine.generator import Generator
 from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC, TYPES
-from streams.topics import ensure_topics, all_topics
+from streams.topics import all_topics, ensure_topics
 
 
 def topic_for(raw: bytes, settings: Settings, invalid_topic: str) -> str:

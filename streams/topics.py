@@ -4,6 +4,7 @@ anything produces: Tansu would otherwise auto-create it with 4 partitions."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Final
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -47,12 +48,10 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(
                     [NewTopic(n, num_partitions=partitions, replication_factor=1)
                      for n in missing])
-            except TopicAlreadyExistsError:
-                pass  # another worker won the race
     finally:
         await admin.close()
 

@@ -135,7 +135,8 @@ def test_generated_ground_truth_end_to_end() -> None:
         first = ms(ends[0].replace("Z", "+00:00"))
         return sum(r[part] for r in recs.values()
                    if r["kpi"] == kpi and r["window"] == window and not r["dims"]
-                   and r["end"] <= until and (ms(r["end"].replace("Z", "+00:00")) - first) % tile_ms == 0)
+                   and r["end"] <= until
+                   and (ms(r["end"].replace("Z", "+00:00")) - first) % tile_ms == 0)
 
     five_min, day = 300_000, 86_400_000
     sent = tiled("email_open_rate", "5m", five_min, "denominator")

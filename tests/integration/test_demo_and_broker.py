@@ -1,0 +1,74 @@
+"""`kpi-engine demo` as a newcomer runs it, and the embedded broker's failure modes."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from metrics.errors import BrokerError
+from streams.broker import EmbeddedBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_counts_events_and_exits_cleanly() -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "demo", "--duration", "20",
+                             "--web-port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    seen = 0.0
+    try:
+        deadline = time.monotonic() + 19
+        while time.monotonic() < deadline and not seen:
+            time.sleep(1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                            timeout=2) as resp:
+                    text = resp.read().decode()
+            except OSError:
+                continue
+            seen = sum(float(v) for v in re.findall(
+                r'^kpi_engine_events_total\{[^}]*\} ([0-9.e+]+)$', text, re.M))
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out.decode()
+    assert seen > 0, "no kpi_engine_events_total during the demo"
+    text = out.decode()
+    assert f"http://127.0.0.1:{port}/metrics" in text
+    assert "first events counted" in text
+    # nothing left behind: the broker and worker died with the demo
+    leftovers = subprocess.run(["pgrep", "-f", f"KPI_WEB_PORT={port}|tansu.*{port}"],
+                               capture_output=True)
+    assert leftovers.stdout == b""
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+
+
+def test_broker_refuses_a_taken_port() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(BrokerError, match="already in use"):
+            EmbeddedBroker(port=port).start()
+
+
+def test_broker_starts_and_stops(tmp_path: object) -> None:
+    b = EmbeddedBroker().start()
+    try:
+        with socket.create_connection(("127.0.0.1", b.port), timeout=2):
+            pass
+        assert b.url == f"kafka://127.0.0.1:{b.port}"
+    finally:
+        proc = b.proc
+        b.stop()
+    assert proc is not None and proc.poll() is not None

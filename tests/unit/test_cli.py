@@ -1,0 +1,107 @@
+"""`kpi-engine replay` and `kpi-engine catalog check` as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import yaml
+
+from metrics.catalog import load_catalog
+from metrics.errors import CatalogError
+
+CLI = [sys.executable, "-m", "kpi_engine.cli"]
+DEFAULT = Path(__file__).resolve().parents[2] / "metrics" / "catalog.yaml"
+
+
+def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, timeout=120)
+
+
+def test_replay_prints_final_records_and_reports_invalid_lines(tmp_path: Path) -> None:
+    lines = [
+        b'{"event_id":"a","type":"email.sent","ts":"2026-11-01T00:00:00Z",'
+        b'"campaign_id":"c","contact_id":"p1"}',
+        b"this is not json",
+        b'{"event_id":"b","type":"email.opened","ts":"2026-11-01T00:01:00Z",'
+        b'"campaign_id":"c","contact_id":"p1"}',
+        b'{"event_id":"b","type":"email.opened","ts":"2026-11-01T00:01:00Z",'
+        b'"campaign_id":"c","contact_id":"p1"}',
+        b'{"event_id":"c","type":"email.bounced","ts":"2026-11-01T00:01:00Z",'
+        b'"campaign_id":"c","contact_id":"p2"}',
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    res = run("replay", str(path))
+    assert res.returncode == 0, res.stderr
+    records = [orjson.loads(x) for x in res.stdout.splitlines()]
+    assert records and all(r["final"] for r in records)
+    open_1h = [r for r in records if r["kpi"] == "email_open_rate" and r["window"] == "1h"
+               and r["dims"] == {} and r["end"] == "2026-11-01T01:00:00Z"]
+    assert [(r["numerator"], r["denominator"], r["value"]) for r in open_1h] == [(1, 1, 1.0)]
+    err = res.stderr.decode()
+    assert "line 2: invalid: not_json" in err
+    assert "line 5: invalid: missing_field:bounce" in err
+    assert "2 events counted, 2 invalid, 1 duplicate, 0 late" in err
+
+
+def test_replay_reads_stdin() -> None:
+    res = run("replay", "-", stdin=b'{"event_id":"a","type":"survey.answered",'
+                                    b'"ts":"2026-11-01T00:00:00Z","score":10}\n')
+    assert res.returncode == 0
+    nps = [orjson.loads(x) for x in res.stdout.splitlines()]
+    assert {r["value"] for r in nps if r["kpi"] == "nps"} == {100.0}
+
+
+def test_replay_exits_2_when_input_cannot_be_read(tmp_path: Path) -> None:
+    res = run("replay", str(tmp_path / "missing.jsonl"))
+    assert res.returncode == 2
+    assert b"cannot read" in res.stderr
+
+
+def test_catalog_check_accepts_the_default() -> None:
+    res = run("catalog", "check", str(DEFAULT))
+    assert res.returncode == 0
+    assert b"OK, 23 KPIs" in res.stdout
+
+
+def test_catalog_check_lists_every_problem(tmp_path: Path) -> None:
+    doc = yaml.safe_load(DEFAULT.read_text())
+    doc["kpis"]["email_open_rate"]["numerator"] = "email_unique_openz"
+    doc["kpis"]["email_click_rate"]["dims"] = ["network"]
+    doc["kpis"]["nps"]["unit"] = "percent"
+    doc["families"]["web"]["grace"] = "soon"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    res = run("catalog", "check", str(path))
+    assert res.returncode == 2
+    err = res.stderr.decode()
+    assert "kpis.email_open_rate.numerator: unknown aggregate 'email_unique_openz'" in err
+    assert "kpis.email_click_rate.dims: 'network'" in err
+    assert "kpis.nps.unit" in err
+    assert "families.web.grace: not a duration: 'soon'" in err
+
+
+def test_catalog_every_contract_kpi_is_present() -> None:
+    contract = {"email_open_rate", "email_click_rate", "email_bounce_rate",
+                "email_hard_bounce_rate", "email_unsubscribe_rate", "email_open_share",
+                "web_bounce_rate", "web_avg_time_on_page_seconds", "web_conversion_rate",
+                "web_cart_abandonment_rate", "social_engagement_rate", "leads",
+                "funnel_stage_conversion_rate", "lead_to_customer_rate", "deal_win_rate",
+                "avg_deal_size", "sales_cycle_days", "sales_velocity", "revenue_share",
+                "cost_per_lead", "cost_per_acquisition", "romi", "nps"}
+    assert contract <= set(load_catalog().kpis)
+
+
+def test_catalog_rejects_unreadable_and_non_yaml(tmp_path: Path) -> None:
+    bad = tmp_path / "x.yaml"
+    bad.write_text("kpis: [unclosed")
+    for path in (bad, tmp_path / "none.yaml"):
+        try:
+            load_catalog(path)
+        except CatalogError as exc:
+            assert str(path) in str(exc)
+        else:
+            raise AssertionError("accepted")
