@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -12,6 +13,12 @@ import orjson
 from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, parse_event
+
+
+def tune_gc() -> None:
+    """The engine allocates many short-lived dicts and few cycles: collecting the young
+    generation every 700 allocations (the default) costs ~15 % of throughput."""
+    gc.set_threshold(50_000, 50, 100)
 
 
 def wall_ms() -> int:
@@ -28,6 +35,7 @@ def replay_lines(
     closes and is emitted final.
     """
     now = now_ms if now_ms is not None else wall_ms()
+    tune_gc()
     engine = KpiEngine(catalog, EngineConfig(dedup_horizon_ms=dedup_horizon_ms,
                                              idle_timeout_ms=0), clock=wall_ms)
     currency = catalog.currency

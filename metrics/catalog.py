@@ -11,7 +11,7 @@ from typing import Any, Final
 import yaml
 
 from metrics.errors import CatalogError
-from metrics.events import _ENVELOPE, FAMILIES, TYPES
+from metrics.events import _ENVELOPE_LEN, FAMILIES, TYPES
 
 DEFAULT_CATALOG: Final = "catalog.yaml"
 UNITS: Final = frozenset({"ratio", "seconds", "days", "count", "per_day", "score", "currency"})
@@ -198,7 +198,7 @@ def _split_top(text: str, sep: str) -> list[str]:
 
 def _event_fields(event_type: str) -> frozenset[str]:
     spec = TYPES[event_type]
-    names = {n for n, _ in spec.required + spec.optional} | {n for n, _ in _ENVELOPE}
+    names = {n for n, _ in spec.required + spec.optional} | {n for n, _ in _ENVELOPE_LEN}
     return frozenset(names)
 
 

@@ -39,26 +39,34 @@ class EngineConfig:
 class _Watermark:
     """Per-family event-time progress: min over sources of each source's max event time."""
 
-    __slots__ = ("last_wall", "sources", "value", "value_at_last_event")
+    __slots__ = ("active", "last_wall", "sources", "value", "value_at_last_event")
 
     def __init__(self) -> None:
         self.sources: dict[Any, int] = {}
         self.value = NEVER
         self.last_wall = 0
         self.value_at_last_event = NEVER
+        self.active = False  # events since the last idle check
 
-    def observe(self, source: Any, ts: int, wall: int) -> None:
-        cur = self.sources.get(source)
+    def observe(self, source: Any, ts: int) -> None:
+        sources = self.sources
+        cur = sources.get(source)
         if cur is None or ts > cur:
-            self.sources[source] = ts
-        self.last_wall = wall
-        low = min(self.sources.values())
-        if low > self.value:
-            self.value = low
-        self.value_at_last_event = self.value
+            sources[source] = ts
+            # only a source that was at the minimum can raise it
+            if cur is None or cur <= self.value or len(sources) == 1:
+                low = min(sources.values())
+                if low > self.value:
+                    self.value = low
+        self.active = True
 
     def idle_advance(self, wall: int, idle_timeout_ms: int) -> None:
         """On a quiet family, let event time move on with the wall clock."""
+        if self.active:  # activity is stamped here, once per batch, not per event
+            self.active = False
+            self.last_wall = wall
+            self.value_at_last_event = self.value
+            return
         if idle_timeout_ms <= 0 or self.value == NEVER:
             return
         quiet = wall - self.last_wall
@@ -161,7 +169,7 @@ class KpiEngine:
             for fact in self._track(ev):
                 self._apply_fact(fw, fact)
         wm = self.watermarks[fam]
-        wm.observe(source, ts, self._clock())
+        wm.observe(source, ts)
         if wm.value >= self._next_close[fam]:
             self.due = True
         return "ok"
@@ -225,6 +233,8 @@ class KpiEngine:
             for bname, fields in bds:
                 if not fields:
                     key = (agg, TOTAL, TOTAL)
+                elif len(fields) == 1:
+                    key = (agg, bname, dmap.get(fields[0]) or UNKNOWN)
                 else:
                     key = (agg, bname, SEP.join(dmap.get(f) or UNKNOWN for f in fields))
                 fw.add(ts, key, value)

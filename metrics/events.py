@@ -38,7 +38,7 @@ DEAL_STAGES: Final = ("lead", "mql", "sql", "opportunity", "proposal", "won", "l
 UNKNOWN: Final = "unknown"
 
 _BAD: Final = object()
-Validator = Callable[[Any], Any]
+Validator = Callable[[Any], Any] | int  # an int: a string of at most that many characters
 
 
 class Event:
@@ -64,13 +64,6 @@ class Invalid(NamedTuple):
     """A rejected input with its stable reason code (e.g. ``missing_field:campaign_id``)."""
 
     reason: str
-
-
-def _string(max_len: int) -> Validator:
-    def check(v: Any) -> Any:
-        return v if type(v) is str and 0 < len(v) <= max_len else _BAD
-
-    return check
 
 
 def _enum(*values: str) -> Validator:
@@ -102,12 +95,12 @@ def _number(*, strictly_positive: bool) -> Validator:
     return check
 
 
-_S128, _S64 = _string(128), _string(64)
+_S128, _S64 = 128, 64  # plain strings are checked inline by length
 _AMOUNT_GE0 = _number(strictly_positive=False)
 _COUNT = _int_range(1)
 
-#: optional envelope fields, checked whenever present
-_ENVELOPE: Final[tuple[tuple[str, Validator], ...]] = (
+#: optional envelope fields, checked whenever present: (name, max length)
+_ENVELOPE_LEN: Final[tuple[tuple[str, int], ...]] = (
     ("campaign_id", _S128),
     ("channel", _S64),
     ("account_id", _S128),
@@ -131,12 +124,12 @@ TYPES: Final[dict[str, TypeSpec]] = {
     "email.opened": TypeSpec(
         "email", _EMAIL_REQ, (("client", _S64),), (("client", UNKNOWN),)
     ),
-    "email.clicked": TypeSpec("email", _EMAIL_REQ, (("url", _string(4096)),)),
+    "email.clicked": TypeSpec("email", _EMAIL_REQ, (("url", 4096),)),
     "email.bounced": TypeSpec("email", (*_EMAIL_REQ, ("bounce", _enum("hard", "soft")))),
     "email.unsubscribed": TypeSpec("email", _EMAIL_REQ),
     "page.viewed": TypeSpec(
         "web",
-        (("session_id", _S128), ("page", _string(2048))),
+        (("session_id", _S128), ("page", 2048)),
         (("visitor_id", _S128), ("duration_s", _AMOUNT_GE0)),
     ),
     "goal.converted": TypeSpec("web", (("session_id", _S128), ("goal", _S64))),
@@ -164,11 +157,42 @@ TYPES: Final[dict[str, TypeSpec]] = {
 _CLIENTS: Final = frozenset({"mobile", "desktop", "webmail"})
 
 
+_MINUTE_MS: dict[str, int] = {}  # "2026-11-01T00:12" -> epoch ms, for the UTC fast path
+
+
+def _parse_utc_fast(v: str) -> int | None:
+    """'YYYY-MM-DDTHH:MM:SS[.mmm]Z', the common producer format, without datetime: the
+    minute prefix repeats across events, so its epoch value is cached."""
+    n = len(v)
+    if (n != 20 and n != 24) or v[19] != ("Z" if n == 20 else ".") or v[-1] != "Z" \
+            or v[16] != ":" or not v[17:19].isdigit() or not v.isascii():
+        return None
+    if n == 24 and not v[20:23].isdigit():
+        return None
+    prefix = v[:16]
+    base = _MINUTE_MS.get(prefix)
+    if base is None:
+        try:
+            dt = datetime.fromisoformat(prefix + ":00+00:00")
+        except ValueError:
+            return None
+        if len(_MINUTE_MS) > 100_000:
+            _MINUTE_MS.clear()
+        base = _MINUTE_MS[prefix] = int(dt.timestamp()) * 1000
+    sec = int(v[17:19])
+    if sec > 59:
+        return None
+    return base + sec * 1000 + (int(v[20:23]) if n == 24 else 0)
+
+
 def parse_ts(v: Any) -> int | None:
     """Event time in epoch milliseconds, or None when it can't be read unambiguously."""
     if type(v) is int:
         return v if v >= 0 else None
     if type(v) is str and 10 <= len(v) <= 40:
+        fast = _parse_utc_fast(v)
+        if fast is not None:
+            return fast
         try:
             dt = datetime.fromisoformat(v)
         except ValueError:
@@ -196,7 +220,7 @@ def validate(
     event_id = d.get("event_id")
     if event_id is None:
         return Invalid("missing_field:event_id")
-    if _S128(event_id) is _BAD:
+    if type(event_id) is not str or not 0 < len(event_id) <= 128:
         return Invalid("bad_value:event_id")
     raw_ts = d.get("ts")
     if raw_ts is None:
@@ -210,15 +234,19 @@ def validate(
         v = d.get(name)
         if v is None:
             return Invalid(f"missing_field:{name}")
-        if check(v) is _BAD:
+        if type(check) is int:  # a string of at most `check` characters, checked inline
+            if type(v) is not str or not 0 < len(v) <= check:
+                return Invalid(f"bad_value:{name}")
+        elif check(v) is _BAD:
             return Invalid(f"bad_value:{name}")
-    for name, check in _ENVELOPE:
+    for name, max_len in _ENVELOPE_LEN:
         v = d.get(name)
-        if v is not None and check(v) is _BAD:
+        if v is not None and (type(v) is not str or not 0 < len(v) <= max_len):
             return Invalid(f"bad_value:{name}")
     for name, check in spec.optional:
         v = d.get(name)
-        if v is not None and check(v) is _BAD:
+        if v is not None and (check(v) if type(check) is not int else
+                              v if type(v) is str and 0 < len(v) <= check else _BAD) is _BAD:
             return Invalid(f"bad_value:{name}")
     for name, default in spec.defaults:
         if d.get(name) is None:
@@ -279,7 +307,7 @@ def reason_codes() -> list[str]:
     fields: set[str] = {"event_id", "ts", "type"}
     for spec in TYPES.values():
         fields.update(n for n, _ in spec.required + spec.optional)
-    fields.update(n for n, _ in _ENVELOPE)
+    fields.update(n for n, _ in _ENVELOPE_LEN)
     codes = ["not_json", "not_object", "too_large", "unknown_type", "wrong_topic", "future_ts"]
     codes += ["currency", "missing_field:campaign_id_or_channel"]
     codes += [f"missing_field:{f}" for f in sorted(fields | {"amount"})]

@@ -18,6 +18,7 @@ import faust
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kpi_engine.replay import tune_gc
 from kpi_engine.settings import Settings
 from metrics.catalog import Catalog, load_catalog
 from metrics.engine import EngineConfig, KpiEngine
@@ -198,6 +199,7 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
 
 def run_worker(settings: Settings) -> int:
     catalog = load_catalog(settings.catalog)
+    tune_gc()
     create_topics(settings)
     app, _ = make_app(settings, catalog)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
