@@ -234,7 +234,7 @@ def validate(
         v = d.get(name)
         if v is None:
             return Invalid(f"missing_field:{name}")
-        if type(check) is int:  # a string of at most `check` characters, checked inline
+        if isinstance(check, int):  # a string of at most `check` characters, checked inline
             if type(v) is not str or not 0 < len(v) <= check:
                 return Invalid(f"bad_value:{name}")
         elif check(v) is _BAD:
@@ -245,8 +245,12 @@ def validate(
             return Invalid(f"bad_value:{name}")
     for name, check in spec.optional:
         v = d.get(name)
-        if v is not None and (check(v) if type(check) is not int else
-                              v if type(v) is str and 0 < len(v) <= check else _BAD) is _BAD:
+        if v is None:
+            continue
+        if isinstance(check, int):
+            if type(v) is not str or not 0 < len(v) <= check:
+                return Invalid(f"bad_value:{name}")
+        elif check(v) is _BAD:
             return Invalid(f"bad_value:{name}")
     for name, default in spec.defaults:
         if d.get(name) is None:
