@@ -37,37 +37,76 @@ class EngineConfig:
 
 
 class _Watermark:
-    """Per-family event-time progress: min over sources of each source's max event time."""
+    """Per-family event-time progress: the minimum over live sources (partitions) of the
+    highest event time each delivered.
 
-    __slots__ = ("active", "last_wall", "sources", "value", "value_at_last_event")
+    An assigned source that has delivered nothing yet holds the watermark back (so the first
+    partition to report can't close windows early); a source quiet for the idle timeout
+    stops holding it back; when every source is quiet, event time moves on with the wall
+    clock from where it stood.
+    """
+
+    __slots__ = ("idle", "last_wall", "seen_wall", "sources", "touched", "value",
+                 "value_at_last_event")
 
     def __init__(self) -> None:
-        self.sources: dict[Any, int] = {}
+        self.sources: dict[Any, int] = {}  # source -> highest event time (NEVER: none yet)
+        self.seen_wall: dict[Any, int] = {}  # source -> wall time of its last batch
+        self.idle: set[Any] = set()
+        self.touched: set[Any] = set()  # sources with events since the last idle check
         self.value = NEVER
         self.last_wall = 0
         self.value_at_last_event = NEVER
-        self.active = False  # events since the last idle check
+
+    def assign(self, source: Any, wall: int) -> None:
+        if source not in self.sources:
+            self.sources[source] = NEVER
+            self.seen_wall[source] = wall
+
+    def forget(self, source: Any) -> None:
+        self.sources.pop(source, None)
+        self.seen_wall.pop(source, None)
+        self.idle.discard(source)
+        self.touched.discard(source)
+        self._recompute()
 
     def observe(self, source: Any, ts: int) -> None:
         sources = self.sources
         cur = sources.get(source)
         if cur is None or ts > cur:
             sources[source] = ts
+            if source in self.idle:
+                self.idle.discard(source)
             # only a source that was at the minimum can raise it
             if cur is None or cur <= self.value or len(sources) == 1:
-                low = min(sources.values())
-                if low > self.value:
-                    self.value = low
-        self.active = True
+                self._recompute()
+        self.touched.add(source)
+
+    def _recompute(self) -> None:
+        idle = self.idle
+        live = [t for s, t in self.sources.items() if s not in idle] if idle else \
+            list(self.sources.values())
+        if live:
+            low = min(live)
+            if low > self.value:
+                self.value = low
 
     def idle_advance(self, wall: int, idle_timeout_ms: int) -> None:
-        """On a quiet family, let event time move on with the wall clock."""
-        if self.active:  # activity is stamped here, once per batch, not per event
-            self.active = False
+        """Once per batch: stamp activity, retire quiet sources, move a quiet family on."""
+        if self.touched:
+            for src in self.touched:
+                self.seen_wall[src] = wall
+            self.touched.clear()
             self.last_wall = wall
             self.value_at_last_event = self.value
+        if idle_timeout_ms <= 0:
             return
-        if idle_timeout_ms <= 0 or self.value == NEVER:
+        newly_idle = [s for s, w in self.seen_wall.items()
+                      if s not in self.idle and wall - w >= idle_timeout_ms]
+        if newly_idle:
+            self.idle.update(newly_idle)
+            self._recompute()
+        if self.value == NEVER or self.last_wall == wall:
             return
         quiet = wall - self.last_wall
         if quiet >= idle_timeout_ms:
@@ -76,19 +115,11 @@ class _Watermark:
                 self.value = moved
 
 
-class _Plan:
-    """A simple aggregate compiled for the hot path."""
-
-    __slots__ = ("agg", "breakdowns", "filters", "has_field", "sum_field")
-
-    def __init__(self, agg: str, sum_field: str | None, has_field: str | None,
-                 filters: tuple[tuple[str, frozenset[Any]], ...],
-                 breakdowns: list[tuple[str, tuple[str, ...]]]):
-        self.agg = agg
-        self.sum_field = sum_field
-        self.has_field = has_field
-        self.filters = filters
-        self.breakdowns = breakdowns
+#: A simple aggregate compiled for the hot path: (aggregate, sum field, has field, filters,
+#: total key, single-dimension breakdowns (name, field), combined breakdowns (name, fields))
+_Plan = tuple[str, str | None, str | None, tuple[tuple[str, frozenset[Any]], ...],
+              tuple[str, str, str], tuple[tuple[str, str], ...],
+              tuple[tuple[str, tuple[str, ...]], ...]]
 
 
 class KpiEngine:
@@ -107,8 +138,11 @@ class KpiEngine:
                 self._builtin_targets.setdefault(agg.builtin, []).append((agg.name, bds))
             else:
                 assert agg.event is not None
+                singles = tuple((b, f[0]) for b, f in bds if len(f) == 1)
+                groups = tuple((b, f) for b, f in bds if len(f) > 1)
                 self._plans.setdefault(agg.event, []).append(
-                    _Plan(agg.name, agg.sum_field, agg.has_field, agg.where, bds))
+                    (agg.name, agg.sum_field, agg.has_field, agg.where,
+                     (agg.name, TOTAL, TOTAL), singles, groups))
         self._micro = {a.name for a in catalog.aggregates.values()
                        if a.sum_field is not None or a.builtin in _MICRO_BUILTINS}
         horizon = {f: cfg.longest_ms + cfg.grace_ms for f, cfg in catalog.families.items()}
@@ -131,7 +165,7 @@ class KpiEngine:
         #: set when a watermark passed a window close: call advance()
         self.due = False
         # counters the streaming shell exports
-        self.events_total: dict[tuple[str, str], int] = {}
+        self.events_total: dict[str, int] = {}  # event type -> valid events counted
         self.duplicates_total = 0
         self.late_total: dict[str, int] = {f: 0 for f in catalog.families}
 
@@ -149,7 +183,7 @@ class KpiEngine:
         if not fw.started:
             fw.start(ts)
             self._next_close[fam] = self._compute_next_close(fam)
-        elif fw.is_late(ts):
+        elif ts < fw.frontier and fw.is_late(ts):  # beyond the frontier nothing is closed
             self.late_total[fam] += 1
             return "late"
         self._seen[eid] = ts
@@ -159,13 +193,12 @@ class KpiEngine:
             self._seen_by_hour[hour] = [eid]
         else:
             bucket.append(eid)
-        k = (fam, ev.type)
-        self.events_total[k] = self.events_total.get(k, 0) + 1
-        data = ev.data
-        plans = self._plans.get(ev.type)
+        type_ = ev.type
+        self.events_total[type_] = self.events_total.get(type_, 0) + 1
+        plans = self._plans.get(type_)
         if plans:
-            self._apply_plans(fw, ts, data, plans)
-        if ev.type in _STATEFUL:
+            self._apply_plans(fw, ts, ev.data, plans)
+        if type_ in _STATEFUL:
             for fact in self._track(ev):
                 self._apply_fact(fw, fact)
         wm = self.watermarks[fam]
@@ -177,28 +210,31 @@ class KpiEngine:
     def _apply_plans(self, fw: FamilyWindows, ts: int, data: dict[str, Any],
                      plans: list[_Plan]) -> None:
         pane = fw.pane(ts)
-        for plan in plans:
-            if plan.filters and not all(data.get(f) in vals for f, vals in plan.filters):
+        for agg, sum_field, has_field, filters, total_key, singles, groups in plans:
+            if filters and not all(data.get(f) in vals for f, vals in filters):
                 continue
-            if plan.has_field is not None:
-                if data.get(plan.has_field) is None:
+            if has_field is not None:
+                if data.get(has_field) is None:
                     continue
                 value = 1
-            elif plan.sum_field is not None:
-                raw = data.get(plan.sum_field)
+            elif sum_field is not None:
+                raw = data.get(sum_field)
                 if raw is None:
                     continue
                 value = round(raw * MICRO)
             else:
                 value = 1
-            agg = plan.agg
-            for bname, fields in plan.breakdowns:
-                if not fields:
-                    key = (agg, TOTAL, TOTAL)
-                elif len(fields) == 1:
-                    key = (agg, bname, data.get(fields[0]) or UNKNOWN)
-                else:
-                    key = (agg, bname, SEP.join(str(data.get(f) or UNKNOWN) for f in fields))
+            if pane is not None:  # the common case: a pane no closed window covers yet
+                pane[total_key] = pane.get(total_key, 0) + value
+                for bname, field in singles:
+                    key = (agg, bname, data.get(field) or UNKNOWN)
+                    pane[key] = pane.get(key, 0) + value
+            else:
+                fw.add(ts, total_key, value)
+                for bname, field in singles:
+                    fw.add(ts, (agg, bname, data.get(field) or UNKNOWN), value)
+            for bname, fields in groups:
+                key = (agg, bname, SEP.join(str(data.get(f) or UNKNOWN) for f in fields))
                 if pane is not None:
                     pane[key] = pane.get(key, 0) + value
                 else:
@@ -248,10 +284,14 @@ class KpiEngine:
         grace = fw.cfg.grace_ms
         return min(s.last_end + s.spec.hop_ms + grace for s in fw.specs)
 
+    def assign_source(self, family: str, source: Any) -> None:
+        """A partition was assigned: until it delivers, it holds the family's watermark."""
+        self.watermarks[family].assign(source, self._clock())
+
     def forget_source(self, source: Any) -> None:
         """A partition was revoked: it no longer holds back the watermark."""
         for wm in self.watermarks.values():
-            wm.sources.pop(source, None)
+            wm.forget(source)
 
     def advance(self) -> list[dict[str, Any]]:
         """Move watermarks, close due windows, and return final and revised KPI records."""

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from metrics.engine import NEVER, KpiEngine
-from metrics.events import FAMILY_TOPIC
+from metrics.events import FAMILY_TOPIC, TYPES
 
 
 @dataclass
@@ -39,8 +39,8 @@ class EngineCollector(Collector):
         e = self.engine
         events = CounterMetricFamily("kpi_engine_events", "Valid events counted, by topic and "
                                      "type.", labels=["topic", "type"])
-        for (fam, type_), n in sorted(e.events_total.items()):
-            events.add_metric([self.topic_name(FAMILY_TOPIC[fam]), type_], n)
+        for type_, n in sorted(e.events_total.items()):
+            events.add_metric([self.topic_name(FAMILY_TOPIC[TYPES[type_].family]), type_], n)
         yield events
         invalid = CounterMetricFamily("kpi_engine_events_invalid", "Invalid events sent to the "
                                       "DLQ, by reason.", labels=["reason"])

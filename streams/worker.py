@@ -168,6 +168,20 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
         async for batch in stream.take_events(5000, within=0.05):
             await shell.handle(batch)
 
+    inputs = set(input_topics(settings))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        for tp in assigned:
+            fam = family_of(settings, tp.topic)
+            if tp.topic in inputs and fam is not None:
+                shell.engine.assign_source(fam, (tp.topic, tp.partition))
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        for tp in revoked:
+            shell.engine.forget_source((tp.topic, tp.partition))
+
     @app.timer(settings.emit_interval)  # type: ignore[untyped-decorator]
     async def emit() -> None:
         await shell.tick()

@@ -1,0 +1,172 @@
+"""Event time: revisions, late input, idle watermarks, dedup horizon, bounded state."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+
+from kpi_engine.generator import Generator, GeneratorConfig
+from metrics.engine import EngineConfig, KpiEngine
+from metrics.events import Event, parse_event
+from tests.helpers import DEFAULT_CATALOG, ms
+
+T0 = ms("2026-11-01T00:00:00+00:00")
+MIN = 60_000
+NOW = T0 + 400 * 86_400_000
+_ids = itertools.count()
+
+
+class Clock:
+    def __init__(self, t: int) -> None:
+        self.t = t
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def sent(at: int, campaign: str = "c1", eid: str | None = None) -> Event:
+    ev = parse_event(orjson.dumps({
+        "event_id": eid or f"e{next(_ids)}", "type": "email.sent", "ts": at,
+        "campaign_id": campaign, "contact_id": f"p{next(_ids)}"}), now_ms=NOW)
+    assert isinstance(ev, Event)
+    return ev
+
+
+def engine(clock: Clock | None = None, idle_ms: int = 0, **cfg: Any) -> KpiEngine:
+    return KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=idle_ms, **cfg),
+                     clock=clock)
+
+
+def open_rate_5m(records: list[dict[str, Any]], end: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["kpi"] == "email_open_rate" and r["window"] == "5m"
+            and r["dims"] == {} and r["end"] == end]
+
+
+def test_window_closes_at_end_plus_grace_and_is_final() -> None:
+    e = engine()
+    e.ingest(sent(T0 + 10_000))
+    e.ingest(sent(T0 + MIN + 2 * MIN - 1))  # watermark just before 00:01 + 2 min grace
+    assert open_rate_5m(e.advance(), "2026-11-01T00:01:00Z") == []
+    e.ingest(sent(T0 + 3 * MIN))  # reaches end + grace
+    (rec,) = open_rate_5m(e.advance(), "2026-11-01T00:01:00Z")
+    assert rec["final"] is True and rec["revision"] == 0 and rec["denominator"] == 1
+
+
+def test_late_event_within_grace_of_a_longer_window_revises_the_closed_one() -> None:
+    e = engine()
+    e.ingest(sent(T0 + 10_000))
+    e.ingest(sent(T0 + 10 * MIN))
+    first = open_rate_5m(e.advance(), "2026-11-01T00:01:00Z")
+    assert [r["denominator"] for r in first] == [1]
+    # 9 minutes late: its 5 m windows up to 00:06 are closed, but the 1 h window is open,
+    # so the event counts and the closed 5 m windows are republished
+    assert e.ingest(sent(T0 + 20_000)) == "ok"
+    revised = open_rate_5m(e.advance(), "2026-11-01T00:01:00Z")
+    assert [(r["denominator"], r["revision"]) for r in revised] == [(2, 1)]
+
+
+def test_event_beyond_every_window_is_late_and_not_counted() -> None:
+    e = engine()
+    e.ingest(sent(T0))
+    e.ingest(sent(T0 + 26 * 3_600_000))
+    e.advance()
+    assert e.ingest(sent(T0 + 30_000)) == "late"  # its 24 h windows have all closed
+    assert e.late_total["email"] == 1
+    assert e.events_total["email.sent"] == 2
+
+
+def test_duplicates_are_ignored_within_the_horizon_and_counted_again_after() -> None:
+    e = engine(dedup_horizon_ms=2 * 3_600_000)
+    assert e.ingest(sent(T0, eid="same")) == "ok"
+    assert e.ingest(sent(T0 + MIN, eid="same")) == "duplicate"
+    assert e.duplicates_total == 1
+    for h in range(1, 6):  # move event time on by 5 hours; the id expires
+        e.ingest(sent(T0 + h * 3_600_000))
+        e.advance()
+    assert e.ingest(sent(T0 + 5 * 3_600_000 + MIN, eid="same")) == "ok"
+
+
+def test_idle_family_watermark_moves_with_the_injected_clock() -> None:
+    clock = Clock(T0)
+    e = engine(clock, idle_ms=30_000)
+    e.ingest(sent(T0))
+    e.advance()
+    wm = e.watermarks["email"].value
+    clock.t += 10_000
+    e.advance()
+    assert e.watermarks["email"].value == wm  # not idle yet
+    clock.t += 5 * MIN  # quiet for 5 min 10 s: event time follows the wall clock
+    records = e.advance()
+    assert e.watermarks["email"].value == wm + 5 * MIN + 10_000
+    assert open_rate_5m(records, "2026-11-01T00:01:00Z")  # closed without new events
+
+
+def test_idle_advance_can_be_turned_off() -> None:
+    clock = Clock(T0)
+    e = engine(clock, idle_ms=0)
+    e.ingest(sent(T0))
+    e.advance()
+    clock.t += 3_600_000
+    e.advance()
+    assert e.watermarks["email"].value == T0
+
+
+def test_watermark_is_the_minimum_over_sources() -> None:
+    e = engine()
+    e.assign_source("email", "p0")
+    e.assign_source("email", "p1")
+    e.ingest(sent(T0 + 10 * MIN), source="p0")
+    e.advance()
+    assert open_rate_5m(e.advance(), "2026-11-01T00:01:00Z") == []  # p1 holds it back
+    e.ingest(sent(T0 + MIN), source="p1")
+    assert e.watermarks["email"].value == T0 + MIN
+    # p1 lags 9 minutes behind p0: an event it delivers at 00:02 is not late
+    assert e.ingest(sent(T0 + 2 * MIN), source="p1") == "ok"
+    e.forget_source("p1")  # revoked: it no longer holds the watermark back
+    e.ingest(sent(T0 + 11 * MIN), source="p0")
+    assert e.watermarks["email"].value == T0 + 11 * MIN
+
+
+def test_state_stays_flat_on_an_endless_stream() -> None:
+    """40 days of steady traffic, past every state horizon (30 d + 1 h for the pipeline,
+    7 d for dedup): each state size at days 34, 37 and 40 stays within 15 % of day 31."""
+    day_ms = 86_400_000
+    gen = Generator(GeneratorConfig(rate=0.1, duration_s=40 * 86_400, seed=3, history_days=0))
+    e = engine()
+    sizes: dict[int, dict[str, int]] = {}
+    checkpoints = [31 * day_ms, 34 * day_ms, 37 * day_ms, 40 * day_ms - 3_600_000]
+    for ts, (_, raw) in gen.messages():
+        ev = parse_event(raw, now_ms=NOW)
+        assert isinstance(ev, Event)
+        e.ingest(ev)
+        if e.due:
+            e.advance()
+        if checkpoints and ts - gen.cfg.start_ms >= checkpoints[0]:
+            sizes[checkpoints.pop(0)] = e.state_sizes()
+    assert not checkpoints
+    base = sizes[31 * day_ms]
+    assert base["pipeline"] > 1000 and base["dedup_ids"] > 10_000
+    for cp, s in sizes.items():
+        for name, n in s.items():
+            assert n <= max(base[name] * 1.15, base[name] + 50), (cp // day_ms, name, n,
+                                                                  base[name])
+
+
+def test_a_quiet_partition_stops_holding_the_watermark() -> None:
+    clock = Clock(T0)
+    e = engine(clock, idle_ms=30_000)
+    e.assign_source("email", "p0")
+    e.assign_source("email", "p1")  # never delivers
+    e.ingest(sent(T0 + 10 * MIN), source="p0")
+    e.advance()
+    assert e.watermarks["email"].value < T0
+    clock.t += 20_000
+    e.ingest(sent(T0 + 11 * MIN), source="p0")
+    e.advance()
+    clock.t += 15_000  # p1 quiet for 35 s, p0 active 15 s ago
+    e.ingest(sent(T0 + 12 * MIN), source="p0")
+    records = e.advance()
+    assert e.watermarks["email"].value == T0 + 12 * MIN
+    assert open_rate_5m(records, "2026-11-01T00:01:00Z")
