@@ -48,6 +48,7 @@ def replay_lines(
             yield "invalid", (lineno, ev.reason)  # type: ignore[union-attr]
             continue
         ingest(ev)
+        engine.late_refs.clear()  # offline, late events are only counted
         if engine.due:
             for rec in engine.advance():
                 yield "record", rec

@@ -46,11 +46,12 @@ class _Watermark:
     clock from where it stood.
     """
 
-    __slots__ = ("idle", "last_wall", "seen_wall", "sources", "touched", "value",
+    __slots__ = ("first", "idle", "last_wall", "seen_wall", "sources", "touched", "value",
                  "value_at_last_event")
 
     def __init__(self) -> None:
         self.sources: dict[Any, int] = {}  # source -> highest event time (NEVER: none yet)
+        self.first: dict[Any, int] = {}  # source -> event time of its first event
         self.seen_wall: dict[Any, int] = {}  # source -> wall time of its last batch
         self.idle: set[Any] = set()
         self.touched: set[Any] = set()  # sources with events since the last idle check
@@ -65,6 +66,7 @@ class _Watermark:
 
     def forget(self, source: Any) -> None:
         self.sources.pop(source, None)
+        self.first.pop(source, None)
         self.seen_wall.pop(source, None)
         self.idle.discard(source)
         self.touched.discard(source)
@@ -75,6 +77,8 @@ class _Watermark:
         cur = sources.get(source)
         if cur is None or ts > cur:
             sources[source] = ts
+            if cur is None or cur == NEVER:
+                self.first.setdefault(source, ts)
             if source in self.idle:
                 self.idle.discard(source)
             # only a source that was at the minimum can raise it
@@ -153,10 +157,16 @@ class KpiEngine:
         self._seen: dict[str, int] = {}
         self._seen_by_hour: dict[int, list[str]] = {}
         self._next_close = {f: NEVER for f in catalog.families}
+        #: events of a family whose windows have not started yet, with their refs
+        self._held: dict[str, list[tuple[Event, Any]]] = {f: [] for f in catalog.families}
+        #: refs of events found late while held; the shell drains it after each batch
+        self.late_refs: list[Any] = []
         self._kpis_by_family: dict[str, list[Kpi]] = {f: [] for f in catalog.families}
+        self._partners: dict[str, set[str]] = {f: set() for f in catalog.families}
         for kpi in catalog.kpis.values():
             for f in kpi.families:
                 self._kpis_by_family[f].append(kpi)
+                self._partners[f].update(set(kpi.families) - {f})
         #: (family, window, end) -> kpi -> dims -> (numerator, denominator, revision) as
         #: published; a KPI over several families is filed under its first one
         self._published: dict[tuple[str, str, int], dict[str, dict[tuple[tuple[str, str], ...],
@@ -171,8 +181,14 @@ class KpiEngine:
 
     # ---- input ---------------------------------------------------------------------------
 
-    def ingest(self, ev: Event, source: Any = 0) -> str:
-        """Count one event. Returns 'ok', 'duplicate' or 'late'."""
+    def ingest(self, ev: Event, source: Any = 0, ref: Any = None) -> str:
+        """Count one event. Returns 'ok', 'duplicate', 'late' or 'held'.
+
+        'held': the family's watermark is not known yet (an assigned partition has not
+        spoken), so its windows have not started; the event is applied, or found late, once
+        it is. Whenever an event turns out late, now or later, its ``ref`` is appended to
+        ``late_refs`` for the caller to route.
+        """
         eid = ev.event_id
         if eid in self._seen:
             self.duplicates_total += 1
@@ -180,12 +196,27 @@ class KpiEngine:
         fam = ev.family
         fw = self.windows[fam]
         ts = ev.ts_ms
+        wm = self.watermarks[fam]
         if not fw.started:
-            fw.start(ts)
-            self._next_close[fam] = self._compute_next_close(fam)
-        elif ts < fw.frontier and fw.is_late(ts):  # beyond the frontier nothing is closed
+            self._remember(eid, ts)
+            self._held[fam].append((ev, ref))
+            wm.observe(source, ts)
+            if wm.value == NEVER:
+                return "held"
+            self._start(fam)
+            return "ok" if eid in self._seen else "late"
+        if ts < fw.frontier and fw.is_late(ts):  # beyond the frontier nothing is closed
             self.late_total[fam] += 1
+            self.late_refs.append(ref)
             return "late"
+        self._remember(eid, ts)
+        self._apply(ev, fw)
+        wm.observe(source, ts)
+        if wm.value >= self._next_close[fam]:
+            self.due = True
+        return "ok"
+
+    def _remember(self, eid: str, ts: int) -> None:
         self._seen[eid] = ts
         hour = ts // 3_600_000
         bucket = self._seen_by_hour.get(hour)
@@ -193,19 +224,35 @@ class KpiEngine:
             self._seen_by_hour[hour] = [eid]
         else:
             bucket.append(eid)
+
+    def _apply(self, ev: Event, fw: FamilyWindows) -> None:
         type_ = ev.type
         self.events_total[type_] = self.events_total.get(type_, 0) + 1
         plans = self._plans.get(type_)
         if plans:
-            self._apply_plans(fw, ts, ev.data, plans)
+            self._apply_plans(fw, ev.ts_ms, ev.data, plans)
         if type_ in _STATEFUL:
             for fact in self._track(ev):
                 self._apply_fact(fw, fact)
-        wm = self.watermarks[fam]
-        wm.observe(source, ts)
-        if wm.value >= self._next_close[fam]:
+
+    def _start(self, fam: str) -> None:
+        """Start a family's windows once its watermark is known, at the earliest event any
+        source opened with (as replay starts at its first line, whichever partition was read
+        first); then the held events go through the usual late check, in arrival order."""
+        fw = self.windows[fam]
+        held, self._held[fam] = self._held[fam], []
+        first = self.watermarks[fam].first
+        fw.start(min(first.values()) if first else min(ev.ts_ms for ev, _ in held))
+        self._next_close[fam] = self._compute_next_close(fam)
+        for ev, ref in held:
+            if fw.is_late(ev.ts_ms):
+                self.late_total[fam] += 1
+                self.late_refs.append(ref)
+                self._seen.pop(ev.event_id, None)
+            else:
+                self._apply(ev, fw)
+        if self.watermarks[fam].value >= self._next_close[fam]:
             self.due = True
-        return "ok"
 
     def _apply_plans(self, fw: FamilyWindows, ts: int, data: dict[str, Any],
                      plans: list[_Plan]) -> None:
@@ -300,6 +347,8 @@ class KpiEngine:
         closed: dict[str, list[tuple[str, int]]] = {}
         for fam, wm in self.watermarks.items():
             wm.idle_advance(wall, self.config.idle_timeout_ms)
+            if not self.windows[fam].started and wm.value != NEVER and self._held[fam]:
+                self._start(fam)
             if wm.value >= self._next_close[fam]:
                 closed[fam] = [(spec.name, end)
                                for spec, end, _ in self.windows[fam].close_until(wm.value)]
@@ -314,7 +363,9 @@ class KpiEngine:
         closed: dict[str, list[tuple[str, int]]] = {}
         for fam, fw in self.windows.items():
             if not fw.started:
-                continue
+                if not self._held[fam]:
+                    continue
+                self._start(fam)
             last = max(self.watermarks[fam].sources.values(), default=NEVER)
             far = last + fw.cfg.longest_ms + fw.cfg.grace_ms + max(
                 w.hop_ms for w in fw.cfg.windows)
@@ -322,6 +373,11 @@ class KpiEngine:
         return self._publish(closed)  # nothing expires: the input is over
 
     def _expire(self, fam: str, watermark: int) -> None:
+        # a window shared with another family's KPI (CPL: crm + spend) must outlive the
+        # moment that family closes it too, however far ahead this one runs
+        partners = [self.watermarks[f].value for f in self._partners[fam]
+                    if self.windows[f].started]
+        watermark = min([watermark, *partners])
         self.windows[fam].expire(watermark)
         if fam == "email":
             self.opens.expire(watermark)
@@ -330,7 +386,10 @@ class KpiEngine:
             self.sessions.expire(watermark)
         elif fam == "crm":
             self.pipeline.expire(watermark)
-        cutoff_h = (watermark - self.config.dedup_horizon_ms) // 3_600_000
+        # ids of every family share one index: expire by the slowest family's event time
+        slowest = min((w.value for f, w in self.watermarks.items()
+                       if self.windows[f].started and w.value != NEVER), default=watermark)
+        cutoff_h = (slowest - self.config.dedup_horizon_ms) // 3_600_000
         for h in [h for h in self._seen_by_hour if h < cutoff_h]:
             for eid in self._seen_by_hour.pop(h):
                 self._seen.pop(eid, None)

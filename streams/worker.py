@@ -16,6 +16,8 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.errors import MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kpi_engine.replay import tune_gc
@@ -62,7 +64,6 @@ class KpiShell:
         engine, stats, settings = self.engine, self.stats, self.settings
         currency = self.catalog.currency
         rejected: list[tuple[Any, str]] = []
-        late: list[Any] = []
         last_offsets: dict[Any, int] = {}
         for fev in batch:
             msg = fev.message
@@ -70,25 +71,38 @@ class KpiShell:
             parsed = parse_event(raw, now_ms=now, currency=currency,
                                  topic_family=family_of(settings, msg.topic))
             if type(parsed) is Event:
-                if engine.ingest(parsed, (msg.topic, msg.partition)) == "late":
-                    late.append(msg)
+                engine.ingest(parsed, (msg.topic, msg.partition), msg)
             else:
                 reason: str = parsed.reason  # type: ignore[union-attr]
                 stats.invalid[reason] = stats.invalid.get(reason, 0) + 1
                 rejected.append((msg, reason))
             last_offsets[msg.tp] = msg.offset
+        late = engine.late_refs  # every event found late, held ones included
+        engine.late_refs = []
         if self.first_event_at is None and batch:
             self.first_event_at = time.monotonic()
-        producer = self.app.producer
         for msg, reason in rejected:
-            await producer.send(self.topic_dlq, msg.key, msg.value, None, None,
-                                _source_headers(msg, reason))
+            await self._route(self.topic_dlq, msg, reason)
         for msg in late:
-            await producer.send(self.topic_late, msg.key, msg.value, None, None,
-                                _source_headers(msg, "late"))
+            await self._route(self.topic_late, msg, "late")
         if engine.due:
             await self.publish_finals(engine.advance(), t0)
         self._update_lag(last_offsets)
+
+    async def _route(self, topic: str, msg: Any, reason: str) -> None:
+        """Copy an input message, with its coordinates, to the DLQ or the late topic. A copy
+        the cluster refuses as too large goes out truncated, saying so: bad input never
+        stops the worker."""
+        headers = _source_headers(msg, reason)
+        try:
+            await self.app.producer.send(topic, msg.key, msg.value, None, None, headers)
+        except ProducerSendError as exc:
+            if not isinstance(exc.__cause__, MessageSizeTooLargeError):
+                raise
+            size = len(msg.value or b"")
+            headers.append(("truncated_from", str(size).encode()))
+            await self.app.producer.send(topic, msg.key, (msg.value or b"")[:4096], None, None,
+                                         headers)
 
     async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
         send = self.app.producer.send
@@ -158,6 +172,9 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=1,
+        # input may be up to 1 MiB plus overhead and its DLQ copy must fit
+        producer_max_request_size=4 * 1024 * 1024,
+        consumer_max_fetch_size=4 * 1024 * 1024,
     )
     shell = KpiShell(app, settings, catalog)
     source = app.topic(*input_topics(settings), key_type=bytes, value_type=bytes,
@@ -166,7 +183,14 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
     @app.agent(source, name="kpi-engine-process")
     async def process(stream: Any) -> None:
         async for batch in stream.take_events(5000, within=0.05):
-            await shell.handle(batch)
+            try:
+                await shell.handle(batch)
+            except Exception as exc:
+                # a bug, not bad input (that is a DLQ record): stop the worker loudly rather
+                # than leave a live process whose agent no longer consumes
+                log.exception("KPI agent failed; stopping the worker")
+                await app.crash(exc)
+                raise
 
     inputs = set(input_topics(settings))
 

@@ -104,10 +104,18 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProc]]:
         w.stop()
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
+             worker: WorkerProc | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    detail = ""
+    if worker is not None:
+        try:
+            detail = f"\nhealth: {worker.health()}"
+        except OSError as exc:
+            detail = f"\nhealth: unreachable ({exc})"
+        detail += f"\nworker log:\n{worker.log_path.read_text()[-4000:]}"
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
