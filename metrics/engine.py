@@ -491,6 +491,11 @@ class KpiEngine:
 
     # ---- introspection -------------------------------------------------------------------
 
+    @property
+    def held_total(self) -> int:
+        """Events waiting for their family's watermark (a partition has not spoken yet)."""
+        return sum(len(h) for h in self._held.values())
+
     def state_sizes(self) -> dict[str, int]:
         return {
             "dedup_ids": len(self._seen),

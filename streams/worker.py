@@ -57,6 +57,7 @@ class KpiShell:
         self._lag_by_tp: dict[Any, int] = {}
         self.started_at = time.monotonic()
         self.first_event_at: float | None = None
+        self.last_batch_done_at: float | None = None
 
     async def handle(self, batch: list[Any]) -> None:
         t0 = time.perf_counter()
@@ -80,7 +81,7 @@ class KpiShell:
         late = engine.late_refs  # every event found late, held ones included
         engine.late_refs = []
         if self.first_event_at is None and batch:
-            self.first_event_at = time.monotonic()
+            self.first_event_at = time.monotonic() - (time.perf_counter() - t0)
         for msg, reason in rejected:
             await self._route(self.topic_dlq, msg, reason)
         for msg in late:
@@ -88,6 +89,7 @@ class KpiShell:
         if engine.due:
             await self.publish_finals(engine.advance(), t0)
         self._update_lag(last_offsets)
+        self.last_batch_done_at = time.monotonic()
 
     async def _route(self, topic: str, msg: Any, reason: str) -> None:
         """Copy an input message, with its coordinates, to the DLQ or the late topic. A copy
@@ -225,7 +227,11 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
             "invalid": sum(shell.stats.invalid.values()),
             "duplicates": e.duplicates_total,
             "late": sum(e.late_total.values()),
+            "held": e.held_total,
             "state": e.state_sizes(),
+            # seconds from receiving the first batch to finishing the latest one
+            "busy_s": (shell.last_batch_done_at - shell.first_event_at
+                       if shell.first_event_at and shell.last_batch_done_at else None),
         })
 
     @app.page("/kpis")

@@ -1,0 +1,97 @@
+"""Streaming throughput on the embedded broker, against the raw aiokafka limit, in one run.
+
+    python benchmarks/stream_bench.py [N]      (default 300,000 events)
+
+(a) raw: an aiokafka consumer reads the N events with getmany and decodes each with orjson;
+(b) worker: a `kpi-engine worker` process consumes the same N events through the full
+    default catalog (validation, dedup, windows, DLQ routing, closed windows published to
+    kpi-windows). Its rate is N over the time from its first batch to the end of its last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from kpi_engine.generator import Generator, GeneratorConfig
+from kpi_engine.settings import Settings
+from streams.broker import EmbeddedBroker, free_port
+from streams.produce import send_all
+from streams.topics import all_topics, ensure_topics, input_topics
+
+
+async def raw_consume(bootstrap: str, topics: list[str], partitions: int, n: int) -> float:
+    """No group (no join wait): partitions assigned by hand, timed from the assignment."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(t, p) for t in topics for p in range(partitions)])
+        t0 = time.perf_counter()
+        seen = 0
+        while seen < n:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for msgs in batches.values():
+                for m in msgs:
+                    orjson.loads(m.value)
+                seen += len(msgs)
+        return n / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+
+
+def health(port: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+        return dict(orjson.loads(resp.read()))
+
+
+def main() -> None:
+    n_target = int(sys.argv[1]) if len(sys.argv) > 1 else 300_000
+    rate = 500
+    gen = Generator(GeneratorConfig(rate=rate, duration_s=n_target / rate, seed=1,
+                                    history_days=0))
+    messages = [(t, raw) for _, (t, raw) in gen.messages()]
+    n = len(messages)
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(broker=broker.url, web_port=free_port(), idle_timeout=0)
+        asyncio.run(ensure_topics(broker.bootstrap, all_topics(settings), settings.partitions))
+        asyncio.run(send_all(broker.bootstrap, messages))
+        raw_rate = asyncio.run(raw_consume(broker.bootstrap, input_topics(settings),
+                                           settings.partitions, n))
+        env = dict(os.environ, KPI_BROKER=broker.url, KPI_WEB_PORT=str(settings.web_port),
+                   KPI_IDLE_TIMEOUT="0", KPI_DATA_DIR=tmp)
+        log = open(os.path.join(tmp, "worker.log"), "wb")  # noqa: SIM115
+        worker = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "worker"], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                time.sleep(0.5)
+                try:
+                    h = health(settings.web_port)
+                except OSError:
+                    continue
+                counted = ("events", "invalid", "duplicates", "late", "held")
+                done = sum(int(h[k]) for k in counted)  # type: ignore[call-overload]
+                if done >= n:
+                    break
+            worker_rate = n / float(h["busy_s"])  # type: ignore[arg-type]
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+            log.close()
+    print(f"events: {n:,}")
+    print(f"(a) raw aiokafka getmany + orjson decode: {raw_rate:,.0f} events/s")
+    print(f"(b) kpi-engine worker, full catalog:       {worker_rate:,.0f} events/s")
+    print(f"ratio (b)/(a): {worker_rate / raw_rate:.3f}")
+
+
+if __name__ == "__main__":
+    main()
