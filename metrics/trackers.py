@@ -11,7 +11,7 @@ State expires with the longest window plus grace, so memory stays flat on an end
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Final, Generic, TypeVar
 
 from metrics.events import DEAL_STAGES, UNKNOWN
@@ -37,6 +37,7 @@ def net_change(before: list[Fact], after: list[Fact]) -> list[Fact]:
 
 
 K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class _Buckets(Generic[K]):
@@ -52,6 +53,18 @@ class _Buckets(Generic[K]):
             self.by_hour[h] = [key]
         else:
             bucket.append(key)
+
+    def sweep(self, state: dict[K, V], cutoff_ts: int, ts_of: Callable[[V], int]
+              ) -> list[tuple[K, V]]:
+        """Delete from ``state`` the keys filed before the cutoff whose entry is still older
+        than it (a key refiled later stays); returns what was deleted."""
+        removed = []
+        for key in self.pop_before(cutoff_ts):
+            cur = state.get(key)
+            if cur is not None and ts_of(cur) < cutoff_ts:
+                del state[key]
+                removed.append((key, cur))
+        return removed
 
     def pop_before(self, cutoff_ts: int) -> list[K]:
         cutoff_h = cutoff_ts // _HOUR
@@ -91,11 +104,7 @@ class FirstSeen:
         return []
 
     def expire(self, watermark: int) -> None:
-        cutoff = watermark - self.horizon_ms
-        for key in self._buckets.pop_before(cutoff):
-            cur = self.state.get(key)
-            if cur is not None and cur[0] < cutoff:
-                del self.state[key]
+        self._buckets.sweep(self.state, watermark - self.horizon_ms, lambda cur: cur[0])
 
     def __len__(self) -> int:
         return len(self.state)
@@ -290,21 +299,15 @@ class Pipeline:
 
     def expire(self, watermark: int) -> None:
         cutoff = watermark - self.horizon_ms
-        for lead_id in self._lead_buckets.pop_before(cutoff):
-            cur = self.leads.get(lead_id)
-            if cur is not None and cur[0] < cutoff:
-                del self.leads[lead_id]
-        for deal_id in self._deal_buckets.pop_before(cutoff):
-            d = self.deals.get(deal_id)
-            if d is not None and d.last_ts < cutoff:
-                del self.deals[deal_id]
-                self.facts.pop(deal_id, None)
-                if d.lead_id is not None:
-                    linked = self.deals_by_lead.get(d.lead_id)
-                    if linked is not None:
-                        linked.discard(deal_id)
-                        if not linked:
-                            del self.deals_by_lead[d.lead_id]
+        self._lead_buckets.sweep(self.leads, cutoff, lambda lead: lead[0])
+        for deal_id, d in self._deal_buckets.sweep(self.deals, cutoff, lambda d: d.last_ts):
+            self.facts.pop(deal_id, None)
+            if d.lead_id is not None:
+                linked = self.deals_by_lead.get(d.lead_id)
+                if linked is not None:
+                    linked.discard(deal_id)
+                    if not linked:
+                        del self.deals_by_lead[d.lead_id]
 
     def __len__(self) -> int:
         return len(self.deals) + len(self.leads)
