@@ -88,7 +88,9 @@ class EmbeddedBroker:
         try:
             self.proc = subprocess.Popen(
                 [binary, "broker", "--listener-url", listen, "--advertised-listener-url", listen],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+                # its own session: a terminal's Ctrl-C reaches the owner, which stops it last
+                start_new_session=True)
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ die with the demo even on SIGKILL (PR_SET_PDEATHSIG), and stop in order on Ctrl-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import replace
+
+from aiokafka.errors import KafkaError
 
 from kpi_engine.generator import Generator, GeneratorConfig
 from kpi_engine.settings import Settings
@@ -68,7 +71,8 @@ def run_demo(settings: Settings, gen_cfg: GeneratorConfig, duration_s: float | N
         with open(os.path.join(logdir, "worker.log"), "wb") as wlog:
             worker = subprocess.Popen(worker_command(settings), env=worker_env(settings),
                                       stdout=wlog, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+                                      stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+                                      start_new_session=True)
         base = f"http://{settings.web_host}:{settings.web_port}"
         print("kpi-engine demo", flush=True)
         print(f"  broker     {broker.url} (embedded Tansu)", flush=True)
@@ -101,24 +105,36 @@ def run_demo(settings: Settings, gen_cfg: GeneratorConfig, duration_s: float | N
 async def _drive(settings: Settings, broker: EmbeddedBroker, gen: Generator,
                  worker: subprocess.Popen[bytes], base: str, t_start: float,
                  duration_s: float | None) -> None:
+    loop = asyncio.get_running_loop()
+    quit_ = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C: stop in order, no traceback
+        loop.add_signal_handler(sig, quit_.set)
     stop = asyncio.Event()
     producing = asyncio.create_task(
         produce_generated(broker.bootstrap, settings, gen, realtime=True, stop=stop))
     deadline = None if duration_s is None else t_start + duration_s
     first_seen = False
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while not quit_.is_set() and (deadline is None or time.monotonic() < deadline):
             if worker.poll() is not None:
                 raise BrokerError(f"the worker exited with code {worker.returncode}")
+            if producing.done() and producing.exception() is not None:
+                raise BrokerError(f"the traffic generator failed: {producing.exception()}")
             if not first_seen:
                 n = await asyncio.to_thread(_events_counted, f"{base}/health")
                 if n:
                     first_seen = True
                     print(f"  first events counted {time.monotonic() - t_start:.1f} s after "
                           f"start ({n} so far)", flush=True)
-            await asyncio.sleep(0.5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(quit_.wait(), timeout=0.5)
     finally:
         stop.set()
-        await asyncio.wait_for(producing, timeout=10)
+        try:
+            await asyncio.wait_for(producing, timeout=10)
+        except (TimeoutError, KafkaError) as exc:
+            print(f"  traffic generator stopped: {exc!r}", flush=True)
+    if quit_.is_set():
+        print("  stopping", flush=True)
     n = await asyncio.to_thread(_events_counted, f"{base}/health")
     print(f"  done: {n} events counted", flush=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -72,3 +74,51 @@ def test_broker_starts_and_stops(tmp_path: object) -> None:
         proc = b.proc
         b.stop()
     assert proc is not None and proc.poll() is not None
+
+
+def _wait_serving(port: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("demo never served /health")
+
+
+def test_ctrl_c_stops_the_demo_cleanly() -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "demo", "--web-port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        _wait_serving(port)
+        kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True).stdout.split()
+        assert len(kids) >= 2  # broker and worker
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out.decode()
+    assert b"Traceback" not in out
+    assert b"stopping" in out
+    for kid in kids:
+        assert not os.path.exists(f"/proc/{int(kid)}"), "a child outlived the demo"
+
+
+def test_demo_killed_with_9_leaves_no_orphan() -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "demo", "--web-port",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_serving(port)
+    kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True).stdout.split()
+    assert len(kids) >= 2
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{int(k)}") for k in kids):
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{int(k)}") for k in kids)
