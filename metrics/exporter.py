@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from metrics.catalog import Catalog, Kpi
 from metrics.engine import NEVER, KpiEngine
 from metrics.events import FAMILY_TOPIC, TYPES
 
@@ -28,6 +29,72 @@ class ShellStats:
     kpis: list[dict[str, Any]] = field(default_factory=list)
 
 
+OTHER: Final = "_other"
+
+
+def metric_name(catalog: Catalog, kpi: Kpi) -> str:
+    """kpi_<name>, money KPIs suffixed with their currency: kpi_cost_per_lead_eur."""
+    suffix = f"_{catalog.currency.lower()}" if kpi.unit == "currency" else ""
+    return f"kpi_{kpi.name}{suffix}"
+
+
+def kpi_families(catalog: Catalog, records: list[dict[str, Any]]) -> Iterator[Metric]:
+    """One gauge per KPI (value) and one for its denominator, labelled by window and the
+    KPI's dimensions. Per KPI and window at most ``max_series`` breakdown series are kept, the
+    largest denominators first; the rest of each breakdown is summed into ``_other``."""
+    by_kpi: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        by_kpi.setdefault(rec["kpi"], []).append(rec)
+    for name, recs in sorted(by_kpi.items()):
+        kpi = catalog.kpis.get(name)
+        if kpi is None:
+            continue
+        dims = sorted({d for b in kpi.breakdowns for d in b.split("+")})
+        labels = ["window", *dims]
+        mname = metric_name(catalog, kpi)
+        value = GaugeMetricFamily(mname, kpi.description or name, labels=labels)
+        denom = GaugeMetricFamily(f"{mname}_denominator", f"Denominator of {mname}: the "
+                                  "volume behind the value, for alert guards.", labels=labels)
+        for window, series in _capped(recs, catalog.max_series, kpi):
+            for rec_dims, v, d in series:
+                lv = [window, *(rec_dims.get(k, "") for k in dims)]
+                if v is not None:
+                    value.add_metric(lv, v)
+                denom.add_metric(lv, d)
+        yield value
+        yield denom
+
+
+Series = tuple[dict[str, str], float | None, float]
+
+
+def _capped(recs: list[dict[str, Any]], max_series: int, kpi: Kpi
+            ) -> Iterator[tuple[str, list[Series]]]:
+    """Ranks by denominator (by value for counts). ``_other`` re-sums numerators and
+    denominators, exact for the catalog's single-factor ratios and counts."""
+    rank = "denominator" if kpi.denominator else "numerator"
+    by_window: dict[str, list[dict[str, Any]]] = {}
+    for rec in recs:
+        by_window.setdefault(rec["window"], []).append(rec)
+    for window, wrecs in sorted(by_window.items()):
+        out: list[Series] = [(r["dims"], r["value"], r["denominator"])
+                             for r in wrecs if not r["dims"]]
+        parts = sorted((r for r in wrecs if r["dims"]), key=lambda r: -r[rank])
+        other: dict[tuple[str, ...], list[float]] = {}  # breakdown -> [numerator, denominator]
+        for i, r in enumerate(parts):
+            if i < max_series:
+                out.append((r["dims"], r["value"], r["denominator"]))
+            else:
+                acc = other.setdefault(tuple(sorted(r["dims"])), [0.0, 0.0])
+                acc[0] += r["numerator"]
+                acc[1] += r["denominator"]
+        for keys, (num, den) in sorted(other.items()):
+            if not kpi.denominator:
+                num, den = num, 1.0
+            out.append(({k: OTHER for k in keys}, kpi.scale * num / den if den else None, den))
+        yield window, out
+
+
 class EngineCollector(Collector):
     def __init__(self, engine: KpiEngine, stats: ShellStats,
                  topic_name: Callable[[str], str] = lambda t: t):
@@ -36,6 +103,7 @@ class EngineCollector(Collector):
         self.topic_name = topic_name
 
     def collect(self) -> Iterator[Metric]:
+        yield from kpi_families(self.engine.catalog, self.stats.kpis)
         e = self.engine
         events = CounterMetricFamily("kpi_engine_events", "Valid events counted, by topic and "
                                      "type.", labels=["topic", "type"])

@@ -82,6 +82,11 @@ def test_worker_counts_equal_generator_ground_truth(
     assert invalid == truth.invalid
     assert m["kpi_engine_events_duplicate_total"][""] == truth.duplicates
 
+    # the emit timer exports current KPI values next to the engine's health
+    wait_for(lambda: "kpi_email_open_rate" in scrape(worker), 10, "KPI gauges", worker)
+    total_5m = 'campaign_id="",segment="",window="5m"'  # the total: no dimension set
+    assert scrape(worker)["kpi_email_open_rate_denominator"][total_5m] > 0
+
     dlq = asyncio.run(read_topic(broker.bootstrap, isolated.topic("kpi-dlq"), n_invalid))
     assert len(dlq) == n_invalid
     assert Counter(h["error"].decode() for _, h in dlq) == Counter(truth.invalid)

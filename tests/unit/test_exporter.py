@@ -1,0 +1,66 @@
+"""The Prometheus exposition of KPI values (CONTRACT.md §6), on a fresh registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from metrics.engine import EngineConfig, KpiEngine
+from metrics.exporter import ShellStats, make_registry
+from tests.helpers import DEFAULT_CATALOG
+
+
+def rec(kpi: str, dims: dict[str, str], num: float, den: float, window: str = "1h"
+        ) -> dict[str, Any]:
+    return {"kpi": kpi, "window": window, "dims": dims, "numerator": num,
+            "denominator": den, "value": None if den == 0 else num / den}
+
+
+def samples(records: list[dict[str, Any]]) -> dict[str, dict[tuple[tuple[str, str], ...],
+                                                              float]]:
+    engine = KpiEngine(DEFAULT_CATALOG, EngineConfig())
+    registry, _ = make_registry(engine, ShellStats(kpis=records))
+    assert isinstance(registry, CollectorRegistry)
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for fam in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in fam.samples:
+            labels = tuple(sorted((k, v) for k, v in s.labels.items() if v))
+            out.setdefault(s.name, {})[labels] = s.value
+    return out
+
+
+def test_one_gauge_per_kpi_with_window_dims_and_denominator() -> None:
+    m = samples([rec("email_open_rate", {}, 3, 10),
+                 rec("email_open_rate", {"campaign_id": "c1"}, 2, 4)])
+    assert m["kpi_email_open_rate"][(("window", "1h"),)] == 0.3
+    assert m["kpi_email_open_rate"][(("campaign_id", "c1"), ("window", "1h"))] == 0.5
+    assert m["kpi_email_open_rate_denominator"][(("window", "1h"),)] == 10
+
+
+def test_money_kpis_carry_the_currency_and_null_values_are_not_exported() -> None:
+    m = samples([rec("cost_per_lead", {}, 500, 2), rec("email_click_rate", {}, 0, 0)])
+    assert m["kpi_cost_per_lead_eur"][(("window", "1h"),)] == 250
+    assert "kpi_email_click_rate" not in m
+    assert m["kpi_email_click_rate_denominator"][(("window", "1h"),)] == 0
+
+
+def test_cardinality_is_capped_and_the_rest_summed_into_other() -> None:
+    cap = DEFAULT_CATALOG.max_series
+    records = [rec("email_open_rate", {"campaign_id": f"c{i:03d}"}, i, 10 * i + 10)
+               for i in range(cap + 20)]
+    m = samples(records)["kpi_email_open_rate_denominator"]
+    assert len(m) == cap + 1
+    kept = {dict(k)["campaign_id"] for k in m}
+    assert "c000" not in kept and f"c{cap + 19:03d}" in kept  # largest denominators kept
+    folded = [r for r in records if r["dims"]["campaign_id"] not in kept]
+    other = (("campaign_id", "_other"), ("window", "1h"))
+    assert m[other] == sum(r["denominator"] for r in folded)
+    value = samples(records)["kpi_email_open_rate"][other]
+    assert value == sum(r["numerator"] for r in folded) / sum(r["denominator"] for r in folded)
+
+
+def test_engine_health_metrics_are_exported() -> None:
+    m = samples([])
+    assert m["kpi_engine_events_duplicate_total"][()] == 0
