@@ -25,9 +25,11 @@ def test_demo_runs_counts_events_and_exits_cleanly() -> None:
                              "--web-port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     seen = 0.0
+    kids: list[int] = []
     try:
         deadline = time.monotonic() + 19
         while time.monotonic() < deadline and not seen:
+            kids = kids or _children(proc.pid)
             time.sleep(1)
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
@@ -47,10 +49,9 @@ def test_demo_runs_counts_events_and_exits_cleanly() -> None:
     text = out.decode()
     assert f"http://127.0.0.1:{port}/metrics" in text
     assert "first events counted" in text
-    # nothing left behind: the broker and worker died with the demo
-    leftovers = subprocess.run(["pgrep", "-f", f"KPI_WEB_PORT={port}|tansu.*{port}"],
-                               capture_output=True)
-    assert leftovers.stdout == b""
+    # nothing left behind: the broker and worker stopped with the demo
+    assert len(kids) >= 2
+    assert not any(_alive(k) for k in kids)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
 
@@ -76,6 +77,20 @@ def test_broker_starts_and_stops(tmp_path: object) -> None:
     assert proc is not None and proc.poll() is not None
 
 
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _wait_serving(port: int, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -94,7 +109,7 @@ def test_ctrl_c_stops_the_demo_cleanly() -> None:
                             start_new_session=True)
     try:
         _wait_serving(port)
-        kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True).stdout.split()
+        kids = _children(proc.pid)
         assert len(kids) >= 2  # broker and worker
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
         out, _ = proc.communicate(timeout=60)
@@ -105,8 +120,7 @@ def test_ctrl_c_stops_the_demo_cleanly() -> None:
     assert proc.returncode == 0, out.decode()
     assert b"Traceback" not in out
     assert b"stopping" in out
-    for kid in kids:
-        assert not os.path.exists(f"/proc/{int(kid)}"), "a child outlived the demo"
+    assert not any(_alive(k) for k in kids), "a child outlived the demo"
 
 
 def test_demo_killed_with_9_leaves_no_orphan() -> None:
@@ -114,11 +128,11 @@ def test_demo_killed_with_9_leaves_no_orphan() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "demo", "--web-port",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_serving(port)
-    kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True).stdout.split()
+    kids = _children(proc.pid)
     assert len(kids) >= 2
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{int(k)}") for k in kids):
+    while time.monotonic() < deadline and any(_alive(k) for k in kids):
         time.sleep(0.2)
-    assert not any(os.path.exists(f"/proc/{int(k)}") for k in kids)
+    assert not any(_alive(k) for k in kids)
