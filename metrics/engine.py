@@ -159,7 +159,7 @@ class KpiEngine:
         self._next_close = {f: NEVER for f in catalog.families}
         #: events of a family whose windows have not started yet, with their refs
         self._held: dict[str, list[tuple[Event, Any]]] = {f: [] for f in catalog.families}
-        #: refs of events found late while held; the shell drains it after each batch
+        #: refs of every event found late (held ones included); the shell drains it
         self.late_refs: list[Any] = []
         self._kpis_by_family: dict[str, list[Kpi]] = {f: [] for f in catalog.families}
         self._partners: dict[str, set[str]] = {f: set() for f in catalog.families}
@@ -413,6 +413,7 @@ class KpiEngine:
                 todo.setdefault(w_end, set()).add(fam)
             fw.dirty.clear()
         out: list[dict[str, Any]] = []
+        emitted_at = iso_ms(self._clock())
         for (wname, end), fams in sorted(todo.items(), key=lambda x: (x[0][1], x[0][0])):
             indexes: dict[str, Index] = {}  # each family's snapshot is indexed once
             kpis = {k.name: k for f in sorted(fams) for k in self._kpis_by_family[f]
@@ -420,7 +421,7 @@ class KpiEngine:
             for kpi in kpis.values():
                 idx = self._closed_index(kpi, wname, end, indexes)
                 if idx is not None:
-                    out += self._records(kpi, wname, end, idx)
+                    out += self._records(kpi, wname, end, idx, emitted_at)
         return out
 
     def _closed_index(self, kpi: Kpi, wname: str, end: int,
@@ -440,7 +441,8 @@ class KpiEngine:
             parts.append(idx)
         return parts[0] if len(parts) == 1 else merge_indexes(parts)
 
-    def _records(self, kpi: Kpi, wname: str, end: int, idx: Index) -> list[dict[str, Any]]:
+    def _records(self, kpi: Kpi, wname: str, end: int, idx: Index, emitted_at: str
+                 ) -> list[dict[str, Any]]:
         published = self._published.setdefault((kpi.families[0], wname, end), {}).setdefault(
             kpi.name, {})
         rows = compute_kpi(self.catalog, kpi, idx, self._micro)
@@ -449,7 +451,6 @@ class KpiEngine:
                 rows[dkey] = (0.0, 0.0 if kpi.denominator else 1.0)
         size = self._window_spec(kpi, wname).size_ms
         out = []
-        emitted_at = iso_ms(self._clock())
         for dkey in sorted(rows):
             num, den = rows[dkey]
             prev = published.get(dkey)

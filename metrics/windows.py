@@ -42,6 +42,7 @@ class FamilyWindows:
         self.pane_ms = hop
         self.panes: dict[int, Agg] = {}
         self.specs: list[_Spec] = []
+        self._by_name: dict[str, _Spec] = {}
         self.started = False
         #: panes at or after this start belong to no closed window and no running sum
         self.frontier = 0
@@ -54,6 +55,7 @@ class FamilyWindows:
         """Windows ending before first event - grace are treated as closed (never emitted)."""
         base = first_ts - self.cfg.grace_ms
         self.specs = [_Spec(w, base - base % w.hop_ms) for w in self.cfg.windows]
+        self._by_name = {s.spec.name: s for s in self.specs}
         self.frontier = max(s.last_end for s in self.specs)
         self._pane_floor = min(s.last_end - s.spec.size_ms for s in self.specs)
         self.started = True
@@ -152,26 +154,20 @@ class FamilyWindows:
 
     def open_snapshot(self, spec: WindowSpec, end: int) -> Agg:
         """Current contents of the (still open) window of ``spec`` ending at ``end``."""
-        for s in self.specs:
-            if s.spec == spec:
-                if end <= s.last_end:
-                    return dict(s.closed.get(end, {}))
-                acc = dict(s.running)
-                for k, v in self._sum_panes(s.last_end, end):
-                    acc[k] = acc.get(k, 0) + v
-                for k, v in self._sum_panes(s.last_end - spec.size_ms, end - spec.size_ms):
-                    acc[k] = acc.get(k, 0) - v
-                return {k: v for k, v in acc.items() if v}
-        raise KeyError(spec.name)
+        s = self._by_name[spec.name]
+        if end <= s.last_end:
+            return dict(s.closed.get(end, {}))
+        acc = dict(s.running)
+        for k, v in self._sum_panes(s.last_end, end):
+            acc[k] = acc.get(k, 0) + v
+        for k, v in self._sum_panes(s.last_end - spec.size_ms, end - spec.size_ms):
+            acc[k] = acc.get(k, 0) - v
+        return {k: v for k, v in acc.items() if v}
 
     def closed_snapshot(self, spec_name: str, end: int) -> Agg | None:
-        for s in self.specs:
-            if s.spec.name == spec_name:
-                return s.closed.get(end)
-        return None
+        s = self._by_name.get(spec_name)
+        return None if s is None else s.closed.get(end)
 
     def last_end(self, spec_name: str) -> int | None:
-        for s in self.specs:
-            if s.spec.name == spec_name:
-                return s.last_end
-        return None
+        s = self._by_name.get(spec_name)
+        return None if s is None else s.last_end

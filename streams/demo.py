@@ -18,6 +18,7 @@ import time
 import urllib.request
 from dataclasses import replace
 
+import orjson
 from aiokafka.errors import KafkaError
 
 from kpi_engine.generator import Generator, GeneratorConfig
@@ -26,10 +27,6 @@ from metrics.errors import BrokerError
 from streams.broker import EmbeddedBroker, die_with_parent, port_is_open
 from streams.produce import produce_generated
 from streams.topics import all_topics, ensure_topics
-
-
-def worker_command(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "kpi_engine.cli", "worker"]
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -50,8 +47,6 @@ def worker_env(settings: Settings) -> dict[str, str]:
 def _events_counted(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
-            import orjson
-
             return int(orjson.loads(resp.read())["events"])
     except (OSError, ValueError, KeyError):
         return None
@@ -69,7 +64,8 @@ def run_demo(settings: Settings, gen_cfg: GeneratorConfig, duration_s: float | N
         settings = replace(settings, broker=broker.url)
         asyncio.run(ensure_topics(broker.bootstrap, all_topics(settings), settings.partitions))
         with open(os.path.join(logdir, "worker.log"), "wb") as wlog:
-            worker = subprocess.Popen(worker_command(settings), env=worker_env(settings),
+            worker = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "worker"],
+                                      env=worker_env(settings),
                                       stdout=wlog, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
                                       start_new_session=True)

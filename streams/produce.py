@@ -28,9 +28,14 @@ def topic_for(raw: bytes, settings: Settings, invalid_topic: str) -> str:
     return settings.topic(FAMILY_TOPIC[spec.family])
 
 
+def _producer(bootstrap: str) -> AIOKafkaProducer:
+    # input events may be up to 1 MiB (the contract's limit) plus framing
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1,
+                            max_request_size=2 * 1024 * 1024)
+
+
 async def send_all(bootstrap: str, messages: Iterable[tuple[str, bytes]]) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1,
-                                max_request_size=2 * 1024 * 1024)
+    producer = _producer(bootstrap)
     await producer.start()
     n = 0
     try:
@@ -63,8 +68,7 @@ async def produce_generated(bootstrap: str, settings: Settings, gen: Generator, 
                             realtime: bool, stop: asyncio.Event | None = None) -> int:
     """Send the generator's messages; in real time, each once the wall clock reaches its
     event time (history first, at once)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1,
-                                max_request_size=2 * 1024 * 1024)
+    producer = _producer(bootstrap)
     await producer.start()
     n = 0
     try:

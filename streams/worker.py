@@ -55,7 +55,6 @@ class KpiShell:
         self.topic_dlq = settings.topic("kpi-dlq")
         self.topic_late = settings.topic("kpi-late")
         self._lag_by_tp: dict[Any, int] = {}
-        self.started_at = time.monotonic()
         self.first_event_at: float | None = None
         self.last_batch_done_at: float | None = None
 
