@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,14 +21,28 @@ from streams.broker import EmbeddedBroker, free_port
 pytestmark = pytest.mark.integration
 
 
-def test_demo_runs_counts_events_and_exits_cleanly() -> None:
+@contextlib.contextmanager
+def running_demo(*args: str, new_session: bool = False
+                 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`kpi-engine demo` on a free web port; killed on the way out whatever the test did."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "demo", "--duration", "20",
-                             "--web-port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "demo", "--web-port",
+                             str(port), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=new_session)
+    try:
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_demo_runs_counts_events_and_exits_cleanly() -> None:
     seen = 0.0
     kids: list[int] = []
-    try:
+    with running_demo("--duration", "20") as (proc, port):
         deadline = time.monotonic() + 19
         while time.monotonic() < deadline and not seen:
             kids = kids or _children(proc.pid)
@@ -40,10 +56,6 @@ def test_demo_runs_counts_events_and_exits_cleanly() -> None:
             seen = sum(float(v) for v in re.findall(
                 r'^kpi_engine_events_total\{[^}]*\} ([0-9.e+]+)$', text, re.M))
         out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, out.decode()
     assert seen > 0, "no kpi_engine_events_total during the demo"
     text = out.decode()
@@ -103,20 +115,12 @@ def _wait_serving(port: int, timeout_s: float = 30) -> None:
 
 
 def test_ctrl_c_stops_the_demo_cleanly() -> None:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "demo", "--web-port",
-                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
+    with running_demo(new_session=True) as (proc, port):
         _wait_serving(port)
         kids = _children(proc.pid)
         assert len(kids) >= 2  # broker and worker
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
         out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, out.decode()
     assert b"Traceback" not in out
     assert b"stopping" in out
@@ -124,14 +128,12 @@ def test_ctrl_c_stops_the_demo_cleanly() -> None:
 
 
 def test_demo_killed_with_9_leaves_no_orphan() -> None:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "demo", "--web-port",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_serving(port)
-    kids = _children(proc.pid)
-    assert len(kids) >= 2
-    proc.kill()
-    proc.wait()
+    with running_demo() as (proc, port):
+        _wait_serving(port)
+        kids = _children(proc.pid)
+        assert len(kids) >= 2
+        proc.kill()
+        proc.wait()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(_alive(k) for k in kids):
         time.sleep(0.2)
