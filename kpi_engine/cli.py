@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", help="JSONL files, or - for stdin (default)")
     p.add_argument("--catalog")
 
+    p = sub.add_parser("rules", help="generate the Prometheus alert rules and their tests")
+    p.add_argument("--catalog")
+    p.add_argument("--out", default="prometheus",
+                   help="folder for rules/ and tests/ (default ./prometheus)")
+    p.add_argument("--grafana-url", dest="grafana_url", default=None,
+                   help="base of the dashboard_url annotations (default http://localhost:3000)")
+
+    p = sub.add_parser("dashboards", help="generate the Grafana dashboards")
+    p.add_argument("--catalog")
+    p.add_argument("--out", default="grafana/dashboards",
+                   help="folder for the dashboard JSON files (default ./grafana/dashboards)")
+
     p = sub.add_parser("catalog", help="catalog tools")
     csub = p.add_subparsers(dest="catalog_command", required=True)
     c = csub.add_parser("check", help="validate a catalog file")
@@ -128,6 +140,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         catalog = load_catalog(args.file)
         print(f"{args.file}: OK, {len(catalog.kpis)} KPIs, {len(catalog.aggregates)} aggregates")
         return 0
+    if args.command in ("rules", "dashboards"):
+        return _generate_files(args)
     if args.command == "generate":
         return _generate(args, load_settings(_flags(args, "broker", "topic_prefix")))
     if args.command == "produce":
@@ -150,6 +164,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = load_settings(_flags(args, "web_host", "web_port", "catalog"))
         return run_demo(settings, _gen_config(args, start_ms=None), duration_s=args.duration)
     raise AssertionError(args.command)
+
+
+def _generate_files(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kpi_engine import alerting, dashboards
+
+    catalog = load_catalog(args.catalog)
+    if args.command == "rules":
+        files = alerting.generated_files(catalog, args.grafana_url or
+                                         alerting.DEFAULT_GRAFANA_URL)
+    else:
+        files = dashboards.generated_files(catalog)
+    for path in alerting.write_files(files, Path(args.out)):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def _gen_config(args: argparse.Namespace, start_ms: int | None) -> Any:

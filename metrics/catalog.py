@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -100,6 +100,7 @@ class Alert:
     min_denominator: float
     for_: str
     severity: str
+    window: str = ""  # the window the alert watches; "" until the KPI's windows are known
 
 
 @dataclass(frozen=True)
@@ -425,6 +426,14 @@ def _kpis(
                 c.fail(f"{where}.by_dim", f"{b!r} is not one of the KPI's dims")
         windows = _kpi_windows(raw.get("windows"), fams, families, where, c)
         alert = _alert(raw.get("alert"), f"{where}.alert", c)
+        if alert is not None and windows:
+            # by default an alert watches the KPI's shortest window: the fastest to react
+            shortest = min(windows, key=lambda w: parse_duration_ms(w))
+            chosen = alert.window or shortest
+            if chosen not in windows:
+                c.fail(f"{where}.alert.window", f"{chosen!r} is not one of the KPI's windows "
+                       f"{list(windows)}")
+            alert = replace(alert, window=chosen)
         out[name] = Kpi(name, kpi.description, num, den, kpi.unit, kpi.scale, breakdowns,
                         by_dim, windows, tuple(fams), alert)
     return out
@@ -484,8 +493,15 @@ def _alert(raw: Any, where: str, c: _Checker) -> Alert | None:
         parse_duration_ms(for_)
     except ValueError as exc:
         c.fail(where, f"for: {exc}")
+    unknown = set(raw) - {"below", "above", "severity", "for", "min_denominator", "window"}
+    if unknown:
+        c.fail(where, f"unknown keys {sorted(unknown)}")
+    window = raw.get("window", "")
+    if not isinstance(window, str):
+        c.fail(where, "window must be a window name such as 5m")
+        window = ""
     min_den = raw.get("min_denominator", 0)
     if not isinstance(min_den, int | float) or min_den < 0:
         c.fail(where, "min_denominator must be a number >= 0")
         min_den = 0
-    return Alert(ops[0], float(threshold), float(min_den), for_, str(severity))
+    return Alert(ops[0], float(threshold), float(min_den), for_, str(severity), window)

@@ -1,0 +1,15 @@
+# The kpi-engine image: one worker per container (`docker-compose up --scale worker=N`).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY kpi_engine ./kpi_engine
+COPY metrics ./metrics
+COPY streams ./streams
+RUN pip install --no-cache-dir . && useradd --create-home kpi
+USER kpi
+EXPOSE 6066
+ENV KPI_WEB_HOST=0.0.0.0 KPI_WEB_PORT=6066
+HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:6066/health', timeout=2)"
+ENTRYPOINT ["kpi-engine"]
+CMD ["worker"]
