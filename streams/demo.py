@@ -72,6 +72,7 @@ def run_demo(settings: Settings, gen_cfg: GeneratorConfig, duration_s: float | N
         base = f"http://{settings.web_host}:{settings.web_port}"
         print("kpi-engine demo", flush=True)
         print(f"  broker     {broker.url} (embedded Tansu)", flush=True)
+        print(f"  dashboard  {base}/dashboard", flush=True)
         print(f"  KPIs       {base}/kpis", flush=True)
         print(f"  metrics    {base}/metrics", flush=True)
         print(f"  health     {base}/health", flush=True)

@@ -23,11 +23,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kpi_engine.replay import tune_gc
 from kpi_engine.settings import Settings
 from metrics.catalog import Catalog, load_catalog
-from metrics.engine import EngineConfig, KpiEngine
+from metrics.engine import NEVER, EngineConfig, KpiEngine
 from metrics.errors import SettingsError
-from metrics.events import Event, parse_event
+from metrics.events import FAMILY_TOPIC, Event, parse_event
 from metrics.exporter import ShellStats, make_registry
 from metrics.records import update_key, window_key
+from streams.dashboard import History, RateMeter, catalog_meta, page
 from streams.topics import create_topics, family_of, input_topics
 
 log = logging.getLogger("kpi_engine.worker")
@@ -55,6 +56,9 @@ class KpiShell:
         self.topic_dlq = settings.topic("kpi-dlq")
         self.topic_late = settings.topic("kpi-late")
         self._lag_by_tp: dict[Any, int] = {}
+        self.history = History()
+        self.event_rate = RateMeter()
+        self.catalog_meta = catalog_meta(catalog)
         self.first_event_at: float | None = None
         self.last_batch_done_at: float | None = None
 
@@ -112,6 +116,7 @@ class KpiShell:
                        None, None)
         if records:
             self.emit_latency.observe(time.perf_counter() - t0)
+            self.history.add(records)
 
     async def tick(self) -> None:
         """Emit interval: idle watermark advance, then open-window values."""
@@ -119,6 +124,7 @@ class KpiShell:
         await self.publish_finals(self.engine.advance(), t0)
         current = self.engine.open_records()
         self.stats.kpis = current
+        self.event_rate.sample(time.monotonic(), sum(self.engine.events_total.values()))
         send = self.app.producer.send
         for rec in current:
             await send(self.topic_updates, update_key(rec).encode(), orjson.dumps(rec), None,
@@ -137,6 +143,36 @@ class KpiShell:
         for tp, lag in self._lag_by_tp.items():
             by_topic[tp.topic] = by_topic.get(tp.topic, 0) + lag
         self.stats.lag = by_topic
+
+    def health(self) -> dict[str, Any]:
+        e = self.engine
+        return {
+            "status": "ok",
+            "events": sum(e.events_total.values()),
+            "invalid": sum(self.stats.invalid.values()),
+            "duplicates": e.duplicates_total,
+            "late": sum(e.late_total.values()),
+            "held": e.held_total,
+            "state": e.state_sizes(),
+            # seconds from receiving the first batch to finishing the latest one
+            "busy_s": (self.last_batch_done_at - self.first_event_at
+                       if self.first_event_at and self.last_batch_done_at else None),
+        }
+
+    def dashboard_state(self) -> dict[str, Any]:
+        """Everything the /dashboard page draws, in one poll."""
+        wall_s = time.time()
+        health = self.health()
+        health["events_per_s"] = round(self.event_rate.rate, 1)
+        health["lag"] = sum(self.stats.lag.values())
+        health["watermark_delay_s"] = {
+            self.settings.topic(t): round(wall_s - wm.value / 1000, 1)
+            for t, wm in ((FAMILY_TOPIC[f], wm) for f, wm in self.engine.watermarks.items())
+            if wm.value != NEVER}
+        return {"catalog": self.catalog_meta,
+                "current": [r for r in self.stats.kpis if not r["dims"]],
+                "history": self.history.as_json(),
+                "health": health}
 
     def kpis_json(self, query: Any) -> list[dict[str, Any]]:
         """Current values, filtered by ?window=&kpi= and any dimension (?channel=email)."""
@@ -219,19 +255,15 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
 
     @app.page("/health")
     async def health_view(web: Any, request: Any) -> Any:
-        e = shell.engine
-        return web.json({
-            "status": "ok",
-            "events": sum(e.events_total.values()),
-            "invalid": sum(shell.stats.invalid.values()),
-            "duplicates": e.duplicates_total,
-            "late": sum(e.late_total.values()),
-            "held": e.held_total,
-            "state": e.state_sizes(),
-            # seconds from receiving the first batch to finishing the latest one
-            "busy_s": (shell.last_batch_done_at - shell.first_event_at
-                       if shell.first_event_at and shell.last_batch_done_at else None),
-        })
+        return web.json(shell.health())
+
+    @app.page("/dashboard")
+    async def dashboard_view(web: Any, request: Any) -> Any:
+        return web.bytes(page(), content_type="text/html")
+
+    @app.page("/dashboard/state")
+    async def dashboard_state_view(web: Any, request: Any) -> Any:
+        return web.json(shell.dashboard_state())
 
     @app.page("/kpis")
     async def kpis_view(web: Any, request: Any) -> Any:

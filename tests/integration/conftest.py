@@ -7,6 +7,7 @@ skipped integration test is a failed one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -82,7 +83,10 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProc]]:
             "KPI_IDLE_TIMEOUT": str(settings.idle_timeout),
             "KPI_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
             "KPI_DATA_DIR": str(tmp_path / f"data-{len(started)}"),
+            "KPI_EMIT_INTERVAL": str(settings.emit_interval),
         })
+        if settings.catalog is not None:
+            env["KPI_CATALOG"] = settings.catalog
         log_path = tmp_path / f"worker-{len(started)}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "worker"],
@@ -119,3 +123,21 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
             detail = f"\nhealth: unreachable ({exc})"
         detail += f"\nworker log:\n{worker.log_path.read_text()[-4000:]}"
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
+
+
+@contextlib.contextmanager
+def running_demo(*args: str, new_session: bool = False
+                 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`kpi-engine demo` on a free web port; killed on the way out whatever the test did."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "demo", "--web-port",
+                             str(port), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=new_session)
+    try:
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
 from metrics.errors import BrokerError
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import EmbeddedBroker
+from tests.integration.conftest import running_demo
 
 pytestmark = pytest.mark.integration
-
-
-@contextlib.contextmanager
-def running_demo(*args: str, new_session: bool = False
-                 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`kpi-engine demo` on a free web port; killed on the way out whatever the test did."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "demo", "--web-port",
-                             str(port), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=new_session)
-    try:
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_demo_runs_counts_events_and_exits_cleanly() -> None:
