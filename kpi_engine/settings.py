@@ -27,6 +27,7 @@ class Settings:
     currency: str = "EUR"
     idle_timeout: float = 30.0  # seconds; 0 turns idle watermark advance off
     emit_interval: float = 1.0  # seconds
+    snapshot_interval: float = 5.0  # seconds between durable state snapshots
     dedup_horizon_s: float = 7 * 86_400.0
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 1.0

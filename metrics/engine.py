@@ -490,6 +490,23 @@ class KpiEngine:
                                            final=False, revision=0, emitted_at=emitted_at))
         return out
 
+    # ---- durability ----------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The engine's whole mutable state (live references: serialise it before the next
+        event). Everything else is derived from the catalog and config."""
+        if self.held_total:
+            raise ValueError("events are held (a partition has not spoken): not a stable state")
+        return {name: getattr(self, name) for name in _DURABLE}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a snapshot() taken by an engine with the same catalog."""
+        missing = set(_DURABLE) - set(state)
+        if missing:
+            raise ValueError(f"snapshot lacks {sorted(missing)}")
+        for name in _DURABLE:
+            setattr(self, name, state[name])
+
     # ---- introspection -------------------------------------------------------------------
 
     @property
@@ -508,6 +525,11 @@ class KpiEngine:
             "published_windows": len(self._published),
         }
 
+
+#: the mutable state a snapshot carries; the rest is derived from catalog and config
+_DURABLE: Final = ("windows", "watermarks", "opens", "clicks", "sessions", "pipeline", "_seen",
+                   "_seen_by_hour", "_next_close", "_published", "_published_floor",
+                   "events_total", "duplicates_total", "late_total", "due")
 
 _STATEFUL: Final = frozenset(
     {"email.opened", "email.clicked", "page.viewed", "goal.converted", "lead.created",

@@ -15,6 +15,7 @@ from metrics.errors import BrokerError
 from metrics.events import TOPIC_FAMILIES
 
 INPUT_TOPICS: Final = tuple(TOPIC_FAMILIES)
+STATE_TOPIC: Final = "kpi-engine-state"
 OUTPUT_TOPICS: Final = ("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late")
 
 
@@ -57,5 +58,10 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
 
 
 def create_topics(settings: Settings, bootstrap: str | None = None) -> None:
-    asyncio.run(ensure_topics(bootstrap or settings.bootstrap, all_topics(settings),
-                              settings.partitions))
+    async def run() -> None:
+        target = bootstrap or settings.bootstrap
+        await ensure_topics(target, all_topics(settings), settings.partitions)
+        # the worker state is one ordered log of snapshots (streams/state.py)
+        await ensure_topics(target, [settings.topic(STATE_TOPIC)], 1)
+
+    asyncio.run(run())

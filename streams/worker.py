@@ -9,6 +9,7 @@ and lets quiet families' watermarks move with the wall clock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
@@ -18,6 +19,7 @@ import faust
 import orjson
 from aiokafka.errors import MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
+from faust.transport.drivers.aiokafka import Consumer as FaustKafkaConsumer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kpi_engine.replay import tune_gc
@@ -29,7 +31,8 @@ from metrics.events import FAMILY_TOPIC, Event, parse_event
 from metrics.exporter import ShellStats, make_registry
 from metrics.records import update_key, window_key
 from streams.dashboard import History, RateMeter, catalog_meta, page
-from streams.topics import create_topics, family_of, input_topics
+from streams.state import Offsets, Snapshot, encode, load
+from streams.topics import STATE_TOPIC, create_topics, family_of, input_topics
 
 log = logging.getLogger("kpi_engine.worker")
 
@@ -61,16 +64,72 @@ class KpiShell:
         self.catalog_meta = catalog_meta(catalog)
         self.first_event_at: float | None = None
         self.last_batch_done_at: float | None = None
+        # durability (streams/state.py): what the engine applied, what a snapshot made durable
+        self.topic_state = settings.topic(STATE_TOPIC)
+        self.applied: Offsets = {}
+        self.durable_next: Offsets = {}  # next offset to commit, per input partition
+        self.snapshot_seq = 0
+        self._snapshot_applied: Offsets = {}
+        self._last_snapshot_at = time.monotonic()
+        self.replayed_skipped = 0
+        #: one batch, one emit or one snapshot at a time: a snapshot sees whole batches only
+        self._state_lock = asyncio.Lock()
+
+    def restore(self, snap: Snapshot) -> None:
+        self.engine.restore(snap.engine)
+        self.applied = dict(snap.applied)
+        self._snapshot_applied = dict(snap.applied)
+        self.durable_next = {tp: off + 1 for tp, off in snap.applied.items()}
+        self.stats.invalid = dict(snap.invalid)
+        self.snapshot_seq = snap.seq
+
+    async def snapshot(self, force: bool = False) -> bool:
+        """Write the engine state and the offsets it covers, then let commits reach them."""
+        if self.applied == self._snapshot_applied or self.engine.held_total:
+            return False
+        if not force and time.monotonic() - self._last_snapshot_at < \
+                self.settings.snapshot_interval:
+            return False
+        async with self._state_lock:
+            # what the state says was published must really be out: a record still in the
+            # producer's buffer would be lost with a crash, and never republished
+            await self.app.producer.flush()
+            applied = dict(self.applied)
+            snap = Snapshot(self.snapshot_seq + 1, self.engine.snapshot(), applied,
+                            dict(self.stats.invalid))
+            # serialised under the lock: the state and the offsets agree
+            records = encode(snap, self.settings.group_id, self.catalog,
+                             "A" if snap.seq % 2 else "B")
+        send = self.app.producer.send
+        pending = [await send(self.topic_state, k, v, 0, None, None) for k, v in records[:-1]]
+        await asyncio.gather(*pending)
+        key, manifest = records[-1]
+        await self.app.producer.send_and_wait(self.topic_state, key, manifest, 0, None, None)
+        self.snapshot_seq = snap.seq
+        self._snapshot_applied = applied
+        self.durable_next = {tp: off + 1 for tp, off in applied.items()}
+        self._last_snapshot_at = time.monotonic()
+        return True
 
     async def handle(self, batch: list[Any]) -> None:
+        async with self._state_lock:
+            await self._handle(batch)
+
+    async def _handle(self, batch: list[Any]) -> None:
         t0 = time.perf_counter()
         now = wall_ms()
         engine, stats, settings = self.engine, self.stats, self.settings
         currency = self.catalog.currency
         rejected: list[tuple[Any, str]] = []
         last_offsets: dict[Any, int] = {}
+        applied = self.applied
         for fev in batch:
             msg = fev.message
+            tp = (msg.topic, msg.partition)
+            if msg.offset <= applied.get(tp, -1):
+                self.replayed_skipped += 1  # re-read after a restart: already in the state
+                continue
+            applied[tp] = msg.offset
             raw = msg.value if isinstance(msg.value, bytes) else b""
             parsed = parse_event(raw, now_ms=now, currency=currency,
                                  topic_family=family_of(settings, msg.topic))
@@ -121,7 +180,9 @@ class KpiShell:
     async def tick(self) -> None:
         """Emit interval: idle watermark advance, then open-window values."""
         t0 = time.perf_counter()
-        await self.publish_finals(self.engine.advance(), t0)
+        async with self._state_lock:
+            await self.publish_finals(self.engine.advance(), t0)
+        await self.snapshot()
         current = self.engine.open_records()
         self.stats.kpis = current
         self.event_rate.sample(time.monotonic(), sum(self.engine.events_total.values()))
@@ -153,6 +214,8 @@ class KpiShell:
             "duplicates": e.duplicates_total,
             "late": sum(e.late_total.values()),
             "held": e.held_total,
+            "replayed_skipped": self.replayed_skipped,
+            "snapshot_seq": self.snapshot_seq,
             "state": e.state_sizes(),
             # seconds from receiving the first batch to finishing the latest one
             "busy_s": (self.last_batch_done_at - self.first_event_at
@@ -191,6 +254,22 @@ def _source_headers(msg: Any, error: str) -> list[tuple[str, bytes]]:
             ("source_offset", str(msg.offset).encode())]
 
 
+def durable_consumer(shell: KpiShell) -> type:
+    """Faust's aiokafka consumer, committing input offsets only as far as a durable snapshot
+    covers them: a crash then re-reads what the restored state lacks, never less."""
+
+    class DurableConsumer(FaustKafkaConsumer):
+        async def _commit(self, offsets: Any) -> bool:
+            durable = shell.durable_next
+            clamped = {tp: min(off, durable[(tp.topic, tp.partition)])
+                       for tp, off in offsets.items() if (tp.topic, tp.partition) in durable}
+            if not clamped:
+                return True
+            return bool(await super()._commit(clamped))
+
+    return DurableConsumer
+
+
 def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]:
     if settings.broker is None:
         raise SettingsError("the worker needs --broker or KPI_BROKER (kafka://host:port); "
@@ -214,6 +293,7 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
         consumer_max_fetch_size=4 * 1024 * 1024,
     )
     shell = KpiShell(app, settings, catalog)
+    app.transport.Consumer = durable_consumer(shell)  # type: ignore[misc]
     source = app.topic(*input_topics(settings), key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
 
@@ -276,7 +356,10 @@ def run_worker(settings: Settings) -> int:
     catalog = load_catalog(settings.catalog)
     tune_gc()
     create_topics(settings)
-    app, _ = make_app(settings, catalog)
+    snap = load(settings.bootstrap, settings.topic(STATE_TOPIC), settings.group_id, catalog)
+    app, shell = make_app(settings, catalog)
+    if snap is not None:
+        shell.restore(snap)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -84,6 +84,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProc]]:
             "KPI_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
             "KPI_DATA_DIR": str(tmp_path / f"data-{len(started)}"),
             "KPI_EMIT_INTERVAL": str(settings.emit_interval),
+            "KPI_SNAPSHOT_INTERVAL": str(settings.snapshot_interval),
         })
         if settings.catalog is not None:
             env["KPI_CATALOG"] = settings.catalog

@@ -1,0 +1,145 @@
+"""Durable worker state: the engine's snapshot and the input offsets it covers, in one topic.
+
+A snapshot is written as chunks, then a manifest naming them; the manifest is the commit
+point, so a crash mid-write leaves the previous snapshot in force. Chunks alternate between
+two slots (A/B) with fixed keys, so on a compacted topic the slot the latest manifest names
+is never overwritten while it is in force.
+
+Offsets are committed to the consumer group only up to what a durable snapshot covers
+(``clamp_commits``): after a crash the worker re-reads from there, and skips what the
+restored state already applied. Nothing is lost, nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import pickle
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from metrics.catalog import Catalog
+from metrics.errors import KpiEngineError
+
+log = logging.getLogger("kpi_engine.state")
+
+CHUNK_BYTES: Final = 512 * 1024
+_SEQ = struct.Struct(">Q")
+
+Offsets = dict[tuple[str, int], int]  # (topic, partition) -> last offset applied
+
+
+class StateError(KpiEngineError):
+    """The stored state cannot be used (corrupt, or built with another catalog)."""
+
+
+@dataclass
+class Snapshot:
+    seq: int
+    engine: dict[str, Any]
+    applied: Offsets
+    invalid: dict[str, int]
+
+
+def catalog_fingerprint(catalog: Catalog) -> str:
+    """Stable across processes (sets sorted), so a restart recognises its own catalog."""
+    canonical = orjson.dumps(dataclasses.asdict(catalog), default=lambda o: sorted(o, key=str),
+                             option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def encode(snap: Snapshot, group: str, catalog: Catalog, slot: str
+           ) -> list[tuple[bytes, bytes]]:
+    """(key, value) records: the chunks, then the manifest last."""
+    blob = zlib.compress(pickle.dumps(
+        {"engine": snap.engine, "applied": snap.applied, "invalid": snap.invalid},
+        protocol=pickle.HIGHEST_PROTOCOL), 1)
+    seq = _SEQ.pack(snap.seq)
+    chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+    out = [(f"{group}|{slot}|{i}".encode(), seq + c) for i, c in enumerate(chunks)]
+    manifest = {"seq": snap.seq, "slot": slot, "chunks": len(chunks), "bytes": len(blob),
+                "sha256": hashlib.sha256(blob).hexdigest(),
+                "catalog": catalog_fingerprint(catalog)}
+    out.append((f"{group}|manifest".encode(), orjson.dumps(manifest)))
+    return out
+
+
+def decode(records: list[tuple[bytes, bytes]], group: str, catalog: Catalog
+           ) -> Snapshot | None:
+    """The snapshot the last manifest names, from records in topic order."""
+    prefix = f"{group}|".encode()
+    chunks: dict[tuple[str, int], bytes] = {}
+    manifest: dict[str, Any] | None = None
+    for key, value in records:
+        if not key.startswith(prefix):
+            continue  # another consumer group's state
+        rest = key[len(prefix):].decode()
+        if rest == "manifest":
+            manifest = orjson.loads(value)
+        else:
+            chunk_slot, index = rest.split("|")
+            chunks[(chunk_slot, int(index))] = value
+    if manifest is None:
+        return None
+    if manifest["catalog"] != catalog_fingerprint(catalog):
+        raise StateError(f"the stored state of group {group!r} was built with another KPI "
+                         "catalog: start the worker with a new --group-id")
+    seq = _SEQ.pack(manifest["seq"])
+    slot: str = manifest["slot"]
+    parts = []
+    for i in range(manifest["chunks"]):
+        part = chunks.get((slot, i))
+        if part is None or not part.startswith(seq):
+            raise StateError(f"state chunk {i} of snapshot {manifest['seq']} is missing")
+        parts.append(part[len(seq):])
+    blob = b"".join(parts)
+    if hashlib.sha256(blob).hexdigest() != manifest["sha256"]:
+        raise StateError(f"snapshot {manifest['seq']} is corrupt (checksum)")
+    data = pickle.loads(zlib.decompress(blob))
+    return Snapshot(manifest["seq"], data["engine"], data["applied"], data["invalid"])
+
+
+async def read_all(bootstrap: str, topic: str, timeout_s: float = 60.0
+                   ) -> list[tuple[bytes, bytes]]:
+    """Every record of the (single-partition) state topic, to its end.
+
+    The end is the high watermark of Fetch responses, not ListOffsets: the embedded broker
+    answers ListOffsets(LATEST) with the newest batch's base offset + 1 (ENGINEERING.md)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_bytes=16 * 1024 * 1024,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    tp = TopicPartition(topic, 0)
+    out: list[tuple[bytes, bytes]] = []
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            batches = await consumer.getmany(tp, timeout_ms=200, max_records=1000)
+            for m in batches.get(tp, []):
+                out.append((m.key or b"", m.value or b""))
+            high = consumer.highwater(tp)
+            if high is not None and await consumer.position(tp) >= high:
+                return out
+            if time.monotonic() > deadline:
+                raise StateError(f"could not read {topic} to its end in {timeout_s:.0f} s")
+    finally:
+        await consumer.stop()
+
+
+def load(bootstrap: str, topic: str, group: str, catalog: Catalog) -> Snapshot | None:
+    t0 = time.monotonic()
+    snap = decode(asyncio.run(read_all(bootstrap, topic)), group, catalog)
+    if snap is not None:
+        log.warning("restored snapshot %d (%d partitions' offsets) in %.2f s", snap.seq,
+                    len(snap.applied), time.monotonic() - t0)
+    return snap
