@@ -492,19 +492,20 @@ class KpiEngine:
 
     # ---- durability ----------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, ref: Callable[[Any], Any] = lambda r: r) -> dict[str, Any]:
         """The engine's whole mutable state (live references: serialise it before the next
-        event). Everything else is derived from the catalog and config."""
-        if self.held_total:
-            raise ValueError("events are held (a partition has not spoken): not a stable state")
-        return {name: getattr(self, name) for name in _DURABLE}
+        event). Everything else is derived from the catalog and config. ``ref`` turns the
+        caller's refs of held events into something it can serialise."""
+        state = {name: getattr(self, name) for name in _DURABLE}
+        state["_held"] = {f: [(ev, ref(r)) for ev, r in held] for f, held in self._held.items()}
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot() taken by an engine with the same catalog."""
-        missing = set(_DURABLE) - set(state)
+        missing = {*_DURABLE, "_held"} - set(state)
         if missing:
             raise ValueError(f"snapshot lacks {sorted(missing)}")
-        for name in _DURABLE:
+        for name in (*_DURABLE, "_held"):
             setattr(self, name, state[name])
 
     # ---- introspection -------------------------------------------------------------------

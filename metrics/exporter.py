@@ -142,7 +142,8 @@ def make_registry(engine: KpiEngine, stats: ShellStats,
     registry.register(EngineCollector(engine, stats, topic_name))
     emit_latency = Histogram(
         "kpi_engine_emit_latency_seconds",
-        "From the batch that closed windows to their KPI records being handed to Kafka.",
+        "From the batch that closed windows to their KPI records written to Kafka, after "
+        "the snapshot that makes them durable.",
         registry=registry,
         buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
     return registry, emit_latency

@@ -21,7 +21,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -47,6 +47,24 @@ class Snapshot:
     engine: dict[str, Any]
     applied: Offsets
     invalid: dict[str, int]
+    #: closed-window records the state counts as published; sent once the snapshot is
+    #: durable (and again after a restore), so every revision on kpi-windows belongs to a
+    #: durable history and a crash can never leave a higher stale revision behind
+    outbox: list[dict[str, Any]]
+
+
+class SourceRef(NamedTuple):
+    """What routing an input message to kpi-dlq / kpi-late needs, serialisable."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def source_ref(msg: Any) -> SourceRef:
+    return SourceRef(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
 
 
 def catalog_fingerprint(catalog: Catalog) -> str:
@@ -60,7 +78,8 @@ def encode(snap: Snapshot, group: str, catalog: Catalog, slot: str
            ) -> list[tuple[bytes, bytes]]:
     """(key, value) records: the chunks, then the manifest last."""
     blob = zlib.compress(pickle.dumps(
-        {"engine": snap.engine, "applied": snap.applied, "invalid": snap.invalid},
+        {"engine": snap.engine, "applied": snap.applied, "invalid": snap.invalid,
+         "outbox": snap.outbox},
         protocol=pickle.HIGHEST_PROTOCOL), 1)
     seq = _SEQ.pack(snap.seq)
     chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
@@ -104,7 +123,8 @@ def decode(records: list[tuple[bytes, bytes]], group: str, catalog: Catalog
     if hashlib.sha256(blob).hexdigest() != manifest["sha256"]:
         raise StateError(f"snapshot {manifest['seq']} is corrupt (checksum)")
     data = pickle.loads(zlib.decompress(blob))
-    return Snapshot(manifest["seq"], data["engine"], data["applied"], data["invalid"])
+    return Snapshot(manifest["seq"], data["engine"], data["applied"], data["invalid"],
+                    data["outbox"])
 
 
 async def read_all(bootstrap: str, topic: str, timeout_s: float = 60.0

@@ -4,6 +4,8 @@ nothing missing, nothing counted twice (streams/state.py)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,6 +31,15 @@ from tests.integration.test_streaming_equals_replay import (
 pytestmark = pytest.mark.integration
 
 
+async def produce_paced(bootstrap: str, messages: list[tuple[str, bytes, int | None]],
+                        per_s: int = 20_000) -> None:
+    """Produce in slices of 1,000, about per_s messages a second."""
+    for i in range(0, len(messages), 1000):
+        t0 = time.monotonic()
+        await produce(bootstrap, messages[i:i + 1000])
+        await asyncio.sleep(max(0.0, 1000 / per_s - (time.monotonic() - t0)))
+
+
 def consumed(w: WorkerProc) -> int:
     h = w.health()
     return int(h["events"]) + int(h["invalid"]) + int(h["duplicates"]) + int(h["late"])
@@ -37,7 +48,7 @@ def consumed(w: WorkerProc) -> int:
 def test_kill_9_mid_stream_and_restart_equals_replay(
         broker: EmbeddedBroker, isolated: Settings,
         start_worker: Callable[[Settings], WorkerProc]) -> None:
-    gen = Generator(GeneratorConfig(rate=60, duration_s=1200, seed=23, start_ms=START,
+    gen = Generator(GeneratorConfig(rate=150, duration_s=1200, seed=23, start_ms=START,
                                     history_days=2, invalid=0.005, duplicates=0.01,
                                     late=0.003, late_after_s=120, disorder_s=60))
     stream = [(topic, raw) for _, (topic, raw) in gen.messages()]
@@ -49,30 +60,41 @@ def test_kill_9_mid_stream_and_restart_equals_replay(
     messages = [(isolated.topic(t), raw, None) for t, raw in stream] + \
         [(isolated.topic(t), raw, p) for t, raw, p in sentinels]
     n = len(messages)
-    asyncio.run(produce(broker.bootstrap, messages))
-
-    settings = replace(isolated, snapshot_interval=0.5)
+    # the stream arrives in three parts (60 %, 25 %, 15 %). The first is produced at a
+    # steady pace while the worker consumes, and the worker is killed -9 before it ends; the
+    # second is produced while nobody consumes, and the worker is killed -9 again in it
+    cuts = [0, int(n * 0.6), int(n * 0.85), n]
+    parts = [messages[a:b] for a, b in itertools.pairwise(cuts)]
+    settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2)
     restored = 0
     recovery_s: list[float] = []
+    paced = threading.Thread(target=lambda: asyncio.run(produce_paced(broker.bootstrap,
+                                                                      parts[0])))
     worker = start_worker(settings)
-    for fraction in (0.35, 0.7):
-        target = fraction * n
-        # mid-stream, once this process has made a snapshot durable
-        seq0 = worker.health()["snapshot_seq"]
-        wait_for(lambda w=worker, t=target, s=seq0: consumed(w) >= t  # type: ignore[misc]
-                 and w.health()["snapshot_seq"] > s, 120, f"{fraction:.0%} consumed", worker)
-        assert consumed(worker) < n, "the stream was over before the kill"
-        worker.proc.kill()  # SIGKILL: no commit, no goodbye
-        worker.proc.wait()
-        t0 = time.monotonic()
-        worker = start_worker(replace(settings, web_port=free_port()))
-        # recovered: counting again beyond what the restored state holds
-        restored_count = consumed(worker)
-        wait_for(lambda w=worker, c=restored_count: consumed(w) > c,  # type: ignore[misc]
-                 60, "the restarted worker counting", worker)
-        recovery_s.append(time.monotonic() - t0)
-        log = worker.log_path.read_text()
-        restored += "restored snapshot" in log
+    paced.start()
+    try:
+        for i, part in enumerate(parts[1:]):
+            target = (0.3, 0.72)[i] * n
+            seq0 = worker.health()["snapshot_seq"]
+            wait_for(lambda w=worker, t=target, s=seq0: consumed(w) >= t  # type: ignore[misc]
+                     and w.health()["snapshot_seq"] > s, 120, f"{target:.0f} consumed",
+                     worker)
+            if i == 0:
+                assert paced.is_alive(), "the first kill must land while input still flows"
+            worker.proc.kill()  # SIGKILL: no commit, no goodbye, output maybe still buffered
+            worker.proc.wait()
+            paced.join()
+            asyncio.run(produce(broker.bootstrap, part))
+            t0 = time.monotonic()
+            worker = start_worker(replace(settings, web_port=free_port()))
+            # recovered: counting again beyond what the restored state holds
+            restored_count = consumed(worker)
+            wait_for(lambda w=worker, c=restored_count: consumed(w) > c,  # type: ignore[misc]
+                     60, "the restarted worker counting", worker)
+            recovery_s.append(time.monotonic() - t0)
+            restored += "restored snapshot" in worker.log_path.read_text()
+    finally:
+        paced.join()
     wait_for(lambda: consumed(worker) >= n, 180, "every message consumed", worker)
     health = worker.health()
     assert restored == 2, "each restart must resume from a durable snapshot"
