@@ -1,0 +1,106 @@
+"""Engine snapshots: pickled mid-stream and restored into a fresh engine, the run goes on as
+if nothing happened; and the state store's chunks and manifest round-trip and fail loudly."""
+
+from __future__ import annotations
+
+import pickle
+import random
+from typing import Any
+
+import pytest
+
+from kpi_engine.generator import Generator, GeneratorConfig
+from metrics.engine import EngineConfig, KpiEngine
+from metrics.events import Event, parse_event
+from streams.state import CHUNK_BYTES, Snapshot, StateError, decode, encode
+from tests.helpers import DEFAULT_CATALOG, final_values
+
+
+def events(seed: int = 5) -> list[Event]:
+    gen = Generator(GeneratorConfig(rate=50, duration_s=1800, seed=seed, history_days=3,
+                                    duplicates=0.01, late=0.002, late_after_s=60,
+                                    disorder_s=30))
+    out = []
+    for _, (_topic, raw) in gen.messages():
+        ev = parse_event(raw, now_ms=gen.end_ms + 60_000)
+        if type(ev) is Event:
+            out.append(ev)
+    return out
+
+
+def run(engine: KpiEngine, evs: list[Event], records: list[dict[str, Any]]) -> None:
+    for i, ev in enumerate(evs):
+        engine.ingest(ev, source=i % 3)
+        if engine.due:
+            records += engine.advance()
+
+
+def new_engine() -> KpiEngine:
+    return KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=0))
+
+
+def test_restored_engine_continues_exactly() -> None:
+    evs = events()
+    whole: list[dict[str, Any]] = []
+    run(e := new_engine(), evs, whole)
+    whole += e.flush()
+
+    for cut in (len(evs) // 4, len(evs) * 2 // 3):
+        parts: list[dict[str, Any]] = []
+        first = new_engine()
+        run(first, evs[:cut], parts)
+        blob = pickle.dumps(first.snapshot())
+        second = new_engine()
+        second.restore(pickle.loads(blob))
+        run(second, evs[cut:], parts)
+        parts += second.flush()
+        assert final_values(parts) == final_values(whole)
+        assert second.events_total == e.events_total
+        assert second.duplicates_total == e.duplicates_total
+        assert second.late_total == e.late_total
+
+
+def test_held_events_survive_a_snapshot() -> None:
+    first = new_engine()
+    ev = events()[0]
+    first.assign_source(ev.family, "p0")
+    first.assign_source(ev.family, "p1")
+    assert first.ingest(ev, source="p0", ref="ref-0") == "held"
+    second = new_engine()
+    second.restore(pickle.loads(pickle.dumps(first.snapshot(ref=lambda r: r.upper()))))
+    assert second.held_total == 1
+    assert second._held[ev.family][0][1] == "REF-0"
+
+
+def test_state_records_round_trip_across_slots_and_chunks() -> None:
+    big = {"blob": random.Random(1).randbytes(3 * CHUNK_BYTES)}  # several chunks
+    snap = Snapshot(7, big, {("email-events", 0): 41}, {"not_json": 2}, [{"kpi": "x"}])
+    records = encode(snap, "g1", DEFAULT_CATALOG, "B")
+    assert len(records) >= 3 and records[-1][0] == b"g1|manifest"
+    other = encode(Snapshot(1, {}, {}, {}, []), "other-group", DEFAULT_CATALOG, "A")
+    got = decode(other + records, "g1", DEFAULT_CATALOG)
+    assert got is not None and got.seq == 7 and got.engine == big
+    assert got.applied == {("email-events", 0): 41} and got.outbox == [{"kpi": "x"}]
+    # the next snapshot writes the other slot; an unfinished one (no manifest) is ignored
+    nxt = encode(Snapshot(8, {"n": 8}, {}, {}, []), "g1", DEFAULT_CATALOG, "A")
+    assert decode(records + nxt[:-1], "g1", DEFAULT_CATALOG).seq == 7  # type: ignore[union-attr]
+    assert decode(records + nxt, "g1", DEFAULT_CATALOG).seq == 8  # type: ignore[union-attr]
+    assert decode([], "g1", DEFAULT_CATALOG) is None
+
+
+def test_damaged_or_foreign_state_fails_loudly() -> None:
+    records = encode(Snapshot(3, {"a": 1}, {}, {}, []), "g", DEFAULT_CATALOG, "A")
+    with pytest.raises(StateError, match="missing"):
+        decode(records[-1:], "g", DEFAULT_CATALOG)
+    key, value = records[0]
+    with pytest.raises(StateError, match="corrupt"):
+        decode([(key, value[:-1] + b"x"), *records[1:]], "g", DEFAULT_CATALOG)
+    import yaml
+
+    from metrics.catalog import build_catalog
+    from tests.tools import ROOT
+
+    raw = yaml.safe_load((ROOT / "metrics" / "catalog.yaml").read_text())
+    raw["currency"] = "USD"
+    with pytest.raises(StateError, match="another KPI catalog"):
+        decode(records, "g", build_catalog(raw))
