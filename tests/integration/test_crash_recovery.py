@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -92,7 +93,8 @@ def test_kill_9_mid_stream_and_restart_equals_replay(
             wait_for(lambda w=worker, c=restored_count: consumed(w) > c,  # type: ignore[misc]
                      60, "the restarted worker counting", worker)
             recovery_s.append(time.monotonic() - t0)
-            restored += "restored snapshot" in worker.log_path.read_text()
+            restored += bool(re.search(r"owning the input partitions from snapshot \d+",
+                                       worker.log_path.read_text()))
     finally:
         paced.join()
     wait_for(lambda: consumed(worker) >= n, 180, "every message consumed", worker)
