@@ -19,7 +19,7 @@ from kpi_engine.generator import Generator, GeneratorConfig
 from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker, free_port
-from tests.helpers import DEFAULT_CATALOG, final_values, ms, replay
+from tests.helpers import assert_finals_equal, final_values, ms, replay
 from tests.integration.conftest import WorkerProc, wait_for
 from tests.integration.test_streaming_equals_replay import (
     SENTINEL,
@@ -85,19 +85,7 @@ class Scenario:
         oracle = final_values(replay([raw for _, raw in self.stream] +
                                      [raw for _, raw, _ in self.sentinels]))
 
-        def comparable(rec: dict[str, Any]) -> bool:
-            fam = DEFAULT_CATALOG.kpis[rec["kpi"]].families[0]
-            return ms(rec["end"].replace("Z", "+00:00")) <= self.cutoff[fam]
-
-        expected = {k: r for k, r in oracle.items() if comparable(r)}
-        got = {k: r for k, r in streaming.items() if comparable(r)}
-        assert len(expected) > 5000
-        missing = sorted(set(expected) - set(got))[:5]
-        extra = sorted(set(got) - set(expected))[:5]
-        assert not missing and not extra, (missing, extra)
-        diff = [k for k in expected if expected[k] != got[k]][:5]
-        assert not diff, [(k, expected[k], got[k]) for k in diff]
-        return len(expected)
+        return assert_finals_equal(oracle, streaming, self.cutoff)
 
 
 def test_kill_9_mid_stream_and_restart_equals_replay(
