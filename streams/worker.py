@@ -81,7 +81,7 @@ class KpiShell:
         #: one batch, one emit or one snapshot at a time: a snapshot sees whole batches only
         self._state_lock = asyncio.Lock()
 
-    async def activate(self) -> None:
+    async def activate(self, sources: list[tuple[str, str, int]]) -> None:
         """This worker now owns the input: continue from the latest durable state, whoever
         wrote it (another worker may have owned the input since this one last did)."""
         t0 = time.monotonic()
@@ -98,6 +98,9 @@ class KpiShell:
                 self.resend = []
             self.outbox = []
             self.active = True
+            # every assigned partition holds the watermark before any batch is applied
+            for fam, topic, partition in sources:
+                self.engine.assign_source(fam, (topic, partition))
             self._owning.set()
         log.warning("owning the input partitions from snapshot %s (%.2f s)",
                     snap.seq if snap else "none", time.monotonic() - t0)
@@ -393,13 +396,12 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        mine = [tp for tp in assigned if tp.topic in inputs]
+        mine = [(fam, tp.topic, tp.partition) for tp in assigned
+                if tp.topic in inputs and (fam := family_of(settings, tp.topic)) is not None]
         if mine and not shell.active:
-            await shell.activate()
-        for tp in mine:
-            fam = family_of(settings, tp.topic)
-            if fam is not None:
-                shell.engine.assign_source(fam, (tp.topic, tp.partition))
+            await shell.activate(mine)
+        for fam, topic, partition in mine:
+            shell.engine.assign_source(fam, (topic, partition))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
