@@ -90,10 +90,6 @@ class _Watermark:
         idle = self.idle
         live = [t for s, t in self.sources.items() if s not in idle] if idle else \
             list(self.sources.values())
-        if not live and self.value == NEVER:
-            # every source went quiet in the same idle check before the watermark was ever
-            # known: start from the sources that did deliver, or it would never start
-            live = [t for t in self.sources.values() if t != NEVER]
         if live:
             low = min(live)
             if low > self.value:

@@ -12,6 +12,7 @@ restored state already applied. Nothing is lost, nothing is counted twice.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -153,3 +154,12 @@ async def read_all(bootstrap: str, topic: str, timeout_s: float = 60.0
                 raise StateError(f"could not read {topic} to its end in {timeout_s:.0f} s")
     finally:
         await consumer.stop()
+
+
+def load(bootstrap: str, topic: str, group: str, catalog: Catalog) -> Snapshot | None:
+    t0 = time.monotonic()
+    snap = decode(asyncio.run(read_all(bootstrap, topic)), group, catalog)
+    if snap is not None:
+        log.warning("restored snapshot %d (%d partitions' offsets) in %.2f s", snap.seq,
+                    len(snap.applied), time.monotonic() - t0)
+    return snap

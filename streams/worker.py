@@ -31,9 +31,8 @@ from metrics.errors import SettingsError
 from metrics.events import FAMILY_TOPIC, Event, parse_event
 from metrics.exporter import ShellStats, make_registry
 from metrics.records import update_key, window_key
-from streams.assignor import SingleOwnerAssignor
 from streams.dashboard import History, RateMeter, catalog_meta, page
-from streams.state import Offsets, Snapshot, decode, encode, read_all, source_ref
+from streams.state import Offsets, Snapshot, encode, load, source_ref
 from streams.topics import STATE_TOPIC, create_topics, family_of, input_topics
 
 log = logging.getLogger("kpi_engine.worker")
@@ -74,45 +73,10 @@ class KpiShell:
         self._snapshot_applied: Offsets = {}
         self._last_snapshot_at = time.monotonic()
         self.replayed_skipped = 0
-        self.active = False  # owns the input partitions (streams/assignor.py)
-        self._owning = asyncio.Event()
         self.outbox: list[tuple[float, dict[str, Any]]] = []  # (batch start, record)
         self.resend: list[dict[str, Any]] = []
         #: one batch, one emit or one snapshot at a time: a snapshot sees whole batches only
         self._state_lock = asyncio.Lock()
-
-    async def activate(self, sources: list[tuple[str, str, int]]) -> None:
-        """This worker now owns the input: continue from the latest durable state, whoever
-        wrote it (another worker may have owned the input since this one last did)."""
-        t0 = time.monotonic()
-        snap = decode(await read_all(self.settings.bootstrap, self.topic_state),
-                      self.settings.group_id, self.catalog)
-        async with self._state_lock:
-            if snap is not None:
-                self.restore(snap)
-            else:
-                self.engine.restore(KpiEngine(self.catalog, self.engine.config).snapshot())
-                self.applied, self._snapshot_applied, self.durable_next = {}, {}, {}
-                self.stats.invalid = {}
-                self.snapshot_seq = 0
-                self.resend = []
-            self.outbox = []
-            self.active = True
-            # every assigned partition holds the watermark before any batch is applied
-            for fam, topic, partition in sources:
-                self.engine.assign_source(fam, (topic, partition))
-            self._owning.set()
-        log.warning("owning the input partitions from snapshot %s (%.2f s)",
-                    snap.seq if snap else "none", time.monotonic() - t0)
-
-    async def deactivate(self) -> None:
-        """Partitions revoked: make the state durable for the next owner, stop reporting."""
-        await self.snapshot(force=True)
-        self.active = False
-        self._owning.clear()
-        self.stats.kpis = []
-        self.stats.lag = {}
-        self._lag_by_tp.clear()
 
     def restore(self, snap: Snapshot) -> None:
         self.engine.restore(snap.engine)
@@ -156,7 +120,6 @@ class KpiShell:
         return True
 
     async def handle(self, batch: list[Any]) -> None:
-        await self._owning.wait()  # input fetched before the state is in place waits for it
         async with self._state_lock:
             await self._handle(batch)
 
@@ -262,7 +225,6 @@ class KpiShell:
         e = self.engine
         return {
             "status": "ok",
-            "role": "active" if self.active else "standby",
             "events": sum(e.events_total.values()),
             "invalid": sum(self.stats.invalid.values()),
             "duplicates": e.duplicates_total,
@@ -374,7 +336,6 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
-        PartitionAssignor=SingleOwnerAssignor,
         producer_acks=1,
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit
         producer_max_request_size=4 * 1024 * 1024,
@@ -396,18 +357,15 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        mine = [(fam, tp.topic, tp.partition) for tp in assigned
-                if tp.topic in inputs and (fam := family_of(settings, tp.topic)) is not None]
-        if mine and not shell.active:
-            await shell.activate(mine)
-        for fam, topic, partition in mine:
-            shell.engine.assign_source(fam, (topic, partition))
+        for tp in assigned:
+            fam = family_of(settings, tp.topic)
+            if tp.topic in inputs and fam is not None:
+                shell.engine.assign_source(fam, (tp.topic, tp.partition))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        # the whole state goes to the next owner (streams/assignor.py): hand it over durable
-        if shell.active and any(tp.topic in inputs for tp in revoked):
-            await shell.deactivate()
+        for tp in revoked:
+            shell.engine.forget_source((tp.topic, tp.partition))
 
     @app.timer(settings.emit_interval)  # type: ignore[untyped-decorator]
     async def emit() -> None:
@@ -442,7 +400,10 @@ def run_worker(settings: Settings) -> int:
     catalog = load_catalog(settings.catalog)
     tune_gc()
     create_topics(settings)
-    app, _ = make_app(settings, catalog)
+    snap = load(settings.bootstrap, settings.topic(STATE_TOPIC), settings.group_id, catalog)
+    app, shell = make_app(settings, catalog)
+    if snap is not None:
+        shell.restore(snap)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -51,23 +51,3 @@ def final_values(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]
     arrival order; the values of the last revision must not."""
     return {k: {f: v for f, v in r.items() if f != "revision"}
             for k, r in finals(records).items()}
-
-
-def assert_finals_equal(oracle: dict[str, dict[str, Any]], streaming: dict[str, dict[str, Any]],
-                        cutoff: dict[str, int]) -> int:
-    """The streamed finals equal replay's, for every window ending by its family's cutoff
-    (the sentinels' own windows stay open in a stream); returns how many were compared."""
-
-    def comparable(rec: dict[str, Any]) -> bool:
-        fam = DEFAULT_CATALOG.kpis[rec["kpi"]].families[0]
-        return ms(rec["end"].replace("Z", "+00:00")) <= cutoff[fam]
-
-    expected = {k: r for k, r in oracle.items() if comparable(r)}
-    got = {k: r for k, r in streaming.items() if comparable(r)}
-    assert len(expected) > 5000
-    missing = sorted(set(expected) - set(got))[:5]
-    extra = sorted(set(got) - set(expected))[:5]
-    assert not missing and not extra, (missing, extra)
-    diff = [k for k in expected if expected[k] != got[k]][:5]
-    assert not diff, [(k, expected[k], got[k]) for k in diff]
-    return len(expected)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -19,7 +18,7 @@ from kpi_engine.generator import Generator, GeneratorConfig
 from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker, free_port
-from tests.helpers import assert_finals_equal, final_values, ms, replay
+from tests.helpers import DEFAULT_CATALOG, final_values, ms, replay
 from tests.integration.conftest import WorkerProc, wait_for
 from tests.integration.test_streaming_equals_replay import (
     SENTINEL,
@@ -46,53 +45,20 @@ def consumed(w: WorkerProc) -> int:
     return int(h["events"]) + int(h["invalid"]) + int(h["duplicates"]) + int(h["late"])
 
 
-@dataclass
-class Scenario:
-    """A seeded stream with invalid, duplicate, late and out-of-order events, and sentinels
-    that close every window holding data; checks a run against replay."""
-
-    gen: Generator
-    stream: list[tuple[str, bytes]]
-    sentinels: list[tuple[str, bytes, int]]
-    messages: list[tuple[str, bytes, int | None]]
-    cutoff: dict[str, int]
-
-    @classmethod
-    def make(cls, settings: Settings, seed: int) -> Scenario:
-        gen = Generator(GeneratorConfig(rate=150, duration_s=1200, seed=seed, start_ms=START,
-                                        history_days=2, invalid=0.005, duplicates=0.01,
-                                        late=0.003, late_after_s=120, disorder_s=60))
-        stream = [(topic, raw) for _, (topic, raw) in gen.messages()]
-        last_ts = max(ms(orjson.loads(raw)["ts"].replace("Z", "+00:00")) for _, raw in stream
-                      if raw.startswith(b"{") and b'"ts":"2026' in raw)
-        sentinels = [(FAMILY_TOPIC[fam], orjson.dumps(
-            {"event_id": f"sentinel-{fam}-{p}", "ts": last_ts + SENTINEL_AFTER[fam],
-             **extra}), p) for fam, extra in SENTINEL.items() for p in range(settings.partitions)]
-        messages = [(settings.topic(t), raw, None) for t, raw in stream] + \
-            [(settings.topic(t), raw, p) for t, raw, p in sentinels]
-        cutoff = {fam: last_ts + SENTINEL_AFTER[fam] for fam in SENTINEL}
-        return cls(gen, stream, sentinels, messages, cutoff)
-
-    def check(self, health: dict[str, Any], bootstrap: str, topic: str) -> int:
-        """Counted exactly once, and the finals equal replay's; returns windows compared."""
-        gen = self.gen
-        assert health["events"] == sum(gen.stats.events.values()) + len(self.sentinels)
-        assert health["duplicates"] == gen.stats.duplicates
-        assert health["late"] == sum(gen.stats.late.values())
-        assert health["invalid"] == sum(gen.stats.invalid.values())
-        published = asyncio.run(drain(bootstrap, topic))
-        streaming = final_values(orjson.loads(m.value) for m in published)
-        oracle = final_values(replay([raw for _, raw in self.stream] +
-                                     [raw for _, raw, _ in self.sentinels]))
-
-        return assert_finals_equal(oracle, streaming, self.cutoff)
-
-
 def test_kill_9_mid_stream_and_restart_equals_replay(
         broker: EmbeddedBroker, isolated: Settings,
         start_worker: Callable[[Settings], WorkerProc]) -> None:
-    sc = Scenario.make(isolated, seed=23)
-    messages = sc.messages
+    gen = Generator(GeneratorConfig(rate=150, duration_s=1200, seed=23, start_ms=START,
+                                    history_days=2, invalid=0.005, duplicates=0.01,
+                                    late=0.003, late_after_s=120, disorder_s=60))
+    stream = [(topic, raw) for _, (topic, raw) in gen.messages()]
+    last_ts = max(ms(orjson.loads(raw)["ts"].replace("Z", "+00:00")) for _, raw in stream
+                  if raw.startswith(b"{") and b'"ts":"2026' in raw)
+    sentinels = [(FAMILY_TOPIC[fam], orjson.dumps(
+        {"event_id": f"sentinel-{fam}-{p}", "ts": last_ts + SENTINEL_AFTER[fam], **extra}), p)
+        for fam, extra in SENTINEL.items() for p in range(isolated.partitions)]
+    messages = [(isolated.topic(t), raw, None) for t, raw in stream] + \
+        [(isolated.topic(t), raw, p) for t, raw, p in sentinels]
     n = len(messages)
     # the stream arrives in three parts (60 %, 25 %, 15 %). The first is produced at a
     # steady pace while the worker consumes, and the worker is killed -9 before it ends; the
@@ -103,7 +69,7 @@ def test_kill_9_mid_stream_and_restart_equals_replay(
     restored = 0
     recovery_s: list[float] = []
     paced = threading.Thread(target=lambda: asyncio.run(produce_paced(broker.bootstrap,
-                                                                      parts[0], 8_000)))
+                                                                      parts[0])))
     worker = start_worker(settings)
     paced.start()
     try:
@@ -126,70 +92,35 @@ def test_kill_9_mid_stream_and_restart_equals_replay(
             wait_for(lambda w=worker, c=restored_count: consumed(w) > c,  # type: ignore[misc]
                      60, "the restarted worker counting", worker)
             recovery_s.append(time.monotonic() - t0)
-            restored += bool(re.search(r"owning the input partitions from snapshot \d+",
-                                       worker.log_path.read_text()))
+            restored += "restored snapshot" in worker.log_path.read_text()
     finally:
         paced.join()
     wait_for(lambda: consumed(worker) >= n, 180, "every message consumed", worker)
     health = worker.health()
     assert restored == 2, "each restart must resume from a durable snapshot"
-    windows = sc.check(health, broker.bootstrap, isolated.topic("kpi-windows"))
-    print(f"\nkill -9 twice: finals == replay on {windows} windows; recovery "
-          f"(restart to counting again) {', '.join(f'{s:.1f} s' for s in recovery_s)}")
+    # counted exactly once, across two crashes
+    assert health["events"] == sum(gen.stats.events.values()) + len(sentinels)
+    assert health["duplicates"] == gen.stats.duplicates
+    assert health["late"] == sum(gen.stats.late.values())
+    assert health["invalid"] == sum(gen.stats.invalid.values())
 
+    published = asyncio.run(drain(broker.bootstrap, isolated.topic("kpi-windows")))
+    streaming = final_values(orjson.loads(m.value) for m in published)
+    oracle = final_values(replay([raw for _, raw in stream] + [raw for _, raw, _ in sentinels]))
+    cutoff = {fam: last_ts + SENTINEL_AFTER[fam] for fam in SENTINEL}
 
-def active(workers: list[WorkerProc]) -> WorkerProc | None:
-    """The live worker that owns the input partitions (streams/assignor.py)."""
-    for w in workers:
-        if w.proc.poll() is None:
-            try:
-                if w.health()["role"] == "active":
-                    return w
-            except OSError:
-                continue
-    return None
+    def comparable(rec: dict[str, Any]) -> bool:
+        fam = DEFAULT_CATALOG.kpis[rec["kpi"]].families[0]
+        return ms(rec["end"].replace("Z", "+00:00")) <= cutoff[fam]
 
-
-def test_rebalance_stop_one_start_another_equals_replay(
-        broker: EmbeddedBroker, isolated: Settings,
-        start_worker: Callable[[Settings], WorkerProc]) -> None:
-    """Two workers on 4 partitions; the owner is stopped mid-stream, a third worker joins,
-    then the new owner is stopped too: the finals still equal replay's."""
-    sc = Scenario.make(isolated, seed=31)
-    n = len(sc.messages)
-    settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2)
-    workers = [start_worker(replace(settings, web_port=free_port())) for _ in range(2)]
-    wait_for(lambda: active(workers) is not None, 60, "one worker owning the input")
-    owner = active(workers)
-    assert owner is not None
-    standby = next(w for w in workers if w is not owner)
-    assert standby.health()["role"] == "standby"
-    paced = threading.Thread(target=lambda: asyncio.run(produce_paced(broker.bootstrap,
-                                                                      sc.messages, 15_000)))
-    paced.start()
-    handovers = []
-    try:
-        for step, fraction in enumerate((0.3, 0.65)):
-            wait_for(lambda o=owner, t=fraction * n: consumed(o) >= t,  # type: ignore[misc]
-                     120, f"{fraction:.0%} consumed", owner)
-            assert paced.is_alive() or step > 0, "the stop must land while input still flows"
-            t0 = time.monotonic()
-            owner.stop()  # SIGTERM: the partitions go to the standby
-            if step == 0:  # and a new worker joins mid-stream
-                workers.append(start_worker(replace(settings, web_port=free_port())))
-            wait_for(lambda o=owner: active(workers) not in (None, o),  # type: ignore[misc]
-                     60, "a new owner")
-            new_owner = active(workers)
-            assert new_owner is not None
-            before = consumed(new_owner)
-            wait_for(lambda o=new_owner, c=before:  # type: ignore[misc]
-                     consumed(o) > c or consumed(o) >= n, 60, "the new owner counting",
-                     new_owner)
-            handovers.append(time.monotonic() - t0)
-            owner = new_owner
-    finally:
-        paced.join()
-    wait_for(lambda: consumed(owner) >= n, 180, "every message consumed", owner)
-    windows = sc.check(owner.health(), broker.bootstrap, isolated.topic("kpi-windows"))
-    print(f"\nrebalances: finals == replay on {windows} windows; handover (stop to the new "
-          f"owner counting) {', '.join(f'{s:.1f} s' for s in handovers)}")
+    expected = {k: r for k, r in oracle.items() if comparable(r)}
+    got = {k: r for k, r in streaming.items() if comparable(r)}
+    assert len(expected) > 5000
+    missing = sorted(set(expected) - set(got))[:5]
+    extra = sorted(set(got) - set(expected))[:5]
+    assert not missing and not extra, (missing, extra)
+    diff = [k for k in expected if expected[k] != got[k]][:5]
+    assert not diff, [(k, expected[k], got[k]) for k in diff]
+    print(f"\nkill -9 twice: finals == replay on {len(expected)} windows; recovery "
+          f"(restart to counting again) {', '.join(f'{s:.1f} s' for s in recovery_s)}; "
+          f"{health['replayed_skipped']} re-read messages skipped")
