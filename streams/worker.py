@@ -77,6 +77,7 @@ class KpiShell:
         self.resend: list[dict[str, Any]] = []
         #: one batch, one emit or one snapshot at a time: a snapshot sees whole batches only
         self._state_lock = asyncio.Lock()
+        self.assigned = asyncio.Event()
 
     def restore(self, snap: Snapshot) -> None:
         self.engine.restore(snap.engine)
@@ -120,6 +121,9 @@ class KpiShell:
         return True
 
     async def handle(self, batch: list[Any]) -> None:
+        # a batch fetched before on_partitions_assigned registered every partition as a
+        # watermark source could start a family on one partition's events alone
+        await self.assigned.wait()
         async with self._state_lock:
             await self._handle(batch)
 
@@ -361,6 +365,7 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
             fam = family_of(settings, tp.topic)
             if tp.topic in inputs and fam is not None:
                 shell.engine.assign_source(fam, (tp.topic, tp.partition))
+        shell.assigned.set()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
