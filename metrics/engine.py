@@ -86,10 +86,18 @@ class _Watermark:
                 self._recompute()
         self.touched.add(source)
 
+    def expecting(self) -> bool:
+        """No event yet, but an assigned source that is not idle may still bring one."""
+        return self.value == NEVER and any(s not in self.idle for s in self.sources)
+
     def _recompute(self) -> None:
         idle = self.idle
         live = [t for s, t in self.sources.items() if s not in idle] if idle else \
             list(self.sources.values())
+        if not live and self.value == NEVER:
+            # every source went quiet in the same idle check before the watermark was ever
+            # known: start from the sources that did deliver, or it would never start
+            live = [t for t in self.sources.values() if t != NEVER]
         if live:
             low = min(live)
             if low > self.value:
@@ -172,6 +180,9 @@ class KpiEngine:
         self._published: dict[tuple[str, str, int], dict[str, dict[tuple[tuple[str, str], ...],
                                                               tuple[float, float, int]]]] = {}
         self._published_floor = {f: NEVER for f in catalog.families}
+        #: (window, end, kpi) of cross-family KPIs one family closed while another family
+        #: it needs had not: published once that one closes it too, or turns out absent
+        self._waiting: set[tuple[str, int, str]] = set()
         #: set when a watermark passed a window close: call advance()
         self.due = False
         # counters the streaming shell exports
@@ -372,11 +383,14 @@ class KpiEngine:
             closed[fam] = [(spec.name, end) for spec, end, _ in fw.close_until(far)]
         return self._publish(closed)  # nothing expires: the input is over
 
+    def _in_play(self, fam: str) -> bool:
+        """Started, or still expecting its first event from a live partition."""
+        return self.windows[fam].started or self.watermarks[fam].expecting()
+
     def _expire(self, fam: str, watermark: int) -> None:
         # a window shared with another family's KPI (CPL: crm + spend) must outlive the
         # moment that family closes it too, however far ahead this one runs
-        partners = [self.watermarks[f].value for f in self._partners[fam]
-                    if self.windows[f].started]
+        partners = [self.watermarks[f].value for f in self._partners[fam] if self._in_play(f)]
         watermark = min([watermark, *partners])
         self.windows[fam].expire(watermark)
         if fam == "email":
@@ -387,8 +401,9 @@ class KpiEngine:
         elif fam == "crm":
             self.pipeline.expire(watermark)
         # ids of every family share one index: expire by the slowest family's event time
-        slowest = min((w.value for f, w in self.watermarks.items()
-                       if self.windows[f].started and w.value != NEVER), default=watermark)
+        # (a family still waiting for a partition holds every id: its held events' too)
+        slowest = min((w.value for f, w in self.watermarks.items() if self._in_play(f)),
+                      default=watermark)
         cutoff_h = (slowest - self.config.dedup_horizon_ms) // 3_600_000
         for h in [h for h in self._seen_by_hour if h < cutoff_h]:
             for eid in self._seen_by_hour.pop(h):
@@ -412,16 +427,24 @@ class KpiEngine:
             for w_end in fw.dirty:
                 todo.setdefault(w_end, set()).add(fam)
             fw.dirty.clear()
+        kpis_at: dict[tuple[str, int], dict[str, Kpi]] = {
+            w_end: {k.name: k for f in sorted(fams) for k in self._kpis_by_family[f]
+                    if w_end[0] in k.windows}
+            for w_end, fams in todo.items()}
+        for wname, end, name in self._waiting:
+            kpis_at.setdefault((wname, end), {})[name] = self.catalog.kpis[name]
         out: list[dict[str, Any]] = []
         emitted_at = iso_ms(self._clock())
-        for (wname, end), fams in sorted(todo.items(), key=lambda x: (x[0][1], x[0][0])):
+        waiting: set[tuple[str, int, str]] = set()
+        for (wname, end), kpis in sorted(kpis_at.items(), key=lambda x: (x[0][1], x[0][0])):
             indexes: dict[str, Index] = {}  # each family's snapshot is indexed once
-            kpis = {k.name: k for f in sorted(fams) for k in self._kpis_by_family[f]
-                    if wname in k.windows}
             for kpi in kpis.values():
                 idx = self._closed_index(kpi, wname, end, indexes)
-                if idx is not None:
+                if idx is None:
+                    waiting.add((wname, end, kpi.name))
+                else:
                     out += self._records(kpi, wname, end, idx, emitted_at)
+        self._waiting = waiting
         return out
 
     def _closed_index(self, kpi: Kpi, wname: str, end: int,
@@ -431,7 +454,9 @@ class KpiEngine:
         for fam in kpi.families:
             fw = self.windows[fam]
             if not fw.started:
-                continue  # a family with no input yet contributes nothing
+                if self.watermarks[fam].expecting():
+                    return None  # its partitions have not spoken yet: wait for them
+                continue  # a family with no input contributes nothing
             last = fw.last_end(wname)
             if last is None or last < end:
                 return None
@@ -529,7 +554,7 @@ class KpiEngine:
 
 #: the mutable state a snapshot carries; the rest is derived from catalog and config
 _DURABLE: Final = ("windows", "watermarks", "opens", "clicks", "sessions", "pipeline", "_seen",
-                   "_seen_by_hour", "_next_close", "_published", "_published_floor",
+                   "_seen_by_hour", "_next_close", "_published", "_published_floor", "_waiting",
                    "events_total", "duplicates_total", "late_total", "due")
 
 _STATEFUL: Final = frozenset(

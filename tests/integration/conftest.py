@@ -126,6 +126,21 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
 
 
+def consumed(w: WorkerProc) -> int:
+    h = w.health()
+    return int(h["events"]) + int(h["invalid"]) + int(h["duplicates"]) + int(h["late"])
+
+
+def wait_settled(worker: WorkerProc, n: int, timeout_s: float) -> None:
+    """Every one of n messages consumed, and every closed window it caused on kpi-windows:
+    finals wait for the snapshot that makes them durable, a few seconds under load."""
+    def settled() -> bool:
+        h = worker.health()
+        return (int(h["events"]) + int(h["invalid"]) + int(h["duplicates"]) + int(h["late"])
+                >= n and h["pending_finals"] == 0 and bool(h["durable"]))
+    wait_for(settled, timeout_s, f"{n} messages consumed and their finals published", worker)
+
+
 @contextlib.contextmanager
 def running_demo(*args: str, new_session: bool = False
                  ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:

@@ -19,7 +19,7 @@ from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker, free_port
 from tests.helpers import DEFAULT_CATALOG, final_values, ms, replay
-from tests.integration.conftest import WorkerProc, wait_for
+from tests.integration.conftest import WorkerProc, consumed, wait_for, wait_settled
 from tests.integration.test_streaming_equals_replay import (
     SENTINEL,
     SENTINEL_AFTER,
@@ -38,11 +38,6 @@ async def produce_paced(bootstrap: str, messages: list[tuple[str, bytes, int | N
         t0 = time.monotonic()
         await produce(bootstrap, messages[i:i + 1000])
         await asyncio.sleep(max(0.0, 1000 / per_s - (time.monotonic() - t0)))
-
-
-def consumed(w: WorkerProc) -> int:
-    h = w.health()
-    return int(h["events"]) + int(h["invalid"]) + int(h["duplicates"]) + int(h["late"])
 
 
 def test_kill_9_mid_stream_and_restart_equals_replay(
@@ -95,7 +90,7 @@ def test_kill_9_mid_stream_and_restart_equals_replay(
             restored += "restored snapshot" in worker.log_path.read_text()
     finally:
         paced.join()
-    wait_for(lambda: consumed(worker) >= n, 180, "every message consumed", worker)
+    wait_settled(worker, n, 180)
     health = worker.health()
     assert restored == 2, "each restart must resume from a durable snapshot"
     # counted exactly once, across two crashes

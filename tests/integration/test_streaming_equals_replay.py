@@ -20,7 +20,7 @@ from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker
 from streams.produce import topic_for
 from tests.helpers import final_values, ms, replay
-from tests.integration.conftest import WorkerProc, wait_for
+from tests.integration.conftest import WorkerProc, wait_for, wait_settled
 from tests.unit.test_events import REJECTIONS
 
 pytestmark = pytest.mark.integration
@@ -95,9 +95,7 @@ def test_streaming_finals_equal_replay(broker: EmbeddedBroker, isolated: Setting
     worker = start_worker(isolated)
     t0 = time.monotonic()
     asyncio.run(produce(broker.bootstrap, messages))
-    wait_for(lambda: sum(worker.health()[k] for k in ("events", "invalid", "duplicates",
-                                                       "late")) >= len(messages),
-             120, "every message consumed", worker)
+    wait_settled(worker, len(messages), 120)
     consumed_s = time.monotonic() - t0
     published = asyncio.run(drain(broker.bootstrap, isolated.topic("kpi-windows")))
     streaming = final_values(orjson.loads(m.value) for m in published)

@@ -172,3 +172,21 @@ def test_a_quiet_partition_stops_holding_the_watermark() -> None:
     assert e.watermarks["email"].value == T0 + 12 * MIN
     (rec,) = open_rate_5m(records, "2026-11-01T00:02:00Z")
     assert rec["denominator"] == 1
+
+
+def test_a_family_whose_sources_all_go_quiet_at_once_still_starts() -> None:
+    """One partition delivered, then it and the silent ones are found idle in the same
+    check: the watermark starts from what was delivered instead of staying unknown."""
+    clock = Clock(0)
+    e = engine(clock, idle_ms=1_000)
+    for p in range(4):
+        e.assign_source("email", p)
+    clock.t = 400
+    assert e.ingest(sent(T0), source=0) == "held"
+    clock.t = 450
+    e.advance()  # stamps partition 0's activity at 450
+    clock.t = 5_000  # all four are quiet for over 1 s, found in one check
+    e.advance()
+    assert e.held_total == 0
+    assert e.watermarks["email"].value == T0
+    assert e.events_total == {"email.sent": 1}
