@@ -37,6 +37,19 @@ _SEQ = struct.Struct(">Q")
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> last offset applied
 
 
+def follows(offset: int, last: int | None, reread_from: int | None) -> str:
+    """Where a fetched message stands against the state's gapless prefix of its partition
+    (``last``: the last offset applied). 'apply': the next one (or the first one ever seen).
+    'replayed': already applied. 'hole': offsets are missing in between (a batch fetched
+    before a revoke, restore or rebalance): read again from last + 1, unless that was done
+    already (``reread_from``), which makes it a real hole in the log (transaction markers)."""
+    if last is None or offset == last + 1:
+        return "apply"
+    if offset <= last:
+        return "replayed"
+    return "apply" if reread_from == last + 1 else "hole"
+
+
 class StateError(KpiEngineError):
     """The stored state cannot be used (corrupt, or built with another catalog)."""
 

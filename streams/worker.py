@@ -32,7 +32,7 @@ from metrics.events import FAMILY_TOPIC, Event, parse_event
 from metrics.exporter import ShellStats, make_registry
 from metrics.records import update_key, window_key
 from streams.dashboard import History, RateMeter, catalog_meta, page
-from streams.state import Offsets, Snapshot, encode, load, source_ref
+from streams.state import Offsets, Snapshot, encode, follows, load, source_ref
 from streams.topics import STATE_TOPIC, create_topics, family_of, input_topics
 
 log = logging.getLogger("kpi_engine.worker")
@@ -82,6 +82,7 @@ class KpiShell:
         self.owned: set[tuple[str, int]] = set()
         self.revoked: set[tuple[str, int]] = set()
         self.stale_skipped = 0
+        self._hole_at: dict[tuple[str, int], int] = {}  # offset a partition was re-read from
 
     def restore(self, snap: Snapshot) -> None:
         self.engine.restore(snap.engine)
@@ -160,12 +161,16 @@ class KpiShell:
             self.sync_sources(live)
             rewind = await self._handle(batch)
             for tp, offset in rewind.items():
-                if tp in live:  # ours again before the signal said so: fetch it once more
-                    log.warning("re-reading %s[%d] from %d after a rebalance", *tp, offset)
+                if tp in live:  # ours: fetch it again from where the state stops
+                    log.warning("re-reading %s[%d] from %d", *tp, offset)
+                    self._hole_at[tp] = offset
                     await consumer.seek(TP(*tp), offset)
 
     async def _handle(self, batch: list[Any]) -> dict[tuple[str, int], int]:
-        """Apply one batch; returns the first offset of each partition it skipped as stale."""
+        """Apply one batch. Per partition the state holds a gapless prefix of the log: a
+        message is applied only right after the last one applied. Returns, for partitions
+        whose messages did not follow on (a batch fetched before a revoke, a restore or
+        a rebalance), the offset to read them again from."""
         t0 = time.perf_counter()
         now = wall_ms()
         engine, stats, settings = self.engine, self.stats, self.settings
@@ -175,16 +180,26 @@ class KpiShell:
         applied = self.applied
         owned = self.owned
         stale: dict[tuple[str, int], int] = {}
+        hole_at = self._hole_at
         for msg in batch:
             tp = (msg.topic, msg.partition)
-            if tp not in owned:
-                # fetched before a revoke: the next owner re-reads it from the committed
-                # offset, which never passes what a snapshot holds
+            last = applied.get(tp)
+            if tp in stale:
                 self.stale_skipped += 1
-                stale.setdefault(tp, msg.offset)
                 continue
-            if msg.offset <= applied.get(tp, -1):
-                self.replayed_skipped += 1  # re-read after a restart: already in the state
+            if tp not in owned:
+                # fetched before a revoke: its owner reads it from the committed offset,
+                # which never passes what a snapshot holds
+                self.stale_skipped += 1
+                stale[tp] = msg.offset if last is None else last + 1
+                continue
+            where = follows(msg.offset, last, hole_at.get(tp))
+            if where == "replayed":  # re-read after a restart: already in the state
+                self.replayed_skipped += 1
+                continue
+            if where == "hole":
+                self.stale_skipped += 1
+                stale[tp] = last + 1  # type: ignore[operator]
                 continue
             applied[tp] = msg.offset
             raw = msg.value if isinstance(msg.value, bytes) else b""

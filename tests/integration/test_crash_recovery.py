@@ -32,10 +32,19 @@ pytestmark = pytest.mark.integration
 
 
 async def produce_paced(bootstrap: str, messages: list[tuple[str, bytes, int | None]],
-                        per_s: int = 20_000) -> None:
-    """Produce in slices of 1,000, about per_s messages a second."""
+                        consumed_so_far: Callable[[], int], per_s: int = 20_000,
+                        lead: int = 15_000) -> None:
+    """Produce in slices of 1,000, about per_s messages a second, at most `lead` messages
+    ahead of the consumer (so a slow machine can't finish producing before the kill)."""
     for i in range(0, len(messages), 1000):
         t0 = time.monotonic()
+        while True:
+            try:
+                if i - consumed_so_far() < lead:
+                    break
+            except OSError:  # the worker was killed: produce the rest unpaced
+                break
+            await asyncio.sleep(0.05)
         await produce(bootstrap, messages[i:i + 1000])
         await asyncio.sleep(max(0.0, 1000 / per_s - (time.monotonic() - t0)))
 
@@ -63,9 +72,10 @@ def test_kill_9_mid_stream_and_restart_equals_replay(
     settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2)
     restored = 0
     recovery_s: list[float] = []
-    paced = threading.Thread(target=lambda: asyncio.run(produce_paced(broker.bootstrap,
-                                                                      parts[0])))
     worker = start_worker(settings)
+    first = worker
+    paced = threading.Thread(target=lambda: asyncio.run(produce_paced(
+        broker.bootstrap, parts[0], lambda: consumed(first))))
     paced.start()
     try:
         for i, part in enumerate(parts[1:]):
@@ -94,10 +104,11 @@ def test_kill_9_mid_stream_and_restart_equals_replay(
     health = worker.health()
     assert restored == 2, "each restart must resume from a durable snapshot"
     # counted exactly once, across two crashes
-    assert health["events"] == sum(gen.stats.events.values()) + len(sentinels)
-    assert health["duplicates"] == gen.stats.duplicates
-    assert health["late"] == sum(gen.stats.late.values())
-    assert health["invalid"] == sum(gen.stats.invalid.values())
+    counts = {k: health[k] for k in ("events", "duplicates", "late", "invalid")}
+    assert counts == {"events": sum(gen.stats.events.values()) + len(sentinels),
+                      "duplicates": gen.stats.duplicates,
+                      "late": sum(gen.stats.late.values()),
+                      "invalid": sum(gen.stats.invalid.values())}, health
 
     published = asyncio.run(drain(broker.bootstrap, isolated.topic("kpi-windows")))
     streaming = final_values(orjson.loads(m.value) for m in published)

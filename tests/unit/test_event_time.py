@@ -190,3 +190,17 @@ def test_a_family_whose_sources_all_go_quiet_at_once_still_starts() -> None:
     assert e.held_total == 0
     assert e.watermarks["email"].value == T0
     assert e.events_total == {"email.sent": 1}
+
+
+def test_an_ancient_first_event_of_one_partition_is_late_not_a_start() -> None:
+    """Partition p1 happens to deliver a 40-day-old event first: replay, reading it after the
+    family began, finds it late; so must the stream, instead of opening 40 days of windows."""
+    e = engine()
+    e.assign_source("email", "p0")
+    e.assign_source("email", "p1")
+    assert e.ingest(sent(T0 - 40 * 86_400_000), source="p1") == "held"
+    e.ingest(sent(T0 + MIN), source="p1")
+    e.ingest(sent(T0), source="p0")  # the watermark is known: the family starts
+    assert e.late_total["email"] == 1
+    assert e.events_total == {"email.sent": 2}
+    assert all(r["end"] >= "2026-10-31" for r in e.advance())

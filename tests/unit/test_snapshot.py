@@ -12,7 +12,7 @@ import pytest
 from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, parse_event
-from streams.state import CHUNK_BYTES, Snapshot, StateError, decode, encode
+from streams.state import CHUNK_BYTES, Snapshot, StateError, decode, encode, follows
 from tests.helpers import DEFAULT_CATALOG, final_values
 
 
@@ -104,3 +104,15 @@ def test_damaged_or_foreign_state_fails_loudly() -> None:
     raw["currency"] = "USD"
     with pytest.raises(StateError, match="another KPI catalog"):
         decode(records, "g", build_catalog(raw))
+
+
+def test_only_the_next_offset_extends_the_applied_prefix() -> None:
+    assert follows(7, None, None) == "apply"  # first message the state sees
+    assert follows(8, 7, None) == "apply"
+    assert follows(7, 7, None) == "replayed"
+    assert follows(3, 7, None) == "replayed"
+    # 8 missing: a batch fetched before a restore or rebalance; read again from 8
+    assert follows(12, 7, None) == "hole"
+    assert follows(12, 7, 5) == "hole"  # re-read from elsewhere: still a hole
+    # read again from 8 and still no 8: the log itself has none (a transaction marker)
+    assert follows(9, 7, 8) == "apply"
