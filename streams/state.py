@@ -12,7 +12,6 @@ restored state already applied. Nothing is lost, nothing is counted twice.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -169,10 +168,7 @@ async def read_all(bootstrap: str, topic: str, timeout_s: float = 60.0
         await consumer.stop()
 
 
-def load(bootstrap: str, topic: str, group: str, catalog: Catalog) -> Snapshot | None:
-    t0 = time.monotonic()
-    snap = decode(asyncio.run(read_all(bootstrap, topic)), group, catalog)
-    if snap is not None:
-        log.warning("restored snapshot %d (%d partitions' offsets) in %.2f s", snap.seq,
-                    len(snap.applied), time.monotonic() - t0)
-    return snap
+async def load_latest(bootstrap: str, topic: str, group: str, catalog: Catalog
+                      ) -> Snapshot | None:
+    """The group's latest durable snapshot, or None when it has none yet."""
+    return decode(await read_all(bootstrap, topic), group, catalog)

@@ -31,8 +31,9 @@ from metrics.errors import SettingsError
 from metrics.events import FAMILY_TOPIC, Event, parse_event
 from metrics.exporter import ShellStats, make_registry
 from metrics.records import update_key, window_key
+from streams.assignor import SingleOwnerAssignor
 from streams.dashboard import History, RateMeter, catalog_meta, page
-from streams.state import Offsets, Snapshot, encode, follows, load, source_ref
+from streams.state import Offsets, Snapshot, encode, follows, load_latest, source_ref
 from streams.topics import STATE_TOPIC, create_topics, family_of, input_topics
 
 log = logging.getLogger("kpi_engine.worker")
@@ -82,6 +83,10 @@ class KpiShell:
         self.owned: set[tuple[str, int]] = set()
         self.revoked: set[tuple[str, int]] = set()
         self.stale_skipped = 0
+        #: owns the input partitions (streams/assignor.py); a standby holds no state
+        self.active = False
+        self._owning = asyncio.Event()
+        self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
         self._hole_at: dict[tuple[str, int], int] = {}  # offset a partition was re-read from
 
     def restore(self, snap: Snapshot) -> None:
@@ -93,12 +98,54 @@ class KpiShell:
         self.stats.invalid = dict(snap.invalid)
         self.snapshot_seq = snap.seq
 
+    async def activate(self) -> None:
+        """This worker now owns the input: continue from the latest durable state, whoever
+        wrote it (another worker may have owned the input since this one last did)."""
+        t0 = time.monotonic()
+        snap = await load_latest(self.settings.bootstrap, self.topic_state,
+                                 self.settings.group_id, self.catalog)
+        async with self._state_lock:
+            if snap is not None:
+                self.restore(snap)
+            else:
+                self.engine.restore(KpiEngine(self.catalog, self.engine.config).snapshot())
+                self.applied, self._snapshot_applied, self.durable_next = {}, {}, {}
+                self.stats.invalid = {}
+                self.snapshot_seq = 0
+                self.resend = []
+            self.outbox = []
+            # the restored engine has its own sources: the next batch re-syncs them
+            self.owned = {src for wm in self.engine.watermarks.values() for src in wm.sources}
+            self.active = True
+            self._owning.set()
+        if snap is not None:
+            log.warning("restored snapshot %d (%d partitions' offsets) in %.2f s", snap.seq,
+                        len(snap.applied), time.monotonic() - t0)
+        log.warning("owning the input partitions")
+
+    async def deactivate(self) -> None:
+        """Input partitions revoked: make the state durable for the next owner, go quiet."""
+        await self.snapshot(force=True)
+        async with self._state_lock:
+            self.active = False
+            self._owning.clear()
+            self.stats.kpis = []
+            self.stats.lag = {}
+            self._lag_by_tp.clear()
+        log.warning("standing by")
+
     async def snapshot(self, force: bool = False) -> bool:
         """Write the engine state and the offsets it covers, then let commits reach them."""
-        if self.applied == self._snapshot_applied and not self.outbox:
+        if not self.active or (self.applied == self._snapshot_applied and not self.outbox):
             return False
         if not force and time.monotonic() - self._last_snapshot_at < \
                 self.settings.snapshot_interval:
+            return False
+        async with self._snapshot_lock:
+            return await self._snapshot()
+
+    async def _snapshot(self) -> bool:
+        if not self.active:  # a standby must never overwrite the owner's state
             return False
         async with self._state_lock:
             # DLQ and late copies of the input this snapshot covers are out before it counts
@@ -146,16 +193,23 @@ class KpiShell:
             log.info("input partitions: %d assigned", len(current))
         self.owned = current
 
-    def on_revoked(self, tps: set[tuple[str, int]]) -> None:
+    async def on_revoked(self, tps: set[tuple[str, int]]) -> None:
         self.revoked |= tps
         self.sync_sources(self.owned)
+        if self.active and tps:  # the whole state goes to the next owner: hand it over
+            await self.deactivate()
 
-    def on_assigned(self, tps: set[tuple[str, int]]) -> None:
+    async def on_assigned(self, tps: set[tuple[str, int]]) -> None:
         self.revoked -= tps
+        if tps and not self.active:
+            await self.activate()
         self.sync_sources(tps)
 
     async def handle(self, batch: list[Any]) -> None:
+        await self._owning.wait()  # input fetched before the state is in place waits for it
         async with self._state_lock:
+            if not self.active:
+                return  # fetched before a revoke: the next owner reads it again
             consumer: Any = self.app.consumer
             live = {(tp.topic, tp.partition) for tp in consumer.assignment()}
             self.sync_sources(live)
@@ -262,6 +316,8 @@ class KpiShell:
         if self.resend:  # the restored snapshot's outbox, first of all
             await self._send_finals([(t0, r) for r in self.resend])
             self.resend = []
+        if not self.active:
+            return
         async with self._state_lock:
             await self.publish_finals(self.engine.advance(), t0)
         await self.snapshot()
@@ -291,6 +347,7 @@ class KpiShell:
         e = self.engine
         return {
             "status": "ok",
+            "role": "active" if self.active else "standby",
             "events": sum(e.events_total.values()),
             "invalid": sum(self.stats.invalid.values()),
             "duplicates": e.duplicates_total,
@@ -379,6 +436,8 @@ def durable_consumer(shell: KpiShell) -> type:
                 raise
 
         async def _commit(self, offsets: Any) -> bool:
+            if not shell.active:
+                return True  # the owner commits: a standby's offsets are stale
             durable = shell.durable_next
             clamped = {tp: min(off, durable[(tp.topic, tp.partition)])
                        for tp, off in offsets.items() if (tp.topic, tp.partition) in durable}
@@ -406,6 +465,7 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
+        PartitionAssignor=SingleOwnerAssignor,
         producer_acks=1,
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit
         producer_max_request_size=4 * 1024 * 1024,
@@ -427,11 +487,13 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        shell.on_assigned({(tp.topic, tp.partition) for tp in assigned if tp.topic in inputs})
+        await shell.on_assigned({(tp.topic, tp.partition) for tp in assigned
+                                 if tp.topic in inputs})
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        shell.on_revoked({(tp.topic, tp.partition) for tp in revoked})
+        await shell.on_revoked({(tp.topic, tp.partition) for tp in revoked
+                                if tp.topic in inputs})
 
     @app.timer(settings.emit_interval)  # type: ignore[untyped-decorator]
     async def emit() -> None:
@@ -466,10 +528,7 @@ def run_worker(settings: Settings) -> int:
     catalog = load_catalog(settings.catalog)
     tune_gc()
     create_topics(settings)
-    snap = load(settings.bootstrap, settings.topic(STATE_TOPIC), settings.group_id, catalog)
-    app, shell = make_app(settings, catalog)
-    if snap is not None:
-        shell.restore(snap)
+    app, _ = make_app(settings, catalog)  # the state loads when this worker owns the input
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0

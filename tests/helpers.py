@@ -51,3 +51,28 @@ def final_values(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]
     arrival order; the values of the last revision must not."""
     return {k: {f: v for f, v in r.items() if f != "revision"}
             for k, r in finals(records).items()}
+
+
+def closed_by(finals_: dict[str, dict[str, Any]], cutoff: dict[str, int]
+              ) -> dict[str, dict[str, Any]]:
+    """The windows ending by their family's cutoff (a stream's last events, the sentinels,
+    leave their own windows open)."""
+    def closed(rec: dict[str, Any]) -> bool:
+        fam = DEFAULT_CATALOG.kpis[rec["kpi"]].families[0]
+        return ms(rec["end"].replace("Z", "+00:00")) <= cutoff[fam]
+    return {k: r for k, r in finals_.items() if closed(r)}
+
+
+def assert_finals_equal(oracle: dict[str, dict[str, Any]], streaming: dict[str, dict[str, Any]],
+                        cutoff: dict[str, int], at_least: int = 5000) -> int:
+    """The streamed finals equal replay's, for every window closed by the cutoff; returns
+    how many were compared."""
+    expected = closed_by(oracle, cutoff)
+    got = closed_by(streaming, cutoff)
+    assert len(expected) >= at_least
+    missing = sorted(set(expected) - set(got))[:5]
+    extra = sorted(set(got) - set(expected))[:5]
+    assert not missing and not extra, (missing, extra)
+    diff = [k for k in expected if expected[k] != got[k]][:5]
+    assert not diff, [(k, expected[k], got[k]) for k in diff]
+    return len(expected)

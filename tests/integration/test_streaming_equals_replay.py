@@ -19,7 +19,7 @@ from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker
 from streams.produce import topic_for
-from tests.helpers import final_values, ms, replay
+from tests.helpers import assert_finals_equal, final_values, ms, replay
 from tests.integration.conftest import WorkerProc, wait_for, wait_settled
 from tests.unit.test_events import REJECTIONS
 
@@ -107,27 +107,12 @@ def test_streaming_finals_equal_replay(broker: EmbeddedBroker, isolated: Setting
 
     oracle = final_values(replay([raw for _, raw, _ in
                                   [(t, r, None) for t, r in stream] + sentinels]))
-    # the sentinels' own windows are open in the stream (nothing follows them)
     cutoff = {fam: last_ts + SENTINEL_AFTER[fam] for fam in SENTINEL}
-
-    def comparable(rec: dict[str, Any]) -> bool:
-        from tests.helpers import DEFAULT_CATALOG
-
-        fam = DEFAULT_CATALOG.kpis[rec["kpi"]].families[0]
-        return ms(rec["end"].replace("Z", "+00:00")) <= cutoff[fam]
-
-    expected = {k: r for k, r in oracle.items() if comparable(r)}
-    got = {k: r for k, r in streaming.items() if comparable(r)}
-    assert len(expected) > 5000
-    missing = sorted(set(expected) - set(got))[:5]
-    extra = sorted(set(got) - set(expected))[:5]
-    assert not missing and not extra, (missing, extra)
-    diff = [k for k in expected if expected[k] != got[k]][:5]
-    assert not diff, [(k, expected[k], got[k]) for k in diff]
+    windows = assert_finals_equal(oracle, streaming, cutoff)
     health = worker.health()
     assert health["late"] == sum(gen.stats.late.values())
     assert health["duplicates"] == gen.stats.duplicates
-    print(f"\nstreaming == replay on {len(expected)} windows; {len(messages)} messages "
+    print(f"\nstreaming == replay on {windows} windows; {len(messages)} messages "
           f"consumed in {consumed_s:.1f} s")
 
 
