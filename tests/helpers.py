@@ -13,6 +13,18 @@ from metrics.catalog import Catalog, load_catalog
 from metrics.records import window_key
 
 DEFAULT_CATALOG = load_catalog()
+HOUR, DAY = 3_600_000, 86_400_000
+#: per family, how far past the last event a sentinel must be to close every window
+#: holding data: longest window + grace + a hop
+SENTINEL_AFTER = {"email": 26 * HOUR, "web": 26 * HOUR, "social": 26 * HOUR,
+                  "crm": 31 * DAY + 2 * HOUR, "spend": 31 * DAY + 2 * HOUR}
+SENTINEL = {
+    "email": {"type": "email.sent", "campaign_id": "sentinel", "contact_id": "s"},
+    "web": {"type": "page.viewed", "session_id": "sentinel", "page": "/"},
+    "social": {"type": "social.impressions", "network": "sentinel", "count": 1},
+    "crm": {"type": "survey.answered", "score": 8},
+    "spend": {"type": "spend.recorded", "amount": 1, "channel": "sentinel"},
+}
 
 
 def ms(text: str) -> int:

@@ -18,15 +18,9 @@ from kpi_engine.generator import Generator, GeneratorConfig
 from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker, free_port
-from tests.helpers import assert_finals_equal, final_values, ms, replay
+from tests.helpers import SENTINEL, SENTINEL_AFTER, assert_finals_equal, final_values, ms, replay
 from tests.integration.conftest import WorkerProc, consumed, wait_for, wait_settled
-from tests.integration.test_streaming_equals_replay import (
-    SENTINEL,
-    SENTINEL_AFTER,
-    START,
-    drain,
-    produce,
-)
+from tests.integration.test_streaming_equals_replay import START, drain, produce
 
 pytestmark = pytest.mark.integration
 

@@ -19,25 +19,13 @@ from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker
 from streams.produce import topic_for
-from tests.helpers import assert_finals_equal, final_values, ms, replay
+from tests.helpers import SENTINEL, SENTINEL_AFTER, assert_finals_equal, final_values, ms, replay
 from tests.integration.conftest import WorkerProc, wait_for, wait_settled
 from tests.unit.test_events import REJECTIONS
 
 pytestmark = pytest.mark.integration
 
 START = ms("2026-09-01T00:00:00+00:00")  # far enough back for +31 d sentinels
-HOUR, DAY = 3_600_000, 86_400_000
-#: per family, how far past the last event a sentinel must be to close every window
-#: holding data: longest window + grace + a hop
-SENTINEL_AFTER = {"email": 26 * HOUR, "web": 26 * HOUR, "social": 26 * HOUR,
-                  "crm": 31 * DAY + 2 * HOUR, "spend": 31 * DAY + 2 * HOUR}
-SENTINEL = {
-    "email": {"type": "email.sent", "campaign_id": "sentinel", "contact_id": "s"},
-    "web": {"type": "page.viewed", "session_id": "sentinel", "page": "/"},
-    "social": {"type": "social.impressions", "network": "sentinel", "count": 1},
-    "crm": {"type": "survey.answered", "score": 8},
-    "spend": {"type": "spend.recorded", "amount": 1, "channel": "sentinel"},
-}
 
 
 async def produce(bootstrap: str, messages: list[tuple[str, bytes, int | None]]) -> None:

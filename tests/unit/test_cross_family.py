@@ -17,22 +17,22 @@ import pytest
 from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import FAMILY_TOPIC, Event, parse_event
-from tests.helpers import DEFAULT_CATALOG, assert_finals_equal, closed_by, final_values, ms, replay
+from tests.helpers import (
+    DAY,
+    DEFAULT_CATALOG,
+    HOUR,
+    SENTINEL,
+    SENTINEL_AFTER,
+    assert_finals_equal,
+    closed_by,
+    final_values,
+    ms,
+    replay,
+)
 
 START = ms("2026-09-01T00:00:00+00:00")
 NOW = START + 60 * 86_400_000
-HOUR, DAY = 3_600_000, 86_400_000
 TOPIC_FAMILY = {t: f for f, t in FAMILY_TOPIC.items()}
-#: past the last event by the longest window + grace + a hop: closes every window with data
-CLOSE_ALL = {"email": 26 * HOUR, "web": 26 * HOUR, "social": 26 * HOUR,
-             "crm": 31 * DAY + 2 * HOUR, "spend": 31 * DAY + 2 * HOUR}
-SENTINEL = {
-    "email": {"type": "email.sent", "campaign_id": "sentinel", "contact_id": "s"},
-    "web": {"type": "page.viewed", "session_id": "sentinel", "page": "/"},
-    "social": {"type": "social.impressions", "network": "sentinel", "count": 1},
-    "crm": {"type": "survey.answered", "score": 8},
-    "spend": {"type": "spend.recorded", "amount": 1, "channel": "sentinel"},
-}
 PARTITIONS = 3
 
 
@@ -60,11 +60,11 @@ def partitioned() -> tuple[dict[tuple[str, int], list[bytes]], dict[str, dict[st
     for fam, extra in SENTINEL.items():
         for p in range(PARTITIONS):
             raw = orjson.dumps({"event_id": f"sentinel-{fam}-{p}",
-                                "ts": last_ts + CLOSE_ALL[fam], **extra})
+                                "ts": last_ts + SENTINEL_AFTER[fam], **extra})
             parts.setdefault((FAMILY_TOPIC[fam], p), []).append(raw)
             lines.append(raw)
 
-    cutoff = {fam: last_ts + CLOSE_ALL[fam] for fam in CLOSE_ALL}
+    cutoff = {fam: last_ts + SENTINEL_AFTER[fam] for fam in SENTINEL_AFTER}
     return parts, closed_by(final_values(replay(lines, now_ms=NOW)), cutoff), cutoff
 
 
