@@ -46,11 +46,12 @@ class _Watermark:
     clock from where it stood.
     """
 
-    __slots__ = ("idle", "last_wall", "seen_wall", "sources", "touched", "value",
+    __slots__ = ("first", "idle", "last_wall", "seen_wall", "sources", "touched", "value",
                  "value_at_last_event")
 
     def __init__(self) -> None:
         self.sources: dict[Any, int] = {}  # source -> highest event time (NEVER: none yet)
+        self.first: dict[Any, int] = {}  # source -> event time of its first event
         self.seen_wall: dict[Any, int] = {}  # source -> wall time of its last batch
         self.idle: set[Any] = set()
         self.touched: set[Any] = set()  # sources with events since the last idle check
@@ -65,6 +66,7 @@ class _Watermark:
 
     def forget(self, source: Any) -> None:
         self.sources.pop(source, None)
+        self.first.pop(source, None)
         self.seen_wall.pop(source, None)
         self.idle.discard(source)
         self.touched.discard(source)
@@ -75,6 +77,8 @@ class _Watermark:
         cur = sources.get(source)
         if cur is None or ts > cur:
             sources[source] = ts
+            if cur is None or cur == NEVER:
+                self.first.setdefault(source, ts)
             if source in self.idle:
                 self.idle.discard(source)
             # only a source that was at the minimum can raise it
@@ -248,12 +252,14 @@ class KpiEngine:
         then the held events go through the usual late check, in arrival order."""
         fw = self.windows[fam]
         held, self._held[fam] = self._held[fam], []
-        # an event older than the watermark by more than the longest window + grace is late
-        # whatever the start; it must not start 40 days of windows because one partition
-        # happened to deliver it first
-        wm = self.watermarks[fam].value
-        floor = wm - fw.cfg.longest_ms - fw.cfg.grace_ms
-        fw.start(min((ev.ts_ms for ev, _ in held if ev.ts_ms >= floor), default=wm))
+        # Partitions open at about the same event time. An event older than the latest of
+        # their first events by more than the longest window + grace is one a partition
+        # happened to deliver first (replay, reading it later, finds it late): it must not
+        # start 40 days of windows, nor set the watermark it is judged by.
+        wm = self.watermarks[fam]
+        latest_first = max(wm.first.values(), default=wm.value)
+        floor = latest_first - fw.cfg.longest_ms - fw.cfg.grace_ms
+        fw.start(min((ev.ts_ms for ev, _ in held if ev.ts_ms >= floor), default=latest_first))
         self._next_close[fam] = self._compute_next_close(fam)
         for ev, ref in held:
             if fw.is_late(ev.ts_ms):

@@ -352,6 +352,7 @@ class KpiShell:
             "invalid": sum(self.stats.invalid.values()),
             "duplicates": e.duplicates_total,
             "late": sum(e.late_total.values()),
+            "late_by_family": dict(e.late_total),
             "held": e.held_total,
             "replayed_skipped": self.replayed_skipped,
             "stale_skipped": self.stale_skipped,

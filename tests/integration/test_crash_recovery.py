@@ -77,9 +77,11 @@ class Scenario:
         wait_settled(worker, len(self.messages), 180)
         health = worker.health()
         st = self.gen.stats
-        counts = {k: health[k] for k in ("events", "duplicates", "late", "invalid")}
+        counts = {k: health[k] for k in ("events", "duplicates", "late_by_family", "invalid")}
         assert counts == {"events": sum(st.events.values()) + self.sentinels,
-                          "duplicates": st.duplicates, "late": sum(st.late.values()),
+                          "duplicates": st.duplicates,
+                          "late_by_family": {f: st.late.get(t, 0)
+                                             for f, t in FAMILY_TOPIC.items()},
                           "invalid": sum(st.invalid.values())}, health
         published = asyncio.run(drain(bootstrap, worker.settings.topic("kpi-windows")))
         return assert_finals_equal(final_values(replay(self.lines)),

@@ -204,3 +204,16 @@ def test_an_ancient_first_event_of_one_partition_is_late_not_a_start() -> None:
     assert e.late_total["email"] == 1
     assert e.events_total == {"email.sent": 2}
     assert all(r["end"] >= "2026-10-31" for r in e.advance())
+
+
+def test_an_ancient_event_as_the_last_partitions_only_one_is_late() -> None:
+    """The partition that completes the watermark has delivered only a 40-day-old event, so
+    the watermark itself is that old: the event is still late, as in replay."""
+    e = engine()
+    e.assign_source("email", "p0")
+    e.assign_source("email", "p1")
+    e.ingest(sent(T0), source="p0")
+    e.ingest(sent(T0 + MIN), source="p0")
+    e.ingest(sent(T0 - 40 * 86_400_000), source="p1")  # the family starts here
+    assert e.late_total["email"] == 1
+    assert e.events_total == {"email.sent": 2}
