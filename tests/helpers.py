@@ -18,7 +18,7 @@ HOUR, DAY = 3_600_000, 86_400_000
 #: holding data: longest window + grace + a hop
 SENTINEL_AFTER = {"email": 26 * HOUR, "web": 26 * HOUR, "social": 26 * HOUR,
                   "crm": 31 * DAY + 2 * HOUR, "spend": 31 * DAY + 2 * HOUR}
-SENTINEL = {
+SENTINEL: dict[str, dict[str, Any]] = {
     "email": {"type": "email.sent", "campaign_id": "sentinel", "contact_id": "s"},
     "web": {"type": "page.viewed", "session_id": "sentinel", "page": "/"},
     "social": {"type": "social.impressions", "network": "sentinel", "count": 1},

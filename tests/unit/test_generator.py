@@ -61,7 +61,7 @@ def test_incident_window_is_bounded() -> None:
                   if lo_s * 1000 <= ms(e["ts"].replace("Z", "+00:00")) - starts < hi_s * 1000
                   and e["type"] in ("email.sent", "email.bounced")]
         sent = sum(e["type"] == "email.sent" for e in inside)
-        return sum(e["type"] == "email.bounced" for e in inside) / sent
+        return float(sum(e["type"] == "email.bounced" for e in inside) / sent)
 
     assert bounce_rate(0, 180) < 0.15
     assert bounce_rate(220, 380) > 0.2

@@ -62,8 +62,9 @@ email_event = st.tuples(
 @given(st.lists(email_event, min_size=1, max_size=60))
 def test_windows_from_panes_equal_direct_computation(events: list[tuple[int, str, str]]
                                                      ) -> None:
-    raw = [{"event_id": f"e{i}", "type": t, "ts": T0 + s * 1000, "campaign_id": c,
-            "contact_id": f"p{i}", "bounce": "soft"} for i, (s, t, c) in enumerate(events)]
+    raw: list[dict[str, Any]] = [
+        {"event_id": f"e{i}", "type": t, "ts": T0 + s * 1000, "campaign_id": c,
+         "contact_id": f"p{i}", "bounce": "soft"} for i, (s, t, c) in enumerate(events)]
     raw.sort(key=lambda e: e["ts"])
     recs = finals(replay(raw, now_ms=NOW))
     seen = 0
@@ -133,10 +134,10 @@ def test_generated_ground_truth_end_to_end() -> None:
         ends = sorted({r["end"] for r in recs.values() if r["kpi"] == kpi
                        and r["window"] == window})
         first = ms(ends[0].replace("Z", "+00:00"))
-        return sum(r[part] for r in recs.values()
-                   if r["kpi"] == kpi and r["window"] == window and not r["dims"]
-                   and r["end"] <= until
-                   and (ms(r["end"].replace("Z", "+00:00")) - first) % tile_ms == 0)
+        return float(sum(r[part] for r in recs.values()
+                         if r["kpi"] == kpi and r["window"] == window and not r["dims"]
+                         and r["end"] <= until
+                         and (ms(r["end"].replace("Z", "+00:00")) - first) % tile_ms == 0))
 
     five_min, day = 300_000, 86_400_000
     sent = tiled("email_open_rate", "5m", five_min, "denominator")
