@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from metrics.catalog import TOTAL, Catalog, Formula, Kpi, WindowSpec
+from metrics.catalog import TOTAL, Catalog, Formula, Kpi, Term, WindowSpec
 from metrics.events import UNKNOWN, Event
 from metrics.records import iso_boundary, iso_ms
 from metrics.trackers import MICRO, Fact, FirstSeen, Pipeline, Sessions
-from metrics.windows import Agg, FamilyWindows
+from metrics.windows import Agg, FamilyWindows, Key
 
 SEP: Final = "\x1f"  # joins the values of a combined breakdown (campaign_id+segment)
 NEVER: Final = -(2**62)
@@ -81,8 +81,10 @@ class _Watermark:
                 self.first.setdefault(source, ts)
             if source in self.idle:
                 self.idle.discard(source)
-            # only a source that was at the minimum can raise it
-            if cur is None or cur <= self.value or len(sources) == 1:
+            if len(sources) == 1:  # one partition (replay): its event time is the minimum
+                if ts > self.value:
+                    self.value = ts
+            elif cur is None or cur <= self.value:  # only the one at the minimum raises it
                 self._recompute()
         self.touched.add(source)
 
@@ -155,8 +157,11 @@ class KpiEngine:
                 self._plans.setdefault(agg.event, []).append(
                     (agg.name, agg.sum_field, agg.has_field, agg.where,
                      (agg.name, TOTAL, TOTAL), singles, groups))
+        self._fact_keys: dict[tuple[str, tuple[tuple[str, str], ...]], list[Key]] = {}
         self._micro = {a.name for a in catalog.aggregates.values()
                        if a.sum_field is not None or a.builtin in _MICRO_BUILTINS}
+        self._kpi_plans = {k.name: plan_kpi(catalog, k, self._micro)
+                           for k in catalog.kpis.values()}
         horizon = {f: cfg.longest_ms + cfg.grace_ms for f, cfg in catalog.families.items()}
         self.opens = FirstSeen("unique_opens", horizon["email"])
         self.clicks = FirstSeen("unique_clickers", horizon["email"])
@@ -243,8 +248,9 @@ class KpiEngine:
         if plans:
             self._apply_plans(fw, ev.ts_ms, ev.data, plans)
         if type_ in _STATEFUL:
-            for fact in self._track(ev):
-                self._apply_fact(fw, fact)
+            facts = self._track(ev)
+            if facts:
+                self._apply_facts(fw, facts)
 
     def _start(self, fam: str) -> None:
         """Start a family's windows once its watermark is known, at the earliest event held
@@ -323,21 +329,38 @@ class KpiEngine:
             return self.pipeline.deal(d, ts)
         return []
 
-    def _apply_fact(self, fw: FamilyWindows, fact: Fact) -> None:
-        ts, builtin, dims, value = fact
-        targets = self._builtin_targets.get(builtin)
-        if not targets:
-            return
+    def _apply_facts(self, fw: FamilyWindows, facts: list[Fact]) -> None:
+        cache = self._fact_keys
+        for ts, builtin, dims, value in facts:
+            keys = cache.get((builtin, dims))
+            if keys is None:
+                keys = self._keys_of(builtin, dims)
+            if not keys:
+                continue
+            pane = fw.pane(ts)
+            if pane is not None:  # the common case: a pane no closed window covers yet
+                for key in keys:
+                    pane[key] = pane.get(key, 0) + value
+            else:
+                for key in keys:
+                    fw.add(ts, key, value)
+
+    def _keys_of(self, builtin: str, dims: tuple[tuple[str, str], ...]) -> list[Key]:
+        """The aggregate keys a fact lands on; cached, as the same dims recur endlessly."""
+        keys: list[Key] = []
         dmap = dict(dims)
-        for agg, bds in targets:
+        for agg, bds in self._builtin_targets.get(builtin, ()):
             for bname, fields in bds:
                 if not fields:
-                    key = (agg, TOTAL, TOTAL)
+                    keys.append((agg, TOTAL, TOTAL))
                 elif len(fields) == 1:
-                    key = (agg, bname, dmap.get(fields[0]) or UNKNOWN)
+                    keys.append((agg, bname, dmap.get(fields[0]) or UNKNOWN))
                 else:
-                    key = (agg, bname, SEP.join(dmap.get(f) or UNKNOWN for f in fields))
-                fw.add(ts, key, value)
+                    keys.append((agg, bname, SEP.join(dmap.get(f) or UNKNOWN for f in fields)))
+        if len(self._fact_keys) >= 100_000:  # bounded: dims cardinality is the user's
+            self._fact_keys.clear()
+        self._fact_keys[(builtin, dims)] = keys
+        return keys
 
     # ---- time ----------------------------------------------------------------------------
 
@@ -416,8 +439,10 @@ class KpiEngine:
                 self._seen.pop(eid, None)
         # published values are kept while their window can still be revised (windows.py)
         cfg = self.catalog.families[fam]
-        horizon = watermark - cfg.longest_ms - cfg.grace_ms
-        if horizon > self._published_floor[fam] + 3_600_000:
+        keep = cfg.longest_ms + cfg.grace_ms
+        horizon = watermark - keep
+        # pruned in steps of an eighth of that (at least an hour): each prune scans every key
+        if horizon > self._published_floor[fam] + max(3_600_000, keep // 8):
             self._published_floor[fam] = horizon
             for key in [k for k in self._published if k[0] == fam and k[2] < horizon]:
                 del self._published[key]
@@ -476,11 +501,13 @@ class KpiEngine:
                  ) -> list[dict[str, Any]]:
         published = self._published.setdefault((kpi.families[0], wname, end), {}).setdefault(
             kpi.name, {})
-        rows = compute_kpi(self.catalog, kpi, idx, self._micro)
+        rows = compute_kpi(self._kpi_plans[kpi.name], idx)
         for dkey in published:
             if dkey not in rows:
                 rows[dkey] = (0.0, 0.0 if kpi.denominator else 1.0)
         size = self._window_spec(kpi, wname).size_ms
+        start_s, end_s = iso_boundary(end - size), iso_boundary(end)
+        unit = self.catalog.unit_label(kpi)
         out = []
         for dkey in sorted(rows):
             num, den = rows[dkey]
@@ -489,9 +516,8 @@ class KpiEngine:
                 continue
             revision = 0 if prev is None else prev[2] + 1
             published[dkey] = (num, den, revision)
-            out.append(make_record(kpi, self.catalog.unit_label(kpi), wname, end - size, end,
-                                   dict(dkey), num, den, final=True, revision=revision,
-                                   emitted_at=emitted_at))
+            out.append(make_record(kpi, unit, wname, start_s, end_s, dict(dkey), num, den,
+                                   final=True, revision=revision, emitted_at=emitted_at))
         return out
 
     def _window_spec(self, kpi: Kpi, wname: str) -> WindowSpec:
@@ -513,12 +539,13 @@ class KpiEngine:
                 end = (wm // spec.hop_ms + 1) * spec.hop_ms
                 idx = merge_indexes([index_snapshot(self.windows[f].open_snapshot(spec, end))
                                      for f in started])
-                rows = compute_kpi(self.catalog, kpi, idx, self._micro)
+                rows = compute_kpi(self._kpi_plans[kpi.name], idx)
+                start_s, end_s = iso_boundary(end - spec.size_ms), iso_boundary(end)
                 for dkey in sorted(rows):
                     num, den = rows[dkey]
-                    out.append(make_record(kpi, self.catalog.unit_label(kpi), wname,
-                                           end - spec.size_ms, end, dict(dkey), num, den,
-                                           final=False, revision=0, emitted_at=emitted_at))
+                    out.append(make_record(kpi, self.catalog.unit_label(kpi), wname, start_s,
+                                           end_s, dict(dkey), num, den, final=False,
+                                           revision=0, emitted_at=emitted_at))
         return out
 
     # ---- durability ----------------------------------------------------------------------
@@ -589,48 +616,73 @@ def merge_indexes(parts: Iterable[Index]) -> Index:
     return merged
 
 
-def _read(formula: Formula, idx: Index, b: str, v: str, kept: dict[str, tuple[str, ...]],
-          micro: set[str]) -> tuple[float, bool]:
-    """Product of the formula's factors at breakdown b, value v; and whether any term had
+#: a formula compiled for one breakdown: a product of sums of
+#: (index key, read at the total, sign, kept in millionths)
+_Read = tuple[tuple[tuple[tuple[str, str], bool, int, bool], ...], ...]
+#: a KPI compiled per breakdown: (breakdown, its dimension fields, the index keys whose
+#: values it lists, numerator, denominator)
+KpiPlan = list[tuple[str, list[str], list[tuple[str, str]], _Read, _Read]]
+
+
+def plan_kpi(catalog: Catalog, kpi: Kpi, micro: set[str]) -> KpiPlan:
+    """Resolve, once, which index entry every term of every breakdown reads: an aggregate
+    not kept under a breakdown is read at its total."""
+    kept = catalog.breakdowns
+    plan: KpiPlan = []
+    for b in (TOTAL, *kpi.breakdowns):
+        num_f, den_f = kpi.formulas(b)
+
+        def at_total(t: Term, b: str = b) -> bool:
+            return t.total or b not in kept[t.aggregate]
+
+        def compiled(formula: Formula, b: str = b) -> _Read:
+            return tuple(tuple(((t.aggregate, TOTAL if at_total(t) else b), at_total(t), t.sign,
+                                t.aggregate in micro) for t in factor) for factor in formula)
+
+        sources = [] if b == TOTAL else list(dict.fromkeys(
+            (t.aggregate, b) for f in num_f + den_f for t in f if not at_total(t)))
+        plan.append((b, b.split("+") if b else [], sources, compiled(num_f), compiled(den_f)))
+    return plan
+
+
+def _read(formula: _Read, idx: Index, v: str) -> tuple[float, bool]:
+    """Product of the formula's factors at dimension value v; and whether any term had
     data. Integer and millionth sums are added apart so the result is exact."""
     product = 1.0
     any_data = False
     for factor in formula:
         ints = 0
         micros = 0
-        for term in factor:
-            if term.total or b not in kept[term.aggregate]:
-                n = idx.get((term.aggregate, TOTAL), {}).get(TOTAL, 0)
-            else:
-                n = idx.get((term.aggregate, b), {}).get(v, 0)
-            any_data = any_data or n != 0
-            if term.aggregate in micro:
-                micros += term.sign * n
-            else:
-                ints += term.sign * n
+        for key, total, sign, micro in factor:
+            d = idx.get(key)
+            n = d.get(TOTAL if total else v, 0) if d is not None else 0
+            if n:
+                any_data = True
+                if micro:
+                    micros += sign * n
+                else:
+                    ints += sign * n
         product *= ints + micros / MICRO
     return product, any_data
 
 
-def compute_kpi(catalog: Catalog, kpi: Kpi, idx: Index, micro: set[str]
+def compute_kpi(plan: KpiPlan, idx: Index
                 ) -> dict[tuple[tuple[str, str], ...], tuple[float, float]]:
     """Numerator and denominator of a KPI for its total and every breakdown value present."""
     rows: dict[tuple[tuple[str, str], ...], tuple[float, float]] = {}
-    kept = catalog.breakdowns
-    for b in (TOTAL, *kpi.breakdowns):
-        num_f, den_f = kpi.formulas(b)
+    for b, fields, sources, num_f, den_f in plan:
         if b == TOTAL:
-            values = [TOTAL]
+            values: Iterable[str] = (TOTAL,)
         else:
             seen: set[str] = set()
-            for term in (t for f in num_f + den_f for t in f):
-                if not term.total and b in kept[term.aggregate]:
-                    seen.update(idx.get((term.aggregate, b), {}))
-            values = sorted(seen)
-        fields = b.split("+") if b else []
+            for key in sources:
+                d = idx.get(key)
+                if d:
+                    seen.update(d)
+            values = seen
         for v in values:
-            num, num_data = _read(num_f, idx, b, v, kept, micro)
-            den, den_data = _read(den_f, idx, b, v, kept, micro) if den_f else (1.0, False)
+            num, num_data = _read(num_f, idx, v)
+            den, den_data = _read(den_f, idx, v) if den_f else (1.0, False)
             if not (num_data or den_data):
                 continue  # a window without input for this KPI publishes nothing
             dims = tuple(zip(fields, v.split(SEP), strict=True)) if b else ()
@@ -638,17 +690,17 @@ def compute_kpi(catalog: Catalog, kpi: Kpi, idx: Index, micro: set[str]
     return rows
 
 
-def make_record(kpi: Kpi, unit: str, window: str, start: int, end: int, dims: dict[str, str],
+def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: dict[str, str],
                 num: float, den: float, *, final: bool, revision: int,
                 emitted_at: str) -> dict[str, Any]:
-    value = None if den == 0 else kpi.scale * num / den
+    """A CONTRACT.md §3 record; ``start`` and ``end`` already in ISO form (iso_boundary)."""
     return {
         "kpi": kpi.name,
         "window": window,
-        "start": iso_boundary(start),
-        "end": iso_boundary(end),
+        "start": start,
+        "end": end,
         "dims": dims,
-        "value": value,
+        "value": None if den == 0 else kpi.scale * num / den,
         "numerator": _plain(num),
         "denominator": _plain(den),
         "unit": unit,

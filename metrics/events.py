@@ -157,32 +157,46 @@ TYPES: Final[dict[str, TypeSpec]] = {
 _CLIENTS: Final = frozenset({"mobile", "desktop", "webmail"})
 
 
-_MINUTE_MS: dict[str, int] = {}  # "2026-11-01T00:12" -> epoch ms, for the UTC fast path
+_SECOND_MS: dict[str, int] = {}  # "2026-11-01T00:12:34" -> epoch ms, for the UTC fast path
+_MINUTE_MS: dict[str, int] = {}  # "2026-11-01T00:12" -> epoch ms
+_SECONDS: Final = {f":{i:02d}": i * 1000 for i in range(60)}
+_MILLIS: Final = {"Z": 0, **{f".{i:03d}Z": i for i in range(1000)}}
 
 
 def _parse_utc_fast(v: str) -> int | None:
     """'YYYY-MM-DDTHH:MM:SS[.mmm]Z', the common producer format, without datetime: the
-    minute prefix repeats across events, so its epoch value is cached."""
-    n = len(v)
-    if (n != 20 and n != 24) or v[19] != ("Z" if n == 20 else ".") or v[-1] != "Z" \
-            or v[16] != ":" or not v[17:19].isdigit() or not v.isascii():
-        return None
-    if n == 24 and not v[20:23].isdigit():
-        return None
-    prefix = v[:16]
-    base = _MINUTE_MS.get(prefix)
+    second prefix repeats across events, so its epoch value is cached (checked once), and
+    the milliseconds are read and checked by a table lookup."""
+    base = _SECOND_MS.get(v[:19])
     if base is None:
+        base = _cache_second(v[:19])
+        if base is None:
+            return None
+    ms = _MILLIS.get(v[19:])
+    return None if ms is None else base + ms
+
+
+def _cache_second(prefix: str) -> int | None:
+    if len(prefix) != 19:
+        return None
+    minute = _MINUTE_MS.get(prefix[:16])
+    if minute is None:
+        if not prefix.isascii():
+            return None
         try:
-            dt = datetime.fromisoformat(prefix + ":00+00:00")
+            dt = datetime.fromisoformat(prefix[:16] + ":00+00:00")
         except ValueError:
             return None
         if len(_MINUTE_MS) > 100_000:
             _MINUTE_MS.clear()
-        base = _MINUTE_MS[prefix] = int(dt.timestamp()) * 1000
-    sec = int(v[17:19])
-    if sec > 59:
+        minute = _MINUTE_MS[prefix[:16]] = int(dt.timestamp()) * 1000
+    sec = _SECONDS.get(prefix[16:])
+    if sec is None:
         return None
-    return base + sec * 1000 + (int(v[20:23]) if n == 24 else 0)
+    if len(_SECOND_MS) > 100_000:
+        _SECOND_MS.clear()
+    base = _SECOND_MS[prefix] = minute + sec
+    return base
 
 
 def parse_ts(v: Any) -> int | None:
@@ -225,9 +239,11 @@ def validate(
     raw_ts = d.get("ts")
     if raw_ts is None:
         return Invalid("missing_field:ts")
-    ts_ms = parse_ts(raw_ts)
+    ts_ms = _parse_utc_fast(raw_ts) if type(raw_ts) is str else None
     if ts_ms is None:
-        return Invalid("bad_value:ts")
+        ts_ms = parse_ts(raw_ts)
+        if ts_ms is None:
+            return Invalid("bad_value:ts")
     if ts_ms > now_ms + FUTURE_TOLERANCE_MS:
         return Invalid("future_ts")
     return _COMPILED[type_](d, event_id, ts_ms, currency)

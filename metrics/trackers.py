@@ -138,10 +138,33 @@ class Sessions:
         self, sid: str, ts: int, *, view: bool, channel: str, campaign: str, goal: str | None
     ) -> list[Fact]:
         clusters = self.state.get(sid)
-        if clusters is None:
-            clusters = self.state[sid] = []
-        touching = [c for c in clusters if c.start - SESSION_GAP_MS < ts < c.end + SESSION_GAP_MS]
         first = (0 if view else 1, ts, channel, campaign)
+        if clusters is None:  # a new session: nothing to retract
+            s = _Session(ts, first)
+            s.views = view
+            if goal is not None:
+                s.goals.add(goal)
+            self.state[sid] = [s]
+            self._buckets.file(sid, ts)
+            return _session_facts(s)
+        if len(clusters) == 1:
+            s = clusters[0]
+            if s.start <= ts < s.end + SESSION_GAP_MS and s.first <= first and (
+                    goal is None or goal in s.goals):
+                # inside or extending the one session, its start and attribution unchanged:
+                # only a second page view changes a fact (no longer single-page)
+                if ts > s.end:
+                    if ts // _HOUR != s.end // _HOUR:
+                        self._buckets.file(sid, ts)
+                    s.end = ts
+                if view:
+                    s.views += 1
+                    if s.views == 2:
+                        _, _, ch, camp = s.first
+                        return [(s.start, "single_page_sessions",
+                                 (("campaign_id", camp), ("channel", ch)), -1)]
+                return []
+        touching = [c for c in clusters if c.start - SESSION_GAP_MS < ts < c.end + SESSION_GAP_MS]
         if len(touching) == 1:
             s = touching[0]
             before = _session_facts(s)

@@ -143,7 +143,12 @@ class FamilyWindows:
         # some window holding that event is open: until end + longest + grace.
         horizon = watermark - self._longest - self.cfg.grace_ms
         for s in self.specs:
-            for end in [e for e in s.closed if e < horizon]:
+            old = []
+            for end in s.closed:  # filed in closing order, so oldest first
+                if end >= horizon:
+                    break
+                old.append(end)
+            for end in old:
                 del s.closed[end]
         # Running sums only ever subtract panes from last_end - size on.
         floor = min(s.last_end - s.spec.size_ms for s in self.specs)

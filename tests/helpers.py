@@ -34,8 +34,8 @@ def ms(text: str) -> int:
 def replay(events: Iterable[dict[str, Any] | bytes], catalog: Catalog = DEFAULT_CATALOG,
            now_ms: int | None = None) -> list[dict[str, Any]]:
     lines = (e if isinstance(e, bytes) else orjson.dumps(e) for e in events)
-    return [item for kind, item in replay_lines(lines, catalog, now_ms=now_ms)
-            if kind == "record"]
+    return [rec for kind, item in replay_lines(lines, catalog, now_ms=now_ms)
+            if kind == "records" for rec in item]
 
 
 def finals(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
