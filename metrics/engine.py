@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from metrics.catalog import TOTAL, Catalog, Formula, Kpi, Term, WindowSpec
+from metrics.catalog import TOTAL, Aggregate, Catalog, Formula, Kpi, Term, WindowSpec
 from metrics.events import UNKNOWN, Event
+from metrics.plans import SEP, Update, compile_updates
 from metrics.records import iso_boundary, iso_ms
 from metrics.trackers import MICRO, Fact, FirstSeen, Pipeline, Sessions
 from metrics.windows import Agg, FamilyWindows, Key
 
-SEP: Final = "\x1f"  # joins the values of a combined breakdown (campaign_id+segment)
 NEVER: Final = -(2**62)
 _MICRO_BUILTINS: Final = frozenset({"won_amount", "cycle_days_sum"})
 
@@ -129,13 +129,6 @@ class _Watermark:
                 self.value = moved
 
 
-#: A simple aggregate compiled for the hot path: (aggregate, sum field, has field, filters,
-#: total key, single-dimension breakdowns (name, field), combined breakdowns (name, fields))
-_Plan = tuple[str, str | None, str | None, tuple[tuple[str, frozenset[Any]], ...],
-              tuple[str, str, str], tuple[tuple[str, str], ...],
-              tuple[tuple[str, tuple[str, ...]], ...]]
-
-
 class KpiEngine:
     def __init__(self, catalog: Catalog, config: EngineConfig | None = None,
                  clock: Clock | None = None):
@@ -144,19 +137,17 @@ class KpiEngine:
         self._clock: Clock = clock or (lambda: 0)
         self.windows = {f: FamilyWindows(cfg) for f, cfg in catalog.families.items()}
         self.watermarks = {f: _Watermark() for f in catalog.families}
-        self._plans: dict[str, list[_Plan]] = {}
         self._builtin_targets: dict[str, list[tuple[str, list[tuple[str, tuple[str, ...]]]]]] = {}
+        by_event: dict[str, list[Aggregate]] = {}
         for agg in catalog.aggregates.values():
             bds = [(b, tuple(b.split("+")) if b else ()) for b in catalog.breakdowns[agg.name]]
             if agg.builtin is not None:
                 self._builtin_targets.setdefault(agg.builtin, []).append((agg.name, bds))
             else:
                 assert agg.event is not None
-                singles = tuple((b, f[0]) for b, f in bds if len(f) == 1)
-                groups = tuple((b, f) for b, f in bds if len(f) > 1)
-                self._plans.setdefault(agg.event, []).append(
-                    (agg.name, agg.sum_field, agg.has_field, agg.where,
-                     (agg.name, TOTAL, TOTAL), singles, groups))
+                by_event.setdefault(agg.event, []).append(agg)
+        self._updates: dict[str, Update] = {
+            t: compile_updates(aggs, catalog.breakdowns) for t, aggs in by_event.items()}
         self._fact_keys: dict[tuple[str, tuple[tuple[str, str], ...]], list[Key]] = {}
         self._micro = {a.name for a in catalog.aggregates.values()
                        if a.sum_field is not None or a.builtin in _MICRO_BUILTINS}
@@ -243,10 +234,15 @@ class KpiEngine:
 
     def _apply(self, ev: Event, fw: FamilyWindows) -> None:
         type_ = ev.type
-        self.events_total[type_] = self.events_total.get(type_, 0) + 1
-        plans = self._plans.get(type_)
-        if plans:
-            self._apply_plans(fw, ev.ts_ms, ev.data, plans)
+        counts = self.events_total
+        counts[type_] = counts.get(type_, 0) + 1
+        update = self._updates.get(type_)
+        if update is not None:
+            pane = fw.pane(ev.ts_ms)
+            if pane is not None:  # the common case: a pane no closed window covers yet
+                update(pane, ev.data)
+            else:
+                self._apply_late(fw, ev.ts_ms, ev.data, update)
         if type_ in _STATEFUL:
             facts = self._track(ev)
             if facts:
@@ -277,38 +273,14 @@ class KpiEngine:
         if self.watermarks[fam].value >= self._next_close[fam]:
             self.due = True
 
-    def _apply_plans(self, fw: FamilyWindows, ts: int, data: dict[str, Any],
-                     plans: list[_Plan]) -> None:
-        pane = fw.pane(ts)
-        for agg, sum_field, has_field, filters, total_key, singles, groups in plans:
-            if filters and not all(data.get(f) in vals for f, vals in filters):
-                continue
-            if has_field is not None:
-                if data.get(has_field) is None:
-                    continue
-                value = 1
-            elif sum_field is not None:
-                raw = data.get(sum_field)
-                if raw is None:
-                    continue
-                value = round(raw * MICRO)
-            else:
-                value = 1
-            if pane is not None:  # the common case: a pane no closed window covers yet
-                pane[total_key] = pane.get(total_key, 0) + value
-                for bname, field in singles:
-                    key = (agg, bname, data.get(field) or UNKNOWN)
-                    pane[key] = pane.get(key, 0) + value
-            else:
-                fw.add(ts, total_key, value)
-                for bname, field in singles:
-                    fw.add(ts, (agg, bname, data.get(field) or UNKNOWN), value)
-            for bname, fields in groups:
-                key = (agg, bname, SEP.join(str(data.get(f) or UNKNOWN) for f in fields))
-                if pane is not None:
-                    pane[key] = pane.get(key, 0) + value
-                else:
-                    fw.add(ts, key, value)
+    @staticmethod
+    def _apply_late(fw: FamilyWindows, ts: int, data: dict[str, Any], update: Update) -> None:
+        """An event in a pane some closed window covers (late within grace): the closed
+        windows it falls in are patched too, and republished as revisions."""
+        delta: Agg = {}
+        update(delta, data)
+        for key, value in delta.items():
+            fw.add(ts, key, value)
 
     def _track(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -645,17 +617,42 @@ def plan_kpi(catalog: Catalog, kpi: Kpi, micro: set[str]) -> KpiPlan:
     return plan
 
 
-def _read(formula: _Read, idx: Index, v: str) -> tuple[float, bool]:
+#: a formula resolved against one index, per factor: the integer and millionth sums of its
+#: terms read at the total, whether they had data, and the value dicts of the other terms
+_Resolved = list[tuple[int, int, bool, list[tuple[dict[str, int], int, bool]]]]
+
+
+def _resolve(formula: _Read, idx: Index) -> _Resolved:
+    """Look up every term's dict once per breakdown, and sum the ones read at the total."""
+    out: _Resolved = []
+    for factor in formula:
+        ints = micros = 0
+        per_value: list[tuple[dict[str, int], int, bool]] = []
+        for key, total, sign, micro in factor:
+            d = idx.get(key)
+            if d is None:
+                continue
+            if not total:
+                per_value.append((d, sign, micro))
+                continue
+            n = d.get(TOTAL, 0)
+            if micro:
+                micros += sign * n
+            else:
+                ints += sign * n
+        out.append((ints, micros, ints != 0 or micros != 0, per_value))
+    return out
+
+
+def _value(formula: _Resolved, v: str) -> tuple[float, bool]:
     """Product of the formula's factors at dimension value v; and whether any term had
     data. Integer and millionth sums are added apart so the result is exact."""
     product = 1.0
     any_data = False
-    for factor in formula:
-        ints = 0
-        micros = 0
-        for key, total, sign, micro in factor:
-            d = idx.get(key)
-            n = d.get(TOTAL if total else v, 0) if d is not None else 0
+    for ints, micros, has_data, per_value in formula:
+        any_data = any_data or has_data
+        for d, sign, micro in per_value:
+            n = d.get(v, 0)
             if n:
                 any_data = True
                 if micro:
@@ -679,10 +676,14 @@ def compute_kpi(plan: KpiPlan, idx: Index
                 d = idx.get(key)
                 if d:
                     seen.update(d)
+            if not seen:
+                continue
             values = seen
+        num_r = _resolve(num_f, idx)
+        den_r = _resolve(den_f, idx) if den_f else None
         for v in values:
-            num, num_data = _read(num_f, idx, v)
-            den, den_data = _read(den_f, idx, v) if den_f else (1.0, False)
+            num, num_data = _value(num_r, v)
+            den, den_data = _value(den_r, v) if den_r is not None else (1.0, False)
             if not (num_data or den_data):
                 continue  # a window without input for this KPI publishes nothing
             dims = tuple(zip(fields, v.split(SEP), strict=True)) if b else ()

@@ -1,0 +1,66 @@
+"""Per event type, the simple aggregates it feeds, compiled to straight-line code.
+
+An event updates a handful of aggregate keys: each aggregate's total and one key per
+breakdown. Like the event validators, the updates of a type are generated once per catalog:
+walking a table of plans per event costs about twice as much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from metrics.catalog import TOTAL, Aggregate
+from metrics.events import UNKNOWN
+from metrics.trackers import MICRO
+from metrics.windows import Agg
+
+SEP: Final = "\x1f"  # joins the values of a combined breakdown (campaign_id+segment)
+
+#: adds one event's contribution to a pane (or any dict of aggregate keys)
+Update = Callable[[Agg, dict[str, Any]], None]
+
+
+def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]]
+                    ) -> Update:
+    """The update function of one event type's aggregates (those with an ``event``).
+
+    An aggregate counts 1 per event, or 1 per event having ``has_field``, or sums
+    ``sum_field`` in millionths; ``where`` filters apply first. It lands on its total and on
+    every breakdown it is kept under (a missing dimension value counts as "unknown").
+    """
+    ns: dict[str, Any] = {"UNKNOWN": UNKNOWN, "SEP": SEP, "MICRO": MICRO}
+    lines = ["def update(pane, data):", "    get = data.get"]
+    for i, agg in enumerate(aggregates):
+        ind = "    "
+        conds = []
+        for j, (field, allowed) in enumerate(agg.where):
+            ns[f"W{i}_{j}"] = allowed
+            conds.append(f"get({field!r}) in W{i}_{j}")
+        if agg.has_field is not None:
+            conds.append(f"get({agg.has_field!r}) is not None")
+        if conds:
+            lines.append(f"{ind}if {' and '.join(conds)}:")
+            ind += "    "
+        value = "1"
+        if agg.has_field is None and agg.sum_field is not None:
+            lines.append(f"{ind}raw = get({agg.sum_field!r})")
+            lines.append(f"{ind}if raw is not None:")
+            ind += "    "
+            lines.append(f"{ind}v = round(raw * MICRO)")
+            value = "v"
+        ns[f"T{i}"] = (agg.name, TOTAL, TOTAL)
+        lines.append(f"{ind}pane[T{i}] = pane.get(T{i}, 0) + {value}")
+        for b in breakdowns[agg.name]:
+            if b == TOTAL:
+                continue
+            fields = b.split("+")
+            if len(fields) == 1:
+                dim = f"get({fields[0]!r}) or UNKNOWN"
+            else:
+                dim = "SEP.join((" + "".join(
+                    f"str(get({f!r}) or UNKNOWN), " for f in fields) + "))"
+            lines.append(f"{ind}k = ({agg.name!r}, {b!r}, {dim})")
+            lines.append(f"{ind}pane[k] = pane.get(k, 0) + {value}")
+    exec("\n".join(lines), ns)
+    return ns["update"]  # type: ignore[no-any-return]
