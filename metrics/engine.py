@@ -291,9 +291,8 @@ class KpiEngine:
             tracker = self.opens if t == "email.opened" else self.clicks
             return tracker.observe((d["campaign_id"], d["contact_id"]), ts, dims)
         if t == "page.viewed" or t == "goal.converted":
-            return self.sessions.observe(
-                d["session_id"], ts, view=t == "page.viewed", channel=d["channel"],
-                campaign=d.get("campaign_id") or UNKNOWN, goal=d.get("goal"))
+            return self.sessions.observe(d["session_id"], ts, t == "page.viewed", d["channel"],
+                                         d.get("campaign_id") or UNKNOWN, d.get("goal"))
         if t == "lead.created":
             return self.pipeline.lead(d["lead_id"], ts, d["channel"],
                                       d.get("campaign_id") or UNKNOWN)

@@ -226,10 +226,10 @@ def validate(
     type_ = d.get("type")
     if type_ is None:
         return Invalid("missing_field:type")
-    spec = TYPES.get(type_) if type(type_) is str else None
-    if spec is None:
+    compiled = _COMPILED.get(type_) if type(type_) is str else None
+    if compiled is None:
         return Invalid("unknown_type")
-    if topic_family is not None and spec.family != topic_family:
+    if topic_family is not None and compiled[0] != topic_family:
         return Invalid("wrong_topic")
     event_id = d.get("event_id")
     if event_id is None:
@@ -246,7 +246,7 @@ def validate(
             return Invalid("bad_value:ts")
     if ts_ms > now_ms + FUTURE_TOLERANCE_MS:
         return Invalid("future_ts")
-    return _COMPILED[type_](d, event_id, ts_ms, currency)
+    return compiled[1](d, event_id, ts_ms, currency)
 
 
 def _compile(type_: str, spec: TypeSpec) -> Callable[[dict[str, Any], str, int, str],
@@ -325,7 +325,8 @@ _EXTRA_CHECKS: Final[dict[str, Callable[[dict[str, Any], str], str | None]]] = {
 }
 
 
-_COMPILED: Final = {t: _compile(t, spec) for t, spec in TYPES.items()}
+#: event type -> (its family, its checks)
+_COMPILED: Final = {t: (spec.family, _compile(t, spec)) for t, spec in TYPES.items()}
 
 
 def parse_event(

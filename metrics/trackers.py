@@ -135,7 +135,7 @@ class Sessions:
         self._buckets: _Buckets[str] = _Buckets()
 
     def observe(
-        self, sid: str, ts: int, *, view: bool, channel: str, campaign: str, goal: str | None
+        self, sid: str, ts: int, view: bool, channel: str, campaign: str, goal: str | None
     ) -> list[Fact]:
         clusters = self.state.get(sid)
         first = (0 if view else 1, ts, channel, campaign)

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.catalog import TOTAL
-from metrics.engine import SEP, EngineConfig, KpiEngine
+from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, parse_event
+from metrics.plans import SEP
 from tests.helpers import DEFAULT_CATALOG, final_values, finals, ms, replay
 
 T0 = ms("2026-11-01T00:00:00+00:00")
