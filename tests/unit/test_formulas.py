@@ -121,6 +121,24 @@ def test_web_kpis(web_records: list[dict[str, Any]], kpi: str, dims: dict[str, s
     assert rec["value"] == pytest.approx(value, rel=1e-12)
 
 
+def test_a_session_that_starts_with_its_goal_is_attributed_to_its_first_page_view() -> None:
+    # the goal arrives (and happened) first: the page view after it still makes the session
+    # single-page, attributed to the view's channel, and the views after that undo it
+    recs = replay([
+        ev("goal.converted", T0 + MIN, session_id="g1", goal="demo"),
+        ev("page.viewed", T0 + 2 * MIN, session_id="g1", page="/", channel="referral"),
+        ev("goal.converted", T0 + MIN, session_id="g2", goal="demo"),
+        ev("page.viewed", T0 + 2 * MIN, session_id="g2", page="/", channel="email"),
+        ev("page.viewed", T0 + 3 * MIN, session_id="g2", page="/pricing", channel="email"),
+    ])
+    rec = pick(recs, "web_bounce_rate", "1h", END_1H, channel="referral")
+    assert (rec["numerator"], rec["denominator"]) == (1, 1)
+    rec = pick(recs, "web_bounce_rate", "1h", END_1H, channel="email")
+    assert (rec["numerator"], rec["denominator"]) == (0, 1)
+    rec = pick(recs, "web_conversion_rate", "1h", END_1H, channel="referral")
+    assert (rec["numerator"], rec["denominator"]) == (1, 1)
+
+
 def test_social_engagement() -> None:
     recs = replay([
         ev("social.impressions", T0, network="linkedin", count=1000),
