@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from metrics.catalog import TOTAL, Aggregate, Catalog, Formula, Kpi, Term, WindowSpec
 from metrics.events import UNKNOWN, Event
-from metrics.plans import SEP, Update, compile_updates
+from metrics.plans import SEP, Update, compile_updates, dim_value
 from metrics.records import iso_boundary, iso_ms
 from metrics.trackers import MICRO, Fact, FirstSeen, Pipeline, Sessions
 from metrics.windows import Agg, FamilyWindows, Key
@@ -137,11 +137,11 @@ class KpiEngine:
         self._clock: Clock = clock or (lambda: 0)
         self.windows = {f: FamilyWindows(cfg) for f, cfg in catalog.families.items()}
         self.watermarks = {f: _Watermark() for f in catalog.families}
-        self._builtin_targets: dict[str, list[tuple[str, list[tuple[str, tuple[str, ...]]]]]] = {}
+        self._builtin_targets: dict[str, list[tuple[str, list[tuple[str, list[str]]]]]] = {}
         by_event: dict[str, list[Aggregate]] = {}
         for agg in catalog.aggregates.values():
-            bds = [(b, tuple(b.split("+")) if b else ()) for b in catalog.breakdowns[agg.name]]
             if agg.builtin is not None:
+                bds = [(b, b.split("+") if b else []) for b in catalog.breakdowns[agg.name]]
                 self._builtin_targets.setdefault(agg.builtin, []).append((agg.name, bds))
             else:
                 assert agg.event is not None
@@ -322,12 +322,8 @@ class KpiEngine:
         dmap = dict(dims)
         for agg, bds in self._builtin_targets.get(builtin, ()):
             for bname, fields in bds:
-                if not fields:
-                    keys.append((agg, TOTAL, TOTAL))
-                elif len(fields) == 1:
-                    keys.append((agg, bname, dmap.get(fields[0]) or UNKNOWN))
-                else:
-                    keys.append((agg, bname, SEP.join(dmap.get(f) or UNKNOWN for f in fields)))
+                keys.append((agg, bname, dim_value(dmap.get, fields)) if fields else
+                            (agg, TOTAL, TOTAL))
         if len(self._fact_keys) >= 100_000:  # bounded: dims cardinality is the user's
             self._fact_keys.clear()
         self._fact_keys[(builtin, dims)] = keys

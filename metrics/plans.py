@@ -21,6 +21,15 @@ SEP: Final = "\x1f"  # joins the values of a combined breakdown (campaign_id+seg
 Update = Callable[[Agg, dict[str, Any]], None]
 
 
+def dim_value(get: Callable[[str], Any], fields: list[str]) -> str:
+    """The dimension value an aggregate key carries for a breakdown over ``fields``: a
+    missing value counts as "unknown"; a combined breakdown joins its values with SEP.
+    (``compile_updates`` inlines the one-field case, the hot one.)"""
+    if len(fields) == 1:
+        return get(fields[0]) or UNKNOWN
+    return SEP.join(str(get(f) or UNKNOWN) for f in fields)
+
+
 def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]]
                     ) -> Update:
     """The update function of one event type's aggregates (those with an ``event``).
@@ -29,7 +38,7 @@ def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str
     ``sum_field`` in millionths; ``where`` filters apply first. It lands on its total and on
     every breakdown it is kept under (a missing dimension value counts as "unknown").
     """
-    ns: dict[str, Any] = {"UNKNOWN": UNKNOWN, "SEP": SEP, "MICRO": MICRO}
+    ns: dict[str, Any] = {"UNKNOWN": UNKNOWN, "MICRO": MICRO, "dim_value": dim_value}
     lines = ["def update(pane, data):", "    get = data.get"]
     for i, agg in enumerate(aggregates):
         ind = "    "
@@ -55,11 +64,8 @@ def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str
             if b == TOTAL:
                 continue
             fields = b.split("+")
-            if len(fields) == 1:
-                dim = f"get({fields[0]!r}) or UNKNOWN"
-            else:
-                dim = "SEP.join((" + "".join(
-                    f"str(get({f!r}) or UNKNOWN), " for f in fields) + "))"
+            dim = f"get({fields[0]!r}) or UNKNOWN" if len(fields) == 1 else \
+                f"dim_value(get, {fields!r})"
             lines.append(f"{ind}k = ({agg.name!r}, {b!r}, {dim})")
             lines.append(f"{ind}pane[k] = pane.get(k, 0) + {value}")
     exec("\n".join(lines), ns)

@@ -160,9 +160,7 @@ class Sessions:
                 if view:
                     s.views += 1
                     if s.views == 2:
-                        _, _, ch, camp = s.first
-                        return [(s.start, "single_page_sessions",
-                                 (("campaign_id", camp), ("channel", ch)), -1)]
+                        return [(s.start, "single_page_sessions", _session_dims(s), -1)]
                 return []
         touching = [c for c in clusters if c.start - SESSION_GAP_MS < ts < c.end + SESSION_GAP_MS]
         if len(touching) == 1:
@@ -208,9 +206,14 @@ class Sessions:
         return len(self.state)
 
 
-def _session_facts(s: _Session) -> list[Fact]:
+def _session_dims(s: _Session) -> tuple[tuple[str, str], ...]:
+    """A session counts under the channel and campaign of its first page view."""
     _, _, channel, campaign = s.first
-    dims = (("campaign_id", campaign), ("channel", channel))
+    return (("campaign_id", campaign), ("channel", channel))
+
+
+def _session_facts(s: _Session) -> list[Fact]:
+    dims = _session_dims(s)
     facts: list[Fact] = [(s.start, "sessions", dims, 1)]
     if s.views == 1:
         facts.append((s.start, "single_page_sessions", dims, 1))
