@@ -105,14 +105,10 @@ class KpiShell:
         snap = await load_latest(self.settings.bootstrap, self.topic_state,
                                  self.settings.group_id, self.catalog)
         async with self._state_lock:
-            if snap is not None:
-                self.restore(snap)
-            else:
-                self.engine.restore(KpiEngine(self.catalog, self.engine.config).snapshot())
-                self.applied, self._snapshot_applied, self.durable_next = {}, {}, {}
-                self.stats.invalid = {}
-                self.snapshot_seq = 0
-                self.resend = []
+            # nothing durable yet: start from the empty state (this worker may have counted
+            # before, as an owner whose work went to another)
+            self.restore(snap or Snapshot(
+                0, KpiEngine(self.catalog, self.engine.config).snapshot(), {}, {}, []))
             self.outbox = []
             # the restored engine has its own sources: the next batch re-syncs them
             self.owned = {src for wm in self.engine.watermarks.values() for src in wm.sources}
