@@ -146,6 +146,28 @@ class Catalog:
                 return w
         raise KeyError(name)
 
+    def shards(self) -> dict[str, tuple[str, ...]]:
+        """The families grouped so that no KPI spans two groups (crm and spend share CPL,
+        CPA and ROMI). Each group's state is independent of the others': workers scale out
+        by owning different groups. Named by their families joined with '+'."""
+        group = {f: {f} for f in self.families}
+        for kpi in self.kpis.values():
+            merged = set().union(*(group[f] for f in kpi.families))
+            for f in merged:
+                group[f] = merged
+        out = {tuple(sorted(g)) for g in group.values()}
+        return {"+".join(fams): fams for fams in sorted(out)}
+
+    def restrict(self, families: tuple[str, ...]) -> Catalog:
+        """The part of the catalog over these families: their windows, aggregates and the
+        KPIs that read only them (a whole shard, from ``shards``)."""
+        keep = set(families)
+        aggregates = {n: a for n, a in self.aggregates.items() if a.family in keep}
+        return Catalog(self.currency, self.max_series,
+                       {f: c for f, c in self.families.items() if f in keep}, aggregates,
+                       {n: k for n, k in self.kpis.items() if set(k.families) <= keep},
+                       {n: b for n, b in self.breakdowns.items() if n in aggregates})
+
 
 def parse_formula(text: Any) -> Formula:
     """'a * (b + c) * d@total' -> product of sums of terms. Raises ValueError."""

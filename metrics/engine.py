@@ -154,10 +154,12 @@ class KpiEngine:
         self._kpi_plans = {k.name: plan_kpi(catalog, k, self._micro)
                            for k in catalog.kpis.values()}
         horizon = {f: cfg.longest_ms + cfg.grace_ms for f, cfg in catalog.families.items()}
-        self.opens = FirstSeen("unique_opens", horizon["email"])
-        self.clicks = FirstSeen("unique_clickers", horizon["email"])
-        self.sessions = Sessions(horizon["web"])
-        self.pipeline = Pipeline(horizon["crm"])
+        # a shard's catalog (Catalog.restrict) lacks the other families: their trackers
+        # stay empty
+        self.opens = FirstSeen("unique_opens", horizon.get("email", 0))
+        self.clicks = FirstSeen("unique_clickers", horizon.get("email", 0))
+        self.sessions = Sessions(horizon.get("web", 0))
+        self.pipeline = Pipeline(horizon.get("crm", 0))
         self._seen: dict[str, int] = {}
         self._seen_by_hour: dict[int, list[str]] = {}
         self._next_close = {f: NEVER for f in catalog.families}
