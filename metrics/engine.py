@@ -160,8 +160,14 @@ class KpiEngine:
         self.clicks = FirstSeen("unique_clickers", horizon.get("email", 0))
         self.sessions = Sessions(horizon.get("web", 0))
         self.pipeline = Pipeline(horizon.get("crm", 0))
-        self._seen: dict[str, int] = {}
-        self._seen_by_hour: dict[int, list[str]] = {}
+        #: event ids counted, per shard (Catalog.shards) and per hour of event time: an id
+        #: repeats only within a shard's topics, as the worker that owns the shard sees them
+        self._shard_of = {f: name for name, fams in catalog.shards().items() for f in fams}
+        self._seen: dict[str, dict[str, int]] = {name: {} for name in catalog.shards()}
+        self._seen_by_hour: dict[str, dict[int, list[str]]] = {
+            name: {} for name in catalog.shards()}
+        self._seen_of: dict[str, dict[str, int]] = {}  # family -> its shard's ids
+        self._alias_seen()
         self._next_close = {f: NEVER for f in catalog.families}
         #: events of a family whose windows have not started yet, with their refs
         self._held: dict[str, list[tuple[Event, Any]]] = {f: [] for f in catalog.families}
@@ -199,40 +205,45 @@ class KpiEngine:
         ``late_refs`` for the caller to route.
         """
         eid = ev.event_id
-        if eid in self._seen:
+        fam = ev.family
+        seen = self._seen_of[fam]
+        if eid in seen:
             self.duplicates_total += 1
             return "duplicate"
-        fam = ev.family
         fw = self.windows[fam]
         ts = ev.ts_ms
         wm = self.watermarks[fam]
         if not fw.started:
-            self._remember(eid, ts)
+            self._remember(fam, eid, ts)
             self._held[fam].append((ev, ref))
             wm.observe(source, ts)
             if wm.value == NEVER:
                 return "held"
             self._start(fam)
-            return "ok" if eid in self._seen else "late"
+            return "ok" if eid in seen else "late"
         if ts < fw.frontier and fw.is_late(ts):  # beyond the frontier nothing is closed
             self.late_total[fam] += 1
             self.late_refs.append(ref)
             return "late"
-        self._remember(eid, ts)
+        self._remember(fam, eid, ts)
         self._apply(ev, fw)
         wm.observe(source, ts)
         if wm.value >= self._next_close[fam]:
             self.due = True
         return "ok"
 
-    def _remember(self, eid: str, ts: int) -> None:
-        self._seen[eid] = ts
+    def _remember(self, fam: str, eid: str, ts: int) -> None:
+        self._seen_of[fam][eid] = ts
         hour = ts // 3_600_000
-        bucket = self._seen_by_hour.get(hour)
+        by_hour = self._seen_by_hour[self._shard_of[fam]]
+        bucket = by_hour.get(hour)
         if bucket is None:
-            self._seen_by_hour[hour] = [eid]
+            by_hour[hour] = [eid]
         else:
             bucket.append(eid)
+
+    def _alias_seen(self) -> None:
+        self._seen_of = {f: self._seen[shard] for f, shard in self._shard_of.items()}
 
     def _apply(self, ev: Event, fw: FamilyWindows) -> None:
         type_ = ev.type
@@ -269,7 +280,7 @@ class KpiEngine:
             if fw.is_late(ev.ts_ms):
                 self.late_total[fam] += 1
                 self.late_refs.append(ref)
-                self._seen.pop(ev.event_id, None)
+                self._seen_of[fam].pop(ev.event_id, None)
             else:
                 self._apply(ev, fw)
         if self.watermarks[fam].value >= self._next_close[fam]:
@@ -398,14 +409,16 @@ class KpiEngine:
             self.sessions.expire(watermark)
         elif fam == "crm":
             self.pipeline.expire(watermark)
-        # ids of every family share one index: expire by the slowest family's event time
-        # (a family still waiting for a partition holds every id: its held events' too)
-        slowest = min((w.value for f, w in self.watermarks.items() if self._in_play(f)),
-                      default=watermark)
+        # the families of a shard share its ids: expire by the slowest one's event time (a
+        # family still waiting for a partition holds them all: its held events' too)
+        shard = self._shard_of[fam]
+        slowest = min((w.value for f, w in self.watermarks.items()
+                       if self._shard_of[f] == shard and self._in_play(f)), default=watermark)
         cutoff_h = (slowest - self.config.dedup_horizon_ms) // 3_600_000
-        for h in [h for h in self._seen_by_hour if h < cutoff_h]:
-            for eid in self._seen_by_hour.pop(h):
-                self._seen.pop(eid, None)
+        seen, by_hour = self._seen[shard], self._seen_by_hour[shard]
+        for h in [h for h in by_hour if h < cutoff_h]:
+            for eid in by_hour.pop(h):
+                seen.pop(eid, None)
         # published values are kept while their window can still be revised (windows.py)
         cfg = self.catalog.families[fam]
         keep = cfg.longest_ms + cfg.grace_ms
@@ -534,6 +547,7 @@ class KpiEngine:
             raise ValueError(f"snapshot lacks {sorted(missing)}")
         for name in (*_DURABLE, "_held"):
             setattr(self, name, state[name])
+        self._alias_seen()
 
     # ---- introspection -------------------------------------------------------------------
 
@@ -544,7 +558,7 @@ class KpiEngine:
 
     def state_sizes(self) -> dict[str, int]:
         return {
-            "dedup_ids": len(self._seen),
+            "dedup_ids": sum(len(ids) for ids in self._seen.values()),
             "unique_opens": len(self.opens),
             "unique_clicks": len(self.clicks),
             "sessions": len(self.sessions),

@@ -6,7 +6,7 @@ values when Prometheus scrapes. Registries are passed in, never the global one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -95,51 +95,66 @@ def _capped(recs: list[dict[str, Any]], max_series: int, kpi: Kpi
         yield window, out
 
 
+Parts = Callable[[], list[tuple[KpiEngine, ShellStats]]]
+
+
 class EngineCollector(Collector):
-    def __init__(self, engine: KpiEngine, stats: ShellStats,
+    """Over every (engine, stats) part the worker owns: one per shard, whose families and
+    KPIs are disjoint, so their series never collide and counters simply add up."""
+
+    def __init__(self, catalog: Catalog, parts: Parts,
                  topic_name: Callable[[str], str] = lambda t: t):
-        self.engine = engine
-        self.stats = stats
+        self.catalog = catalog
+        self.parts = parts
         self.topic_name = topic_name
 
     def collect(self) -> Iterator[Metric]:
-        yield from kpi_families(self.engine.catalog, self.stats.kpis)
-        e = self.engine
+        parts = self.parts()
+        yield from kpi_families(self.catalog, [r for _, st in parts for r in st.kpis])
+        topic = self.topic_name
         events = CounterMetricFamily("kpi_engine_events", "Valid events counted, by topic and "
                                      "type.", labels=["topic", "type"])
-        for type_, n in sorted(e.events_total.items()):
-            events.add_metric([self.topic_name(FAMILY_TOPIC[TYPES[type_].family]), type_], n)
+        for type_, n in sorted(_summed(e.events_total for e, _ in parts).items()):
+            events.add_metric([topic(FAMILY_TOPIC[TYPES[type_].family]), type_], n)
         yield events
         invalid = CounterMetricFamily("kpi_engine_events_invalid", "Invalid events sent to the "
                                       "DLQ, by reason.", labels=["reason"])
-        for reason, n in sorted(self.stats.invalid.items()):
+        for reason, n in sorted(_summed(st.invalid for _, st in parts).items()):
             invalid.add_metric([reason], n)
         yield invalid
         late = CounterMetricFamily("kpi_engine_events_late", "Events later than every window "
                                    "they belong to.", labels=["topic"])
-        for fam, n in sorted(e.late_total.items()):
-            late.add_metric([self.topic_name(FAMILY_TOPIC[fam])], n)
+        for fam, n in sorted(_summed(e.late_total for e, _ in parts).items()):
+            late.add_metric([topic(FAMILY_TOPIC[fam])], n)
         yield late
         yield CounterMetricFamily("kpi_engine_events_duplicate", "Events ignored as duplicate "
-                                  "event_id.", value=e.duplicates_total)
+                                  "event_id.", value=sum(e.duplicates_total for e, _ in parts))
         wm = GaugeMetricFamily("kpi_engine_watermark_seconds", "Event-time watermark per topic.",
                                labels=["topic"])
-        for fam, w in sorted(e.watermarks.items()):
+        for fam, w in sorted((f, w) for e, _ in parts for f, w in e.watermarks.items()):
             if w.value != NEVER:
-                wm.add_metric([self.topic_name(FAMILY_TOPIC[fam])], w.value / 1000)
+                wm.add_metric([topic(FAMILY_TOPIC[fam])], w.value / 1000)
         yield wm
         lag = GaugeMetricFamily("kpi_engine_consumer_lag", "Messages not yet consumed, per "
                                 "input topic.", labels=["topic"])
-        for topic, n in sorted(self.stats.lag.items()):
-            lag.add_metric([topic], n)
+        for name, n in sorted(_summed(st.lag for _, st in parts).items()):
+            lag.add_metric([name], n)
         yield lag
 
 
-def make_registry(engine: KpiEngine, stats: ShellStats,
+def _summed(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, n in c.items():
+            out[k] = out.get(k, 0) + n
+    return out
+
+
+def make_registry(catalog: Catalog, parts: Parts,
                   topic_name: Callable[[str], str] = lambda t: t
                   ) -> tuple[CollectorRegistry, Histogram]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(engine, stats, topic_name))
+    registry.register(EngineCollector(catalog, parts, topic_name))
     emit_latency = Histogram(
         "kpi_engine_emit_latency_seconds",
         "From the batch that closed windows to their KPI records written to Kafka, after "

@@ -1,48 +1,87 @@
-"""One worker of a consumer group owns every input partition; the others stand by.
+"""Workers share the input by shard: every partition of a shard's topics goes to one worker.
 
-The KPI core keeps one state over all partitions (unique openers, sessions and deals span
-them, and the watermark is the minimum over them), so splitting partitions across workers
-would split that state. Until input is repartitioned by key with a merge stage (the
-scale-out design in docs/semantics.md), workers form an active-standby group: when the
-owner stops or dies, the group hands everything to another member, which continues from
-the latest durable snapshot (streams/state.py). The owner stays the owner across
-rebalances while it is alive, so a joining standby does not move the work.
+A shard is a group of topic families no KPI spans (``Catalog.shards``: email, web, social,
+crm + spend by default), so its state is independent of every other shard's. Within a
+shard the state spans partitions (unique openers, sessions and deals cross them, and the
+watermark is the minimum over them), so a shard is never split. Splitting one shard over
+workers needs input repartitioned by key with a merge stage (docs/semantics.md).
+
+Shards are spread evenly over the members; a shard stays with the member that held it
+while that member has room, so a rebalance moves as little state as balance allows. A
+member with no shard stands by. When a member stops or dies, its shards go to the others,
+which continue from their latest durable snapshots (streams/state.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from faust.assignor.client_assignment import ClientAssignment
 from faust.assignor.partition_assignor import PartitionAssignor
 
 
-class SingleOwnerAssignor(PartitionAssignor):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._previous_owners: set[str] = set()
+def place(shards: Iterable[str], members: list[str],
+          previous: Mapping[str, set[str]]) -> dict[str, str]:
+    """Shard -> member: loads differ by at most one, and a shard keeps its previous member
+    whenever that balance allows. Deterministic: members and shards are taken sorted."""
+    shards = sorted(shards)
+    members = sorted(members)
+    base, extra = divmod(len(shards), len(members))
+    load = dict.fromkeys(members, 0)
+    owner: dict[str, str] = {}
 
-    def _perform_assignment(self, cluster: Any, member_metadata: Any) -> Any:
-        # members that held input partitions before this rebalance (sticky ownership)
-        owners = set()
-        for member_id, metadata in member_metadata.items():
-            previous = self._get_client_metadata(metadata).assignment
-            if previous is not None and any(previous.actives.values()):
-                owners.add(member_id)
-        self._previous_owners = owners
-        return super()._perform_assignment(cluster, member_metadata)
+    def take(shard: str, member: str) -> None:
+        nonlocal extra
+        if load[member] == base:
+            extra -= 1
+        load[member] += 1
+        owner[shard] = member
 
-    def _protocol_assignments(self, assignments: Any, cl_distribution: Any,
-                              tp_distribution: Any, topic_groups: Any) -> Any:
-        members = sorted(assignments)
-        sticky = [m for m in members if m in self._previous_owners]
-        owner = sticky[0] if sticky else members[0]
-        merged: dict[str, set[int]] = {}
-        for a in assignments.values():
-            for topic, partitions in a.actives.items():
-                merged.setdefault(topic, set()).update(partitions)
-        single = {m: ClientAssignment(
-            actives={t: sorted(p) for t, p in merged.items()} if m == owner else {},
-            standbys={}) for m in members}
-        return super()._protocol_assignments(single, cl_distribution, tp_distribution,
-                                              topic_groups)
+    for shard in shards:
+        held_by = [m for m in members if shard in previous.get(m, ())]
+        if held_by:
+            m = held_by[0]
+            if load[m] < base or (load[m] == base and extra > 0):
+                take(shard, m)
+    for shard in shards:
+        if shard not in owner:
+            take(shard, min(members, key=lambda m: (load[m], m)))
+    return owner
+
+
+def shard_assignor(shard_of_topic: Mapping[str, str]) -> type[PartitionAssignor]:
+    """Faust's assignor, with whole shards handed to members (topics the map lacks form
+    one more shard, named by the empty string)."""
+
+    class ShardAssignor(PartitionAssignor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._previous: dict[str, set[str]] = {}
+
+        def _perform_assignment(self, cluster: Any, member_metadata: Any) -> Any:
+            # the shards each member held before this rebalance (sticky ownership)
+            self._previous = {}
+            for member_id, metadata in member_metadata.items():
+                before = self._get_client_metadata(metadata).assignment
+                if before is not None:
+                    self._previous[member_id] = {shard_of_topic.get(t, "")
+                                                 for t, p in before.actives.items() if p}
+            return super()._perform_assignment(cluster, member_metadata)
+
+        def _protocol_assignments(self, assignments: Any, cl_distribution: Any,
+                                  tp_distribution: Any, topic_groups: Any) -> Any:
+            merged: dict[str, set[int]] = {}
+            for a in assignments.values():
+                for topic, partitions in a.actives.items():
+                    merged.setdefault(topic, set()).update(partitions)
+            owner = place({shard_of_topic.get(t, "") for t in merged}, list(assignments),
+                          self._previous)
+            whole = {m: ClientAssignment(
+                actives={t: sorted(p) for t, p in sorted(merged.items())
+                         if owner[shard_of_topic.get(t, "")] == m},
+                standbys={}) for m in assignments}
+            return super()._protocol_assignments(whole, cl_distribution, tp_distribution,
+                                                  topic_groups)
+
+    return ShardAssignor

@@ -1,19 +1,23 @@
 """The Faust worker: a thin shell around the pure KPI engine.
 
-One agent reads every input topic in batches (``take_events``), parses and validates each
-message, feeds the engine, and routes what the engine can't use: invalid input to `kpi-dlq`
+The consumer hands whole fetched batches to the shell (``durable_consumer``), which splits
+them by shard (``Catalog.shards``: groups of topic families no KPI spans). Each shard the
+worker owns has its own engine, durable state and offsets. It parses and validates each
+message, feeds its engine, and routes what the engine can't use: invalid input to `kpi-dlq`
 with its reason and source coordinates, late input to `kpi-late`. Closed windows go to
 `kpi-windows`; a timer publishes open-window values to `kpi-updates` once per emit interval
-and lets quiet families' watermarks move with the wall clock.
+and lets quiet families' watermarks move with the wall clock. Workers of one group share the
+shards (streams/assignor.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 import time
-from typing import Any
+from typing import Any, Final
 
 import faust
 import orjson
@@ -31,9 +35,9 @@ from metrics.errors import SettingsError
 from metrics.events import FAMILY_TOPIC, Event, parse_event
 from metrics.exporter import ShellStats, make_registry
 from metrics.records import update_key, window_key
-from streams.assignor import SingleOwnerAssignor
+from streams.assignor import shard_assignor
 from streams.dashboard import History, RateMeter, catalog_meta, page
-from streams.state import Offsets, Snapshot, encode, follows, load_latest, source_ref
+from streams.state import Offsets, Snapshot, decode, encode, follows, read_all, source_ref
 from streams.topics import STATE_TOPIC, create_topics, family_of, input_topics
 
 log = logging.getLogger("kpi_engine.worker")
@@ -43,31 +47,24 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class KpiShell:
-    """State and I/O of one worker process, independent of how Faust calls it."""
+class Shard:
+    """One shard's engine, durable state and I/O in this worker (owned or standing by)."""
 
-    def __init__(self, app: faust.App, settings: Settings, catalog: Catalog):
-        self.app = app
-        self.settings = settings
-        self.catalog = catalog
+    def __init__(self, shell: KpiShell, name: str, catalog: Catalog):
+        self.shell = shell
+        self.app = shell.app
+        self.settings = settings = shell.settings
+        self.name = name
+        self.catalog = catalog  # the whole catalog restricted to this shard's families
+        self.topics = {settings.topic(FAMILY_TOPIC[f]) for f in catalog.families}
         self.engine = KpiEngine(catalog, EngineConfig(
             dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
             idle_timeout_ms=int(settings.idle_timeout * 1000)), clock=wall_ms)
         self.stats = ShellStats()
-        self.registry, self.emit_latency = make_registry(self.engine, self.stats,
-                                                         settings.topic)
-        self.topic_windows = settings.topic("kpi-windows")
-        self.topic_updates = settings.topic("kpi-updates")
-        self.topic_dlq = settings.topic("kpi-dlq")
-        self.topic_late = settings.topic("kpi-late")
         self._lag_by_tp: dict[Any, int] = {}
-        self.history = History()
-        self.event_rate = RateMeter()
-        self.catalog_meta = catalog_meta(catalog)
-        self.first_event_at: float | None = None
-        self.last_batch_done_at: float | None = None
         # durability (streams/state.py): what the engine applied, what a snapshot made durable
         self.topic_state = settings.topic(STATE_TOPIC)
+        self.state_key = f"{settings.group_id}/{name}"  # this shard's records in that topic
         self.applied: Offsets = {}
         self.durable_next: Offsets = {}  # next offset to commit, per input partition
         self.snapshot_seq = 0
@@ -83,7 +80,7 @@ class KpiShell:
         self.owned: set[tuple[str, int]] = set()
         self.revoked: set[tuple[str, int]] = set()
         self.stale_skipped = 0
-        #: owns the input partitions (streams/assignor.py); a standby holds no state
+        #: owns the shard's input partitions (streams/assignor.py); a standby holds no state
         self.active = False
         self._owning = asyncio.Event()
         self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
@@ -98,12 +95,9 @@ class KpiShell:
         self.stats.invalid = dict(snap.invalid)
         self.snapshot_seq = snap.seq
 
-    async def activate(self) -> None:
-        """This worker now owns the input: continue from the latest durable state, whoever
-        wrote it (another worker may have owned the input since this one last did)."""
-        t0 = time.monotonic()
-        snap = await load_latest(self.settings.bootstrap, self.topic_state,
-                                 self.settings.group_id, self.catalog)
+    async def activate(self, snap: Snapshot | None, t0: float) -> None:
+        """This worker now owns the shard: continue from its latest durable state, whoever
+        wrote it (another worker may have owned the shard since this one last did)."""
         async with self._state_lock:
             # nothing durable yet: start from the empty state (this worker may have counted
             # before, as an owner whose work went to another)
@@ -115,9 +109,9 @@ class KpiShell:
             self.active = True
             self._owning.set()
         if snap is not None:
-            log.warning("restored snapshot %d (%d partitions' offsets) in %.2f s", snap.seq,
-                        len(snap.applied), time.monotonic() - t0)
-        log.warning("owning the input partitions")
+            log.warning("%s: restored snapshot %d (%d partitions' offsets) in %.2f s",
+                        self.name, snap.seq, len(snap.applied), time.monotonic() - t0)
+        log.warning("%s: owning its input partitions", self.name)
 
     async def deactivate(self) -> None:
         """Input partitions revoked: make the state durable for the next owner, go quiet."""
@@ -128,7 +122,7 @@ class KpiShell:
             self.stats.kpis = []
             self.stats.lag = {}
             self._lag_by_tp.clear()
-        log.warning("standing by")
+        log.warning("%s: standing by", self.name)
 
     async def snapshot(self, force: bool = False) -> bool:
         """Write the engine state and the offsets it covers, then let commits reach them."""
@@ -151,8 +145,7 @@ class KpiShell:
             snap = Snapshot(self.snapshot_seq + 1, self.engine.snapshot(source_ref), applied,
                             dict(self.stats.invalid), [r for _, r in outbox])
             # serialised under the lock: the state and the offsets agree
-            records = encode(snap, self.settings.group_id, self.catalog,
-                             "A" if snap.seq % 2 else "B")
+            records = encode(snap, self.state_key, self.catalog, "A" if snap.seq % 2 else "B")
         send = self.app.producer.send
         pending = [await send(self.topic_state, k, v, 0, None, None) for k, v in records[:-1]]
         await asyncio.gather(*pending)
@@ -177,8 +170,7 @@ class KpiShell:
         Faust's signals alone don't guarantee that order, the consumer's assignment does:
         it changes before any message of a new partition is fetched.
         """
-        current = {tp for tp in assignment - self.revoked
-                   if family_of(self.settings, tp[0]) is not None}
+        current = {tp for tp in assignment - self.revoked if tp[0] in self.topics}
         if current == self.owned:
             return
         for tp in self.owned - current:
@@ -186,7 +178,7 @@ class KpiShell:
         for tp in current - self.owned:
             self.engine.assign_source(family_of(self.settings, tp[0]), tp)  # type: ignore[arg-type]
         if current - self.owned:
-            log.info("input partitions: %d assigned", len(current))
+            log.info("%s: %d input partitions assigned", self.name, len(current))
         self.owned = current
 
     async def on_revoked(self, tps: set[tuple[str, int]]) -> None:
@@ -195,23 +187,25 @@ class KpiShell:
         if self.active and tps:  # the whole state goes to the next owner: hand it over
             await self.deactivate()
 
-    async def on_assigned(self, tps: set[tuple[str, int]]) -> None:
-        self.revoked -= tps
-        if tps and not self.active:
-            await self.activate()
-        self.sync_sources(tps)
-
-    async def handle(self, batch: list[Any]) -> None:
-        await self._owning.wait()  # input fetched before the state is in place waits for it
+    async def handle(self, batch: list[Any], live: set[tuple[str, int]]) -> None:
+        """This shard's part of a fetched batch; ``live``: the consumer's assignment."""
+        while not self.active:
+            if not any((m.topic, m.partition) in live for m in batch):
+                self.stale_skipped += len(batch)
+                return  # fetched before a revoke: the shard's owner reads it again
+            # assigned, state not in place yet (activation runs in the rebalance callback)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._owning.wait(), 1.0)
+            live = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
         async with self._state_lock:
             if not self.active:
-                return  # fetched before a revoke: the next owner reads it again
+                return  # revoked meanwhile: the next owner reads it again
             consumer: Any = self.app.consumer
-            live = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-            self.sync_sources(live)
+            mine = {tp for tp in live if tp[0] in self.topics}
+            self.sync_sources(mine)
             rewind = await self._handle(batch)
             for tp, offset in rewind.items():
-                if tp in live:  # ours: fetch it again from where the state stops
+                if tp in mine:  # ours: fetch it again from where the state stops
                     log.warning("re-reading %s[%d] from %d", *tp, offset)
                     self._hole_at[tp] = offset
                     await consumer.seek(TP(*tp), offset)
@@ -223,7 +217,7 @@ class KpiShell:
         a rebalance), the offset to read them again from."""
         t0 = time.perf_counter()
         now = wall_ms()
-        engine, stats, settings = self.engine, self.stats, self.settings
+        engine, stats, settings, shell = self.engine, self.stats, self.settings, self.shell
         currency = self.catalog.currency
         rejected: list[tuple[Any, str]] = []
         last_offsets: dict[Any, int] = {}
@@ -264,47 +258,29 @@ class KpiShell:
             last_offsets[msg.tp] = msg.offset
         late = engine.late_refs  # every event found late, held ones included
         engine.late_refs = []
-        if self.first_event_at is None and batch:
-            self.first_event_at = time.monotonic() - (time.perf_counter() - t0)
         for msg, reason in rejected:
-            await self._route(self.topic_dlq, msg, reason)
+            await shell.route(shell.topic_dlq, msg, reason)
         for msg in late:
-            await self._route(self.topic_late, msg, "late")
+            await shell.route(shell.topic_late, msg, "late")
         if engine.due:
             await self.publish_finals(engine.advance(), t0)
         self._update_lag(last_offsets)
-        self.last_batch_done_at = time.monotonic()
         return stale
-
-    async def _route(self, topic: str, msg: Any, reason: str) -> None:
-        """Copy an input message, with its coordinates, to the DLQ or the late topic. A copy
-        the cluster refuses as too large goes out truncated, saying so: bad input never
-        stops the worker."""
-        headers = _source_headers(msg, reason)
-        try:
-            await self.app.producer.send(topic, msg.key, msg.value, None, None, headers)
-        except ProducerSendError as exc:
-            if not isinstance(exc.__cause__, MessageSizeTooLargeError):
-                raise
-            size = len(msg.value or b"")
-            headers.append(("truncated_from", str(size).encode()))
-            await self.app.producer.send(topic, msg.key, (msg.value or b"")[:4096], None, None,
-                                         headers)
 
     async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
         """Closed windows wait in the outbox for the snapshot that makes them durable."""
         self.outbox += [(t0, rec) for rec in records]
-        self.history.add(records)
+        self.shell.history.add(records)
 
     async def _send_finals(self, outbox: list[tuple[float, dict[str, Any]]]) -> None:
         send = self.app.producer.send
         for _, rec in outbox:
-            await send(self.topic_windows, window_key(rec).encode(), orjson.dumps(rec), None,
-                       None, None)
+            await send(self.shell.topic_windows, window_key(rec).encode(), orjson.dumps(rec),
+                       None, None, None)
         await self.app.producer.flush()
         now = time.perf_counter()
         for t0 in {t0 for t0, _ in outbox}:
-            self.emit_latency.observe(now - t0)
+            self.shell.emit_latency.observe(now - t0)
 
     async def tick(self) -> None:
         """Emit interval: idle watermark advance, then open-window values."""
@@ -319,11 +295,10 @@ class KpiShell:
         await self.snapshot()
         current = self.engine.open_records()
         self.stats.kpis = current
-        self.event_rate.sample(time.monotonic(), sum(self.engine.events_total.values()))
         send = self.app.producer.send
         for rec in current:
-            await send(self.topic_updates, update_key(rec).encode(), orjson.dumps(rec), None,
-                       None, None)
+            await send(self.shell.topic_updates, update_key(rec).encode(), orjson.dumps(rec),
+                       None, None, None)
 
     def _update_lag(self, last_offsets: dict[Any, int]) -> None:
         consumer = self.app.consumer
@@ -342,7 +317,6 @@ class KpiShell:
     def health(self) -> dict[str, Any]:
         e = self.engine
         return {
-            "status": "ok",
             "role": "active" if self.active else "standby",
             "events": sum(e.events_total.values()),
             "invalid": sum(self.stats.invalid.values()),
@@ -357,23 +331,153 @@ class KpiShell:
             "pending_finals": len(self.outbox) + len(self.resend),
             "durable": self.applied == self._snapshot_applied,
             "state": e.state_sizes(),
-            # seconds from receiving the first batch to finishing the latest one
-            "busy_s": (self.last_batch_done_at - self.first_event_at
-                       if self.first_event_at and self.last_batch_done_at else None),
         }
+
+
+#: health fields summed over the shards a worker owns
+_SUMMED: Final = ("events", "invalid", "duplicates", "late", "held", "replayed_skipped",
+                  "stale_skipped", "snapshot_seq", "pending_finals")
+
+
+class KpiShell:
+    """State and I/O of one worker process, independent of how Faust calls it: the shards
+    it may own, and what they share (producer, topics, exporter, dashboard)."""
+
+    def __init__(self, app: faust.App, settings: Settings, catalog: Catalog):
+        self.app = app
+        self.settings = settings
+        self.catalog = catalog
+        self.topic_windows = settings.topic("kpi-windows")
+        self.topic_updates = settings.topic("kpi-updates")
+        self.topic_dlq = settings.topic("kpi-dlq")
+        self.topic_late = settings.topic("kpi-late")
+        self.topic_state = settings.topic(STATE_TOPIC)
+        self.history = History()
+        self.event_rate = RateMeter()
+        self.catalog_meta = catalog_meta(catalog)
+        self.shards = {name: Shard(self, name, catalog.restrict(fams))
+                       for name, fams in catalog.shards().items()}
+        self.shard_of_topic = {t: sh for sh in self.shards.values() for t in sh.topics}
+        self.registry, self.emit_latency = make_registry(catalog, self.owned_parts,
+                                                         settings.topic)
+        self.first_event_at: float | None = None
+        self.last_batch_done_at: float | None = None
+
+    @property
+    def active(self) -> list[Shard]:
+        return [sh for sh in self.shards.values() if sh.active]
+
+    def owned_parts(self) -> list[tuple[KpiEngine, ShellStats]]:
+        """What the exporter shows: the shards this worker owns (a standby's are stale)."""
+        return [(sh.engine, sh.stats) for sh in self.active]
+
+    def _by_shard(self, tps: set[tuple[str, int]]) -> dict[Shard, set[tuple[str, int]]]:
+        out: dict[Shard, set[tuple[str, int]]] = {}
+        for tp in tps:
+            sh = self.shard_of_topic.get(tp[0])
+            if sh is not None:
+                out.setdefault(sh, set()).add(tp)
+        return out
+
+    async def on_assigned(self, tps: set[tuple[str, int]]) -> None:
+        by_shard = self._by_shard(tps)
+        for sh, mine in by_shard.items():
+            sh.revoked -= mine
+        starting = [sh for sh in by_shard if not sh.active]
+        if starting:
+            # each starting shard continues from its latest durable state: one read of the
+            # state topic serves them all
+            t0 = time.monotonic()
+            records = await read_all(self.settings.bootstrap, self.topic_state)
+            for sh in starting:
+                await sh.activate(decode(records, sh.state_key, sh.catalog), t0)
+        for sh, mine in by_shard.items():
+            sh.sync_sources(mine)
+        log.warning("owning %s", ", ".join(sh.name for sh in self.active) or "nothing")
+
+    async def on_revoked(self, tps: set[tuple[str, int]]) -> None:
+        for sh, mine in self._by_shard(tps).items():
+            await sh.on_revoked(mine)
+
+    async def handle(self, batch: list[Any]) -> None:
+        t0 = time.monotonic()
+        parts: dict[Shard, list[Any]] = {}
+        shard_of = self.shard_of_topic
+        for msg in batch:
+            sh = shard_of.get(msg.topic)
+            if sh is not None:
+                part = parts.get(sh)
+                if part is None:
+                    parts[sh] = [msg]
+                else:
+                    part.append(msg)
+        live = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
+        for sh, part in parts.items():
+            await sh.handle(part, live)
+        if self.first_event_at is None:
+            self.first_event_at = t0
+        self.last_batch_done_at = time.monotonic()
+
+    async def route(self, topic: str, msg: Any, reason: str) -> None:
+        """Copy an input message, with its coordinates, to the DLQ or the late topic. A copy
+        the cluster refuses as too large goes out truncated, saying so: bad input never
+        stops the worker."""
+        headers = _source_headers(msg, reason)
+        try:
+            await self.app.producer.send(topic, msg.key, msg.value, None, None, headers)
+        except ProducerSendError as exc:
+            if not isinstance(exc.__cause__, MessageSizeTooLargeError):
+                raise
+            size = len(msg.value or b"")
+            headers.append(("truncated_from", str(size).encode()))
+            await self.app.producer.send(topic, msg.key, (msg.value or b"")[:4096], None, None,
+                                         headers)
+
+    async def tick(self) -> None:
+        for sh in self.shards.values():
+            await sh.tick()
+        self.event_rate.sample(time.monotonic(), sum(
+            sum(sh.engine.events_total.values()) for sh in self.active))
+
+    def health(self) -> dict[str, Any]:
+        """The shards this worker owns, summed; ``shards`` says which it owns."""
+        out: dict[str, Any] = {"status": "ok", "role": "active" if self.active else "standby",
+                               "shards": {n: "active" if sh.active else "standby"
+                                          for n, sh in self.shards.items()}}
+        out.update(dict.fromkeys(_SUMMED, 0))
+        late_by_family: dict[str, int] = {}
+        state: dict[str, int] = {}
+        durable = True
+        for sh in self.active:
+            h = sh.health()
+            for k in _SUMMED:
+                out[k] += h[k]
+            late_by_family.update(h["late_by_family"])
+            for k, v in h["state"].items():
+                state[k] = state.get(k, 0) + v
+            durable = durable and h["durable"]
+        out |= {"late_by_family": late_by_family, "state": state, "durable": durable,
+                # seconds from receiving the first batch to finishing the latest one
+                "busy_s": (self.last_batch_done_at - self.first_event_at
+                           if self.first_event_at and self.last_batch_done_at else None)}
+        return out
+
+    def current(self) -> list[dict[str, Any]]:
+        """Latest open-window records of the shards this worker owns."""
+        return [r for sh in self.active for r in sh.stats.kpis]
 
     def dashboard_state(self) -> dict[str, Any]:
         """Everything the /dashboard page draws, in one poll."""
         wall_s = time.time()
         health = self.health()
         health["events_per_s"] = round(self.event_rate.rate, 1)
-        health["lag"] = sum(self.stats.lag.values())
+        health["lag"] = sum(n for sh in self.active for n in sh.stats.lag.values())
         health["watermark_delay_s"] = {
-            self.settings.topic(t): round(wall_s - wm.value / 1000, 1)
-            for t, wm in ((FAMILY_TOPIC[f], wm) for f, wm in self.engine.watermarks.items())
+            self.settings.topic(FAMILY_TOPIC[f]): round(wall_s - wm.value / 1000, 1)
+            for sh in self.active for f, wm in sh.engine.watermarks.items()
             if wm.value != NEVER}
         return {"catalog": self.catalog_meta,
-                "current": [r for r in self.stats.kpis if not r["dims"]],
+                "current": [r for r in self.current() if not r["dims"]],
                 "history": self.history.as_json(),
                 "health": health}
 
@@ -382,7 +486,7 @@ class KpiShell:
         window = query.get("window")
         kpi = query.get("kpi")
         dims = {k: v for k, v in query.items() if k not in ("window", "kpi")}
-        return [r for r in self.stats.kpis
+        return [r for r in self.current()
                 if (window is None or r["window"] == window)
                 and (kpi is None or r["kpi"] == kpi)
                 and all(r["dims"].get(k) == v for k, v in dims.items())]
@@ -433,11 +537,14 @@ def durable_consumer(shell: KpiShell) -> type:
                 raise
 
         async def _commit(self, offsets: Any) -> bool:
-            if not shell.active:
-                return True  # the owner commits: a standby's offsets are stale
-            durable = shell.durable_next
-            clamped = {tp: min(off, durable[(tp.topic, tp.partition)])
-                       for tp, off in offsets.items() if (tp.topic, tp.partition) in durable}
+            # a shard's owner commits its partitions; a standby's offsets are stale
+            clamped = {}
+            for tp, off in offsets.items():
+                sh = shell.shard_of_topic.get(tp.topic)
+                durable = sh.durable_next.get((tp.topic, tp.partition)) \
+                    if sh is not None and sh.active else None
+                if durable is not None:
+                    clamped[tp] = min(off, durable)
             if not clamped:
                 return True
             return bool(await super()._commit(clamped))
@@ -462,7 +569,9 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
-        PartitionAssignor=SingleOwnerAssignor,
+        PartitionAssignor=shard_assignor(
+            {settings.topic(FAMILY_TOPIC[f]): name
+             for name, fams in catalog.shards().items() for f in fams}),
         producer_acks=1,
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit
         producer_max_request_size=4 * 1024 * 1024,

@@ -49,6 +49,13 @@ class WorkerProc:
     def health(self) -> dict[str, Any]:
         return dict(orjson.loads(self.get("/health")))
 
+    def detail(self) -> str:
+        try:
+            health = f"health: {self.health()}"
+        except OSError as exc:
+            health = f"health: unreachable ({exc})"
+        return f"{health}\nworker log:\n{self.log_path.read_text()[-4000:]}"
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -109,29 +116,60 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProc]]:
         w.stop()
 
 
+@dataclass
+class Group:
+    """Workers of one consumer group seen as one: the shards they own, summed."""
+
+    workers: list[WorkerProc]
+
+    @property
+    def settings(self) -> Settings:
+        return self.workers[0].settings
+
+    def live(self) -> list[WorkerProc]:
+        return [w for w in self.workers if w.proc.poll() is None]
+
+    def owners(self) -> dict[str, list[WorkerProc]]:
+        """shard -> the live workers that say they own it"""
+        out: dict[str, list[WorkerProc]] = {}
+        for w in self.live():
+            for shard, role in w.health()["shards"].items():
+                if role == "active":
+                    out.setdefault(shard, []).append(w)
+        return out
+
+    def health(self) -> dict[str, Any]:
+        total: dict[str, Any] = {"late_by_family": {}, "durable": True}
+        for w in self.live():
+            h = w.health()
+            for k in ("events", "invalid", "duplicates", "late", "pending_finals",
+                      "replayed_skipped"):
+                total[k] = total.get(k, 0) + h[k]
+            total["late_by_family"].update(h["late_by_family"])
+            total["durable"] = total["durable"] and h["durable"]
+        return total
+
+    def detail(self) -> str:
+        return "\n".join(w.detail() for w in self.live())
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
-             worker: WorkerProc | None = None) -> None:
+             worker: WorkerProc | Group | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.25)
-    detail = ""
-    if worker is not None:
-        try:
-            detail = f"\nhealth: {worker.health()}"
-        except OSError as exc:
-            detail = f"\nhealth: unreachable ({exc})"
-        detail += f"\nworker log:\n{worker.log_path.read_text()[-4000:]}"
+    detail = "" if worker is None else "\n" + worker.detail()
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
 
 
-def consumed(w: WorkerProc) -> int:
+def consumed(w: WorkerProc | Group) -> int:
     h = w.health()
     return int(h["events"]) + int(h["invalid"]) + int(h["duplicates"]) + int(h["late"])
 
 
-def wait_settled(worker: WorkerProc, n: int, timeout_s: float) -> None:
+def wait_settled(worker: WorkerProc | Group, n: int, timeout_s: float) -> None:
     """Every one of n messages consumed, and every closed window it caused on kpi-windows:
     finals wait for the snapshot that makes them durable, a few seconds under load."""
     def settled() -> bool:

@@ -1,10 +1,11 @@
-"""Kill -9 mid-stream and restart, or stop the owner of the input and let another worker
-take over: the closed windows still equal `kpi-engine replay`, nothing missing, nothing
+"""Kill -9 mid-stream and restart, or let workers leave and join a group that shares the
+shards: the closed windows still equal `kpi-engine replay`, nothing missing, nothing
 counted twice (streams/state.py, streams/assignor.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -19,7 +20,7 @@ from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker, free_port
 from tests.helpers import SENTINEL, SENTINEL_AFTER, assert_finals_equal, final_values, ms, replay
-from tests.integration.conftest import WorkerProc, consumed, wait_for, wait_settled
+from tests.integration.conftest import Group, WorkerProc, consumed, wait_for, wait_settled
 from tests.integration.test_streaming_equals_replay import START, drain, produce
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ class Scenario:
                    messages, {fam: last_ts + SENTINEL_AFTER[fam] for fam in SENTINEL},
                    len(sentinels))
 
-    def check(self, worker: WorkerProc, bootstrap: str) -> int:
+    def check(self, worker: WorkerProc | Group, bootstrap: str) -> int:
         """Counted exactly once, and the finals equal replay's; returns windows compared."""
         wait_settled(worker, len(self.messages), 180)
         health = worker.health()
@@ -138,63 +139,66 @@ def test_kill_9_mid_stream_and_restart_equals_replay(
           f"{worker.health()['replayed_skipped']} re-read messages skipped")
 
 
-def active(workers: list[WorkerProc]) -> WorkerProc | None:
-    """The live worker that owns the input partitions (streams/assignor.py)."""
-    for w in workers:
-        if w.proc.poll() is None:
-            try:
-                if w.health()["role"] == "active":
-                    return w
-            except OSError:
-                continue
-    return None
+def shared_by(group: Group, n_live: int) -> bool:
+    """Every shard owned by exactly one live worker, and the shards spread over all n_live
+    workers (up to one per shard)."""
+    try:
+        owners = group.owners()
+    except OSError:  # a worker between start and serving
+        return False
+    shards = set(group.live()[0].health()["shards"])
+    return (set(owners) == shards and all(len(o) == 1 for o in owners.values())
+            and len({id(o[0]) for o in owners.values()}) == min(n_live, len(shards)))
 
 
-def test_rebalance_stop_one_start_another_equals_replay(
+def test_workers_share_the_shards_and_leave_and_join_mid_stream_equals_replay(
         broker: EmbeddedBroker, isolated: Settings,
         start_worker: Callable[[Settings], WorkerProc]) -> None:
-    """Two workers on 4 partitions; the owner is stopped mid-stream, a third worker joins,
-    then the new owner is stopped too: the finals still equal replay's."""
+    """Two workers on 4 partitions share the four shards. Mid-stream one is stopped and a
+    third joins, later a fourth joins and takes a shard from a running worker. The stopped
+    worker's shards change hands, the three left own a shard each at least, and the finals
+    equal replay's."""
     sc = Scenario.make(isolated, seed=31)
     n = len(sc.messages)
     settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2)
-    workers = [start_worker(replace(settings, web_port=free_port())) for _ in range(2)]
-    wait_for(lambda: active(workers) is not None, 60, "one worker owning the input")
-    owner = active(workers)
-    assert owner is not None
-    standby = next(w for w in workers if w is not owner)
-    assert standby.health()["role"] == "standby"
-    counted = 0  # by the owners stopped so far: the producer stays just ahead of the owner
+    group = Group([start_worker(replace(settings, web_port=free_port())) for _ in range(2)])
+    wait_for(lambda: shared_by(group, 2), 60, "two workers sharing the shards", group)
+    first = {shard: o[0] for shard, o in group.owners().items()}
+    seen = 0  # the group's progress so far: it dips while a shard's state changes hands
 
     def progress() -> int:
-        o = active(workers)
-        return consumed(o) if o is not None else counted
+        nonlocal seen
+        with contextlib.suppress(OSError):
+            seen = max(seen, consumed(group))
+        return seen
 
     paced = threading.Thread(target=lambda: asyncio.run(produce_paced(
         broker.bootstrap, sc.messages, progress)))
     paced.start()
     handovers = []
     try:
-        for fraction in (0.3, 0.65):
-            wait_for(lambda o=owner, t=fraction * n: consumed(o) >= t,  # type: ignore[misc]
-                     120, f"{fraction:.0%} consumed", owner)
-            assert paced.is_alive(), "the stop must land while input still flows"
-            counted = consumed(owner)
+        for fraction, leaving in ((0.3, group.workers[0]), (0.65, None)):
+            wait_for(lambda t=fraction * n: progress() >= t,  # type: ignore[misc]
+                     120, f"{fraction:.0%} consumed", group)
+            assert paced.is_alive(), "the change must land while input still flows"
+            at_change = progress()
             t0 = time.monotonic()
-            owner.stop()  # SIGTERM: the partitions go to the standby
-            if fraction == 0.3:  # and a new worker joins mid-stream
-                workers.append(start_worker(replace(settings, web_port=free_port())))
-            wait_for(lambda o=owner: active(workers) not in (None, o),  # type: ignore[misc]
-                     60, "a new owner")
-            new_owner = active(workers)
-            assert new_owner is not None
-            # past where the old owner stopped (input was still flowing, so there is more)
-            wait_for(lambda o=new_owner, c=counted:  # type: ignore[misc]
-                     consumed(o) > c, 60, "the new owner past the stop point", new_owner)
+            if leaving is not None:
+                leaving.stop()  # SIGTERM: its shards go to the others
+            group.workers.append(start_worker(replace(settings, web_port=free_port())))
+            n_live = len(group.live())
+            wait_for(lambda k=n_live: shared_by(group, k), 60,  # type: ignore[misc]
+                     f"{n_live} workers sharing the shards", group)
+            # past where the group was (input was still flowing, so there is more)
+            wait_for(lambda c=at_change: consumed(group) > c,  # type: ignore[misc]
+                     60, "the group past the change", group)
             handovers.append(time.monotonic() - t0)
-            owner = new_owner
     finally:
         paced.join()
-    windows = sc.check(owner, broker.bootstrap)
-    print(f"\nrebalances: finals == replay on {windows} windows; handover (stop to the new "
-          f"owner past the stop point) {', '.join(f'{s:.1f} s' for s in handovers)}")
+    last = {shard: o[0] for shard, o in group.owners().items()}
+    assert all(last[s] is not first[s] for s in first if first[s] is group.workers[0])
+    assert len(group.live()) == 3 and len(set(map(id, last.values()))) == 3
+    windows = sc.check(group, broker.bootstrap)
+    print(f"\nshards shared by 2, then 2, then 3 workers: finals == replay on {windows} "
+          f"windows; handover (change to the group past it) "
+          f"{', '.join(f'{s:.1f} s' for s in handovers)}")

@@ -259,7 +259,7 @@ def exported_names() -> set[str]:
             engine.advance()
     stats.kpis = engine.open_records()
     stats.lag = {"email-events": 0}
-    registry, _ = make_registry(engine, stats)
+    registry, _ = make_registry(DEFAULT_CATALOG, lambda: [(engine, stats)])
     text = generate_latest(registry).decode()
     names = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
     assert not {k.name for k in DEFAULT_CATALOG.kpis.values()} - {

@@ -18,12 +18,17 @@ def rec(kpi: str, dims: dict[str, str], num: float, den: float, window: str = "1
             "denominator": den, "value": None if den == 0 else num / den}
 
 
-def samples(records: list[dict[str, Any]]) -> dict[str, dict[tuple[tuple[str, str], ...],
-                                                              float]]:
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def samples(records: list[dict[str, Any]]) -> Samples:
     engine = KpiEngine(DEFAULT_CATALOG, EngineConfig())
-    registry, _ = make_registry(engine, ShellStats(kpis=records))
-    assert isinstance(registry, CollectorRegistry)
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    return scrape(make_registry(DEFAULT_CATALOG, lambda: [(engine, ShellStats(kpis=records))])[0])
+
+
+def scrape(registry: CollectorRegistry) -> Samples:
+    """metric name -> labels set (sorted, empty ones left out) -> value"""
+    out: Samples = {}
     for fam in text_string_to_metric_families(generate_latest(registry).decode()):
         for s in fam.samples:
             labels = tuple(sorted((k, v) for k, v in s.labels.items() if v))
@@ -64,3 +69,29 @@ def test_cardinality_is_capped_and_the_rest_summed_into_other() -> None:
 def test_engine_health_metrics_are_exported() -> None:
     m = samples([])
     assert m["kpi_engine_events_duplicate_total"][()] == 0
+
+
+def test_a_worker_owning_several_shards_exports_their_sum() -> None:
+    """One engine per shard (streams/worker.py): series of different shards sit side by
+    side, and counters they share (duplicates, invalid reasons, lag) add up."""
+    parts = []
+    for i, (name, fams) in enumerate(sorted(DEFAULT_CATALOG.shards().items())):
+        engine = KpiEngine(DEFAULT_CATALOG.restrict(fams), EngineConfig())
+        engine.duplicates_total = i + 1
+        fam = fams[0]
+        engine.late_total[fam] = 10 * (i + 1)
+        engine.watermarks[fam].value = 1_000 * (i + 1)
+        stats = ShellStats(invalid={"not_json": 1, name: 2}, lag={f"{fam}-events": i},
+                           kpis=[rec("email_open_rate", {}, 3, 10)] if fam == "email" else [])
+        parts.append((engine, stats))
+    m = scrape(make_registry(DEFAULT_CATALOG, lambda: parts)[0])
+    assert m["kpi_engine_events_duplicate_total"][()] == 1 + 2 + 3 + 4
+    assert m["kpi_engine_events_invalid_total"][(("reason", "not_json"),)] == 4
+    assert m["kpi_engine_events_invalid_total"][(("reason", "web"),)] == 2
+    assert m["kpi_engine_events_late_total"] == {
+        (("topic", "crm-events"),): 10, (("topic", "email-events"),): 20,
+        (("topic", "social-events"),): 30, (("topic", "spend-events"),): 0,
+        (("topic", "web-events"),): 40}
+    assert m["kpi_engine_watermark_seconds"][(("topic", "web-events"),)] == 4.0
+    assert m["kpi_engine_consumer_lag"][(("topic", "social-events"),)] == 2
+    assert m["kpi_email_open_rate"][(("window", "1h"),)] == 0.3

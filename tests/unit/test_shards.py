@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.catalog import build_catalog
-from metrics.events import FAMILY_TOPIC
+from metrics.engine import EngineConfig, KpiEngine
+from metrics.events import FAMILY_TOPIC, Event, parse_event
 from tests.helpers import DEFAULT_CATALOG, final_values, ms, replay
 
 START = ms("2026-09-01T00:00:00+00:00")
@@ -63,3 +66,23 @@ def test_one_engine_per_shard_publishes_what_one_engine_over_everything_does() -
     expected, got = final_values(whole), final_values(sharded)
     assert len(expected) > 50_000
     assert got == expected
+
+
+def test_an_event_id_repeats_only_within_a_shard() -> None:
+    """Dedup is per shard, as the worker owning a shard sees ids: the same id on the email
+    and crm topics is two events, on the crm and spend topics (one shard) a duplicate."""
+    engine = KpiEngine(DEFAULT_CATALOG, EngineConfig())
+    ts = "2026-09-01T10:00:00Z"
+    events = [
+        {"event_id": "x", "ts": ts, "type": "email.sent", "campaign_id": "c", "contact_id": "k"},
+        {"event_id": "x", "ts": ts, "type": "email.sent", "campaign_id": "c", "contact_id": "k"},
+        {"event_id": "x", "ts": ts, "type": "survey.answered", "score": 9},
+        {"event_id": "x", "ts": ts, "type": "spend.recorded", "amount": 5, "channel": "email"},
+    ]
+    got = []
+    for e in events:
+        ev = parse_event(orjson.dumps(e), now_ms=NOW)
+        assert isinstance(ev, Event)
+        got.append(engine.ingest(ev))
+    assert got == ["ok", "duplicate", "ok", "duplicate"]
+    assert engine.state_sizes()["dedup_ids"] == 2
