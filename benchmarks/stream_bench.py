@@ -1,15 +1,18 @@
 """Streaming throughput on the embedded broker, against the raw aiokafka limit, in one run.
 
-    python benchmarks/stream_bench.py [N]      (default 300,000 events)
+    python benchmarks/stream_bench.py [N] [--workers K]   (default 300,000 events, 1 worker)
 
 (a) raw: an aiokafka consumer reads the N events with getmany and decodes each with orjson;
 (b) worker: a `kpi-engine worker` process consumes the same N events through the full
     default catalog (validation, dedup, windows, DLQ routing, closed windows published to
     kpi-windows). Its rate is N over the time from its first batch to the end of its last.
+    With K workers in one group (they share the catalog's shards), from the first batch of
+    any of them to the end of the last one's last batch.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -17,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -48,13 +52,17 @@ async def raw_consume(bootstrap: str, topics: list[str], partitions: int, n: int
         await consumer.stop()
 
 
-def health(port: int) -> dict[str, object]:
+def health(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
         return dict(orjson.loads(resp.read()))
 
 
 def main() -> None:
-    n_target = int(sys.argv[1]) if len(sys.argv) > 1 else 300_000
+    ap = argparse.ArgumentParser()
+    ap.add_argument("n", nargs="?", type=int, default=300_000)
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+    n_target = args.n
     rate = 500
     gen = Generator(GeneratorConfig(rate=rate, duration_s=n_target / rate, seed=1,
                                     history_days=0))
@@ -66,30 +74,44 @@ def main() -> None:
         asyncio.run(send_all(broker.bootstrap, messages))
         raw_rate = asyncio.run(raw_consume(broker.bootstrap, input_topics(settings),
                                            settings.partitions, n))
-        env = dict(os.environ, KPI_BROKER=broker.url, KPI_WEB_PORT=str(settings.web_port),
-                   KPI_IDLE_TIMEOUT="0", KPI_DATA_DIR=tmp)
-        log = open(os.path.join(tmp, "worker.log"), "wb")  # noqa: SIM115
-        worker = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "worker"], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        ports = [settings.web_port] + [free_port() for _ in range(args.workers - 1)]
+        workers, logs = [], []
+        for i, port in enumerate(ports):
+            env = dict(os.environ, KPI_BROKER=broker.url, KPI_WEB_PORT=str(port),
+                       KPI_IDLE_TIMEOUT="0", KPI_DATA_DIR=os.path.join(tmp, str(i)))
+            logs.append(open(os.path.join(tmp, f"worker-{i}.log"), "wb"))  # noqa: SIM115
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "kpi_engine.cli", "worker"], env=env, stdout=logs[-1],
+                stderr=subprocess.STDOUT))
         try:
             while True:
                 time.sleep(0.5)
                 try:
-                    h = health(settings.web_port)
+                    hs = [health(port) for port in ports]
                 except OSError:
                     continue
                 counted = ("events", "invalid", "duplicates", "late", "held")
-                done = sum(int(h[k]) for k in counted)  # type: ignore[call-overload]
+                done = sum(int(h[k]) for h in hs for k in counted)
                 if done >= n:
                     break
-            worker_rate = n / float(h["busy_s"])  # type: ignore[arg-type]
+            busy = [h for h in hs if h["first_batch_at"] is not None]
+            span = max(h["last_batch_done_at"] for h in busy) - \
+                min(h["first_batch_at"] for h in busy)
+            worker_rate = n / span
+            owned = [sorted(s for s, r in h["shards"].items() if r == "active") for h in hs]
         finally:
-            worker.terminate()
-            worker.wait(timeout=30)
-            log.close()
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.wait(timeout=30)
+            for f in logs:
+                f.close()
     print(f"events: {n:,}")
     print(f"(a) raw aiokafka getmany + orjson decode: {raw_rate:,.0f} events/s")
-    print(f"(b) kpi-engine worker, full catalog:       {worker_rate:,.0f} events/s")
+    label = "worker" if args.workers == 1 else f"{args.workers} workers"
+    print(f"(b) kpi-engine {label}, full catalog: {worker_rate:,.0f} events/s")
+    if args.workers > 1:
+        print(f"    shards owned at the end: {owned}")
     print(f"ratio (b)/(a): {worker_rate / raw_rate:.3f}")
 
 
