@@ -28,17 +28,21 @@ pytestmark = pytest.mark.integration
 
 async def produce_paced(bootstrap: str, messages: list[tuple[str, bytes, int | None]],
                         consumed_so_far: Callable[[], int], per_s: int = 20_000,
-                        lead: int = 15_000) -> None:
+                        lead: int = 15_000, stall_s: float = 60.0) -> None:
     """Produce in slices of 1,000, about per_s messages a second, at most `lead` messages
-    ahead of the consumer (so a slow machine can't finish producing before the kill)."""
+    ahead of the consumer (so a slow machine can't finish producing before the kill). A
+    consumer stalled for `stall_s` gets the rest unpaced: a failing test fails, not hangs."""
+    paced = True
     for i in range(0, len(messages), 1000):
         t0 = time.monotonic()
-        while True:
+        while paced:
             try:
                 if i - consumed_so_far() < lead:
                     break
             except OSError:  # the worker was killed: produce the rest unpaced
                 break
+            if time.monotonic() - t0 > stall_s:
+                paced = False
             await asyncio.sleep(0.05)
         await produce(bootstrap, messages[i:i + 1000])
         await asyncio.sleep(max(0.0, 1000 / per_s - (time.monotonic() - t0)))
