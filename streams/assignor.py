@@ -6,27 +6,32 @@ shard the state spans partitions (unique openers, sessions and deals cross them,
 watermark is the minimum over them), so a shard is never split. Splitting one shard over
 workers needs input repartitioned by key with a merge stage (docs/semantics.md).
 
-Shards are spread evenly over the members; a shard stays with the member that held it
-while that member has room, so a rebalance moves as little state as balance allows. A
-member with no shard stands by. When a member stops or dies, its shards go to the others,
-which continue from their latest durable snapshots (streams/state.py).
+Shards are spread by traffic: the leader weighs each by the messages in its topics' logs
+(``weights``) and hands the heaviest first to the least loaded member. Without weights they
+are spread evenly by count, and a shard stays with the member that held it while that
+member has room. A member with no shard stands by. When a member stops or dies, its shards
+go to the others, which continue from their latest durable snapshots (streams/state.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from faust.assignor.client_assignment import ClientAssignment
 from faust.assignor.partition_assignor import PartitionAssignor
 
 
-def place(shards: Iterable[str], members: list[str],
-          previous: Mapping[str, set[str]]) -> dict[str, str]:
-    """Shard -> member: loads differ by at most one, and a shard keeps its previous member
-    whenever that balance allows. Deterministic: members and shards are taken sorted."""
+def place(shards: Iterable[str], members: list[str], previous: Mapping[str, set[str]],
+          weights: Mapping[str, float] | None = None) -> dict[str, str]:
+    """Shard -> member. With weights (a shard's traffic), heaviest shard first to the member
+    with the least weight so far (ties: its previous member, then by name). Without, loads
+    differ by at most one shard and a shard keeps its previous member whenever that balance
+    allows. Deterministic: members and shards are taken sorted."""
     shards = sorted(shards)
     members = sorted(members)
+    if weights and any(weights.get(s, 0) > 0 for s in shards):
+        return _by_weight(shards, members, previous, weights)
     base, extra = divmod(len(shards), len(members))
     load = dict.fromkeys(members, 0)
     owner: dict[str, str] = {}
@@ -50,9 +55,26 @@ def place(shards: Iterable[str], members: list[str],
     return owner
 
 
-def shard_assignor(shard_of_topic: Mapping[str, str]) -> type[PartitionAssignor]:
+def _by_weight(shards: list[str], members: list[str], previous: Mapping[str, set[str]],
+               weights: Mapping[str, float]) -> dict[str, str]:
+    load = dict.fromkeys(members, 0.0)
+    count = dict.fromkeys(members, 0)  # shards with no traffic yet still spread
+    owner: dict[str, str] = {}
+    for shard in sorted(shards, key=lambda s: (-weights.get(s, 0), s)):
+        held = {m for m in members if shard in previous.get(m, ())}
+        m = min(members, key=lambda m: (load[m], count[m], m not in held, m))
+        owner[shard] = m
+        load[m] += weights.get(shard, 0)
+        count[m] += 1
+    return owner
+
+
+def shard_assignor(shard_of_topic: Mapping[str, str],
+                   weights: Callable[[], Mapping[str, float]] = dict
+                   ) -> type[PartitionAssignor]:
     """Faust's assignor, with whole shards handed to members (topics the map lacks form
-    one more shard, named by the empty string)."""
+    one more shard, named by the empty string); ``weights`` gives each shard's traffic as
+    this worker last saw it."""
 
     class ShardAssignor(PartitionAssignor):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -76,7 +98,7 @@ def shard_assignor(shard_of_topic: Mapping[str, str]) -> type[PartitionAssignor]
                 for topic, partitions in a.actives.items():
                     merged.setdefault(topic, set()).update(partitions)
             owner = place({shard_of_topic.get(t, "") for t in merged}, list(assignments),
-                          self._previous)
+                          self._previous, weights())
             whole = {m: ClientAssignment(
                 actives={t: sorted(p) for t, p in sorted(merged.items())
                          if owner[shard_of_topic.get(t, "")] == m},

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from typing import Final
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -65,3 +66,23 @@ def create_topics(settings: Settings, bootstrap: str | None = None) -> None:
         await ensure_topics(target, [settings.topic(STATE_TOPIC)], 1)
 
     asyncio.run(run())
+
+
+async def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """Messages in each topic's log (end offsets summed over its partitions): the traffic
+    the assignor weighs shards by. The embedded broker's end offset can be short by its
+    newest batch (ENGINEERING.md): close enough for a weight."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                request_timeout_ms=10_000)
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata of every topic, for partitions_for_topic
+        tps = [TopicPartition(t, p) for t in topics
+               for p in sorted(consumer.partitions_for_topic(t) or ())]
+        ends = await consumer.end_offsets(tps) if tps else {}
+    finally:
+        await consumer.stop()
+    out = dict.fromkeys(topics, 0)
+    for tp, offset in ends.items():
+        out[tp.topic] += offset
+    return out

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import faust
 import orjson
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers.aiokafka import Consumer as FaustKafkaConsumer
 from faust.types import TP
@@ -38,7 +38,7 @@ from metrics.records import update_key, window_key
 from streams.assignor import shard_assignor
 from streams.dashboard import History, RateMeter, catalog_meta, page
 from streams.state import Offsets, Snapshot, decode, encode, follows, read_all, source_ref
-from streams.topics import STATE_TOPIC, create_topics, family_of, input_topics
+from streams.topics import STATE_TOPIC, create_topics, family_of, input_topics, topic_sizes
 
 log = logging.getLogger("kpi_engine.worker")
 
@@ -334,6 +334,8 @@ class Shard:
         }
 
 
+TRAFFIC_EVERY_S: Final = 30.0
+
 #: health fields summed over the shards a worker owns
 _SUMMED: Final = ("events", "invalid", "duplicates", "late", "held", "replayed_skipped",
                   "stale_skipped", "snapshot_seq", "pending_finals")
@@ -362,6 +364,28 @@ class KpiShell:
                                                          settings.topic)
         self.first_event_at: float | None = None  # Unix time
         self.last_batch_done_at: float | None = None
+        #: shard -> messages in its topics' logs, what the assignor balances by when this
+        #: worker leads a rebalance (streams/assignor.py); refreshed every TRAFFIC_EVERY_S
+        self.traffic: dict[str, float] = {}
+        self._traffic_at = -TRAFFIC_EVERY_S
+
+    async def refresh_traffic(self) -> None:
+        try:
+            sizes = await topic_sizes(self.settings.bootstrap, input_topics(self.settings))
+        except KafkaError as exc:  # a weight, not a must: keep the last one
+            log.warning("could not read the input topics' sizes: %s", exc)
+            return
+        self.weigh(sizes)
+
+    def weigh(self, sizes: dict[str, int]) -> None:
+        """Each shard's traffic from its topics' sizes."""
+        traffic = dict.fromkeys(self.shards, 0.0)
+        for topic, n in sizes.items():
+            sh = self.shard_of_topic.get(topic)
+            if sh is not None:
+                traffic[sh.name] += n
+        self.traffic = traffic
+        self._traffic_at = time.monotonic()
 
     @property
     def active(self) -> list[Shard]:
@@ -436,6 +460,8 @@ class KpiShell:
     async def tick(self) -> None:
         for sh in self.shards.values():
             await sh.tick()
+        if time.monotonic() - self._traffic_at >= TRAFFIC_EVERY_S:
+            await self.refresh_traffic()
         self.event_rate.sample(time.monotonic(), sum(
             sum(sh.engine.events_total.values()) for sh in self.active))
 
@@ -559,6 +585,7 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
     if settings.broker is None:
         raise SettingsError("the worker needs --broker or KPI_BROKER (kafka://host:port); "
                             "`kpi-engine demo` runs one on an embedded broker")
+    shells: list[KpiShell] = []  # the assignor weighs shards by the shell's traffic
     app = faust.App(
         settings.group_id,
         broker=settings.broker,
@@ -574,13 +601,15 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
         consumer_auto_offset_reset="earliest",
         PartitionAssignor=shard_assignor(
             {settings.topic(FAMILY_TOPIC[f]): name
-             for name, fams in catalog.shards().items() for f in fams}),
+             for name, fams in catalog.shards().items() for f in fams},
+            lambda: shells[0].traffic if shells else {}),
         producer_acks=1,
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit
         producer_max_request_size=4 * 1024 * 1024,
         consumer_max_fetch_size=4 * 1024 * 1024,
     )
     shell = KpiShell(app, settings, catalog)
+    shells.append(shell)
     app.transport.Consumer = durable_consumer(shell)  # type: ignore[misc]
     source = app.topic(*input_topics(settings), key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
@@ -637,7 +666,13 @@ def run_worker(settings: Settings) -> int:
     catalog = load_catalog(settings.catalog)
     tune_gc()
     create_topics(settings)
-    app, _ = make_app(settings, catalog)  # the state loads when this worker owns the input
+    sizes: dict[str, int] = {}
+    try:  # weights for the first assignment, should this worker lead it
+        sizes = asyncio.run(topic_sizes(settings.bootstrap, input_topics(settings)))
+    except KafkaError as exc:
+        log.warning("could not read the input topics' sizes: %s", exc)
+    app, shell = make_app(settings, catalog)  # the state loads when this worker owns shards
+    shell.weigh(sizes)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0

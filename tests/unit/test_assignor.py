@@ -60,3 +60,22 @@ def test_random_histories_stay_balanced_and_keep_every_shard_they_can() -> None:
                 assert kept >= min(len(held), len(SHARDS) // len(members)), (previous, owner)
                 assert sum(1 for s in owner if owner[s] == m) <= cap
         assert place(SHARDS, list(reversed(members)), previous) == owner
+
+
+def test_with_traffic_weights_the_heaviest_shards_are_spread_first() -> None:
+    # the benchmark's traffic: email 60 %, web 24 %, social 16 %, no crm or spend
+    weights = {"email": 60.0, "web": 24.0, "social": 16.0, "crm+spend": 0.0}
+    owner = place(SHARDS, ["a", "b"], {}, weights)
+    assert owner["email"] != owner["web"] and owner["web"] == owner["social"]
+    owner = place(SHARDS, ["a", "b", "c"], {}, weights)
+    assert len({owner["email"], owner["web"], owner["social"]}) == 3
+    # a tie goes to the shard's previous member ("a" first otherwise)
+    even = dict.fromkeys(SHARDS, 1.0)
+    assert place(SHARDS, ["a", "b"], {"b": {"crm+spend"}}, even)["crm+spend"] == "b"
+    assert place(SHARDS, ["a", "b"], {}, even)["crm+spend"] == "a"
+    # shards without traffic still reach every member
+    owner = place(SHARDS, ["a", "b", "c"], {}, {"email": 10.0})
+    assert len(set(owner.values())) == 3
+    # no traffic seen yet: by count, as without weights
+    none = dict.fromkeys(SHARDS, 0.0)
+    assert place(SHARDS, ["a", "b"], {}, none) == place(SHARDS, ["a", "b"], {})
