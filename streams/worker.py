@@ -201,7 +201,9 @@ class Shard:
             if not self.active:
                 return  # revoked meanwhile: the next owner reads it again
             consumer: Any = self.app.consumer
-            mine = {tp for tp in live if tp[0] in self.topics}
+            # read under the lock: a rebalance may have run while this batch waited for it
+            mine = {(tp.topic, tp.partition) for tp in consumer.assignment()
+                    if tp.topic in self.topics}
             self.sync_sources(mine)
             rewind = await self._handle(batch)
             for tp, offset in rewind.items():
@@ -368,12 +370,14 @@ class KpiShell:
         #: worker leads a rebalance (streams/assignor.py); refreshed every TRAFFIC_EVERY_S
         self.traffic: dict[str, float] = {}
         self._traffic_at = -TRAFFIC_EVERY_S
+        self._traffic_task: asyncio.Future[None] | None = None
 
     async def refresh_traffic(self) -> None:
         try:
             sizes = await topic_sizes(self.settings.bootstrap, input_topics(self.settings))
         except KafkaError as exc:  # a weight, not a must: keep the last one
             log.warning("could not read the input topics' sizes: %s", exc)
+            self._traffic_at = time.monotonic()
             return
         self.weigh(sizes)
 
@@ -460,8 +464,10 @@ class KpiShell:
     async def tick(self) -> None:
         for sh in self.shards.values():
             await sh.tick()
-        if time.monotonic() - self._traffic_at >= TRAFFIC_EVERY_S:
-            await self.refresh_traffic()
+        if time.monotonic() - self._traffic_at >= TRAFFIC_EVERY_S and (
+                self._traffic_task is None or self._traffic_task.done()):
+            # beside the emits, not in their way: reading sizes can wait on the cluster
+            self._traffic_task = asyncio.ensure_future(self.refresh_traffic())
         self.event_rate.sample(time.monotonic(), sum(
             sum(sh.engine.events_total.values()) for sh in self.active))
 
