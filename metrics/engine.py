@@ -162,10 +162,10 @@ class KpiEngine:
         self.pipeline = Pipeline(horizon.get("crm", 0))
         #: event ids counted, per shard (Catalog.shards) and per hour of event time: an id
         #: repeats only within a shard's topics, as the worker that owns the shard sees them
-        self._shard_of = {f: name for name, fams in catalog.shards().items() for f in fams}
-        self._seen: dict[str, dict[str, int]] = {name: {} for name in catalog.shards()}
-        self._seen_by_hour: dict[str, dict[int, list[str]]] = {
-            name: {} for name in catalog.shards()}
+        shards = catalog.shards()
+        self._shard_of = {f: name for name, fams in shards.items() for f in fams}
+        self._seen: dict[str, dict[str, int]] = {name: {} for name in shards}
+        self._seen_by_hour: dict[str, dict[int, list[str]]] = {name: {} for name in shards}
         self._seen_of: dict[str, dict[str, int]] = {}  # family -> its shard's ids
         self._alias_seen()
         self._next_close = {f: NEVER for f in catalog.families}

@@ -15,7 +15,7 @@ go to the others, which continue from their latest durable snapshots (streams/st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from faust.assignor.client_assignment import ClientAssignment
@@ -70,11 +70,10 @@ def _by_weight(shards: list[str], members: list[str], previous: Mapping[str, set
 
 
 def shard_assignor(shard_of_topic: Mapping[str, str],
-                   weights: Callable[[], Mapping[str, float]] = dict
-                   ) -> type[PartitionAssignor]:
+                   weights: Mapping[str, float] | None = None) -> type[PartitionAssignor]:
     """Faust's assignor, with whole shards handed to members (topics the map lacks form
-    one more shard, named by the empty string); ``weights`` gives each shard's traffic as
-    this worker last saw it."""
+    one more shard, named by the empty string); ``weights``, a live mapping, gives each
+    shard's traffic as this worker last saw it."""
 
     class ShardAssignor(PartitionAssignor):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -98,7 +97,7 @@ def shard_assignor(shard_of_topic: Mapping[str, str],
                 for topic, partitions in a.actives.items():
                     merged.setdefault(topic, set()).update(partitions)
             owner = place({shard_of_topic.get(t, "") for t in merged}, list(assignments),
-                          self._previous, weights())
+                          self._previous, weights)
             whole = {m: ClientAssignment(
                 actives={t: sorted(p) for t, p in sorted(merged.items())
                          if owner[shard_of_topic.get(t, "")] == m},

@@ -12,8 +12,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from kpi_engine.settings import Settings
+from metrics.catalog import Catalog
 from metrics.errors import BrokerError
-from metrics.events import TOPIC_FAMILIES
+from metrics.events import FAMILY_TOPIC, TOPIC_FAMILIES
 
 INPUT_TOPICS: Final = tuple(TOPIC_FAMILIES)
 STATE_TOPIC: Final = "kpi-engine-state"
@@ -30,6 +31,12 @@ def all_topics(settings: Settings) -> list[str]:
 
 def family_of(settings: Settings, topic: str) -> str | None:
     return TOPIC_FAMILIES.get(topic.removeprefix(settings.topic_prefix))
+
+
+def shard_topics(settings: Settings, catalog: Catalog) -> dict[str, str]:
+    """Input topic -> the catalog shard (``Catalog.shards``) its family belongs to."""
+    return {settings.topic(FAMILY_TOPIC[f]): name
+            for name, fams in catalog.shards().items() for f in fams}
 
 
 async def ensure_topics(bootstrap: str, names: list[str], partitions: int,

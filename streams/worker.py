@@ -38,7 +38,14 @@ from metrics.records import update_key, window_key
 from streams.assignor import shard_assignor
 from streams.dashboard import History, RateMeter, catalog_meta, page
 from streams.state import Offsets, Snapshot, decode, encode, follows, read_all, source_ref
-from streams.topics import STATE_TOPIC, create_topics, family_of, input_topics, topic_sizes
+from streams.topics import (
+    STATE_TOPIC,
+    create_topics,
+    family_of,
+    input_topics,
+    shard_topics,
+    topic_sizes,
+)
 
 log = logging.getLogger("kpi_engine.worker")
 
@@ -50,13 +57,13 @@ def wall_ms() -> int:
 class Shard:
     """One shard's engine, durable state and I/O in this worker (owned or standing by)."""
 
-    def __init__(self, shell: KpiShell, name: str, catalog: Catalog):
+    def __init__(self, shell: KpiShell, name: str, catalog: Catalog, topics: set[str]):
         self.shell = shell
         self.app = shell.app
         self.settings = settings = shell.settings
         self.name = name
         self.catalog = catalog  # the whole catalog restricted to this shard's families
-        self.topics = {settings.topic(FAMILY_TOPIC[f]) for f in catalog.families}
+        self.topics = topics  # its families' input topics
         self.engine = KpiEngine(catalog, EngineConfig(
             dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
             idle_timeout_ms=int(settings.idle_timeout * 1000)), clock=wall_ms)
@@ -347,7 +354,8 @@ class KpiShell:
     """State and I/O of one worker process, independent of how Faust calls it: the shards
     it may own, and what they share (producer, topics, exporter, dashboard)."""
 
-    def __init__(self, app: faust.App, settings: Settings, catalog: Catalog):
+    def __init__(self, app: faust.App, settings: Settings, catalog: Catalog,
+                 traffic: dict[str, float] | None = None):
         self.app = app
         self.settings = settings
         self.catalog = catalog
@@ -359,16 +367,19 @@ class KpiShell:
         self.history = History()
         self.event_rate = RateMeter()
         self.catalog_meta = catalog_meta(catalog)
-        self.shards = {name: Shard(self, name, catalog.restrict(fams))
+        shard_of = shard_topics(settings, catalog)
+        self.shards = {name: Shard(self, name, catalog.restrict(fams),
+                                   {t for t, n in shard_of.items() if n == name})
                        for name, fams in catalog.shards().items()}
-        self.shard_of_topic = {t: sh for sh in self.shards.values() for t in sh.topics}
+        self.shard_of_topic = {t: self.shards[n] for t, n in shard_of.items()}
         self.registry, self.emit_latency = make_registry(catalog, self.owned_parts,
                                                          settings.topic)
         self.first_event_at: float | None = None  # Unix time
         self.last_batch_done_at: float | None = None
         #: shard -> messages in its topics' logs, what the assignor balances by when this
-        #: worker leads a rebalance (streams/assignor.py); refreshed every TRAFFIC_EVERY_S
-        self.traffic: dict[str, float] = {}
+        #: worker leads a rebalance (streams/assignor.py, which holds the same dict);
+        #: refreshed every TRAFFIC_EVERY_S
+        self.traffic: dict[str, float] = {} if traffic is None else traffic
         self._traffic_at = -TRAFFIC_EVERY_S
         self._traffic_task: asyncio.Future[None] | None = None
 
@@ -388,7 +399,7 @@ class KpiShell:
             sh = self.shard_of_topic.get(topic)
             if sh is not None:
                 traffic[sh.name] += n
-        self.traffic = traffic
+        self.traffic.update(traffic)  # in place: the assignor reads this dict
         self._traffic_at = time.monotonic()
 
     @property
@@ -591,7 +602,7 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
     if settings.broker is None:
         raise SettingsError("the worker needs --broker or KPI_BROKER (kafka://host:port); "
                             "`kpi-engine demo` runs one on an embedded broker")
-    shells: list[KpiShell] = []  # the assignor weighs shards by the shell's traffic
+    traffic: dict[str, float] = {}  # the shell measures it, the assignor weighs shards by it
     app = faust.App(
         settings.group_id,
         broker=settings.broker,
@@ -605,17 +616,13 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
-        PartitionAssignor=shard_assignor(
-            {settings.topic(FAMILY_TOPIC[f]): name
-             for name, fams in catalog.shards().items() for f in fams},
-            lambda: shells[0].traffic if shells else {}),
+        PartitionAssignor=shard_assignor(shard_topics(settings, catalog), traffic),
         producer_acks=1,
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit
         producer_max_request_size=4 * 1024 * 1024,
         consumer_max_fetch_size=4 * 1024 * 1024,
     )
-    shell = KpiShell(app, settings, catalog)
-    shells.append(shell)
+    shell = KpiShell(app, settings, catalog, traffic)
     app.transport.Consumer = durable_consumer(shell)  # type: ignore[misc]
     source = app.topic(*input_topics(settings), key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
