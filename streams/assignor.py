@@ -10,7 +10,9 @@ Shards are spread by traffic: the leader weighs each by the messages in its topi
 (``weights``) and hands the heaviest first to the least loaded member. Without weights they
 are spread evenly by count, and a shard stays with the member that held it while that
 member has room. A member with no shard stands by. When a member stops or dies, its shards
-go to the others, which continue from their latest durable snapshots (streams/state.py).
+go to the others, which continue from their latest durable snapshots: a shard's partition
+of the state table's changelog goes with it, so Faust recovers it on the new owner
+(streams/state_table.py).
 """
 
 from __future__ import annotations
@@ -70,10 +72,14 @@ def _by_weight(shards: list[str], members: list[str], previous: Mapping[str, set
 
 
 def shard_assignor(shard_of_topic: Mapping[str, str],
-                   weights: Mapping[str, float] | None = None) -> type[PartitionAssignor]:
+                   weights: Mapping[str, float] | None = None,
+                   state_topic: str | None = None,
+                   state_shards: Iterable[str] = ()) -> type[PartitionAssignor]:
     """Faust's assignor, with whole shards handed to members (topics the map lacks form
     one more shard, named by the empty string); ``weights``, a live mapping, gives each
-    shard's traffic as this worker last saw it."""
+    shard's traffic as this worker last saw it. Partition i of ``state_topic``, the state
+    table's changelog, holds shard ``sorted(state_shards)[i]`` and goes to its owner."""
+    state_partition = {name: i for i, name in enumerate(sorted(state_shards))}
 
     class ShardAssignor(PartitionAssignor):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -87,7 +93,8 @@ def shard_assignor(shard_of_topic: Mapping[str, str],
                 before = self._get_client_metadata(metadata).assignment
                 if before is not None:
                     self._previous[member_id] = {shard_of_topic.get(t, "")
-                                                 for t, p in before.actives.items() if p}
+                                                 for t, p in before.actives.items()
+                                                 if p and t != state_topic}
             return super()._perform_assignment(cluster, member_metadata)
 
         def _protocol_assignments(self, assignments: Any, cl_distribution: Any,
@@ -95,13 +102,19 @@ def shard_assignor(shard_of_topic: Mapping[str, str],
             merged: dict[str, set[int]] = {}
             for a in assignments.values():
                 for topic, partitions in a.actives.items():
-                    merged.setdefault(topic, set()).update(partitions)
+                    if topic != state_topic:
+                        merged.setdefault(topic, set()).update(partitions)
             owner = place({shard_of_topic.get(t, "") for t in merged}, list(assignments),
                           self._previous, weights)
             whole = {m: ClientAssignment(
                 actives={t: sorted(p) for t, p in sorted(merged.items())
                          if owner[shard_of_topic.get(t, "")] == m},
                 standbys={}) for m in assignments}
+            if state_topic is not None:
+                for shard, m in owner.items():
+                    if shard in state_partition:
+                        whole[m].actives.setdefault(state_topic, []).append(
+                            state_partition[shard])
             return super()._protocol_assignments(whole, cl_distribution, tp_distribution,
                                                   topic_groups)
 

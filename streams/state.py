@@ -1,9 +1,10 @@
-"""Durable worker state: the engine's snapshot and the input offsets it covers, in one topic.
+"""Durable worker state: a shard's engine snapshot and the input offsets it covers.
 
 A snapshot is written as chunks, then a manifest naming them; the manifest is the commit
 point, so a crash mid-write leaves the previous snapshot in force. Chunks alternate between
-two slots (A/B) with fixed keys, so on a compacted topic the slot the latest manifest names
-is never overwritten while it is in force.
+two slots (A/B) with fixed keys, so the slot the latest manifest names is never overwritten
+while it is in force (in the table, or on a compacted changelog). The records live in the
+group's Faust table (streams/state_table.py).
 
 Offsets are committed to the consumer group only up to what a durable snapshot covers
 (``clamp_commits``): after a crash the worker re-reads from there, and skips what the
@@ -14,21 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import pickle
 import struct
-import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from metrics.catalog import Catalog
 from metrics.errors import KpiEngineError
-
-log = logging.getLogger("kpi_engine.state")
 
 CHUNK_BYTES: Final = 512 * 1024
 _SEQ = struct.Struct(">Q")
@@ -88,7 +84,7 @@ def catalog_fingerprint(catalog: Catalog) -> str:
 
 def encode(snap: Snapshot, group: str, catalog: Catalog, slot: str
            ) -> list[tuple[bytes, bytes]]:
-    """(key, value) records: the chunks, then the manifest last."""
+    """(key, value) records: the chunks, then the manifest last; keys start ``{group}|``."""
     blob = zlib.compress(pickle.dumps(
         {"engine": snap.engine, "applied": snap.applied, "invalid": snap.invalid,
          "outbox": snap.outbox},
@@ -105,7 +101,8 @@ def encode(snap: Snapshot, group: str, catalog: Catalog, slot: str
 
 def decode(records: list[tuple[bytes, bytes]], group: str, catalog: Catalog
            ) -> Snapshot | None:
-    """The snapshot the last manifest names, from records in topic order."""
+    """The snapshot the last manifest names, from records in log order (or a table's
+    latest value per key)."""
     prefix = f"{group}|".encode()
     chunks: dict[tuple[str, int], bytes] = {}
     manifest: dict[str, Any] | None = None
@@ -137,38 +134,3 @@ def decode(records: list[tuple[bytes, bytes]], group: str, catalog: Catalog
     data = pickle.loads(zlib.decompress(blob))
     return Snapshot(manifest["seq"], data["engine"], data["applied"], data["invalid"],
                     data["outbox"])
-
-
-async def read_all(bootstrap: str, topic: str, timeout_s: float = 60.0
-                   ) -> list[tuple[bytes, bytes]]:
-    """Every record of the (single-partition) state topic, to its end.
-
-    The end is the high watermark of Fetch responses, not ListOffsets: the embedded broker
-    answers ListOffsets(LATEST) with the newest batch's base offset + 1 (ENGINEERING.md)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_bytes=16 * 1024 * 1024,
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
-    await consumer.start()
-    tp = TopicPartition(topic, 0)
-    out: list[tuple[bytes, bytes]] = []
-    try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            batches = await consumer.getmany(tp, timeout_ms=200, max_records=1000)
-            for m in batches.get(tp, []):
-                out.append((m.key or b"", m.value or b""))
-            high = consumer.highwater(tp)
-            if high is not None and await consumer.position(tp) >= high:
-                return out
-            if time.monotonic() > deadline:
-                raise StateError(f"could not read {topic} to its end in {timeout_s:.0f} s")
-    finally:
-        await consumer.stop()
-
-
-async def load_latest(bootstrap: str, topic: str, group: str, catalog: Catalog
-                      ) -> Snapshot | None:
-    """The group's latest durable snapshot, or None when it has none yet."""
-    return decode(await read_all(bootstrap, topic), group, catalog)

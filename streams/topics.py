@@ -17,7 +17,6 @@ from metrics.errors import BrokerError
 from metrics.events import FAMILY_TOPIC, TOPIC_FAMILIES
 
 INPUT_TOPICS: Final = tuple(TOPIC_FAMILIES)
-STATE_TOPIC: Final = "kpi-engine-state"
 OUTPUT_TOPICS: Final = ("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late")
 
 
@@ -33,6 +32,12 @@ def family_of(settings: Settings, topic: str) -> str | None:
     return TOPIC_FAMILIES.get(topic.removeprefix(settings.topic_prefix))
 
 
+def state_topic(settings: Settings) -> str:
+    """The changelog of the group's state table (streams/state_table.py): one partition
+    per shard, named the way Faust names a table's changelog."""
+    return settings.topic(f"{settings.group_id}-kpi-state-changelog")
+
+
 def shard_topics(settings: Settings, catalog: Catalog) -> dict[str, str]:
     """Input topic -> the catalog shard (``Catalog.shards``) its family belongs to."""
     return {settings.topic(FAMILY_TOPIC[f]): name
@@ -40,7 +45,7 @@ def shard_topics(settings: Settings, catalog: Catalog) -> dict[str, str]:
 
 
 async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
-                        timeout_s: float = 20.0) -> None:
+                        timeout_s: float = 20.0, config: dict[str, str] | None = None) -> None:
     """Create missing topics; fail clearly when an existing one has another partition count
     than the inputs expect."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
@@ -56,21 +61,30 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
     try:
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
+        present = [n for n in names if n in existing]
+        for meta in await admin.describe_topics(present) if present else []:
+            have = len(meta.get("partitions") or ())
+            if have != partitions:
+                raise BrokerError(
+                    f"topic {meta['topic']} has {have} partitions, this worker expects "
+                    f"{partitions}: recreate it, or use another --topic-prefix / --group-id")
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(
-                    [NewTopic(n, num_partitions=partitions, replication_factor=1)
-                     for n in missing])
+                    [NewTopic(n, num_partitions=partitions, replication_factor=1,
+                              topic_configs=config or {}) for n in missing])
     finally:
         await admin.close()
 
 
-def create_topics(settings: Settings, bootstrap: str | None = None) -> None:
+def create_topics(settings: Settings, catalog: Catalog, bootstrap: str | None = None) -> None:
     async def run() -> None:
         target = bootstrap or settings.bootstrap
         await ensure_topics(target, all_topics(settings), settings.partitions)
-        # the worker state is one ordered log of snapshots (streams/state.py)
-        await ensure_topics(target, [settings.topic(STATE_TOPIC)], 1)
+        # the state table's changelog: one partition per shard (streams/state_table.py),
+        # compacted where the cluster can (a snapshot's keys are fixed: streams/state.py)
+        await ensure_topics(target, [state_topic(settings)], len(catalog.shards()),
+                            config={"cleanup.policy": "compact"})
 
     asyncio.run(run())
 

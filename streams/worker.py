@@ -13,7 +13,6 @@ shards (streams/assignor.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import tempfile
 import time
@@ -37,13 +36,15 @@ from metrics.exporter import ShellStats, make_registry
 from metrics.records import update_key, window_key
 from streams.assignor import shard_assignor
 from streams.dashboard import History, RateMeter, catalog_meta, page
-from streams.state import Offsets, Snapshot, decode, encode, follows, read_all, source_ref
+from streams.state import Offsets, Snapshot, decode, encode, follows, source_ref
+from streams.state_table import StateTable
+from streams.tansu import is_tansu, log_ends
 from streams.topics import (
-    STATE_TOPIC,
     create_topics,
     family_of,
     input_topics,
     shard_topics,
+    state_topic,
     topic_sizes,
 )
 
@@ -70,8 +71,6 @@ class Shard:
         self.stats = ShellStats()
         self._lag_by_tp: dict[Any, int] = {}
         # durability (streams/state.py): what the engine applied, what a snapshot made durable
-        self.topic_state = settings.topic(STATE_TOPIC)
-        self.state_key = f"{settings.group_id}/{name}"  # this shard's records in that topic
         self.applied: Offsets = {}
         self.durable_next: Offsets = {}  # next offset to commit, per input partition
         self.snapshot_seq = 0
@@ -89,7 +88,6 @@ class Shard:
         self.stale_skipped = 0
         #: owns the shard's input partitions (streams/assignor.py); a standby holds no state
         self.active = False
-        self._owning = asyncio.Event()
         self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
         self._hole_at: dict[tuple[str, int], int] = {}  # offset a partition was re-read from
 
@@ -114,7 +112,6 @@ class Shard:
             # the restored engine has its own sources: the next batch re-syncs them
             self.owned = {src for wm in self.engine.watermarks.values() for src in wm.sources}
             self.active = True
-            self._owning.set()
         if snap is not None:
             log.warning("%s: restored snapshot %d (%d partitions' offsets) in %.2f s",
                         self.name, snap.seq, len(snap.applied), time.monotonic() - t0)
@@ -125,7 +122,6 @@ class Shard:
         await self.snapshot(force=True)
         async with self._state_lock:
             self.active = False
-            self._owning.clear()
             self.stats.kpis = []
             self.stats.lag = {}
             self._lag_by_tp.clear()
@@ -152,12 +148,10 @@ class Shard:
             snap = Snapshot(self.snapshot_seq + 1, self.engine.snapshot(source_ref), applied,
                             dict(self.stats.invalid), [r for _, r in outbox])
             # serialised under the lock: the state and the offsets agree
-            records = encode(snap, self.state_key, self.catalog, "A" if snap.seq % 2 else "B")
-        send = self.app.producer.send
-        pending = [await send(self.topic_state, k, v, 0, None, None) for k, v in records[:-1]]
-        await asyncio.gather(*pending)
-        key, manifest = records[-1]
-        await self.app.producer.send_and_wait(self.topic_state, key, manifest, 0, None, None)
+            records = encode(snap, self.name, self.catalog, "A" if snap.seq % 2 else "B")
+        # the chunks, then the manifest that commits them (streams/state_table.py)
+        await self.shell.state.write(records[:-1])
+        await self.shell.state.write(records[-1:])
         await self._send_finals(outbox)
         self.snapshot_seq = snap.seq
         self._snapshot_applied = applied
@@ -194,16 +188,14 @@ class Shard:
         if self.active and tps:  # the whole state goes to the next owner: hand it over
             await self.deactivate()
 
-    async def handle(self, batch: list[Any], live: set[tuple[str, int]]) -> None:
-        """This shard's part of a fetched batch; ``live``: the consumer's assignment."""
-        while not self.active:
-            if not any((m.topic, m.partition) in live for m in batch):
-                self.stale_skipped += len(batch)
-                return  # fetched before a revoke: the shard's owner reads it again
-            # assigned, state not in place yet (activation runs in the rebalance callback)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._owning.wait(), 1.0)
-            live = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
+    async def handle(self, batch: list[Any]) -> None:
+        """This shard's part of a fetched batch."""
+        if not self.active:
+            # fetched before a revoke, or before the shard's state is recovered: Faust holds
+            # its partitions until then and seeks them to the committed offsets, so the
+            # owner reads these again (waiting here would hold up the changelog's messages)
+            self.stale_skipped += len(batch)
+            return
         async with self._state_lock:
             if not self.active:
                 return  # revoked meanwhile: the next owner reads it again
@@ -363,7 +355,6 @@ class KpiShell:
         self.topic_updates = settings.topic("kpi-updates")
         self.topic_dlq = settings.topic("kpi-dlq")
         self.topic_late = settings.topic("kpi-late")
-        self.topic_state = settings.topic(STATE_TOPIC)
         self.history = History()
         self.event_rate = RateMeter()
         self.catalog_meta = catalog_meta(catalog)
@@ -372,6 +363,10 @@ class KpiShell:
                                    {t for t, n in shard_of.items() if n == name})
                        for name, fams in catalog.shards().items()}
         self.shard_of_topic = {t: self.shards[n] for t, n in shard_of.items()}
+        self.state = StateTable(app, topic=state_topic(settings), shards=self.shards,
+                                on_recovered=self.on_state_recovered)
+        app.tables.add(self.state)
+        self._assigned_at = time.monotonic()
         self.registry, self.emit_latency = make_registry(catalog, self.owned_parts,
                                                          settings.topic)
         self.first_event_at: float | None = None  # Unix time
@@ -419,18 +414,23 @@ class KpiShell:
         return out
 
     async def on_assigned(self, tps: set[tuple[str, int]]) -> None:
-        by_shard = self._by_shard(tps)
-        for sh, mine in by_shard.items():
+        """The shards' state comes next, from Faust's recovery (``on_state_recovered``)."""
+        self._assigned_at = time.monotonic()
+        for sh, mine in self._by_shard(tps).items():
             sh.revoked -= mine
-        starting = [sh for sh in by_shard if not sh.active]
-        if starting:
-            # each starting shard continues from its latest durable state: one read of the
-            # state topic serves them all
-            t0 = time.monotonic()
-            records = await read_all(self.settings.bootstrap, self.topic_state)
-            for sh in starting:
-                await sh.activate(decode(records, sh.state_key, sh.catalog), t0)
-        for sh, mine in by_shard.items():
+
+    async def on_state_recovered(self, names: set[str]) -> None:
+        """Faust has read the changelog partitions of the shards this worker now owns (the
+        input stays paused until this returns): each continues from its latest durable
+        state, whoever wrote it."""
+        for name, sh in self.shards.items():
+            if name in names and not sh.active:
+                await sh.activate(decode(self.state.records(name), name, sh.catalog),
+                                  self._assigned_at)
+            elif name not in names and sh.active:
+                await sh.deactivate()
+        live = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
+        for sh, mine in self._by_shard(live).items():
             sh.sync_sources(mine)
         log.warning("owning %s", ", ".join(sh.name for sh in self.active) or "nothing")
 
@@ -450,9 +450,8 @@ class KpiShell:
                     parts[sh] = [msg]
                 else:
                     part.append(msg)
-        live = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
         for sh, part in parts.items():
-            await sh.handle(part, live)
+            await sh.handle(part)
         if self.first_event_at is None:
             self.first_event_at = t0
         self.last_batch_done_at = time.time()
@@ -544,26 +543,34 @@ def _source_headers(msg: Any, error: str) -> list[tuple[str, bytes]]:
             ("source_offset", str(msg.offset).encode())]
 
 
-def durable_consumer(shell: KpiShell) -> type:
-    """Faust's aiokafka consumer with two changes, both through the consumer-class seam
+def durable_consumer(shell: KpiShell, tansu: bool = False) -> type:
+    """Faust's aiokafka consumer with these changes, all through the consumer-class seam
     Faust offers:
 
-    - fetched batches go straight to the shell, whole: no per-message stream, task or ack
-      (ENGINEERING.md §2 measured ~100 µs per event of that machinery);
+    - fetched input batches go straight to the shell, whole: no per-message stream, task or
+      ack (ENGINEERING.md §2 measured ~100 µs per event of that machinery); the state
+      table's changelog messages take Faust's own path to its recovery;
     - input offsets are committed only as far as a durable snapshot covers them: a crash
-      then re-reads what the restored state lacks, never less.
+      then re-reads what the restored state lacks, never less;
+    - on the embedded broker only (``tansu``), a changelog's end comes from a fetch, not
+      ListOffsets (streams/tansu.py), so recovery reads the newest snapshot whole.
     """
+    inputs = set(shell.shard_of_topic)
 
     class DurableConsumer(FaustKafkaConsumer):
         async def _drain_messages(self, fetcher: Any) -> None:
             consumer_stopped = self._stopped.is_set
             fetcher_stopped = fetcher._stopped.is_set
             set_read_offset = self._read_offset.__setitem__
+            callback = self.callback
             try:
                 while not (consumer_stopped() or fetcher_stopped()):
                     batch = []
                     async for tp, message in self.getmany(timeout=1.0):
-                        batch.append(message)
+                        if tp.topic in inputs:
+                            batch.append(message)
+                        else:  # the state changelog, while Faust recovers it
+                            await callback(message)
                         set_read_offset(tp, message.offset)
                     if batch:
                         await shell.handle(batch)
@@ -582,6 +589,12 @@ def durable_consumer(shell: KpiShell) -> type:
                 await self.transport.app.crash(exc)
                 raise
 
+        async def highwaters(self, *partitions: TP) -> Any:
+            ends = await super().highwaters(*partitions)
+            if tansu:
+                return await log_ends(shell.settings.bootstrap, ends)
+            return ends
+
         async def _commit(self, offsets: Any) -> bool:
             # a shard's owner commits its partitions; a standby's offsets are stale
             clamped = {}
@@ -598,7 +611,8 @@ def durable_consumer(shell: KpiShell) -> type:
     return DurableConsumer
 
 
-def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]:
+def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
+             ) -> tuple[faust.App, KpiShell]:
     if settings.broker is None:
         raise SettingsError("the worker needs --broker or KPI_BROKER (kafka://host:port); "
                             "`kpi-engine demo` runs one on an embedded broker")
@@ -616,14 +630,15 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
-        PartitionAssignor=shard_assignor(shard_topics(settings, catalog), traffic),
+        PartitionAssignor=shard_assignor(shard_topics(settings, catalog), traffic,
+                                         state_topic(settings), catalog.shards()),
         producer_acks=1,
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit
         producer_max_request_size=4 * 1024 * 1024,
         consumer_max_fetch_size=4 * 1024 * 1024,
     )
     shell = KpiShell(app, settings, catalog, traffic)
-    app.transport.Consumer = durable_consumer(shell)  # type: ignore[misc]
+    app.transport.Consumer = durable_consumer(shell, tansu)  # type: ignore[misc]
     source = app.topic(*input_topics(settings), key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
 
@@ -678,13 +693,15 @@ def make_app(settings: Settings, catalog: Catalog) -> tuple[faust.App, KpiShell]
 def run_worker(settings: Settings) -> int:
     catalog = load_catalog(settings.catalog)
     tune_gc()
-    create_topics(settings)
+    create_topics(settings, catalog)
+    tansu = asyncio.run(is_tansu(settings.bootstrap))
     sizes: dict[str, int] = {}
     try:  # weights for the first assignment, should this worker lead it
         sizes = asyncio.run(topic_sizes(settings.bootstrap, input_topics(settings)))
     except KafkaError as exc:
         log.warning("could not read the input topics' sizes: %s", exc)
-    app, shell = make_app(settings, catalog)  # the state loads when this worker owns shards
+    # the state loads when this worker owns shards
+    app, shell = make_app(settings, catalog, tansu)
     shell.weigh(sizes)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -11,9 +12,12 @@ import time
 import urllib.request
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from metrics.errors import BrokerError
 from streams.broker import EmbeddedBroker
+from streams.tansu import is_tansu, log_ends
+from streams.topics import ensure_topics
 from tests.integration.conftest import running_demo
 
 pytestmark = pytest.mark.integration
@@ -118,3 +122,34 @@ def test_demo_killed_with_9_leaves_no_orphan() -> None:
     while time.monotonic() < deadline and any(_alive(k) for k in kids):
         time.sleep(0.2)
     assert not any(_alive(k) for k in kids)
+
+
+def test_log_end_on_the_embedded_broker_comes_from_a_fetch(broker: EmbeddedBroker) -> None:
+    """Tansu answers ListOffsets(LATEST) with the newest batch's base offset + 1; a state
+    recovery bounded by that would stop before the rest of the batch. ``log_ends`` reads the
+    true end, and only Tansu is treated so (streams/tansu.py)."""
+    topic = f"quirk-{time.monotonic_ns()}"
+
+    async def run() -> tuple[dict[TopicPartition, int], dict[TopicPartition, int | None], bool]:
+        await ensure_topics(broker.bootstrap, [topic], 2)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=100)
+        await producer.start()
+        try:  # one batch of five records in partition 0; partition 1 stays empty
+            sent = [await producer.send(topic, b"x", partition=0) for _ in range(5)]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+        await consumer.start()
+        try:
+            listed = await consumer.end_offsets([TopicPartition(topic, 0),
+                                                 TopicPartition(topic, 1)])
+        finally:
+            await consumer.stop()
+        return listed, await log_ends(broker.bootstrap, listed), await is_tansu(broker.bootstrap)
+
+    listed, true_ends, tansu = asyncio.run(run())
+    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    assert tansu
+    assert listed[p0] < 5, "the quirk is gone: the workaround can go too"
+    assert true_ends == {p0: 5, p1: 0}
