@@ -28,9 +28,10 @@ class StateTable(faust.Table[bytes, bytes]):
         self._topic = topic
         self._on_recovered = on_recovered
         self._sent: list[asyncio.Future[Any]] = []
+        # recovery applies its buffer every 64 records: chunks are up to 512 KiB each
         super().__init__(app, name="kpi-state", key_type=bytes, value_type=bytes,
                          partitions=len(self.shard_names), beacon=app.tables.beacon,
-                         **kwargs)
+                         recovery_buffer_size=64, **kwargs)
 
     def _changelog_topic_name(self) -> str:
         return self._topic  # created beforehand with one partition per shard
