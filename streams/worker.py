@@ -423,14 +423,17 @@ class KpiShell:
         """Faust has read the changelog partitions of the shards this worker now owns (the
         input stays paused until this returns): each continues from its latest durable
         state, whoever wrote it."""
+        live = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
+        by_shard = self._by_shard(live)
+        # a recovery that ends as the next rebalance revokes its assignment starts nothing
+        owned = names & {sh.name for sh in by_shard}
         for name, sh in self.shards.items():
-            if name in names and not sh.active:
+            if name in owned and not sh.active:
                 await sh.activate(decode(self.state.records(name), name, sh.catalog),
                                   self._assigned_at)
-            elif name not in names and sh.active:
+            elif name not in owned and sh.active:
                 await sh.deactivate()
-        live = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
-        for sh, mine in self._by_shard(live).items():
+        for sh, mine in by_shard.items():
             sh.sync_sources(mine)
         log.warning("owning %s", ", ".join(sh.name for sh in self.active) or "nothing")
 
