@@ -1,10 +1,11 @@
 """Durable worker state: a shard's engine snapshot and the input offsets it covers.
 
 A snapshot is written as chunks, then a manifest naming them; the manifest is the commit
-point, so a crash mid-write leaves the previous snapshot in force. Chunks alternate between
-two slots (A/B) with fixed keys, so the slot the latest manifest names is never overwritten
-while it is in force (in the table, or on a compacted changelog). The records live in the
-group's Faust table (streams/state_table.py).
+point, so a crash mid-write leaves the previous snapshot in force. Snapshots alternate
+between two key slots, so the one in force is never overwritten by the next (in the table,
+or on a compacted changelog). Each owner of a shard writes slots of its own epoch, numbered
+above its predecessor's, so a predecessor that was paused and writes late neither overwrites
+nor outranks it. The records live in the group's Faust table (streams/state_table.py).
 
 Offsets are committed to the consumer group only up to what a durable snapshot covers
 (``clamp_commits``): after a crash the worker re-reads from there, and skips what the
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import pickle
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -26,8 +29,12 @@ import orjson
 from metrics.catalog import Catalog
 from metrics.errors import KpiEngineError
 
+log = logging.getLogger("kpi_engine.state")
+
 CHUNK_BYTES: Final = 512 * 1024
 _SEQ = struct.Struct(">Q")
+#: snapshot seqs of one owner's tenure of a shard stay within one epoch (``next_epoch``)
+EPOCH: Final = 1 << 20
 
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> last offset applied
 
@@ -82,44 +89,95 @@ def catalog_fingerprint(catalog: Catalog) -> str:
     return hashlib.sha256(canonical).hexdigest()[:16]
 
 
-def encode(snap: Snapshot, group: str, catalog: Catalog, slot: str
-           ) -> list[tuple[bytes, bytes]]:
+def slot_of(seq: int) -> str:
+    """The key slot a snapshot is written to: its owner's epoch, then one of two slots that
+    alternate, so the snapshot in force is never overwritten by the next one."""
+    return f"{seq // EPOCH}.{seq % 2}"
+
+
+def next_epoch(seq: int) -> int:
+    """Where a new owner of a shard numbers its snapshots from, having restored ``seq``: a
+    fresh epoch, at least EPOCH above anything the previous owner wrote. A previous owner
+    that was paused and comes back may still write a snapshot or two; its seqs stay lower
+    and its keys its own, so it never overwrites the new owner's and never outranks them."""
+    return (seq // EPOCH + 2) * EPOCH
+
+
+def superseded(keys: Iterable[bytes], group: str, seq: int) -> list[bytes]:
+    """Keys of ``group``'s earlier epochs, once snapshot ``seq`` is durable: what a new owner
+    deletes so the table (and a compacted changelog) keeps one epoch per shard."""
+    prefix = f"{group}|".encode()
+    epoch = seq // EPOCH
+    out = []
+    for key in keys:
+        if key.startswith(prefix):
+            slot = key[len(prefix):].decode().removeprefix("manifest|").split("|")[0]
+            if int(slot.split(".")[0]) < epoch:
+                out.append(key)
+    return out
+
+
+def encode(snap: Snapshot, group: str, catalog: Catalog) -> list[tuple[bytes, bytes]]:
     """(key, value) records: the chunks, then the manifest last; keys start ``{group}|``."""
     blob = zlib.compress(pickle.dumps(
         {"engine": snap.engine, "applied": snap.applied, "invalid": snap.invalid,
          "outbox": snap.outbox},
         protocol=pickle.HIGHEST_PROTOCOL), 1)
     seq = _SEQ.pack(snap.seq)
+    slot = slot_of(snap.seq)
     chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     out = [(f"{group}|{slot}|{i}".encode(), seq + c) for i, c in enumerate(chunks)]
     manifest = {"seq": snap.seq, "slot": slot, "chunks": len(chunks), "bytes": len(blob),
                 "sha256": hashlib.sha256(blob).hexdigest(),
                 "catalog": catalog_fingerprint(catalog)}
-    out.append((f"{group}|manifest".encode(), orjson.dumps(manifest)))
+    out.append((f"{group}|manifest|{slot}".encode(), orjson.dumps(manifest)))
     return out
 
 
-def decode(records: list[tuple[bytes, bytes]], group: str, catalog: Catalog
+def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: Catalog
            ) -> Snapshot | None:
-    """The snapshot the last manifest names, from records in log order (or a table's
-    latest value per key)."""
+    """The newest snapshot whose chunks are all there and intact, from records in log order
+    (or a table's latest value per key; a None value deletes its key). Newest is the highest
+    seq, not the last written: a former owner's late write never wins (``next_epoch``).
+    A snapshot cut short by a crash is passed over for the one before it."""
     prefix = f"{group}|".encode()
     chunks: dict[tuple[str, int], bytes] = {}
-    manifest: dict[str, Any] | None = None
+    manifests: dict[str, dict[str, Any]] = {}
     for key, value in records:
         if not key.startswith(prefix):
             continue  # another consumer group's state
         rest = key[len(prefix):].decode()
-        if rest == "manifest":
-            manifest = orjson.loads(value)
+        if rest.startswith("manifest|"):
+            if value is None:
+                manifests.pop(rest[9:], None)
+            else:
+                manifests[rest[9:]] = orjson.loads(value)
         else:
             chunk_slot, index = rest.split("|")
-            chunks[(chunk_slot, int(index))] = value
-    if manifest is None:
+            if value is None:
+                chunks.pop((chunk_slot, int(index)), None)
+            else:
+                chunks[(chunk_slot, int(index))] = value
+    if not manifests:
         return None
-    if manifest["catalog"] != catalog_fingerprint(catalog):
+    if any(m["catalog"] != catalog_fingerprint(catalog) for m in manifests.values()):
         raise StateError(f"the stored state of group {group!r} was built with another KPI "
                          "catalog: start the worker with a new --group-id")
+    failed: list[StateError] = []
+    for manifest in sorted(manifests.values(), key=lambda m: -int(m["seq"])):
+        try:
+            snap = _assemble(manifest, chunks)
+        except StateError as exc:
+            failed.append(exc)
+            continue
+        if failed:
+            log.warning("%s: restoring snapshot %d, not a newer one: %s", group, snap.seq,
+                        "; ".join(map(str, failed)))
+        return snap
+    raise failed[0]
+
+
+def _assemble(manifest: dict[str, Any], chunks: dict[tuple[str, int], bytes]) -> Snapshot:
     seq = _SEQ.pack(manifest["seq"])
     slot: str = manifest["slot"]
     parts = []

@@ -47,11 +47,23 @@ class StateTable(faust.Table[bytes, bytes]):
         # keep the send's future: a snapshot counts only once the cluster has it
         self._sent.append(self.send_changelog(self.partition_for_key(key), key, value))
 
+    def on_key_del(self, key: Any) -> None:
+        self._sent.append(self.send_changelog(self.partition_for_key(key), key, None,
+                                              value_serializer="raw"))
+
     async def write(self, records: list[tuple[bytes, bytes]]) -> None:
         """Set the records in order and return once the changelog holds them all (raises
         if the cluster refused one)."""
         for key, value in records:
             self[key] = value
+        await self._sent_out()
+
+    async def delete(self, keys: list[bytes]) -> None:
+        for key in keys:
+            del self[key]
+        await self._sent_out()
+
+    async def _sent_out(self) -> None:
         sent, self._sent = self._sent, []
         await asyncio.gather(*sent)
 

@@ -36,7 +36,16 @@ from metrics.exporter import ShellStats, make_registry
 from metrics.records import update_key, window_key
 from streams.assignor import shard_assignor
 from streams.dashboard import History, RateMeter, catalog_meta, page
-from streams.state import Offsets, Snapshot, decode, encode, follows, source_ref
+from streams.state import (
+    Offsets,
+    Snapshot,
+    decode,
+    encode,
+    follows,
+    next_epoch,
+    source_ref,
+    superseded,
+)
 from streams.state_table import StateTable
 from streams.tansu import is_tansu, log_ends
 from streams.topics import (
@@ -74,6 +83,7 @@ class Shard:
         self.applied: Offsets = {}
         self.durable_next: Offsets = {}  # next offset to commit, per input partition
         self.snapshot_seq = 0
+        self._epoch_clean = True
         self._snapshot_applied: Offsets = {}
         self._last_snapshot_at = time.monotonic()
         self.replayed_skipped = 0
@@ -98,7 +108,10 @@ class Shard:
         self._snapshot_applied = dict(snap.applied)
         self.durable_next = {tp: off + 1 for tp, off in snap.applied.items()}
         self.stats.invalid = dict(snap.invalid)
-        self.snapshot_seq = snap.seq
+        # this worker's tenure of the shard: snapshots numbered in a fresh epoch, the
+        # previous owner's keys deleted once the first is durable (streams/state.py)
+        self.snapshot_seq = next_epoch(snap.seq)
+        self._epoch_clean = False
 
     async def activate(self, snap: Snapshot | None, t0: float) -> None:
         """This worker now owns the shard: continue from its latest durable state, whoever
@@ -148,18 +161,30 @@ class Shard:
             snap = Snapshot(self.snapshot_seq + 1, self.engine.snapshot(source_ref), applied,
                             dict(self.stats.invalid), [r for _, r in outbox])
             # serialised under the lock: the state and the offsets agree
-            records = encode(snap, self.name, self.catalog, "A" if snap.seq % 2 else "B")
+            records = encode(snap, self.name, self.catalog)
         # the chunks, then the manifest that commits them (streams/state_table.py)
-        await self.shell.state.write(records[:-1])
-        await self.shell.state.write(records[-1:])
-        await self._send_finals(outbox)
+        state = self.shell.state
+        await state.write(records[:-1])
+        await state.write(records[-1:])
+        if not self._epoch_clean:
+            await state.delete(superseded([k for k, _ in state.records(self.name)],
+                                          self.name, snap.seq))
+            self._epoch_clean = True
         self.snapshot_seq = snap.seq
         self._snapshot_applied = applied
         self.durable_next = {tp: off + 1 for tp, off in applied.items()}
         self._last_snapshot_at = time.monotonic()
-        # the input consumed bypasses Faust's acks (see durable_consumer): commit here
+        # the input consumed bypasses Faust's acks (see durable_consumer): commit here. The
+        # group refuses a commit from a member it has replaced: then this worker's closed
+        # windows stay unsent (a newer owner publishes its own), else they wait for the next
+        # snapshot. The snapshot holds them either way, for whoever restores it.
         consumer: Any = self.app.consumer
-        await consumer._commit({TP(t, p): off for (t, p), off in self.durable_next.items()})
+        if await consumer._commit({TP(t, p): off for (t, p), off in self.durable_next.items()}):
+            await self._send_finals(outbox)
+        else:
+            log.warning("%s: offsets not committed; %d closed windows wait", self.name,
+                        len(outbox))
+            self.outbox[:0] = outbox
         return True
 
     def sync_sources(self, assignment: set[tuple[str, int]]) -> None:

@@ -12,7 +12,18 @@ import pytest
 from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, parse_event
-from streams.state import CHUNK_BYTES, Snapshot, StateError, decode, encode, follows
+from streams.state import (
+    CHUNK_BYTES,
+    EPOCH,
+    Snapshot,
+    StateError,
+    decode,
+    encode,
+    follows,
+    next_epoch,
+    slot_of,
+    superseded,
+)
 from tests.helpers import DEFAULT_CATALOG, final_values
 
 
@@ -75,21 +86,56 @@ def test_held_events_survive_a_snapshot() -> None:
 def test_state_records_round_trip_across_slots_and_chunks() -> None:
     big = {"blob": random.Random(1).randbytes(3 * CHUNK_BYTES)}  # several chunks
     snap = Snapshot(7, big, {("email-events", 0): 41}, {"not_json": 2}, [{"kpi": "x"}])
-    records = encode(snap, "g1", DEFAULT_CATALOG, "B")
-    assert len(records) >= 3 and records[-1][0] == b"g1|manifest"
-    other = encode(Snapshot(1, {}, {}, {}, []), "other-group", DEFAULT_CATALOG, "A")
+    records = encode(snap, "g1", DEFAULT_CATALOG)
+    assert len(records) >= 3 and records[-1][0] == f"g1|manifest|{slot_of(7)}".encode()
+    other = encode(Snapshot(1, {}, {}, {}, []), "other-group", DEFAULT_CATALOG)
     got = decode(other + records, "g1", DEFAULT_CATALOG)
     assert got is not None and got.seq == 7 and got.engine == big
     assert got.applied == {("email-events", 0): 41} and got.outbox == [{"kpi": "x"}]
     # the next snapshot writes the other slot; an unfinished one (no manifest) is ignored
-    nxt = encode(Snapshot(8, {"n": 8}, {}, {}, []), "g1", DEFAULT_CATALOG, "A")
+    nxt = encode(Snapshot(8, {"n": 8}, {}, {}, []), "g1", DEFAULT_CATALOG)
+    assert slot_of(8) != slot_of(7)
     assert decode(records + nxt[:-1], "g1", DEFAULT_CATALOG).seq == 7  # type: ignore[union-attr]
     assert decode(records + nxt, "g1", DEFAULT_CATALOG).seq == 8  # type: ignore[union-attr]
+    # the one after that reuses seq 7's slot: cut short, its predecessor (8) is in force
+    third = encode(Snapshot(9, {"n": 9}, {}, {}, []), "g1", DEFAULT_CATALOG)
+    assert decode(records + nxt + third[:1], "g1", DEFAULT_CATALOG).seq == 8  # type: ignore[union-attr]
     assert decode([], "g1", DEFAULT_CATALOG) is None
 
 
+def test_a_former_owners_late_snapshot_neither_overwrites_nor_outranks_the_new_owners() -> None:
+    """Owner 1 is paused past its session; owner 2 restores its snapshot 5 and goes on in a
+    fresh epoch; owner 1 wakes up and writes snapshots 6 and 7 before it learns it was
+    replaced. The state in force stays owner 2's, whatever the order of the writes."""
+    first = encode(Snapshot(5, {"by": 1}, {}, {}, []), "g", DEFAULT_CATALOG)
+    base = next_epoch(5)
+    assert base - 5 > EPOCH
+    second = [encode(Snapshot(base + i, {"by": 2, "n": i}, {}, {}, []), "g", DEFAULT_CATALOG)
+              for i in (1, 2)]
+    late = [encode(Snapshot(s, {"by": 1}, {}, {}, []), "g", DEFAULT_CATALOG) for s in (6, 7)]
+    keys_2 = {k for recs in second for k, _ in recs}
+    assert not keys_2 & {k for recs in late for k, _ in recs}  # keys of its own epoch
+    log = first + second[0] + late[0] + second[1] + late[1]
+    got = decode(log, "g", DEFAULT_CATALOG)
+    assert got is not None and got.seq == base + 2 and got.engine == {"by": 2, "n": 2}
+    # owner 2 deletes what earlier epochs left (tombstones), once its first is durable
+    stale = superseded([k for k, _ in log], "g", base + 1)
+    assert stale and not set(stale) & keys_2
+    assert set(stale) == {k for recs in [first, *late] for k, _ in recs}
+    after = decode(log + [(k, None) for k in stale], "g", DEFAULT_CATALOG)
+    assert after is not None and after.seq == base + 2
+
+
+def test_a_damaged_newest_snapshot_gives_way_to_the_one_before() -> None:
+    older = encode(Snapshot(3, {"n": 3}, {}, {}, []), "g", DEFAULT_CATALOG)
+    newer = encode(Snapshot(4, {"n": 4}, {}, {}, []), "g", DEFAULT_CATALOG)
+    key, value = newer[0]
+    got = decode([*older, (key, value[:-1] + b"x"), *newer[1:]], "g", DEFAULT_CATALOG)
+    assert got is not None and got.seq == 3
+
+
 def test_damaged_or_foreign_state_fails_loudly() -> None:
-    records = encode(Snapshot(3, {"a": 1}, {}, {}, []), "g", DEFAULT_CATALOG, "A")
+    records = encode(Snapshot(3, {"a": 1}, {}, {}, []), "g", DEFAULT_CATALOG)
     with pytest.raises(StateError, match="missing"):
         decode(records[-1:], "g", DEFAULT_CATALOG)
     key, value = records[0]
