@@ -95,12 +95,23 @@ def slot_of(seq: int) -> str:
     return f"{seq // EPOCH}.{seq % 2}"
 
 
-def next_epoch(seq: int) -> int:
-    """Where a new owner of a shard numbers its snapshots from, having restored ``seq``: a
-    fresh epoch, at least EPOCH above anything the previous owner wrote. A previous owner
-    that was paused and comes back may still write a snapshot or two; its seqs stay lower
-    and its keys its own, so it never overwrites the new owner's and never outranks them."""
-    return (seq // EPOCH + 2) * EPOCH
+def claim_key(group: str) -> bytes:
+    return f"{group}|claim".encode()
+
+
+def owner_epoch(records: Iterable[tuple[bytes, bytes | None]], group: str,
+                restored_seq: int) -> int:
+    """The epoch a new owner of a shard takes: above the last one claimed (every owner claims
+    its epoch before it counts anything) and above the snapshot it restored. Its snapshots
+    are numbered from ``epoch * EPOCH``, in key slots of that epoch. A former owner that was
+    paused and comes back may still write a snapshot or two: in its own, lower epoch, it
+    never overwrites the new owner's keys and never outranks its snapshots."""
+    claimed = 0
+    key = claim_key(group)
+    for k, v in records:
+        if k == key and v is not None:
+            claimed = max(claimed, int(v))
+    return max(claimed, restored_seq // EPOCH) + 1
 
 
 def superseded(keys: Iterable[bytes], group: str, seq: int) -> list[bytes]:
@@ -110,7 +121,7 @@ def superseded(keys: Iterable[bytes], group: str, seq: int) -> list[bytes]:
     epoch = seq // EPOCH
     out = []
     for key in keys:
-        if key.startswith(prefix):
+        if key.startswith(prefix) and key != claim_key(group):
             slot = key[len(prefix):].decode().removeprefix("manifest|").split("|")[0]
             if int(slot.split(".")[0]) < epoch:
                 out.append(key)
@@ -138,7 +149,7 @@ def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: C
            ) -> Snapshot | None:
     """The newest snapshot whose chunks are all there and intact, from records in log order
     (or a table's latest value per key; a None value deletes its key). Newest is the highest
-    seq, not the last written: a former owner's late write never wins (``next_epoch``).
+    seq, not the last written: a former owner's late write never wins (``owner_epoch``).
     A snapshot cut short by a crash is passed over for the one before it."""
     prefix = f"{group}|".encode()
     chunks: dict[tuple[str, int], bytes] = {}
@@ -147,6 +158,8 @@ def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: C
         if not key.startswith(prefix):
             continue  # another consumer group's state
         rest = key[len(prefix):].decode()
+        if rest == "claim":
+            continue
         if rest.startswith("manifest|"):
             if value is None:
                 manifests.pop(rest[9:], None)

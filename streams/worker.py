@@ -37,12 +37,14 @@ from metrics.records import update_key, window_key
 from streams.assignor import shard_assignor
 from streams.dashboard import History, RateMeter, catalog_meta, page
 from streams.state import (
+    EPOCH,
     Offsets,
     Snapshot,
+    claim_key,
     decode,
     encode,
     follows,
-    next_epoch,
+    owner_epoch,
     source_ref,
     superseded,
 )
@@ -101,7 +103,7 @@ class Shard:
         self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
         self._hole_at: dict[tuple[str, int], int] = {}  # offset a partition was re-read from
 
-    def restore(self, snap: Snapshot) -> None:
+    def restore(self, snap: Snapshot, epoch: int) -> None:
         self.engine.restore(snap.engine)
         self.resend = snap.outbox  # it may not have gone out before the crash
         self.applied = dict(snap.applied)
@@ -110,17 +112,21 @@ class Shard:
         self.stats.invalid = dict(snap.invalid)
         # this worker's tenure of the shard: snapshots numbered in a fresh epoch, the
         # previous owner's keys deleted once the first is durable (streams/state.py)
-        self.snapshot_seq = next_epoch(snap.seq)
+        self.snapshot_seq = epoch * EPOCH
         self._epoch_clean = False
 
-    async def activate(self, snap: Snapshot | None, t0: float) -> None:
-        """This worker now owns the shard: continue from its latest durable state, whoever
-        wrote it (another worker may have owned the shard since this one last did)."""
+    async def activate(self, records: list[tuple[bytes, bytes]], t0: float) -> None:
+        """This worker now owns the shard: continue from its latest durable state in the
+        state table's ``records``, whoever wrote it (another worker may have owned the shard
+        since this one last did), in an epoch of its own, claimed before counting anything."""
+        snap = decode(records, self.name, self.catalog)
+        epoch = owner_epoch(records, self.name, snap.seq if snap else 0)
+        await self.shell.state.write([(claim_key(self.name), str(epoch).encode())])
         async with self._state_lock:
             # nothing durable yet: start from the empty state (this worker may have counted
             # before, as an owner whose work went to another)
             self.restore(snap or Snapshot(
-                0, KpiEngine(self.catalog, self.engine.config).snapshot(), {}, {}, []))
+                0, KpiEngine(self.catalog, self.engine.config).snapshot(), {}, {}, []), epoch)
             self.outbox = []
             # the restored engine has its own sources: the next batch re-syncs them
             self.owned = {src for wm in self.engine.watermarks.values() for src in wm.sources}
@@ -454,8 +460,7 @@ class KpiShell:
         owned = names & {sh.name for sh in by_shard}
         for name, sh in self.shards.items():
             if name in owned and not sh.active:
-                await sh.activate(decode(self.state.records(name), name, sh.catalog),
-                                  self._assigned_at)
+                await sh.activate(self.state.records(name), self._assigned_at)
             elif name not in owned and sh.active:
                 await sh.deactivate()
         for sh, mine in by_shard.items():

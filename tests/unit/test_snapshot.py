@@ -17,10 +17,11 @@ from streams.state import (
     EPOCH,
     Snapshot,
     StateError,
+    claim_key,
     decode,
     encode,
     follows,
-    next_epoch,
+    owner_epoch,
     slot_of,
     superseded,
 )
@@ -103,27 +104,48 @@ def test_state_records_round_trip_across_slots_and_chunks() -> None:
     assert decode([], "g1", DEFAULT_CATALOG) is None
 
 
+def claim(group: str, epoch: int) -> list[tuple[bytes, bytes]]:
+    return [(claim_key(group), str(epoch).encode())]
+
+
 def test_a_former_owners_late_snapshot_neither_overwrites_nor_outranks_the_new_owners() -> None:
-    """Owner 1 is paused past its session; owner 2 restores its snapshot 5 and goes on in a
-    fresh epoch; owner 1 wakes up and writes snapshots 6 and 7 before it learns it was
-    replaced. The state in force stays owner 2's, whatever the order of the writes."""
-    first = encode(Snapshot(5, {"by": 1}, {}, {}, []), "g", DEFAULT_CATALOG)
-    base = next_epoch(5)
-    assert base - 5 > EPOCH
-    second = [encode(Snapshot(base + i, {"by": 2, "n": i}, {}, {}, []), "g", DEFAULT_CATALOG)
-              for i in (1, 2)]
-    late = [encode(Snapshot(s, {"by": 1}, {}, {}, []), "g", DEFAULT_CATALOG) for s in (6, 7)]
+    """Owner 1 claims epoch 1 and writes snapshot 5 of it; it is paused past its session.
+    Owner 2 restores that snapshot, claims the next epoch and goes on. Owner 1 wakes up and
+    writes two more snapshots before it learns it was replaced. The state in force stays
+    owner 2's, whatever the order of the writes."""
+    e1 = owner_epoch([], "g", 0)
+    first = claim("g", e1) + encode(Snapshot(e1 * EPOCH + 5, {"by": 1}, {}, {}, []), "g",
+                                    DEFAULT_CATALOG)
+    e2 = owner_epoch(first, "g", e1 * EPOCH + 5)
+    assert e2 > e1
+    second = [encode(Snapshot(e2 * EPOCH + i, {"by": 2, "n": i}, {}, {}, []), "g",
+                     DEFAULT_CATALOG) for i in (1, 2)]
+    late = [encode(Snapshot(e1 * EPOCH + s, {"by": 1}, {}, {}, []), "g", DEFAULT_CATALOG)
+            for s in (6, 7)]
     keys_2 = {k for recs in second for k, _ in recs}
     assert not keys_2 & {k for recs in late for k, _ in recs}  # keys of its own epoch
-    log = first + second[0] + late[0] + second[1] + late[1]
+    log = first + claim("g", e2) + second[0] + late[0] + second[1] + late[1]
     got = decode(log, "g", DEFAULT_CATALOG)
-    assert got is not None and got.seq == base + 2 and got.engine == {"by": 2, "n": 2}
+    assert got is not None and got.seq == e2 * EPOCH + 2 and got.engine == {"by": 2, "n": 2}
     # owner 2 deletes what earlier epochs left (tombstones), once its first is durable
-    stale = superseded([k for k, _ in log], "g", base + 1)
-    assert stale and not set(stale) & keys_2
-    assert set(stale) == {k for recs in [first, *late] for k, _ in recs}
+    stale = superseded([k for k, _ in log], "g", e2 * EPOCH + 1)
+    assert set(stale) == {k for recs in [first[1:], *late] for k, _ in recs}
     after = decode(log + [(k, None) for k in stale], "g", DEFAULT_CATALOG)
-    assert after is not None and after.seq == base + 2
+    assert after is not None and after.seq == e2 * EPOCH + 2
+
+
+def test_an_owner_that_never_wrote_still_loses_to_the_next() -> None:
+    """Owner 1 claims an epoch and is paused before its first snapshot; owner 2 restores
+    nothing but still takes a later epoch, because owner 1 claimed its own first."""
+    e1 = owner_epoch([], "g", 0)
+    e2 = owner_epoch(claim("g", e1), "g", 0)
+    assert e2 > e1
+    log = claim("g", e1) + claim("g", e2) + encode(
+        Snapshot(e2 * EPOCH + 1, {"by": 2}, {}, {}, []), "g", DEFAULT_CATALOG) + encode(
+        Snapshot(e1 * EPOCH + 1, {"by": 1}, {}, {}, []), "g", DEFAULT_CATALOG)
+    assert decode(log, "g", DEFAULT_CATALOG).engine == {"by": 2}  # type: ignore[union-attr]
+    # and a state restored from an epoch above every claim (claims lost) is outranked too
+    assert owner_epoch(claim("g", 2), "g", 9 * EPOCH + 3) == 10
 
 
 def test_a_damaged_newest_snapshot_gives_way_to_the_one_before() -> None:
