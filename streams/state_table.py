@@ -40,9 +40,6 @@ class StateTable(faust.Table[bytes, bytes]):
         """A record's key starts with its shard's name (``{shard}|...``)."""
         return self.shard_names.index(bytes(key).split(b"|", 1)[0].decode())
 
-    def partition_of(self, shard: str) -> int:
-        return self.shard_names.index(shard)
-
     def on_key_set(self, key: Any, value: Any) -> None:
         # keep the send's future: a snapshot counts only once the cluster has it
         self._sent.append(self.send_changelog(self.partition_for_key(key), key, value))
