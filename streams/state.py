@@ -114,18 +114,20 @@ def owner_epoch(records: Iterable[tuple[bytes, bytes | None]], group: str,
     return max(claimed, restored_seq // EPOCH) + 1
 
 
+def key_epoch(key: bytes, group: str) -> int | None:
+    """The epoch of one of ``group``'s chunk or manifest keys; None for any other key."""
+    prefix = f"{group}|".encode()
+    if not key.startswith(prefix) or key == claim_key(group):
+        return None
+    slot = key[len(prefix):].decode().removeprefix("manifest|").split("|")[0]
+    return int(slot.split(".")[0])
+
+
 def superseded(keys: Iterable[bytes], group: str, seq: int) -> list[bytes]:
     """Keys of ``group``'s earlier epochs, once snapshot ``seq`` is durable: what a new owner
     deletes so the table (and a compacted changelog) keeps one epoch per shard."""
-    prefix = f"{group}|".encode()
     epoch = seq // EPOCH
-    out = []
-    for key in keys:
-        if key.startswith(prefix) and key != claim_key(group):
-            slot = key[len(prefix):].decode().removeprefix("manifest|").split("|")[0]
-            if int(slot.split(".")[0]) < epoch:
-                out.append(key)
-    return out
+    return [k for k in keys if (e := key_epoch(k, group)) is not None and e < epoch]
 
 
 def encode(snap: Snapshot, group: str, catalog: Catalog) -> list[tuple[bytes, bytes]]:

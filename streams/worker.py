@@ -44,6 +44,7 @@ from streams.state import (
     decode,
     encode,
     follows,
+    key_epoch,
     owner_epoch,
     source_ref,
     superseded,
@@ -363,6 +364,10 @@ class Shard:
             "pending_finals": len(self.outbox) + len(self.resend),
             "durable": self.applied == self._snapshot_applied,
             "state": e.state_sizes(),
+            # the epochs whose snapshots the state table holds for this shard: one, once
+            # this owner's first snapshot is durable (streams/state.py)
+            "state_epochs": sorted({ep for k, _ in self.shell.state.records(self.name)
+                                    if (ep := key_epoch(k, self.name)) is not None}),
         }
 
 
@@ -522,9 +527,11 @@ class KpiShell:
         out.update(dict.fromkeys(_SUMMED, 0))
         late_by_family: dict[str, int] = {}
         state: dict[str, int] = {}
+        epochs: dict[str, list[int]] = {}
         durable = True
         for sh in self.active:
             h = sh.health()
+            epochs[sh.name] = h["state_epochs"]
             for k in _SUMMED:
                 out[k] += h[k]
             late_by_family.update(h["late_by_family"])
@@ -532,6 +539,7 @@ class KpiShell:
                 state[k] = state.get(k, 0) + v
             durable = durable and h["durable"]
         out |= {"late_by_family": late_by_family, "state": state, "durable": durable,
+                "state_epochs": epochs,
                 # seconds from receiving the first batch to finishing the latest one, and
                 # both moments (Unix time: a benchmark spans the workers of a group)
                 "busy_s": (self.last_batch_done_at - self.first_event_at
