@@ -74,12 +74,13 @@ def _by_weight(shards: list[str], members: list[str], previous: Mapping[str, set
 def shard_assignor(shard_of_topic: Mapping[str, str],
                    weights: Mapping[str, float] | None = None,
                    state_topic: str | None = None,
-                   state_shards: Iterable[str] = ()) -> type[PartitionAssignor]:
+                   state_partition: Mapping[str, int] | None = None
+                   ) -> type[PartitionAssignor]:
     """Faust's assignor, with whole shards handed to members (topics the map lacks form
     one more shard, named by the empty string); ``weights``, a live mapping, gives each
-    shard's traffic as this worker last saw it. Partition i of ``state_topic``, the state
-    table's changelog, holds shard ``sorted(state_shards)[i]`` and goes to its owner."""
-    state_partition = {name: i for i, name in enumerate(sorted(state_shards))}
+    shard's traffic as this worker last saw it. A shard's partition of ``state_topic``, the
+    state table's changelog (``state_partition``: shard -> partition), goes to its owner."""
+    partition_of: Mapping[str, int] = state_partition or {}
 
     class ShardAssignor(PartitionAssignor):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -112,9 +113,9 @@ def shard_assignor(shard_of_topic: Mapping[str, str],
                 standbys={}) for m in assignments}
             if state_topic is not None:
                 for shard, m in owner.items():
-                    if shard in state_partition:
+                    if shard in partition_of:
                         whole[m].actives.setdefault(state_topic, []).append(
-                            state_partition[shard])
+                            partition_of[shard])
             return super()._protocol_assignments(whole, cl_distribution, tp_distribution,
                                                   topic_groups)
 

@@ -11,7 +11,7 @@ resumes, and the shard continues from the newest manifest there.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
@@ -22,15 +22,16 @@ Recovered = Callable[[set[str]], Awaitable[None]]
 
 
 class StateTable(faust.Table[bytes, bytes]):
-    def __init__(self, app: faust.App, *, topic: str, shards: Iterable[str],
+    def __init__(self, app: faust.App, *, topic: str, partitions: Mapping[str, int],
                  on_recovered: Recovered, **kwargs: Any) -> None:
-        self.shard_names = sorted(shards)  # partition i holds shard_names[i]
+        self.partition_of = dict(partitions)  # shard -> its changelog partition
+        self.shard_at = {p: name for name, p in partitions.items()}
         self._topic = topic
         self._on_recovered = on_recovered
         self._sent: list[asyncio.Future[Any]] = []
         # recovery applies its buffer every 64 records: chunks are up to 512 KiB each
         super().__init__(app, name="kpi-state", key_type=bytes, value_type=bytes,
-                         partitions=len(self.shard_names), beacon=app.tables.beacon,
+                         partitions=len(self.partition_of), beacon=app.tables.beacon,
                          recovery_buffer_size=64, **kwargs)
 
     def _changelog_topic_name(self) -> str:
@@ -38,7 +39,7 @@ class StateTable(faust.Table[bytes, bytes]):
 
     def partition_for_key(self, key: Any) -> int:
         """A record's key starts with its shard's name (``{shard}|...``)."""
-        return self.shard_names.index(bytes(key).split(b"|", 1)[0].decode())
+        return self.partition_of[bytes(key).split(b"|", 1)[0].decode()]
 
     def on_key_set(self, key: Any, value: Any) -> None:
         # keep the send's future: a snapshot counts only once the cluster has it
@@ -70,4 +71,4 @@ class StateTable(faust.Table[bytes, bytes]):
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
-        await self._on_recovered({self.shard_names[tp.partition] for tp in active_tps})
+        await self._on_recovered({self.shard_at[tp.partition] for tp in active_tps})

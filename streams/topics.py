@@ -38,6 +38,11 @@ def state_topic(settings: Settings) -> str:
     return settings.topic(f"{settings.group_id}-kpi-state-changelog")
 
 
+def state_partitions(catalog: Catalog) -> dict[str, int]:
+    """Shard -> its partition of the state table's changelog (streams/state_table.py)."""
+    return {name: i for i, name in enumerate(sorted(catalog.shards()))}
+
+
 def shard_topics(settings: Settings, catalog: Catalog) -> dict[str, str]:
     """Input topic -> the catalog shard (``Catalog.shards``) its family belongs to."""
     return {settings.topic(FAMILY_TOPIC[f]): name
@@ -83,7 +88,7 @@ def create_topics(settings: Settings, catalog: Catalog, bootstrap: str | None = 
         await ensure_topics(target, all_topics(settings), settings.partitions)
         # the state table's changelog: one partition per shard (streams/state_table.py),
         # compacted where the cluster can (a snapshot's keys are fixed: streams/state.py)
-        await ensure_topics(target, [state_topic(settings)], len(catalog.shards()),
+        await ensure_topics(target, [state_topic(settings)], len(state_partitions(catalog)),
                             config={"cleanup.policy": "compact"})
 
     asyncio.run(run())

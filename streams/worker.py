@@ -56,6 +56,7 @@ from streams.topics import (
     family_of,
     input_topics,
     shard_topics,
+    state_partitions,
     state_topic,
     topic_sizes,
 )
@@ -84,7 +85,6 @@ class Shard:
         self._lag_by_tp: dict[Any, int] = {}
         # durability (streams/state.py): what the engine applied, what a snapshot made durable
         self.applied: Offsets = {}
-        self.durable_next: Offsets = {}  # next offset to commit, per input partition
         self.snapshot_seq = 0
         self._epoch_clean = True
         self._snapshot_applied: Offsets = {}
@@ -109,7 +109,6 @@ class Shard:
         self.resend = snap.outbox  # it may not have gone out before the crash
         self.applied = dict(snap.applied)
         self._snapshot_applied = dict(snap.applied)
-        self.durable_next = {tp: off + 1 for tp, off in snap.applied.items()}
         self.stats.invalid = dict(snap.invalid)
         # this worker's tenure of the shard: snapshots numbered in a fresh epoch, the
         # previous owner's keys deleted once the first is durable (streams/state.py)
@@ -179,7 +178,6 @@ class Shard:
             self._epoch_clean = True
         self.snapshot_seq = snap.seq
         self._snapshot_applied = applied
-        self.durable_next = {tp: off + 1 for tp, off in applied.items()}
         self._last_snapshot_at = time.monotonic()
         # the input consumed bypasses Faust's acks (see durable_consumer): commit here. The
         # group refuses a commit from a member it has replaced: then this worker's closed
@@ -193,6 +191,11 @@ class Shard:
                         len(outbox))
             self.outbox[:0] = outbox
         return True
+
+    @property
+    def durable_next(self) -> Offsets:
+        """Next offset to commit per input partition: what the last durable snapshot covers."""
+        return {tp: off + 1 for tp, off in self._snapshot_applied.items()}
 
     def sync_sources(self, assignment: set[tuple[str, int]]) -> None:
         """Make the engine's watermark sources the consumer's live assignment.
@@ -399,7 +402,8 @@ class KpiShell:
                                    {t for t, n in shard_of.items() if n == name})
                        for name, fams in catalog.shards().items()}
         self.shard_of_topic = {t: self.shards[n] for t, n in shard_of.items()}
-        self.state = StateTable(app, topic=state_topic(settings), shards=self.shards,
+        self.state = StateTable(app, topic=state_topic(settings),
+                                partitions=state_partitions(catalog),
                                 on_recovered=self.on_state_recovered)
         app.tables.add(self.state)
         self._assigned_at = time.monotonic()
@@ -672,7 +676,7 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
         PartitionAssignor=shard_assignor(shard_topics(settings, catalog), traffic,
-                                         state_topic(settings), catalog.shards()),
+                                         state_topic(settings), state_partitions(catalog)),
         producer_acks=1,
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit
         producer_max_request_size=4 * 1024 * 1024,
