@@ -209,3 +209,77 @@ def test_malformed_utc_times_are_rejected(text: str) -> None:
     from metrics.events import parse_ts
 
     assert parse_ts(text) is None
+
+
+# ---- the fast path (msgspec decoder) accepts exactly what validate() accepts ------------
+
+def _same(data: bytes, **kw: Any) -> None:
+    """parse_event against the slow path alone: same verdict, same event."""
+    from metrics.events import _parse_slow
+
+    fast = parse(data, **kw)
+    slow = _parse_slow(data, NOW, kw.get("currency", "EUR"), kw.get("topic_family"))
+    assert type(fast) is type(slow)
+    if isinstance(fast, Invalid):
+        assert fast == slow
+    else:
+        assert isinstance(slow, Event)
+        assert (fast.event_id, fast.type, fast.ts_ms, fast.family, fast.data) == (
+            slow.event_id, slow.type, slow.ts_ms, slow.family, slow.data)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(sorted(VALID)), st.dictionaries(
+    st.sampled_from(sorted({"event_id", "ts", "type", "client", "url", "visitor_id",
+                            "duration_s", "goal", "cart_id", "lead_id", "deal_id", "page",
+                            "network", "kind", "currency", "account_id"}
+                           | {"campaign_id", "contact_id", "channel", "segment", "amount",
+                              "score", "count", "stage", "bounce", "session_id"})),
+    json_values | st.sampled_from([
+        "", "x" * 64, "x" * 65, "é" * 128, "é" * 129, "😀" * 64, "😀" * 65, True, False, 0,
+        -0.0, 1.0, 2.0, 10, 11, -1, 2**63, 2**64, 1e308, "won", "lost", "hard", "share",
+        "mobile", "EUR", "USD", 1_793_491_100_000, "2026-10-31T23:59:00+01:00"]),
+    max_size=4))
+def test_fast_path_agrees_with_validate(type_: str, mutation: dict[str, Any]) -> None:
+    ev: dict[str, Any] = {"event_id": "e1", "type": type_, "ts": TS, **VALID[type_], **mutation}
+    data = json.dumps(ev).encode()
+    _same(data)
+    _same(data, topic_family="email")
+
+
+@pytest.mark.parametrize("data", [
+    # duplicate keys: orjson keeps the last value, so the decoder must check every one
+    b'{"event_id":"e1","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1","campaign_id":5}',
+    b'{"event_id":"e1","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":5,"contact_id":"p1","campaign_id":"c1"}',
+    b'{"event_id":"e1","type":"web.nope","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1"}',
+    b'{"event_id":"e1","type":"email.sent","type":"page.viewed","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1"}',
+    # integers beyond 64 bits, escapes, surrogates, whitespace around the object
+    b'{"event_id":"e1","type":"social.impressions","ts":"2026-10-31T23:59:00Z",'
+    b'"network":"x","count":18446744073709551616}',
+    b'{"event_id":"\\ud800","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1"}',
+    b'{"event_id":"\\ud83d\\ude00","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1"}',
+    b' {"event_id":"e1","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1"}\r\n',
+    b'\xef\xbb\xbf{"event_id":"e1","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1"}',
+    b'{"event_id":"e1","type":"email.sent","ts":1793491100000.0,'
+    b'"campaign_id":"c1","contact_id":"p1"}',
+    b'{"event_id":"e1","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1","amount":1e999}',
+    b'[{"event_id":"e1","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1"}]',
+])
+def test_fast_path_agrees_on_edge_cases(data: bytes) -> None:
+    _same(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_fast_path_agrees_on_arbitrary_bytes(data: bytes) -> None:
+    _same(data)
