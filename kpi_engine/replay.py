@@ -13,7 +13,7 @@ import orjson
 
 from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
-from metrics.events import Event, parse_event
+from metrics.events import Event, event_parser
 
 
 def tune_gc() -> None:
@@ -39,11 +39,11 @@ def replay_lines(
     tune_gc()
     engine = KpiEngine(catalog, EngineConfig(dedup_horizon_ms=dedup_horizon_ms,
                                              idle_timeout_ms=0), clock=wall_ms)
-    currency = catalog.currency
+    parse = event_parser(now_ms=now, currency=catalog.currency)
     ingest = engine.ingest
     late_refs = engine.late_refs
     for lineno, line in enumerate(lines, 1):
-        ev = parse_event(line, now_ms=now, currency=currency)
+        ev = parse(line)
         if type(ev) is not Event:
             if line.strip():
                 yield "invalid", (lineno, ev.reason)  # type: ignore[union-attr]

@@ -13,15 +13,16 @@ makes an event late.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from metrics.catalog import TOTAL, Aggregate, Catalog, Formula, Kpi, Term, WindowSpec
+from metrics.catalog import TOTAL, Aggregate, Catalog, Kpi, WindowSpec
 from metrics.events import UNKNOWN, Event
-from metrics.plans import SEP, Update, compile_updates, dim_value
+from metrics.formulas import Index, compile_kpi, index_snapshot, merge_indexes, plan_kpi
+from metrics.plans import Update, compile_updates, dim_value
 from metrics.records import iso_boundary, iso_ms
-from metrics.trackers import MICRO, Fact, FirstSeen, Pipeline, Sessions
+from metrics.trackers import Fact, FirstSeen, Pipeline, Sessions
 from metrics.windows import Agg, FamilyWindows, Key
 
 NEVER: Final = -(2**62)
@@ -151,8 +152,8 @@ class KpiEngine:
         self._fact_keys: dict[tuple[str, tuple[tuple[str, str], ...]], list[Key]] = {}
         self._micro = {a.name for a in catalog.aggregates.values()
                        if a.sum_field is not None or a.builtin in _MICRO_BUILTINS}
-        self._kpi_plans = {k.name: plan_kpi(catalog, k, self._micro)
-                           for k in catalog.kpis.values()}
+        self._kpi_rows = {k.name: compile_kpi(plan_kpi(catalog, k, self._micro))
+                          for k in catalog.kpis.values()}
         horizon = {f: cfg.longest_ms + cfg.grace_ms for f, cfg in catalog.families.items()}
         # a shard's catalog (Catalog.restrict) lacks the other families: their trackers
         # stay empty
@@ -206,13 +207,11 @@ class KpiEngine:
         """
         eid = ev.event_id
         fam = ev.family
-        seen = self._seen_of[fam]
+        seen, by_hour, fw, wm = self._lanes[fam]
         if eid in seen:
             self.duplicates_total += 1
             return "duplicate"
-        fw = self.windows[fam]
         ts = ev.ts_ms
-        wm = self.watermarks[fam]
         if not fw.started:
             self._remember(fam, eid, ts)
             self._held[fam].append((ev, ref))
@@ -225,7 +224,12 @@ class KpiEngine:
             self.late_total[fam] += 1
             self.late_refs.append(ref)
             return "late"
-        self._remember(fam, eid, ts)
+        seen[eid] = ts  # self._remember, inlined: it runs once per event
+        bucket = by_hour.get(ts // 3_600_000)
+        if bucket is None:
+            by_hour[ts // 3_600_000] = [eid]
+        else:
+            bucket.append(eid)
         self._apply(ev, fw)
         wm.observe(source, ts)
         if wm.value >= self._next_close[fam]:
@@ -244,6 +248,10 @@ class KpiEngine:
 
     def _alias_seen(self) -> None:
         self._seen_of = {f: self._seen[shard] for f, shard in self._shard_of.items()}
+        #: family -> what ingest() looks up for every event: its shard's ids by id and by
+        #: hour, its windows, its watermark
+        self._lanes = {f: (self._seen[shard], self._seen_by_hour[shard], self.windows[f],
+                           self.watermarks[f]) for f, shard in self._shard_of.items()}
 
     def _apply(self, ev: Event, fw: FamilyWindows) -> None:
         type_ = ev.type
@@ -251,11 +259,15 @@ class KpiEngine:
         counts[type_] = counts.get(type_, 0) + 1
         update = self._updates.get(type_)
         if update is not None:
-            pane = fw.pane(ev.ts_ms)
-            if pane is not None:  # the common case: a pane no closed window covers yet
+            ts = ev.ts_ms
+            if ts >= fw.frontier:  # the common case: a pane no closed window covers yet
+                start = ts - ts % fw.pane_ms  # fw.pane(ts), inlined
+                pane = fw.panes.get(start)
+                if pane is None:
+                    pane = fw.panes[start] = {}
                 update(pane, ev.data)
             else:
-                self._apply_late(fw, ev.ts_ms, ev.data, update)
+                self._apply_late(fw, ts, ev.data, update)
         if type_ in _STATEFUL:
             facts = self._track(ev)
             if facts:
@@ -483,7 +495,7 @@ class KpiEngine:
                  ) -> list[dict[str, Any]]:
         published = self._published.setdefault((kpi.families[0], wname, end), {}).setdefault(
             kpi.name, {})
-        rows = compute_kpi(self._kpi_plans[kpi.name], idx)
+        rows = self._kpi_rows[kpi.name](idx)
         for dkey in published:
             if dkey not in rows:
                 rows[dkey] = (0.0, 0.0 if kpi.denominator else 1.0)
@@ -521,7 +533,7 @@ class KpiEngine:
                 end = (wm // spec.hop_ms + 1) * spec.hop_ms
                 idx = merge_indexes([index_snapshot(self.windows[f].open_snapshot(spec, end))
                                      for f in started])
-                rows = compute_kpi(self._kpi_plans[kpi.name], idx)
+                rows = self._kpi_rows[kpi.name](idx)
                 start_s, end_s = iso_boundary(end - spec.size_ms), iso_boundary(end)
                 for dkey in sorted(rows):
                     num, den = rows[dkey]
@@ -576,130 +588,6 @@ _DURABLE: Final = ("windows", "watermarks", "opens", "clicks", "sessions", "pipe
 _STATEFUL: Final = frozenset(
     {"email.opened", "email.clicked", "page.viewed", "goal.converted", "lead.created",
      "deal.stage_changed"})
-
-
-Index = dict[tuple[str, str], dict[str, int]]  # (aggregate, breakdown) -> value -> amount
-
-
-def index_snapshot(snap: Agg) -> Index:
-    idx: Index = {}
-    for (agg, b, v), n in snap.items():
-        d = idx.get((agg, b))
-        if d is None:
-            d = idx[(agg, b)] = {}
-        d[v] = n
-    return idx
-
-
-def merge_indexes(parts: Iterable[Index]) -> Index:
-    """Families never share an aggregate, so merging is a plain union."""
-    merged: Index = {}
-    for idx in parts:
-        merged.update(idx)
-    return merged
-
-
-#: a formula compiled for one breakdown: a product of sums of
-#: (index key, read at the total, sign, kept in millionths)
-_Read = tuple[tuple[tuple[tuple[str, str], bool, int, bool], ...], ...]
-#: a KPI compiled per breakdown: (breakdown, its dimension fields, the index keys whose
-#: values it lists, numerator, denominator)
-KpiPlan = list[tuple[str, list[str], list[tuple[str, str]], _Read, _Read]]
-
-
-def plan_kpi(catalog: Catalog, kpi: Kpi, micro: set[str]) -> KpiPlan:
-    """Resolve, once, which index entry every term of every breakdown reads: an aggregate
-    not kept under a breakdown is read at its total."""
-    kept = catalog.breakdowns
-    plan: KpiPlan = []
-    for b in (TOTAL, *kpi.breakdowns):
-        num_f, den_f = kpi.formulas(b)
-
-        def at_total(t: Term, b: str = b) -> bool:
-            return t.total or b not in kept[t.aggregate]
-
-        def compiled(formula: Formula, b: str = b) -> _Read:
-            return tuple(tuple(((t.aggregate, TOTAL if at_total(t) else b), at_total(t), t.sign,
-                                t.aggregate in micro) for t in factor) for factor in formula)
-
-        sources = [] if b == TOTAL else list(dict.fromkeys(
-            (t.aggregate, b) for f in num_f + den_f for t in f if not at_total(t)))
-        plan.append((b, b.split("+") if b else [], sources, compiled(num_f), compiled(den_f)))
-    return plan
-
-
-#: a formula resolved against one index, per factor: the integer and millionth sums of its
-#: terms read at the total, whether they had data, and the value dicts of the other terms
-_Resolved = list[tuple[int, int, bool, list[tuple[dict[str, int], int, bool]]]]
-
-
-def _resolve(formula: _Read, idx: Index) -> _Resolved:
-    """Look up every term's dict once per breakdown, and sum the ones read at the total."""
-    out: _Resolved = []
-    for factor in formula:
-        ints = micros = 0
-        per_value: list[tuple[dict[str, int], int, bool]] = []
-        for key, total, sign, micro in factor:
-            d = idx.get(key)
-            if d is None:
-                continue
-            if not total:
-                per_value.append((d, sign, micro))
-                continue
-            n = d.get(TOTAL, 0)
-            if micro:
-                micros += sign * n
-            else:
-                ints += sign * n
-        out.append((ints, micros, ints != 0 or micros != 0, per_value))
-    return out
-
-
-def _value(formula: _Resolved, v: str) -> tuple[float, bool]:
-    """Product of the formula's factors at dimension value v; and whether any term had
-    data. Integer and millionth sums are added apart so the result is exact."""
-    product = 1.0
-    any_data = False
-    for ints, micros, has_data, per_value in formula:
-        any_data = any_data or has_data
-        for d, sign, micro in per_value:
-            n = d.get(v, 0)
-            if n:
-                any_data = True
-                if micro:
-                    micros += sign * n
-                else:
-                    ints += sign * n
-        product *= ints + micros / MICRO
-    return product, any_data
-
-
-def compute_kpi(plan: KpiPlan, idx: Index
-                ) -> dict[tuple[tuple[str, str], ...], tuple[float, float]]:
-    """Numerator and denominator of a KPI for its total and every breakdown value present."""
-    rows: dict[tuple[tuple[str, str], ...], tuple[float, float]] = {}
-    for b, fields, sources, num_f, den_f in plan:
-        if b == TOTAL:
-            values: Iterable[str] = (TOTAL,)
-        else:
-            seen: set[str] = set()
-            for key in sources:
-                d = idx.get(key)
-                if d:
-                    seen.update(d)
-            if not seen:
-                continue
-            values = seen
-        num_r = _resolve(num_f, idx)
-        den_r = _resolve(den_f, idx) if den_f else None
-        for v in values:
-            num, num_data = _value(num_r, v)
-            den, den_data = _value(den_r, v) if den_r is not None else (1.0, False)
-            if not (num_data or den_data):
-                continue  # a window without input for this KPI publishes nothing
-            dims = tuple(zip(fields, v.split(SEP), strict=True)) if b else ()
-            rows[dims] = (num, den)
-    return rows
 
 
 def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: dict[str, str],

@@ -389,38 +389,66 @@ _DECODE: Final = msgspec.json.Decoder(Union[tuple(_FAST)]).decode  # noqa: UP007
 _DECODE_ERRORS: Final = (msgspec.DecodeError, orjson.JSONDecodeError)
 
 
-def parse_event(
-    raw: bytes | str, *, now_ms: int, currency: str = "EUR", topic_family: str | None = None
-) -> Event | Invalid:
-    """Parse one message. Never raises: anything unusable becomes ``Invalid(reason)``.
+Parser = Callable[[bytes | str], Event | Invalid]
+
+
+def event_parser(*, now_ms: int, currency: str = "EUR", topic_family: str | None = None
+                 ) -> Parser:
+    """``parse(raw) -> Event | Invalid`` for messages read at ``now_ms``, from a topic of
+    ``topic_family`` (None: any). Never raises: anything unusable becomes ``Invalid(reason)``.
 
     Fast path: msgspec's decoder makes every field check in C, then the event is built
     from orjson's dict exactly as ``validate`` builds it. Anything the fast path does not
     accept (every invalid input) goes through ``validate``, which gives the reason: so
     both paths accept the same events, and only the slow one explains rejections.
     """
-    if len(raw) > MAX_EVENT_BYTES:
-        return Invalid("too_large")
-    try:
-        s = _DECODE(raw)
-        d = orjson.loads(raw)
-    except _DECODE_ERRORS:
-        return _parse_slow(raw, now_ms, currency, topic_family)
-    family, finish = _FAST[type(s)]
-    if topic_family is None or family == topic_family:
-        raw_ts = s.ts
-        ts_ms = _parse_utc_fast(raw_ts) if type(raw_ts) is str else None
-        if ts_ms is None:
-            ts_ms = parse_ts(raw_ts)
-        if ts_ms is not None and ts_ms <= now_ms + FUTURE_TOLERANCE_MS:
-            ev = finish(d, s.event_id, ts_ms, currency)
-            if type(ev) is Event:
-                return ev
-    return _parse_slow(raw, now_ms, currency, topic_family)  # afresh: finish() may edit d
+    limit = now_ms + FUTURE_TOLERANCE_MS
+    decode, loads, fast, seconds, millis = _DECODE, orjson.loads, _FAST, _SECOND_MS, _MILLIS
+    errors = _DECODE_ERRORS
+
+    def parse(raw: bytes | str) -> Event | Invalid:
+        if len(raw) > MAX_EVENT_BYTES:
+            return _TOO_LARGE
+        try:
+            s = decode(raw)
+            d = loads(raw)
+        except errors:
+            return _parse_slow(raw, now_ms, currency, topic_family)
+        family, finish = fast[type(s)]
+        if topic_family is None or family == topic_family:
+            raw_ts = s.ts
+            ts_ms = None
+            if type(raw_ts) is str:  # _parse_utc_fast, inlined: it runs once per event
+                base = seconds.get(raw_ts[:19])
+                if base is not None:
+                    ms = millis.get(raw_ts[19:])
+                    if ms is not None:
+                        ts_ms = base + ms
+            if ts_ms is None:
+                ts_ms = parse_ts(raw_ts)
+            if ts_ms is not None and ts_ms <= limit:
+                ev = finish(d, s.event_id, ts_ms, currency)
+                if type(ev) is Event:
+                    return ev
+        return _parse_slow(raw, now_ms, currency, topic_family)  # afresh: finish() may edit d
+
+    return parse
+
+
+def parse_event(
+    raw: bytes | str, *, now_ms: int, currency: str = "EUR", topic_family: str | None = None
+) -> Event | Invalid:
+    """Parse one message (see ``event_parser``, the form for many messages)."""
+    return event_parser(now_ms=now_ms, currency=currency, topic_family=topic_family)(raw)
+
+
+_TOO_LARGE: Final = Invalid("too_large")
 
 
 def _parse_slow(raw: bytes | str, now_ms: int, currency: str, topic_family: str | None
                 ) -> Event | Invalid:
+    if len(raw) > MAX_EVENT_BYTES:
+        return _TOO_LARGE
     try:
         d = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -8,26 +8,25 @@ walking a table of plans per event costs about twice as much.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from metrics.catalog import TOTAL, Aggregate
 from metrics.events import UNKNOWN
 from metrics.trackers import MICRO
-from metrics.windows import Agg
-
-SEP: Final = "\x1f"  # joins the values of a combined breakdown (campaign_id+segment)
+from metrics.windows import Agg, DimValue
 
 #: adds one event's contribution to a pane (or any dict of aggregate keys)
 Update = Callable[[Agg, dict[str, Any]], None]
 
 
-def dim_value(get: Callable[[str], Any], fields: list[str]) -> str:
+def dim_value(get: Callable[[str], Any], fields: list[str]) -> DimValue:
     """The dimension value an aggregate key carries for a breakdown over ``fields``: a
-    missing value counts as "unknown"; a combined breakdown joins its values with SEP.
-    (``compile_updates`` inlines the one-field case, the hot one.)"""
+    missing value counts as "unknown"; a combined breakdown's value is the tuple of its
+    values (never joined into one string: a value may hold any character).
+    (``compile_updates`` writes the same out inline.)"""
     if len(fields) == 1:
         return get(fields[0]) or UNKNOWN
-    return SEP.join(str(get(f) or UNKNOWN) for f in fields)
+    return tuple(str(get(f) or UNKNOWN) for f in fields)
 
 
 def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]]
@@ -64,8 +63,8 @@ def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str
             if b == TOTAL:
                 continue
             fields = b.split("+")
-            dim = f"get({fields[0]!r}) or UNKNOWN" if len(fields) == 1 else \
-                f"dim_value(get, {fields!r})"
+            dim = f"get({fields[0]!r}) or UNKNOWN" if len(fields) == 1 else "(" + "".join(
+                f"str(get({f!r}) or UNKNOWN), " for f in fields) + ")"
             lines.append(f"{ind}k = ({agg.name!r}, {b!r}, {dim})")
             lines.append(f"{ind}pane[k] = pane.get(k, 0) + {value}")
     exec("\n".join(lines), ns)

@@ -19,7 +19,9 @@ from math import gcd
 
 from metrics.catalog import FamilyConfig, WindowSpec
 
-Key = tuple[str, str, str]  # (aggregate, breakdown, dimension value); breakdown "" is the total
+#: a breakdown's value: a string, or a tuple of them for a combined breakdown (campaign_id+segment)
+DimValue = str | tuple[str, ...]
+Key = tuple[str, str, DimValue]  # (aggregate, breakdown, value); breakdown "" is the total
 Agg = dict[Key, int]
 
 

@@ -82,11 +82,17 @@ def source_ref(msg: Any) -> SourceRef:
     return SourceRef(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
 
 
+#: the layout of the engine state a snapshot pickles; raised when it changes (2: combined
+#: breakdown values are tuples, no longer joined strings)
+STATE_FORMAT: Final = 2
+
+
 def catalog_fingerprint(catalog: Catalog) -> str:
-    """Stable across processes (sets sorted), so a restart recognises its own catalog."""
+    """Stable across processes (sets sorted), so a restart recognises its own catalog (and
+    state format)."""
     canonical = orjson.dumps(dataclasses.asdict(catalog), default=lambda o: sorted(o, key=str),
                              option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    return hashlib.sha256(canonical).hexdigest()[:16]
+    return hashlib.sha256(b"%d|" % STATE_FORMAT + canonical).hexdigest()[:16]
 
 
 def slot_of(seq: int) -> str:
@@ -177,7 +183,7 @@ def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: C
         return None
     if any(m["catalog"] != catalog_fingerprint(catalog) for m in manifests.values()):
         raise StateError(f"the stored state of group {group!r} was built with another KPI "
-                         "catalog: start the worker with a new --group-id")
+                         "catalog or engine version: start the worker with a new --group-id")
     failed: list[StateError] = []
     for manifest in sorted(manifests.values(), key=lambda m: -int(m["seq"])):
         try:

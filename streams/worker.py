@@ -31,7 +31,7 @@ from kpi_engine.settings import Settings
 from metrics.catalog import Catalog, load_catalog
 from metrics.engine import NEVER, EngineConfig, KpiEngine
 from metrics.errors import SettingsError
-from metrics.events import FAMILY_TOPIC, Event, parse_event
+from metrics.events import FAMILY_TOPIC, Event, Parser, event_parser
 from metrics.exporter import ShellStats, make_registry
 from metrics.records import update_key, window_key
 from streams.assignor import shard_assignor
@@ -255,6 +255,7 @@ class Shard:
         now = wall_ms()
         engine, stats, settings, shell = self.engine, self.stats, self.settings, self.shell
         currency = self.catalog.currency
+        parsers: dict[str, Parser] = {}  # topic -> its family's parser, for this batch
         rejected: list[tuple[Any, str]] = []
         last_offsets: dict[Any, int] = {}
         applied = self.applied
@@ -283,8 +284,11 @@ class Shard:
                 continue
             applied[tp] = msg.offset
             raw = msg.value if isinstance(msg.value, bytes) else b""
-            parsed = parse_event(raw, now_ms=now, currency=currency,
-                                 topic_family=family_of(settings, msg.topic))
+            parse = parsers.get(msg.topic)
+            if parse is None:
+                parse = parsers[msg.topic] = event_parser(
+                    now_ms=now, currency=currency, topic_family=family_of(settings, msg.topic))
+            parsed = parse(raw)
             if type(parsed) is Event:
                 engine.ingest(parsed, (msg.topic, msg.partition), msg)
             else:

@@ -1,0 +1,221 @@
+"""KPI values from a closed window's aggregates: the catalog formulas, per breakdown.
+
+A window's aggregates are indexed as (aggregate, breakdown) -> dimension value -> amount.
+``plan_kpi`` resolves once which entry each term of a formula reads; ``compute_kpi`` reads
+a plan as data (the reference), ``compile_kpi`` turns it into straight-line code with the
+same arithmetic in the same order (the one the engine runs: a window's close publishes
+every KPI for every dimension value, so this runs for every output record).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from metrics.catalog import TOTAL, Catalog, Formula, Kpi, Term
+from metrics.trackers import MICRO
+from metrics.windows import Agg, DimValue
+
+Dims = tuple[tuple[str, str], ...]
+Rows = dict[Dims, tuple[float, float]]
+
+
+def dims_of(fields: list[str], v: DimValue) -> Dims:
+    """The record dims of a breakdown value: a combined breakdown's value is a tuple."""
+    if not fields:
+        return ()
+    if len(fields) == 1:
+        return ((fields[0], v),)  # type: ignore[return-value]
+    return tuple(zip(fields, v, strict=True))
+
+
+#: (aggregate, breakdown) -> dimension value -> amount
+Index = dict[tuple[str, str], dict[DimValue, int]]
+
+
+def index_snapshot(snap: Agg) -> Index:
+    idx: Index = {}
+    for (agg, b, v), n in snap.items():
+        d = idx.get((agg, b))
+        if d is None:
+            d = idx[(agg, b)] = {}
+        d[v] = n
+    return idx
+
+
+def merge_indexes(parts: Iterable[Index]) -> Index:
+    """Families never share an aggregate, so merging is a plain union."""
+    merged: Index = {}
+    for idx in parts:
+        merged.update(idx)
+    return merged
+
+
+#: a formula compiled for one breakdown: a product of sums of
+#: (index key, read at the total, sign, kept in millionths)
+_Read = tuple[tuple[tuple[tuple[str, str], bool, int, bool], ...], ...]
+#: a KPI compiled per breakdown: (breakdown, its dimension fields, the index keys whose
+#: values it lists, numerator, denominator)
+KpiPlan = list[tuple[str, list[str], list[tuple[str, str]], _Read, _Read]]
+
+
+def plan_kpi(catalog: Catalog, kpi: Kpi, micro: set[str]) -> KpiPlan:
+    """Resolve, once, which index entry every term of every breakdown reads: an aggregate
+    not kept under a breakdown is read at its total."""
+    kept = catalog.breakdowns
+    plan: KpiPlan = []
+    for b in (TOTAL, *kpi.breakdowns):
+        num_f, den_f = kpi.formulas(b)
+
+        def at_total(t: Term, b: str = b) -> bool:
+            return t.total or b not in kept[t.aggregate]
+
+        def compiled(formula: Formula, b: str = b) -> _Read:
+            return tuple(tuple(((t.aggregate, TOTAL if at_total(t) else b), at_total(t), t.sign,
+                                t.aggregate in micro) for t in factor) for factor in formula)
+
+        sources = [] if b == TOTAL else list(dict.fromkeys(
+            (t.aggregate, b) for f in num_f + den_f for t in f if not at_total(t)))
+        plan.append((b, b.split("+") if b else [], sources, compiled(num_f), compiled(den_f)))
+    return plan
+
+
+#: a formula resolved against one index, per factor: the integer and millionth sums of its
+#: terms read at the total, whether they had data, and the value dicts of the other terms
+_Resolved = list[tuple[int, int, bool, list[tuple[dict[DimValue, int], int, bool]]]]
+
+
+def _resolve(formula: _Read, idx: Index) -> _Resolved:
+    """Look up every term's dict once per breakdown, and sum the ones read at the total."""
+    out: _Resolved = []
+    for factor in formula:
+        ints = micros = 0
+        per_value: list[tuple[dict[DimValue, int], int, bool]] = []
+        for key, total, sign, micro in factor:
+            d = idx.get(key)
+            if d is None:
+                continue
+            if not total:
+                per_value.append((d, sign, micro))
+                continue
+            n = d.get(TOTAL, 0)
+            if micro:
+                micros += sign * n
+            else:
+                ints += sign * n
+        out.append((ints, micros, ints != 0 or micros != 0, per_value))
+    return out
+
+
+def _value(formula: _Resolved, v: DimValue) -> tuple[float, bool]:
+    """Product of the formula's factors at dimension value v; and whether any term had
+    data. Integer and millionth sums are added apart so the result is exact."""
+    product = 1.0
+    any_data = False
+    for ints, micros, has_data, per_value in formula:
+        any_data = any_data or has_data
+        for d, sign, micro in per_value:
+            n = d.get(v, 0)
+            if n:
+                any_data = True
+                if micro:
+                    micros += sign * n
+                else:
+                    ints += sign * n
+        product *= ints + micros / MICRO
+    return product, any_data
+
+
+def compute_kpi(plan: KpiPlan, idx: Index
+                ) -> dict[tuple[tuple[str, str], ...], tuple[float, float]]:
+    """Numerator and denominator of a KPI for its total and every breakdown value present."""
+    rows: dict[tuple[tuple[str, str], ...], tuple[float, float]] = {}
+    for b, fields, sources, num_f, den_f in plan:
+        if b == TOTAL:
+            values: Iterable[DimValue] = (TOTAL,)
+        else:
+            seen: set[DimValue] = set()
+            for key in sources:
+                d = idx.get(key)
+                if d:
+                    seen.update(d)
+            if not seen:
+                continue
+            values = seen
+        num_r = _resolve(num_f, idx)
+        den_r = _resolve(den_f, idx) if den_f else None
+        for v in values:
+            num, num_data = _value(num_r, v)
+            den, den_data = _value(den_r, v) if den_r is not None else (1.0, False)
+            if not (num_data or den_data):
+                continue  # a window without input for this KPI publishes nothing
+            rows[dims_of(fields, v)] = (num, den)
+    return rows
+
+
+def compile_kpi(plan: KpiPlan) -> Callable[[Index], Rows]:
+    """``compute_kpi(plan, idx)`` as generated code: each term's dict is looked up once,
+    sums read at the total are made once per breakdown, and each value's numerator and
+    denominator are written out, factor by factor, in the order ``_value`` computes them
+    (so the floats are bit-identical)."""
+    ns: dict[str, object] = {"TOTAL": TOTAL, "MICRO": MICRO, "EMPTY": {}, "dims_of": dims_of}
+    lines = ["def compute(idx):", "    rows = {}", "    get = idx.get"]
+    dicts: dict[tuple[str, str], str] = {}
+
+    def dict_of(key: tuple[str, str]) -> str:
+        # a missing entry reads as an empty dict: no values, zero amounts (as _resolve)
+        if key not in dicts:
+            dicts[key] = name = f"D{len(dicts)}"
+            ns[f"K{name}"] = key
+            lines.append(f"    {name} = get(K{name}) or EMPTY")
+        return dicts[key]
+
+    for key in dict.fromkeys(t[0] for _, _, _, num, den in plan for f in num + den for t in f):
+        dict_of(key)
+    for i, (b, fields, sources, num_f, den_f) in enumerate(plan):
+        ind = "    "
+        if b == TOTAL:
+            lines.append(f"{ind}values = (TOTAL,)")
+        else:
+            lines.append(f"{ind}values = set()")
+            for key in sources:
+                lines.append(f"{ind}values.update({dict_of(key)})")
+            lines.append(f"{ind}if values:")
+            ind += "    "
+        ns[f"F{i}"] = fields
+        body: list[str] = []
+        parts = []
+        for side, formula in (("n", num_f), ("d", den_f)):
+            if not formula:
+                continue
+            consts = []
+            for j, factor in enumerate(formula):
+                ints = " ".join(f"{'+' if s > 0 else '-'} {dict_of(k)}.get(TOTAL, 0)"
+                                for k, total, s, micro in factor if total and not micro)
+                micros = " ".join(f"{'+' if s > 0 else '-'} {dict_of(k)}.get(TOTAL, 0)"
+                                  for k, total, s, micro in factor if total and micro)
+                lines.append(f"{ind}{side}i{j} = 0 {ints}")
+                lines.append(f"{ind}{side}m{j} = 0 {micros}")
+                consts.append(f"{side}i{j} != 0 or {side}m{j} != 0")
+                body.append(f"i = {side}i{j}")
+                body.append(f"m = {side}m{j}")
+                for k, total, s, micro in factor:
+                    if total:
+                        continue
+                    body.append(f"x = {dict_of(k)}.get(v, 0)")
+                    body.append("if x:")
+                    body.append(f"    {side}h = True")
+                    body.append(f"    {'m' if micro else 'i'} {'+=' if s > 0 else '-='} x")
+                body.append(f"{side}f{j} = i + m / MICRO")
+            lines.append(f"{ind}{side}h0 = {' or '.join(consts)}")
+            body.insert(0, f"{side}h = {side}h0")
+            body.append(f"{side} = 1.0 * " + " * ".join(
+                f"{side}f{j}" for j in range(len(formula))))
+            parts.append(side)
+        if "d" not in parts:
+            body += ["d = 1.0", "dh = False"]
+        body += ["if nh or dh:", f"    rows[dims_of(F{i}, v)] = (n, d)"]
+        lines.append(f"{ind}for v in values:")
+        lines += [f"{ind}    {line}" for line in body]
+    lines.append("    return rows")
+    exec("\n".join(lines), ns)
+    return ns["compute"]  # type: ignore[return-value]
