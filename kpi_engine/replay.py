@@ -91,13 +91,14 @@ def run_replay(paths: list[str], catalog: Catalog, out: IO[bytes], err: IO[str])
     records = 0
     engine: KpiEngine | None = None
     dumps = orjson.dumps
+    nl = orjson.OPT_APPEND_NEWLINE
     lines = itertools.chain.from_iterable(map(read_lines, sources))
     try:
         for kind, item in replay_lines(lines, catalog):
             if kind == "records":
                 # a write per thousand records: stdout may be unbuffered (PYTHONUNBUFFERED)
                 for i in range(0, len(item), 1000):
-                    out.write(b"".join([dumps(r) + b"\n" for r in item[i:i + 1000]]))
+                    out.write(b"".join([dumps(r, option=nl) for r in item[i:i + 1000]]))
                 records += len(item)
             elif kind == "invalid":
                 invalid += 1

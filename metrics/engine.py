@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from metrics.catalog import TOTAL, Aggregate, Catalog, Kpi, WindowSpec
-from metrics.events import UNKNOWN, Event
+from metrics.events import UNKNOWN, Event, event_fields
 from metrics.formulas import Index, compile_kpi, index_snapshot, merge_indexes, plan_kpi
 from metrics.plans import Update, compile_updates, dim_value
 from metrics.records import iso_boundary, iso_ms
@@ -148,7 +148,8 @@ class KpiEngine:
                 assert agg.event is not None
                 by_event.setdefault(agg.event, []).append(agg)
         self._updates: dict[str, Update] = {
-            t: compile_updates(aggs, catalog.breakdowns) for t, aggs in by_event.items()}
+            t: compile_updates(aggs, catalog.breakdowns, event_fields(t))
+            for t, aggs in by_event.items()}
         self._fact_keys: dict[tuple[str, tuple[tuple[str, str], ...]], list[Key]] = {}
         self._micro = {a.name for a in catalog.aggregates.values()
                        if a.sum_field is not None or a.builtin in _MICRO_BUILTINS}
@@ -312,15 +313,17 @@ class KpiEngine:
         t = ev.type
         ts = ev.ts_ms
         if t == "email.opened" or t == "email.clicked":
-            dims = (("campaign_id", d["campaign_id"]), ("segment", d.get("segment") or UNKNOWN))
+            dims = (("campaign_id", d.campaign_id), ("segment", d.segment or UNKNOWN))
             tracker = self.opens if t == "email.opened" else self.clicks
-            return tracker.observe((d["campaign_id"], d["contact_id"]), ts, dims)
-        if t == "page.viewed" or t == "goal.converted":
-            return self.sessions.observe(d["session_id"], ts, t == "page.viewed", d["channel"],
-                                         d.get("campaign_id") or UNKNOWN, d.get("goal"))
+            return tracker.observe((d.campaign_id, d.contact_id), ts, dims)
+        if t == "page.viewed":
+            return self.sessions.observe(d.session_id, ts, True, d.channel,
+                                         d.campaign_id or UNKNOWN, None)
+        if t == "goal.converted":
+            return self.sessions.observe(d.session_id, ts, False, d.channel,
+                                         d.campaign_id or UNKNOWN, d.goal)
         if t == "lead.created":
-            return self.pipeline.lead(d["lead_id"], ts, d["channel"],
-                                      d.get("campaign_id") or UNKNOWN)
+            return self.pipeline.lead(d.lead_id, ts, d.channel, d.campaign_id or UNKNOWN)
         if t == "deal.stage_changed":
             return self.pipeline.deal(d, ts)
         return []
@@ -611,4 +614,8 @@ def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: di
 
 
 def _plain(x: float) -> float | int:
-    return int(x) if x == int(x) and abs(x) < 2**53 else x
+    """A whole number as an int (exact below 2**53); infinities and NaN stay floats."""
+    return int(x) if x.is_integer() and -_EXACT < x < _EXACT else x
+
+
+_EXACT: Final = float(2**53)

@@ -15,8 +15,9 @@ from metrics.events import UNKNOWN
 from metrics.trackers import MICRO
 from metrics.windows import Agg, DimValue
 
-#: adds one event's contribution to a pane (or any dict of aggregate keys)
-Update = Callable[[Agg, dict[str, Any]], None]
+#: adds one event's contribution (its struct, metrics.events) to a pane (or any dict of
+#: aggregate keys)
+Update = Callable[[Agg, Any], None]
 
 
 def dim_value(get: Callable[[str], Any], fields: list[str]) -> DimValue:
@@ -29,30 +30,38 @@ def dim_value(get: Callable[[str], Any], fields: list[str]) -> DimValue:
     return tuple(str(get(f) or UNKNOWN) for f in fields)
 
 
-def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]]
-                    ) -> Update:
-    """The update function of one event type's aggregates (those with an ``event``).
+def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]],
+                    fields: frozenset[str]) -> Update:
+    """The update function of one event type's aggregates (those with an ``event``), over
+    the type's struct (``data``), whose attributes are ``fields``.
 
     An aggregate counts 1 per event, or 1 per event having ``has_field``, or sums
     ``sum_field`` in millionths; ``where`` filters apply first. It lands on its total and on
     every breakdown it is kept under (a missing dimension value counts as "unknown").
     """
-    ns: dict[str, Any] = {"UNKNOWN": UNKNOWN, "MICRO": MICRO, "dim_value": dim_value}
-    lines = ["def update(pane, data):", "    get = data.get"]
+    ns: dict[str, Any] = {"UNKNOWN": UNKNOWN, "MICRO": MICRO}
+    lines = ["def update(pane, data):"]
+
+    def get(field: str) -> str:
+        # the catalog names only fields of the event type (catalog.py); still, never raise
+        if field in fields and field.isidentifier():
+            return f"data.{field}"
+        return f"getattr(data, {field!r}, None)"
+
     for i, agg in enumerate(aggregates):
         ind = "    "
         conds = []
         for j, (field, allowed) in enumerate(agg.where):
             ns[f"W{i}_{j}"] = allowed
-            conds.append(f"get({field!r}) in W{i}_{j}")
+            conds.append(f"{get(field)} in W{i}_{j}")
         if agg.has_field is not None:
-            conds.append(f"get({agg.has_field!r}) is not None")
+            conds.append(f"{get(agg.has_field)} is not None")
         if conds:
             lines.append(f"{ind}if {' and '.join(conds)}:")
             ind += "    "
         value = "1"
         if agg.has_field is None and agg.sum_field is not None:
-            lines.append(f"{ind}raw = get({agg.sum_field!r})")
+            lines.append(f"{ind}raw = {get(agg.sum_field)}")
             lines.append(f"{ind}if raw is not None:")
             ind += "    "
             lines.append(f"{ind}v = round(raw * MICRO)")
@@ -62,9 +71,9 @@ def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str
         for b in breakdowns[agg.name]:
             if b == TOTAL:
                 continue
-            fields = b.split("+")
-            dim = f"get({fields[0]!r}) or UNKNOWN" if len(fields) == 1 else "(" + "".join(
-                f"str(get({f!r}) or UNKNOWN), " for f in fields) + ")"
+            dims = b.split("+")
+            dim = f"{get(dims[0])} or UNKNOWN" if len(dims) == 1 else "(" + "".join(
+                f"str({get(f)} or UNKNOWN), " for f in dims) + ")"
             lines.append(f"{ind}k = ({agg.name!r}, {b!r}, {dim})")
             lines.append(f"{ind}pane[k] = pane.get(k, 0) + {value}")
     exec("\n".join(lines), ns)

@@ -265,21 +265,22 @@ class Pipeline:
             out += self._refresh(deal_id)
         return out
 
-    def deal(self, data: dict[str, Any], ts: int) -> list[Fact]:
-        deal_id: str = data["deal_id"]
+    def deal(self, data: Any, ts: int) -> list[Fact]:
+        """A deal.stage_changed event (``data``: its struct, metrics.events)."""
+        deal_id: str = data.deal_id
         d = self.deals.get(deal_id)
         if d is None:
             d = self.deals[deal_id] = _Deal()
-        stage: str = data["stage"]
-        amount = data.get("amount")
+        stage: str = data.stage
+        amount = data.amount
         entry = (ts, round(amount * MICRO) if amount is not None else 0)
         cur = d.entries.get(stage)
         if cur is None or entry < cur:
             d.entries[stage] = entry
-        fb = (ts, data.get("channel") or UNKNOWN, data.get("campaign_id") or UNKNOWN)
+        fb = (ts, data.channel or UNKNOWN, data.campaign_id or UNKNOWN)
         if d.fallback is None or fb < d.fallback:
             d.fallback = fb
-        lead_id = data.get("lead_id")
+        lead_id = data.lead_id
         if lead_id is not None and (d.lead_id is None or lead_id < d.lead_id):
             if d.lead_id is not None:
                 self.deals_by_lead.get(d.lead_id, set()).discard(deal_id)

@@ -274,6 +274,15 @@ def test_fast_path_agrees_with_validate(type_: str, mutation: dict[str, Any]) ->
     b'"campaign_id":"c1","contact_id":"p1","amount":1e999}',
     b'[{"event_id":"e1","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
     b'"campaign_id":"c1","contact_id":"p1"}]',
+    # unknown fields: msgspec would skip values orjson refuses
+    b'{"event_id":"e1","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1","x":' + b"[" * 1100 + b"]" * 1100 + b"}",
+    b'{"event_id":"e1","type":"email.sent","ts":"2026-10-31T23:59:00Z",'
+    b'"campaign_id":"c1","contact_id":"p1","x":18446744073709551616}',
+    b'{"event_id":"e1","type":"spend.recorded","ts":"2026-10-31T23:59:00Z",'
+    b'"channel":"x","amount":18446744073709551616}',
+    b'{"event_id":"e1","type":"spend.recorded","ts":"2026-10-31T23:59:00Z",'
+    b'"channel":"x","amount":9223372036854775807}',
 ])
 def test_fast_path_agrees_on_edge_cases(data: bytes) -> None:
     _same(data)
@@ -283,3 +292,16 @@ def test_fast_path_agrees_on_edge_cases(data: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_fast_path_agrees_on_arbitrary_bytes(data: bytes) -> None:
     _same(data)
+
+
+def test_valid_events_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import metrics.events
+
+    def slow(*args: Any) -> Any:
+        raise AssertionError("slow path")
+
+    monkeypatch.setattr(metrics.events, "_parse_slow", slow)
+    for type_ in VALID:
+        assert isinstance(parse(raw(type_)), Event)
+    with pytest.raises(AssertionError, match="slow path"):
+        parse(raw("email.sent", campaign_id=_DROP))
