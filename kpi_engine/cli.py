@@ -135,7 +135,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kpi_engine.replay import run_replay
 
         catalog = load_catalog(args.catalog)
-        return run_replay(args.files, catalog, sys.stdout.buffer, sys.stderr)
+        return run_replay(args.files, catalog, sys.stdout.buffer, sys.stderr,
+                          exit_when_done=True)
     if args.command == "catalog":
         catalog = load_catalog(args.file)
         print(f"{args.file}: OK, {len(catalog.kpis)} KPIs, {len(catalog.aggregates)} aggregates")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -70,7 +71,11 @@ def read_lines(src: IO[bytes]) -> Iterator[bytes]:
         yield rest
 
 
-def run_replay(paths: list[str], catalog: Catalog, out: IO[bytes], err: IO[str]) -> int:
+def run_replay(paths: list[str], catalog: Catalog, out: IO[bytes], err: IO[str], *,
+               exit_when_done: bool = False) -> int:
+    """Replay the files (``-``: stdin) to ``out``; returns the exit status. With
+    ``exit_when_done`` (the CLI) the process exits right there, output flushed, without
+    freeing the engine's state object by object (~4 % of a 1M-event replay)."""
     sources: list[IO[bytes]] = []
     handles = []
     try:
@@ -116,4 +121,8 @@ def run_replay(paths: list[str], catalog: Catalog, out: IO[bytes], err: IO[str])
     late = sum(engine.late_total.values())
     err.write(f"summary: {counted} events counted, {invalid} invalid, "
               f"{engine.duplicates_total} duplicate, {late} late, {records} records\n")
+    if exit_when_done:
+        out.flush()
+        err.flush()
+        os._exit(0)
     return 0

@@ -262,7 +262,7 @@ class KpiEngine:
         if update is not None:
             ts = ev.ts_ms
             if ts >= fw.frontier:  # the common case: a pane no closed window covers yet
-                start = ts - ts % fw.pane_ms  # fw.pane(ts), inlined
+                start = ts - ts % fw.pane_ms  # runs per event: FamilyWindows.add, inlined
                 pane = fw.panes.get(start)
                 if pane is None:
                     pane = fw.panes[start] = {}
@@ -330,14 +330,18 @@ class KpiEngine:
 
     def _apply_facts(self, fw: FamilyWindows, facts: list[Fact]) -> None:
         cache = self._fact_keys
+        frontier, panes, pane_ms = fw.frontier, fw.panes, fw.pane_ms
         for ts, builtin, dims, value in facts:
             keys = cache.get((builtin, dims))
             if keys is None:
                 keys = self._keys_of(builtin, dims)
             if not keys:
                 continue
-            pane = fw.pane(ts)
-            if pane is not None:  # the common case: a pane no closed window covers yet
+            if ts >= frontier:  # the common case: a pane no closed window covers yet
+                start = ts - ts % pane_ms  # FamilyWindows.add, inlined
+                pane = panes.get(start)
+                if pane is None:
+                    pane = panes[start] = {}
                 for key in keys:
                     pane[key] = pane.get(key, 0) + value
             else:
@@ -513,8 +517,8 @@ class KpiEngine:
                 continue
             revision = 0 if prev is None else prev[2] + 1
             published[dkey] = (num, den, revision)
-            out.append(make_record(kpi, unit, wname, start_s, end_s, dict(dkey), num, den,
-                                   final=True, revision=revision, emitted_at=emitted_at))
+            out.append(make_record(kpi, unit, wname, start_s, end_s, dict(dkey), num, den, True,
+                                   revision, emitted_at))
         return out
 
     def _window_spec(self, kpi: Kpi, wname: str) -> WindowSpec:
@@ -541,8 +545,7 @@ class KpiEngine:
                 for dkey in sorted(rows):
                     num, den = rows[dkey]
                     out.append(make_record(kpi, self.catalog.unit_label(kpi), wname, start_s,
-                                           end_s, dict(dkey), num, den, final=False,
-                                           revision=0, emitted_at=emitted_at))
+                                           end_s, dict(dkey), num, den, False, 0, emitted_at))
         return out
 
     # ---- durability ----------------------------------------------------------------------
@@ -594,9 +597,11 @@ _STATEFUL: Final = frozenset(
 
 
 def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: dict[str, str],
-                num: float, den: float, *, final: bool, revision: int,
-                emitted_at: str) -> dict[str, Any]:
-    """A CONTRACT.md §3 record; ``start`` and ``end`` already in ISO form (iso_boundary)."""
+                num: float, den: float, final: bool, revision: int, emitted_at: str
+                ) -> dict[str, Any]:
+    """A CONTRACT.md §3 record; ``start`` and ``end`` already in ISO form (iso_boundary).
+    Whole numbers are written as ints (exact below 2**53; infinities and NaN stay floats).
+    Runs for every output record: positional arguments, nothing called."""
     return {
         "kpi": kpi.name,
         "window": window,
@@ -604,18 +609,13 @@ def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: di
         "end": end,
         "dims": dims,
         "value": None if den == 0 else kpi.scale * num / den,
-        "numerator": _plain(num),
-        "denominator": _plain(den),
+        "numerator": int(num) if num.is_integer() and -_EXACT < num < _EXACT else num,
+        "denominator": int(den) if den.is_integer() and -_EXACT < den < _EXACT else den,
         "unit": unit,
         "final": final,
         "revision": revision,
         "emitted_at": emitted_at,
     }
-
-
-def _plain(x: float) -> float | int:
-    """A whole number as an int (exact below 2**53); infinities and NaN stay floats."""
-    return int(x) if x.is_integer() and -_EXACT < x < _EXACT else x
 
 
 _EXACT: Final = float(2**53)

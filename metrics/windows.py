@@ -71,18 +71,10 @@ class FamilyWindows:
                 return False
         return True
 
-    def pane(self, ts: int) -> Agg | None:
-        """The pane dict for ts when it sits beyond every closed window (the fast path)."""
-        if ts < self.frontier:
-            return None
-        start = ts - ts % self.pane_ms
-        p = self.panes.get(start)
-        if p is None:
-            p = self.panes[start] = {}
-        return p
-
     def add(self, ts: int, key: Key, value: int) -> None:
-        """Apply one delta anywhere in time (slow path: may touch closed windows)."""
+        """Apply one delta anywhere in time (slow path: may touch closed windows). At or
+        beyond ``frontier`` the engine adds to ``panes`` directly: the pane of ts starts at
+        ts - ts % pane_ms."""
         p = ts - ts % self.pane_ms
         if p >= self._pane_floor:
             pane = self.panes.get(p)
