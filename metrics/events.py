@@ -42,18 +42,18 @@ UNKNOWN: Final = "unknown"
 _BAD: Final = object()
 
 
-class Event:
+class Event(msgspec.Struct, gc=False):
     """A validated event. ``data`` is its type's struct (``event_fields``): the contract's
-    fields as attributes (None when absent), defaults filled in; unknown fields dropped."""
+    fields as attributes (None when absent), defaults filled in; unknown fields dropped.
 
-    __slots__ = ("data", "event_id", "family", "ts_ms", "type")
+    A struct, made once per message: built in C, and untracked by the cycle collector
+    (it only ever holds strings, numbers and its data struct)."""
 
-    def __init__(self, event_id: str, type_: str, ts_ms: int, family: str, data: Any):
-        self.event_id = event_id
-        self.type = type_
-        self.ts_ms = ts_ms
-        self.family = family
-        self.data = data
+    event_id: str
+    type: str
+    ts_ms: int
+    family: str
+    data: Any
 
     def get(self, field: str, default: Any = None) -> Any:
         return getattr(self.data, field, default)
@@ -399,7 +399,7 @@ def _struct(type_: str, spec: TypeSpec) -> type[msgspec.Struct]:
     # unknown fields go the slow way: msgspec skips their values more leniently than orjson
     # reads them (e.g. 1e999), and the two paths must accept exactly the same messages
     struct = msgspec.defstruct(name, fields, kw_only=True, tag_field="type", tag=type_,
-                               module=__name__, forbid_unknown_fields=True)
+                               module=__name__, forbid_unknown_fields=True, gc=False)
     globals()[name] = struct  # where pickle finds it (held events in snapshots)
     return struct
 

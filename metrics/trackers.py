@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any, Final, Generic, TypeVar
 
+import msgspec
+
 from metrics.events import DEAL_STAGES, UNKNOWN
 
 Fact = tuple[int, str, tuple[tuple[str, str], ...], int]  # ts, builtin, dims, delta
@@ -110,15 +112,15 @@ class FirstSeen:
         return len(self.state)
 
 
-class _Session:
-    __slots__ = ("end", "first", "goals", "start", "views")
+class _Session(msgspec.Struct, gc=False, eq=False):
+    """A struct: one is made for most page views, and C builds it 3x faster than a class
+    (no cycles: it holds numbers, strings and a set of strings). Compared by identity."""
 
-    def __init__(self, ts: int, first: tuple[int, int, str, str]):
-        self.start = ts
-        self.end = ts
-        self.views = 0
-        self.first = first  # (0 for a page view else 1, ts, channel, campaign): attribution
-        self.goals: set[str] = set()
+    start: int
+    end: int
+    views: int
+    first: tuple[int, int, str, str]  # (0 for a page view else 1, ts, channel, campaign)
+    goals: set[str]
 
 
 class Sessions:
@@ -140,8 +142,7 @@ class Sessions:
         clusters = self.state.get(sid)
         first = (0 if view else 1, ts, channel, campaign)
         if clusters is None:  # a new session: nothing to retract
-            s = _Session(ts, first)
-            s.views = view
+            s = _Session(ts, ts, view, first, set())
             if goal is not None:
                 s.goals.add(goal)
             self.state[sid] = [s]
@@ -168,7 +169,7 @@ class Sessions:
             before = _session_facts(s)
         else:
             before = [f for c in touching for f in _session_facts(c)]
-            s = _Session(ts, first)
+            s = _Session(ts, ts, 0, first, set())
             for c in touching:
                 clusters.remove(c)
                 s.start = min(s.start, c.start)
