@@ -36,6 +36,17 @@ def replay_lines(
     Offline, so no idle advance: event time alone moves windows. At the end every window
     closes and is emitted final.
     """
+    it = iter(lines)
+    batches = iter(lambda: list(itertools.islice(it, 10_000)), [])
+    return replay_batches(batches, catalog, now_ms=now_ms, dedup_horizon_ms=dedup_horizon_ms)
+
+
+def replay_batches(
+    batches: Iterable[list[bytes]], catalog: Catalog, *, now_ms: int | None = None,
+    dedup_horizon_ms: int = 7 * 86_400_000,
+) -> Iterator[tuple[str, Any]]:
+    """replay_lines over lists of lines (a plain loop over each list: the input's
+    per-line overhead is a third of what a chain of generators costs)."""
     now = now_ms if now_ms is not None else wall_ms()
     tune_gc()
     engine = KpiEngine(catalog, EngineConfig(dedup_horizon_ms=dedup_horizon_ms,
@@ -43,32 +54,35 @@ def replay_lines(
     parse = event_parser(now_ms=now, currency=catalog.currency)
     ingest = engine.ingest
     late_refs = engine.late_refs
-    for lineno, line in enumerate(lines, 1):
-        ev = parse(line)
-        if type(ev) is not Event:
-            if line.strip():
-                yield "invalid", (lineno, ev.reason)  # type: ignore[union-attr]
-            continue
-        ingest(ev)
-        if late_refs:
-            late_refs.clear()  # offline, late events are only counted
-        if engine.due:
-            yield "records", engine.advance()
+    lineno = 0
+    for batch in batches:
+        for n, line in enumerate(batch, lineno + 1):
+            ev = parse(line)
+            if type(ev) is not Event:
+                if line.strip():
+                    yield "invalid", (n, ev.reason)  # type: ignore[union-attr]
+                continue
+            ingest(ev)
+            if late_refs:
+                late_refs.clear()  # offline, late events are only counted
+            if engine.due:
+                yield "records", engine.advance()
+        lineno += len(batch)
     yield "records", engine.flush()
     yield "summary", engine
 
 
-def read_lines(src: IO[bytes]) -> Iterator[bytes]:
-    """Lines without their newline, split a megabyte at a time (a third cheaper than
-    iterating the file object)."""
+def read_batches(src: IO[bytes]) -> Iterator[list[bytes]]:
+    """Lists of lines without their newline, split a megabyte at a time (a third cheaper
+    than iterating the file object)."""
     rest = b""
     read = getattr(src, "read1", src.read)  # read1: a pipe's data as it comes
     while chunk := read(1 << 20):
         lines = (rest + chunk).split(b"\n")
         rest = lines.pop()
-        yield from lines
+        yield lines
     if rest:
-        yield rest
+        yield [rest]
 
 
 def run_replay(paths: list[str], catalog: Catalog, out: IO[bytes], err: IO[str], *,
@@ -97,9 +111,9 @@ def run_replay(paths: list[str], catalog: Catalog, out: IO[bytes], err: IO[str],
     engine: KpiEngine | None = None
     dumps = orjson.dumps
     nl = orjson.OPT_APPEND_NEWLINE
-    lines = itertools.chain.from_iterable(map(read_lines, sources))
+    batches = itertools.chain.from_iterable(map(read_batches, sources))
     try:
-        for kind, item in replay_lines(lines, catalog):
+        for kind, item in replay_batches(batches, catalog):
             if kind == "records":
                 # a write per thousand records: stdout may be unbuffered (PYTHONUNBUFFERED)
                 for i in range(0, len(item), 1000):
