@@ -47,12 +47,15 @@ class _Buckets(Generic[K]):
 
     def __init__(self) -> None:
         self.by_hour: dict[int, list[K]] = {}
+        self.low = 0  # no hour before this is filed (a sweep walks from here)
 
     def file(self, key: K, ts: int) -> None:
         h = ts // _HOUR
         bucket = self.by_hour.get(h)
         if bucket is None:
             self.by_hour[h] = [key]
+            if h < self.low:
+                self.low = h
         else:
             bucket.append(key)
 
@@ -70,10 +73,19 @@ class _Buckets(Generic[K]):
 
     def pop_before(self, cutoff_ts: int) -> list[K]:
         cutoff_h = cutoff_ts // _HOUR
-        old = [h for h in self.by_hour if h < cutoff_h]
         out: list[K] = []
-        for h in old:
-            out.extend(self.by_hour.pop(h))
+        if cutoff_h <= self.low:
+            return out
+        by_hour = self.by_hour
+        if cutoff_h - self.low < len(by_hour):  # walk the expired hours
+            for h in range(self.low, cutoff_h):
+                bucket = by_hour.pop(h, None)
+                if bucket is not None:
+                    out.extend(bucket)
+        else:  # event time jumped: scanning what is held is shorter
+            for h in [h for h in by_hour if h < cutoff_h]:
+                out.extend(by_hour.pop(h))
+        self.low = cutoff_h
         return out
 
 

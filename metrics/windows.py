@@ -147,8 +147,16 @@ class FamilyWindows:
         # Running sums only ever subtract panes from last_end - size on.
         floor = min(s.last_end - s.spec.size_ms for s in self.specs)
         if floor > self._pane_floor:
-            for p in [p for p in self.panes if p < floor]:
-                del self.panes[p]
+            # every pane starts at or after the old floor: walk the expired span, unless
+            # scanning what is held is shorter (event time jumped)
+            step = self.pane_ms
+            first = self._pane_floor - self._pane_floor % step
+            if (floor - first) // step < len(self.panes):
+                for p in range(first, floor, step):
+                    self.panes.pop(p, None)
+            else:
+                for p in [p for p in self.panes if p < floor]:
+                    del self.panes[p]
             self._pane_floor = floor
 
     def open_snapshot(self, spec: WindowSpec, end: int) -> Agg:
