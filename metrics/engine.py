@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from metrics.catalog import TOTAL, Aggregate, Catalog, Kpi, WindowSpec
-from metrics.events import UNKNOWN, Event, event_fields
+from metrics.events import TYPES, UNKNOWN, Event, event_fields
 from metrics.formulas import Index, compile_kpi, index_snapshot, merge_indexes, plan_kpi
-from metrics.plans import Update, compile_updates, dim_value
+from metrics.plans import Update, compile_updates, dim_value, update_source
 from metrics.records import iso_boundary, iso_ms
 from metrics.trackers import Fact, FirstSeen, Pipeline, Sessions
 from metrics.windows import Agg, FamilyWindows, Key
@@ -147,6 +147,7 @@ class KpiEngine:
             else:
                 assert agg.event is not None
                 by_event.setdefault(agg.event, []).append(agg)
+        self._by_event = by_event
         self._updates: dict[str, Update] = {
             t: compile_updates(aggs, catalog.breakdowns, event_fields(t))
             for t, aggs in by_event.items()}
@@ -169,7 +170,6 @@ class KpiEngine:
         self._seen: dict[str, dict[str, int]] = {name: {} for name in shards}
         self._seen_by_hour: dict[str, dict[int, list[str]]] = {name: {} for name in shards}
         self._seen_of: dict[str, dict[str, int]] = {}  # family -> its shard's ids
-        self._alias_seen()
         self._next_close = {f: NEVER for f in catalog.families}
         #: events of a family whose windows have not started yet, with their refs
         self._held: dict[str, list[tuple[Event, Any]]] = {f: [] for f in catalog.families}
@@ -195,6 +195,7 @@ class KpiEngine:
         self.events_total: dict[str, int] = {}  # event type -> valid events counted
         self.duplicates_total = 0
         self.late_total: dict[str, int] = {f: 0 for f in catalog.families}
+        self._bind_state()
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -231,7 +232,7 @@ class KpiEngine:
             by_hour[ts // 3_600_000] = [eid]
         else:
             bucket.append(eid)
-        self._apply(ev, fw)
+        self._appliers[ev.type](ev, fw)
         wm.observe(source, ts)
         if wm.value >= self._next_close[fam]:
             self.due = True
@@ -247,32 +248,43 @@ class KpiEngine:
         else:
             bucket.append(eid)
 
-    def _alias_seen(self) -> None:
+    def _bind_state(self) -> None:
+        """Derived views of the state: made at start and after every restore()."""
         self._seen_of = {f: self._seen[shard] for f, shard in self._shard_of.items()}
         #: family -> what ingest() looks up for every event: its shard's ids by id and by
         #: hour, its windows, its watermark
         self._lanes = {f: (self._seen[shard], self._seen_by_hour[shard], self.windows[f],
                            self.watermarks[f]) for f, shard in self._shard_of.items()}
+        #: event type -> the function that counts it (bound to events_total, so rebuilt
+        #: whenever the state is)
+        self._appliers = {t: self._compile_apply(t) for t in TYPES}
 
-    def _apply(self, ev: Event, fw: FamilyWindows) -> None:
-        type_ = ev.type
-        counts = self.events_total
-        counts[type_] = counts.get(type_, 0) + 1
-        update = self._updates.get(type_)
-        if update is not None:
-            ts = ev.ts_ms
-            if ts >= fw.frontier:  # the common case: a pane no closed window covers yet
-                start = ts - ts % fw.pane_ms  # runs per event: FamilyWindows.add, inlined
-                pane = fw.panes.get(start)
-                if pane is None:
-                    pane = fw.panes[start] = {}
-                update(pane, ev.data)
-            else:
-                self._apply_late(fw, ts, ev.data, update)
+    def _compile_apply(self, type_: str) -> Callable[[Event, FamilyWindows], None]:
+        """The function that counts one event of this type into its family's windows:
+        tallies it, adds its aggregates to its pane (plans.update_source, inlined), and
+        hands it to its tracker when a stateful KPI needs it. Generated: it runs for every
+        event, and each call it saves is ~2 % of replay."""
+        ns: dict[str, Any] = {"counts": self.events_total, "apply_late": self._apply_late,
+                              "track": self._track, "apply_facts": self._apply_facts,
+                              "UPDATE": self._updates.get(type_), "TYPE": type_}
+        lines = ["def apply(ev, fw):", "    counts[TYPE] = counts.get(TYPE, 0) + 1"]
+        if type_ in self._by_event:
+            lines += ["    ts = ev.ts_ms",
+                      "    data = ev.data",
+                      "    if ts >= fw.frontier:  # the common case: no closed window covers ts",
+                      "        start = ts - ts % fw.pane_ms  # FamilyWindows.add, inlined",
+                      "        panes = fw.panes",
+                      "        pane = panes.get(start)",
+                      "        if pane is None:",
+                      "            pane = panes[start] = {}",
+                      *update_source(self._by_event[type_], self.catalog.breakdowns,
+                                     event_fields(type_), ns, 2),
+                      "    else:",
+                      "        apply_late(fw, ts, data, UPDATE)"]
         if type_ in _STATEFUL:
-            facts = self._track(ev)
-            if facts:
-                self._apply_facts(fw, facts)
+            lines += ["    facts = track(ev)", "    if facts:", "        apply_facts(fw, facts)"]
+        exec("\n".join(lines), ns)
+        return ns["apply"]  # type: ignore[no-any-return]
 
     def _start(self, fam: str) -> None:
         """Start a family's windows once its watermark is known, at the earliest event held
@@ -295,12 +307,12 @@ class KpiEngine:
                 self.late_refs.append(ref)
                 self._seen_of[fam].pop(ev.event_id, None)
             else:
-                self._apply(ev, fw)
+                self._appliers[ev.type](ev, fw)
         if self.watermarks[fam].value >= self._next_close[fam]:
             self.due = True
 
     @staticmethod
-    def _apply_late(fw: FamilyWindows, ts: int, data: dict[str, Any], update: Update) -> None:
+    def _apply_late(fw: FamilyWindows, ts: int, data: Any, update: Update) -> None:
         """An event in a pane some closed window covers (late within grace): the closed
         windows it falls in are patched too, and republished as revisions."""
         delta: Agg = {}
@@ -565,7 +577,7 @@ class KpiEngine:
             raise ValueError(f"snapshot lacks {sorted(missing)}")
         for name in (*_DURABLE, "_held"):
             setattr(self, name, state[name])
-        self._alias_seen()
+        self._bind_state()
 
     # ---- introspection -------------------------------------------------------------------
 

@@ -39,8 +39,18 @@ def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str
     ``sum_field`` in millionths; ``where`` filters apply first. It lands on its total and on
     every breakdown it is kept under (a missing dimension value counts as "unknown").
     """
-    ns: dict[str, Any] = {"UNKNOWN": UNKNOWN, "MICRO": MICRO}
-    lines = ["def update(pane, data):"]
+    ns: dict[str, Any] = {}
+    lines = ["def update(pane, data):", *update_source(aggregates, breakdowns, fields, ns, 1)]
+    exec("\n".join(lines), ns)
+    return ns["update"]  # type: ignore[no-any-return]
+
+
+def update_source(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]],
+                  fields: frozenset[str], ns: dict[str, Any], depth: int) -> list[str]:
+    """The body of ``compile_updates``'s function (over ``pane`` and ``data``), indented
+    ``depth`` levels; the constants it names are put in ``ns``. The engine inlines it too."""
+    ns.update({"UNKNOWN": UNKNOWN, "MICRO": MICRO})
+    lines: list[str] = []
 
     def get(field: str) -> str:
         # the catalog names only fields of the event type (catalog.py); still, never raise
@@ -49,7 +59,7 @@ def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str
         return f"getattr(data, {field!r}, None)"
 
     for i, agg in enumerate(aggregates):
-        ind = "    "
+        ind = "    " * depth
         conds = []
         for j, (field, allowed) in enumerate(agg.where):
             ns[f"W{i}_{j}"] = allowed
@@ -76,5 +86,4 @@ def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str
                 f"str({get(f)} or UNKNOWN), " for f in dims) + ")"
             lines.append(f"{ind}k = ({agg.name!r}, {b!r}, {dim})")
             lines.append(f"{ind}pane[k] = pane.get(k, 0) + {value}")
-    exec("\n".join(lines), ns)
-    return ns["update"]  # type: ignore[no-any-return]
+    return lines
