@@ -19,7 +19,15 @@ from typing import Any, Final
 
 from metrics.catalog import TOTAL, Aggregate, Catalog, Kpi, WindowSpec
 from metrics.events import TYPES, UNKNOWN, Event, event_fields
-from metrics.formulas import Index, compile_kpi, index_snapshot, merge_indexes, plan_kpi
+from metrics.formulas import (
+    Dims,
+    Index,
+    Rows,
+    compile_kpi,
+    index_snapshot,
+    merge_indexes,
+    plan_kpi,
+)
 from metrics.plans import Update, compile_updates, dim_value, update_source
 from metrics.records import iso_boundary, iso_ms
 from metrics.trackers import Fact, FirstSeen, Pipeline, Sessions
@@ -181,10 +189,10 @@ class KpiEngine:
             for f in kpi.families:
                 self._kpis_by_family[f].append(kpi)
                 self._partners[f].update(set(kpi.families) - {f})
-        #: (family, window, end) -> kpi -> dims -> (numerator, denominator, revision) as
-        #: published; a KPI over several families is filed under its first one
-        self._published: dict[tuple[str, str, int], dict[str, dict[tuple[tuple[str, str], ...],
-                                                              tuple[float, float, int]]]] = {}
+        #: (family, window, end) -> kpi -> (dims -> (numerator, denominator) as published,
+        #: dims -> revision of the revised ones); a KPI over several families is filed under
+        #: its first one
+        self._published: dict[tuple[str, str, int], dict[str, tuple[Rows, dict[Dims, int]]]] = {}
         self._published_floor = {f: NEVER for f in catalog.families}
         #: (window, end, kpi) of cross-family KPIs one family closed while another family
         #: it needs had not: published once that one closes it too, or turns out absent
@@ -512,25 +520,37 @@ class KpiEngine:
 
     def _records(self, kpi: Kpi, wname: str, end: int, idx: Index, emitted_at: str
                  ) -> list[dict[str, Any]]:
-        published = self._published.setdefault((kpi.families[0], wname, end), {}).setdefault(
-            kpi.name, {})
+        filed = self._published.setdefault((kpi.families[0], wname, end), {})
         rows = self._kpi_rows[kpi.name](idx)
-        for dkey in published:
-            if dkey not in rows:
-                rows[dkey] = (0.0, 0.0 if kpi.denominator else 1.0)
         size = self._window_spec(kpi, wname).size_ms
         start_s, end_s = iso_boundary(end - size), iso_boundary(end)
         unit = self.catalog.unit_label(kpi)
+        before = filed.get(kpi.name)
+        if before is None:  # the window's first publication: every row, revision 0
+            filed[kpi.name] = (rows, {})
+            first = []
+            for dkey in sorted(rows):
+                num, den = rows[dkey]
+                first.append(make_record(kpi, unit, wname, start_s, end_s, dict(dkey), num, den,
+                                         True, 0, emitted_at))
+            return first
+        published, revisions = before
+        for dkey in published:
+            if dkey not in rows:
+                rows[dkey] = (0.0, 0.0 if kpi.denominator else 1.0)
         out = []
         for dkey in sorted(rows):
             num, den = rows[dkey]
             prev = published.get(dkey)
-            if prev is not None and prev[0] == num and prev[1] == den:
+            if prev is None:
+                revision = 0
+            elif prev[0] == num and prev[1] == den:
                 continue
-            revision = 0 if prev is None else prev[2] + 1
-            published[dkey] = (num, den, revision)
+            else:
+                revision = revisions[dkey] = revisions.get(dkey, 0) + 1
             out.append(make_record(kpi, unit, wname, start_s, end_s, dict(dkey), num, den, True,
                                    revision, emitted_at))
+        filed[kpi.name] = (rows, revisions)
         return out
 
     def _window_spec(self, kpi: Kpi, wname: str) -> WindowSpec:

@@ -82,8 +82,8 @@ def source_ref(msg: Any) -> SourceRef:
     return SourceRef(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
 
 
-#: the layout of the engine state a snapshot pickles; raised when it changes (2: combined
-#: breakdown values are tuples, no longer joined strings)
+#: the layout of the engine state a snapshot pickles; raised when it changes (2: events hold
+#: msgspec structs, combined breakdown values are tuples, published rows kept as computed)
 STATE_FORMAT: Final = 2
 
 
