@@ -240,7 +240,7 @@ class KpiEngine:
             by_hour[ts // 3_600_000] = [eid]
         else:
             bucket.append(eid)
-        self._appliers[ev.type](ev, fw)
+        self._appliers[ev.type](ev, fw, self)
         wm.observe(source, ts)
         if wm.value >= self._next_close[fam]:
             self.due = True
@@ -267,15 +267,16 @@ class KpiEngine:
         #: whenever the state is)
         self._appliers = {t: self._compile_apply(t) for t in TYPES}
 
-    def _compile_apply(self, type_: str) -> Callable[[Event, FamilyWindows], None]:
+    def _compile_apply(self, type_: str) -> Callable[[Event, FamilyWindows, KpiEngine], None]:
         """The function that counts one event of this type into its family's windows:
         tallies it, adds its aggregates to its pane (plans.update_source, inlined), and
         hands it to its tracker when a stateful KPI needs it. Generated: it runs for every
         event, and each call it saves is ~2 % of replay."""
+        # the engine is an argument, not bound in: bound methods held by the engine would
+        # put it in a reference cycle (replay runs without the cycle collector)
         ns: dict[str, Any] = {"counts": self.events_total, "apply_late": self._apply_late,
-                              "track": self._track, "apply_facts": self._apply_facts,
                               "UPDATE": self._updates.get(type_), "TYPE": type_}
-        lines = ["def apply(ev, fw):", "    counts[TYPE] = counts.get(TYPE, 0) + 1"]
+        lines = ["def apply(ev, fw, engine):", "    counts[TYPE] = counts.get(TYPE, 0) + 1"]
         if type_ in self._by_event:
             lines += ["    ts = ev.ts_ms",
                       "    data = ev.data",
@@ -290,9 +291,10 @@ class KpiEngine:
                       "    else:",
                       "        apply_late(fw, ts, data, UPDATE)"]
         if type_ in _STATEFUL:
-            lines += ["    facts = track(ev)", "    if facts:", "        apply_facts(fw, facts)"]
+            lines += ["    facts = engine._track(ev)", "    if facts:",
+                      "        engine._apply_facts(fw, facts)"]
         exec("\n".join(lines), ns)
-        return ns["apply"]  # type: ignore[no-any-return]
+        return ns.pop("apply")  # type: ignore[no-any-return]  # (pop: no function <-> ns cycle)
 
     def _start(self, fam: str) -> None:
         """Start a family's windows once its watermark is known, at the earliest event held
@@ -315,7 +317,7 @@ class KpiEngine:
                 self.late_refs.append(ref)
                 self._seen_of[fam].pop(ev.event_id, None)
             else:
-                self._appliers[ev.type](ev, fw)
+                self._appliers[ev.type](ev, fw, self)
         if self.watermarks[fam].value >= self._next_close[fam]:
             self.due = True
 

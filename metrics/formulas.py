@@ -218,4 +218,4 @@ def compile_kpi(plan: KpiPlan) -> Callable[[Index], Rows]:
         lines += [f"{ind}    {line}" for line in body]
     lines.append("    return rows")
     exec("\n".join(lines), ns)
-    return ns["compute"]  # type: ignore[return-value]
+    return ns.pop("compute")  # type: ignore[return-value]  # (pop: no function <-> ns cycle)

@@ -42,7 +42,7 @@ def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str
     ns: dict[str, Any] = {}
     lines = ["def update(pane, data):", *update_source(aggregates, breakdowns, fields, ns, 1)]
     exec("\n".join(lines), ns)
-    return ns["update"]  # type: ignore[no-any-return]
+    return ns.pop("update")  # type: ignore[no-any-return]  # (pop: no function <-> ns cycle)
 
 
 def update_source(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]],
