@@ -48,17 +48,8 @@ def replay_batches(
     """replay_lines over lists of lines (a plain loop over each list: the input's
     per-line overhead is a third of what a chain of generators costs)."""
     now = now_ms if now_ms is not None else wall_ms()
-    # The engine's state holds no reference cycles (tests/unit/test_replay_memory.py), so
-    # over a finite replay the cycle collector finds nothing, while its passes over the
-    # growing state cost ~4 % of a 1M-event replay: off while replaying (reference
-    # counting still frees everything), as it was after.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield from _replay(batches, catalog, now, dedup_horizon_ms)
-    finally:
-        if collecting:
-            gc.enable()
+    tune_gc()
+    return _replay(batches, catalog, now, dedup_horizon_ms)
 
 
 def _replay(batches: Iterable[list[bytes]], catalog: Catalog, now: int, dedup_horizon_ms: int
