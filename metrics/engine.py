@@ -28,7 +28,14 @@ from metrics.formulas import (
     merge_indexes,
     plan_kpi,
 )
-from metrics.plans import Update, compile_updates, dim_value, update_source
+from metrics.plans import (
+    Update,
+    compile_expand,
+    compile_updates,
+    dim_value,
+    fields_read,
+    read_field,
+)
 from metrics.records import iso_boundary, iso_ms
 from metrics.trackers import Fact, FirstSeen, Pipeline, Sessions
 from metrics.windows import Agg, FamilyWindows, Key
@@ -159,6 +166,8 @@ class KpiEngine:
         self._updates: dict[str, Update] = {
             t: compile_updates(aggs, catalog.breakdowns, event_fields(t))
             for t, aggs in by_event.items()}
+        self._expanders = {t: compile_expand(aggs, catalog.breakdowns)
+                           for t, aggs in by_event.items()}
         self._fact_keys: dict[tuple[str, tuple[tuple[str, str], ...]], list[Key]] = {}
         self._micro = {a.name for a in catalog.aggregates.values()
                        if a.sum_field is not None or a.builtin in _MICRO_BUILTINS}
@@ -278,16 +287,21 @@ class KpiEngine:
                               "UPDATE": self._updates.get(type_), "TYPE": type_}
         lines = ["def apply(ev, fw, engine):", "    counts[TYPE] = counts.get(TYPE, 0) + 1"]
         if type_ in self._by_event:
+            # the common case, no closed window covers ts: tallied by what its update reads,
+            # expanded into aggregate keys once per distinct tally (FamilyWindows.settle)
+            fields = event_fields(type_)
+            sig = "".join(f"{read_field(f, fields)}, " for f in fields_read(
+                self._by_event[type_], self.catalog.breakdowns))
             lines += ["    ts = ev.ts_ms",
                       "    data = ev.data",
-                      "    if ts >= fw.frontier:  # the common case: no closed window covers ts",
-                      "        start = ts - ts % fw.pane_ms  # FamilyWindows.add, inlined",
-                      "        panes = fw.panes",
-                      "        pane = panes.get(start)",
-                      "        if pane is None:",
-                      "            pane = panes[start] = {}",
-                      *update_source(self._by_event[type_], self.catalog.breakdowns,
-                                     event_fields(type_), ns, 2),
+                      "    if ts >= fw.frontier:",
+                      "        start = ts - ts % fw.pane_ms",
+                      "        pending = fw.pending",
+                      "        tally = pending.get(start)",
+                      "        if tally is None:",
+                      "            tally = pending[start] = {}",
+                      f"        k = (TYPE, {sig})",
+                      "        tally[k] = tally.get(k, 0) + 1",
                       "    else:",
                       "        apply_late(fw, ts, data, UPDATE)"]
         if type_ in _STATEFUL:
@@ -320,6 +334,10 @@ class KpiEngine:
                 self._appliers[ev.type](ev, fw, self)
         if self.watermarks[fam].value >= self._next_close[fam]:
             self.due = True
+
+    def _expand(self, pane: Agg, sig: tuple[Any, ...], n: int) -> None:
+        """Add ``n`` events of the tally ``sig`` to ``pane`` (FamilyWindows.settle)."""
+        self._expanders[sig[0]](pane, sig, n)
 
     @staticmethod
     def _apply_late(fw: FamilyWindows, ts: int, data: Any, update: Update) -> None:
@@ -411,6 +429,7 @@ class KpiEngine:
             if not self.windows[fam].started and wm.value != NEVER and self._held[fam]:
                 self._start(fam)
             if wm.value >= self._next_close[fam]:
+                self.windows[fam].settle(self._expand)
                 closed[fam] = [(spec.name, end)
                                for spec, end, _ in self.windows[fam].close_until(wm.value)]
                 self._next_close[fam] = self._compute_next_close(fam)
@@ -430,6 +449,7 @@ class KpiEngine:
             last = max(self.watermarks[fam].sources.values(), default=NEVER)
             far = last + fw.cfg.longest_ms + fw.cfg.grace_ms + max(
                 w.hop_ms for w in fw.cfg.windows)
+            fw.settle(self._expand)
             closed[fam] = [(spec.name, end) for spec, end, _ in fw.close_until(far)]
         return self._publish(closed)  # nothing expires: the input is over
 
@@ -572,6 +592,8 @@ class KpiEngine:
                 if wm == NEVER:
                     continue
                 end = (wm // spec.hop_ms + 1) * spec.hop_ms
+                for f in started:
+                    self.windows[f].settle(self._expand)
                 idx = merge_indexes([index_snapshot(self.windows[f].open_snapshot(spec, end))
                                      for f in started])
                 rows = self._kpi_rows[kpi.name](idx)

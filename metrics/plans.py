@@ -45,18 +45,55 @@ def compile_updates(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str
     return ns.pop("update")  # type: ignore[no-any-return]  # (pop: no function <-> ns cycle)
 
 
+def read_field(field: str, fields: frozenset[str]) -> str:
+    """Source reading ``field`` of an event struct named ``data``."""
+    # the catalog names only fields of the event type (catalog.py); still, never raise
+    if field in fields and field.isidentifier():
+        return f"data.{field}"
+    return f"getattr(data, {field!r}, None)"
+
+
+def fields_read(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]]
+                ) -> list[str]:
+    """Every field the update of these aggregates reads, in a fixed order: two events with
+    the same values there update the same keys by the same amounts."""
+    out: dict[str, None] = {}
+    for agg in aggregates:
+        out.update((f, None) for f, _ in agg.where)
+        for f in (agg.has_field, agg.sum_field):
+            if f is not None:
+                out[f] = None
+        for b in breakdowns[agg.name]:
+            if b != TOTAL:
+                out.update((f, None) for f in b.split("+"))
+    return list(out)
+
+
+def compile_expand(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]]
+                   ) -> Callable[[Agg, tuple[Any, ...], int], None]:
+    """``expand(pane, sig, n)``: the update of ``n`` events whose fields_read values are
+    ``sig[1:]`` (sig[0] tells the event type apart), made at once."""
+    where = {f: i + 1 for i, f in enumerate(fields_read(aggregates, breakdowns))}
+    ns: dict[str, Any] = {}
+    lines = ["def expand(pane, sig, n):", *update_source(
+        aggregates, breakdowns, frozenset(), ns, 1, read=lambda f: f"sig[{where[f]}]",
+        times="n")]
+    exec("\n".join(lines), ns)
+    return ns.pop("expand")  # type: ignore[no-any-return]  # (pop: no function <-> ns cycle)
+
+
 def update_source(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]],
-                  fields: frozenset[str], ns: dict[str, Any], depth: int) -> list[str]:
+                  fields: frozenset[str], ns: dict[str, Any], depth: int,
+                  read: Callable[[str], str] | None = None, times: str | None = None
+                  ) -> list[str]:
     """The body of ``compile_updates``'s function (over ``pane`` and ``data``), indented
-    ``depth`` levels; the constants it names are put in ``ns``. The engine inlines it too."""
+    ``depth`` levels; the constants it names are put in ``ns``. ``read`` gives the source
+    reading a field (default: from ``data``), ``times`` a multiplier of every amount."""
     ns.update({"UNKNOWN": UNKNOWN, "MICRO": MICRO})
     lines: list[str] = []
 
     def get(field: str) -> str:
-        # the catalog names only fields of the event type (catalog.py); still, never raise
-        if field in fields and field.isidentifier():
-            return f"data.{field}"
-        return f"getattr(data, {field!r}, None)"
+        return read(field) if read is not None else read_field(field, fields)
 
     for i, agg in enumerate(aggregates):
         ind = "    " * depth
@@ -69,13 +106,13 @@ def update_source(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, 
         if conds:
             lines.append(f"{ind}if {' and '.join(conds)}:")
             ind += "    "
-        value = "1"
+        value = "1" if times is None else times
         if agg.has_field is None and agg.sum_field is not None:
             lines.append(f"{ind}raw = {get(agg.sum_field)}")
             lines.append(f"{ind}if raw is not None:")
             ind += "    "
             lines.append(f"{ind}v = round(raw * MICRO)")
-            value = "v"
+            value = "v" if times is None else f"v * {times}"
         ns[f"T{i}"] = (agg.name, TOTAL, TOTAL)
         lines.append(f"{ind}pane[T{i}] = pane.get(T{i}, 0) + {value}")
         for b in breakdowns[agg.name]:

@@ -14,8 +14,9 @@ engine republishes it as a revision.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from math import gcd
+from typing import Any
 
 from metrics.catalog import FamilyConfig, WindowSpec
 
@@ -43,6 +44,10 @@ class FamilyWindows:
             hop = gcd(hop, w.hop_ms)
         self.pane_ms = hop
         self.panes: dict[int, Agg] = {}
+        #: pane start -> (event type, the values its update reads) -> events: events at or
+        #: beyond the frontier are tallied here and expanded into their pane's aggregate
+        #: keys (settle) when the pane is read, once per distinct signature
+        self.pending: dict[int, dict[tuple[Any, ...], int]] = {}
         self.specs: list[_Spec] = []
         self._by_name: dict[str, _Spec] = {}
         self.started = False
@@ -70,6 +75,20 @@ class FamilyWindows:
             if last_window_end > s.last_end:
                 return False
         return True
+
+    def settle(self, expand: Callable[[Agg, tuple[Any, ...], int], None]) -> None:
+        """Expand the pending tallies into their panes. Before any read of a pane at or
+        beyond the frontier (a close, an open snapshot)."""
+        if not self.pending:
+            return
+        panes = self.panes
+        for start, tally in self.pending.items():
+            pane = panes.get(start)
+            if pane is None:
+                pane = panes[start] = {}
+            for sig, n in tally.items():
+                expand(pane, sig, n)
+        self.pending.clear()
 
     def add(self, ts: int, key: Key, value: int) -> None:
         """Apply one delta anywhere in time (slow path: may touch closed windows). At or
