@@ -335,10 +335,6 @@ class KpiEngine:
         if self.watermarks[fam].value >= self._next_close[fam]:
             self.due = True
 
-    def _expand(self, pane: Agg, sig: tuple[Any, ...], n: int) -> None:
-        """Add ``n`` events of the tally ``sig`` to ``pane`` (FamilyWindows.settle)."""
-        self._expanders[sig[0]](pane, sig, n)
-
     @staticmethod
     def _apply_late(fw: FamilyWindows, ts: int, data: Any, update: Update) -> None:
         """An event in a pane some closed window covers (late within grace): the closed
@@ -429,7 +425,7 @@ class KpiEngine:
             if not self.windows[fam].started and wm.value != NEVER and self._held[fam]:
                 self._start(fam)
             if wm.value >= self._next_close[fam]:
-                self.windows[fam].settle(self._expand)
+                self.windows[fam].settle(self._expanders)
                 closed[fam] = [(spec.name, end)
                                for spec, end, _ in self.windows[fam].close_until(wm.value)]
                 self._next_close[fam] = self._compute_next_close(fam)
@@ -449,7 +445,7 @@ class KpiEngine:
             last = max(self.watermarks[fam].sources.values(), default=NEVER)
             far = last + fw.cfg.longest_ms + fw.cfg.grace_ms + max(
                 w.hop_ms for w in fw.cfg.windows)
-            fw.settle(self._expand)
+            fw.settle(self._expanders)
             closed[fam] = [(spec.name, end) for spec, end, _ in fw.close_until(far)]
         return self._publish(closed)  # nothing expires: the input is over
 
@@ -593,7 +589,7 @@ class KpiEngine:
                     continue
                 end = (wm // spec.hop_ms + 1) * spec.hop_ms
                 for f in started:
-                    self.windows[f].settle(self._expand)
+                    self.windows[f].settle(self._expanders)
                 idx = merge_indexes([index_snapshot(self.windows[f].open_snapshot(spec, end))
                                      for f in started])
                 rows = self._kpi_rows[kpi.name](idx)

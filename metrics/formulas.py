@@ -213,7 +213,9 @@ def compile_kpi(plan: KpiPlan) -> Callable[[Index], Rows]:
             parts.append(side)
         if "d" not in parts:
             body += ["d = 1.0", "dh = False"]
-        body += ["if nh or dh:", f"    rows[dims_of(F{i}, v)] = (n, d)"]
+        dims = "()" if not fields else f"((F{i}[0], v),)" if len(fields) == 1 else \
+            f"dims_of(F{i}, v)"
+        body += ["if nh or dh:", f"    rows[{dims}] = (n, d)"]
         lines.append(f"{ind}for v in values:")
         lines += [f"{ind}    {line}" for line in body]
     lines.append("    return rows")

@@ -148,21 +148,22 @@ class Sessions:
 
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
-        self.state: dict[str, list[_Session]] = {}
+        #: session id -> its session, or its sessions (a list, by start) when it has several
+        self.state: dict[str, _Session | list[_Session]] = {}
         self._buckets: _Buckets[str] = _Buckets()
 
     def observe(
         self, sid: str, ts: int, view: bool, channel: str, campaign: str, goal: str | None
     ) -> list[Fact]:
-        clusters = self.state.get(sid)
+        held = self.state.get(sid)
         first = (0 if view else 1, ts, channel, campaign)
-        if clusters is None:  # a new session: nothing to retract
+        if held is None:  # a new session: nothing to retract
             s = _Session(ts, ts, view, first, _NO_GOALS if goal is None else frozenset((goal,)))
-            self.state[sid] = [s]
+            self.state[sid] = s
             self._buckets.file(sid, ts)
             return _session_facts(s)
-        if len(clusters) == 1:
-            s = clusters[0]
+        if isinstance(held, _Session):
+            s = held
             if s.start <= ts < s.end + SESSION_GAP_MS and s.first <= first and (
                     goal is None or goal in s.goals):
                 # inside or extending the one session, its start and attribution unchanged:
@@ -176,6 +177,9 @@ class Sessions:
                     if s.views == 2:
                         return [(s.start, "single_page_sessions", _session_dims(s), -1)]
                 return []
+            clusters = [held]
+        else:
+            clusters = held
         touching = [c for c in clusters if c.start - SESSION_GAP_MS < ts < c.end + SESSION_GAP_MS]
         if len(touching) == 1:
             s = touching[0]
@@ -198,6 +202,7 @@ class Sessions:
         s.first = min(s.first, first)
         if goal is not None:
             s.goals = s.goals | {goal}
+        self.state[sid] = clusters[0] if len(clusters) == 1 else clusters
         self._buckets.file(sid, s.end)
         after = _session_facts(s)
         if after == before:
@@ -207,14 +212,15 @@ class Sessions:
     def expire(self, watermark: int) -> None:
         cutoff = watermark - self.horizon_ms
         for sid in self._buckets.pop_before(cutoff):
-            clusters = self.state.get(sid)
-            if clusters is None:
+            held = self.state.get(sid)
+            if held is None:
                 continue
-            keep = [c for c in clusters if c.end >= cutoff]
-            if keep:
-                self.state[sid] = keep
-            else:
+            keep = [c for c in ([held] if isinstance(held, _Session) else held)
+                    if c.end >= cutoff]
+            if not keep:
                 del self.state[sid]
+            else:
+                self.state[sid] = keep[0] if len(keep) == 1 else keep
 
     def __len__(self) -> int:
         return len(self.state)

@@ -76,9 +76,11 @@ class FamilyWindows:
                 return False
         return True
 
-    def settle(self, expand: Callable[[Agg, tuple[Any, ...], int], None]) -> None:
-        """Expand the pending tallies into their panes. Before any read of a pane at or
-        beyond the frontier (a close, an open snapshot)."""
+    def settle(self, expanders: dict[Any, Callable[[Agg, tuple[Any, ...], int], None]]
+               ) -> None:
+        """Expand the pending tallies into their panes, each with the expander of its
+        event type (sig[0]). Before any read of a pane at or beyond the frontier (a close,
+        an open snapshot)."""
         if not self.pending:
             return
         panes = self.panes
@@ -87,7 +89,7 @@ class FamilyWindows:
             if pane is None:
                 pane = panes[start] = {}
             for sig, n in tally.items():
-                expand(pane, sig, n)
+                expanders[sig[0]](pane, sig, n)
         self.pending.clear()
 
     def add(self, ts: int, key: Key, value: int) -> None:
