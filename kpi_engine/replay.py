@@ -49,11 +49,6 @@ def replay_batches(
     per-line overhead is a third of what a chain of generators costs)."""
     now = now_ms if now_ms is not None else wall_ms()
     tune_gc()
-    return _replay(batches, catalog, now, dedup_horizon_ms)
-
-
-def _replay(batches: Iterable[list[bytes]], catalog: Catalog, now: int, dedup_horizon_ms: int
-            ) -> Iterator[tuple[str, Any]]:
     engine = KpiEngine(catalog, EngineConfig(dedup_horizon_ms=dedup_horizon_ms,
                                              idle_timeout_ms=0), clock=wall_ms)
     parse = event_parser(now_ms=now, currency=catalog.currency)

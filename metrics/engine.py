@@ -186,7 +186,6 @@ class KpiEngine:
         self._shard_of = {f: name for name, fams in shards.items() for f in fams}
         self._seen: dict[str, dict[str, int]] = {name: {} for name in shards}
         self._seen_by_hour: dict[str, dict[int, list[str]]] = {name: {} for name in shards}
-        self._seen_of: dict[str, dict[str, int]] = {}  # family -> its shard's ids
         self._next_close = {f: NEVER for f in catalog.families}
         #: events of a family whose windows have not started yet, with their refs
         self._held: dict[str, list[tuple[Event, Any]]] = {f: [] for f in catalog.families}
@@ -256,9 +255,9 @@ class KpiEngine:
         return "ok"
 
     def _remember(self, fam: str, eid: str, ts: int) -> None:
-        self._seen_of[fam][eid] = ts
+        seen, by_hour, _, _ = self._lanes[fam]
+        seen[eid] = ts
         hour = ts // 3_600_000
-        by_hour = self._seen_by_hour[self._shard_of[fam]]
         bucket = by_hour.get(hour)
         if bucket is None:
             by_hour[hour] = [eid]
@@ -267,7 +266,6 @@ class KpiEngine:
 
     def _bind_state(self) -> None:
         """Derived views of the state: made at start and after every restore()."""
-        self._seen_of = {f: self._seen[shard] for f, shard in self._shard_of.items()}
         #: family -> what ingest() looks up for every event: its shard's ids by id and by
         #: hour, its windows, its watermark
         self._lanes = {f: (self._seen[shard], self._seen_by_hour[shard], self.windows[f],
@@ -278,11 +276,11 @@ class KpiEngine:
 
     def _compile_apply(self, type_: str) -> Callable[[Event, FamilyWindows, KpiEngine], None]:
         """The function that counts one event of this type into its family's windows:
-        tallies it, adds its aggregates to its pane (plans.update_source, inlined), and
-        hands it to its tracker when a stateful KPI needs it. Generated: it runs for every
-        event, and each call it saves is ~2 % of replay."""
+        tallies it in its pane (or, late within grace, patches the closed windows it falls
+        in), and hands it to its tracker when a stateful KPI needs it. Generated: it runs for
+        every event, and each call it saves is ~2 % of replay."""
         # the engine is an argument, not bound in: bound methods held by the engine would
-        # put it in a reference cycle (replay runs without the cycle collector)
+        # put it in a reference cycle, and a dropped engine would wait for the collector
         ns: dict[str, Any] = {"counts": self.events_total, "apply_late": self._apply_late,
                               "UPDATE": self._updates.get(type_), "TYPE": type_}
         lines = ["def apply(ev, fw, engine):", "    counts[TYPE] = counts.get(TYPE, 0) + 1"]
@@ -329,7 +327,7 @@ class KpiEngine:
             if fw.is_late(ev.ts_ms):
                 self.late_total[fam] += 1
                 self.late_refs.append(ref)
-                self._seen_of[fam].pop(ev.event_id, None)
+                self._lanes[fam][0].pop(ev.event_id, None)
             else:
                 self._appliers[ev.type](ev, fw, self)
         if self.watermarks[fam].value >= self._next_close[fam]:
@@ -578,6 +576,8 @@ class KpiEngine:
         """Current values of the newest open window of every KPI and window (final: false)."""
         out: list[dict[str, Any]] = []
         emitted_at = iso_ms(self._clock())
+        for fw in self.windows.values():
+            fw.settle(self._expanders)
         for kpi in self.catalog.kpis.values():
             started = [f for f in kpi.families if self.windows[f].started]
             if not started:
@@ -588,8 +588,6 @@ class KpiEngine:
                 if wm == NEVER:
                     continue
                 end = (wm // spec.hop_ms + 1) * spec.hop_ms
-                for f in started:
-                    self.windows[f].settle(self._expanders)
                 idx = merge_indexes([index_snapshot(self.windows[f].open_snapshot(spec, end))
                                      for f in started])
                 rows = self._kpi_rows[kpi.name](idx)

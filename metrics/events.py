@@ -68,7 +68,6 @@ class Invalid(NamedTuple):
     reason: str
 
 
-
 class OneOf:
     """One of the given strings."""
 
@@ -312,10 +311,10 @@ def _compile(type_: str, spec: TypeSpec, struct: type[msgspec.Struct], finish: _
             ns[f"C{i}"] = check
             lines.append(f"    if {guard}C{i}(v) is _BAD: return B{i}")
 
-    names = [name for name, _, _ in _fields(spec)]
-    for name, check, required in _fields(spec):
+    fields = _fields(spec)
+    for name, check, required in fields:
         field(name, check, required)
-    args = "".join(f", {n}=d.get({n!r})" for n in names)
+    args = "".join(f", {name}=d.get({name!r})" for name, _, _ in fields)
     lines.append(f"    return FINISH(S(event_id=event_id, ts=d['ts']{args}), event_id, ts_ms,"
                  " currency)")
     exec("\n".join(lines), ns)
@@ -413,11 +412,13 @@ _COMPILED: Final = {t: (spec.family, _compile(t, spec, _STRUCTS[t], _FINISH[t]))
 _FAST: Final = {_STRUCTS[t]: (spec.family, _FINISH[t]) for t, spec in TYPES.items()}
 
 
+_DECODE: Final = msgspec.json.Decoder(Union[tuple(_FAST)]).decode  # noqa: UP007
+_DECODE_ERRORS: Final = msgspec.DecodeError  # ValidationError is one
+
+
 def event_fields(type_: str) -> frozenset[str]:
     """The fields an event of this type carries as attributes of its ``data``."""
     return frozenset(_STRUCTS[type_].__struct_fields__)
-_DECODE: Final = msgspec.json.Decoder(Union[tuple(_FAST)]).decode  # noqa: UP007
-_DECODE_ERRORS: Final = msgspec.DecodeError  # ValidationError is one
 
 
 Parser = Callable[[bytes | str], Event | Invalid]

@@ -125,10 +125,9 @@ def _value(formula: _Resolved, v: DimValue) -> tuple[float, bool]:
     return product, any_data
 
 
-def compute_kpi(plan: KpiPlan, idx: Index
-                ) -> dict[tuple[tuple[str, str], ...], tuple[float, float]]:
+def compute_kpi(plan: KpiPlan, idx: Index) -> Rows:
     """Numerator and denominator of a KPI for its total and every breakdown value present."""
-    rows: dict[tuple[tuple[str, str], ...], tuple[float, float]] = {}
+    rows: Rows = {}
     for b, fields, sources, num_f, den_f in plan:
         if b == TOTAL:
             values: Iterable[DimValue] = (TOTAL,)
@@ -183,7 +182,6 @@ def compile_kpi(plan: KpiPlan) -> Callable[[Index], Rows]:
             ind += "    "
         ns[f"F{i}"] = fields
         body: list[str] = []
-        parts = []
         for side, formula in (("n", num_f), ("d", den_f)):
             if not formula:
                 continue
@@ -210,8 +208,7 @@ def compile_kpi(plan: KpiPlan) -> Callable[[Index], Rows]:
             body.insert(0, f"{side}h = {side}h0")
             body.append(f"{side} = 1.0 * " + " * ".join(
                 f"{side}f{j}" for j in range(len(formula))))
-            parts.append(side)
-        if "d" not in parts:
+        if not den_f:
             body += ["d = 1.0", "dh = False"]
         dims = "()" if not fields else f"((F{i}[0], v),)" if len(fields) == 1 else \
             f"dims_of(F{i}, v)"

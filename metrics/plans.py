@@ -24,7 +24,7 @@ def dim_value(get: Callable[[str], Any], fields: list[str]) -> DimValue:
     """The dimension value an aggregate key carries for a breakdown over ``fields``: a
     missing value counts as "unknown"; a combined breakdown's value is the tuple of its
     values (never joined into one string: a value may hold any character).
-    (``compile_updates`` writes the same out inline.)"""
+    (``update_source`` writes the same out inline.)"""
     if len(fields) == 1:
         return get(fields[0]) or UNKNOWN
     return tuple(str(get(f) or UNKNOWN) for f in fields)
