@@ -26,9 +26,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kpi_engine.generator import Generator, GeneratorConfig
-from kpi_engine.settings import Settings
 from streams.broker import EmbeddedBroker, free_port
 from streams.produce import send_all
+from streams.settings import Settings
 from streams.topics import all_topics, ensure_topics, input_topics
 
 

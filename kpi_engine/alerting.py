@@ -13,8 +13,7 @@ from typing import Any, Final
 
 import yaml
 
-from metrics.catalog import Alert, Catalog, Kpi
-from metrics.exporter import metric_name
+from metrics.catalog import Alert, Catalog, Kpi, metric_name
 
 JOB: Final = "kpi-engine"  # the Prometheus scrape job of the workers
 DEFAULT_GRAFANA_URL: Final = "http://localhost:3000"

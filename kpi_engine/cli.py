@@ -129,7 +129,7 @@ def _flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from kpi_engine.settings import load_settings
+    from streams.settings import load_settings
 
     if args.command == "replay":
         from kpi_engine.replay import run_replay
@@ -153,14 +153,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"produced {n} messages", file=sys.stderr)
         return 0
     if args.command == "worker":
-        from streams.worker import run_worker
+        from streams.faust_app import run_worker
 
         settings = load_settings(_flags(args, "broker", "topic_prefix", "web_host", "web_port",
                                         "catalog", "group_id", "partitions", "data_dir",
                                         "log_level"))
         return run_worker(settings)
     if args.command == "demo":
-        from streams.demo import run_demo
+        from kpi_engine.demo import run_demo
 
         settings = load_settings(_flags(args, "web_host", "web_port", "catalog"))
         return run_demo(settings, _gen_config(args, start_ms=None), duration_s=args.duration)
@@ -217,7 +217,7 @@ def _generate(args: argparse.Namespace, settings: Any) -> int:
         if realtime:  # live traffic: event time is now
             start = time.time_ns() // 1_000_000
         gen = Generator(_gen_config(args, start))
-        produce_live(settings, gen, realtime=realtime)
+        produce_live(settings, gen.messages(), realtime=realtime)
     stats = orjson.dumps(gen.stats.as_dict(), option=orjson.OPT_INDENT_2)
     if args.stats:
         with open(args.stats, "wb") as fh:

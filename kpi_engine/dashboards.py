@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from metrics.catalog import Catalog, Kpi, parse_duration_ms
-from metrics.exporter import metric_name
+from metrics.catalog import Catalog, Kpi, metric_name, parse_duration_ms
 
 DATASOURCE: Final = {"type": "prometheus", "uid": "kpi-prometheus"}
 OVERVIEW_UID: Final = "kpi-overview"

@@ -1,227 +1,48 @@
-"""Load and validate the declarative KPI catalog (see metrics/catalog.yaml for the format)."""
+"""Load and validate the declarative KPI catalog (see metrics/catalog.yaml for the format).
+The model's types live in catalog_types.py and are re-exported here."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
+from metrics.catalog_types import (
+    NAME_RE,
+    Aggregate,
+    Alert,
+    Catalog,
+    FamilyConfig,
+    Formula,
+    Kpi,
+    Term,
+    WindowSpec,
+    metric_name,
+    parse_duration_ms,
+    parse_formula,
+)
+from metrics.constants import TOTAL
 from metrics.errors import CatalogError
-from metrics.events import _ENVELOPE_LEN, FAMILIES, TYPES
+from metrics.events import ENVELOPE_LEN, FAMILIES, TYPES
+from metrics.trackers.registry import BUILTINS
 
 DEFAULT_CATALOG: Final = "catalog.yaml"
 UNITS: Final = frozenset({"ratio", "seconds", "days", "count", "per_day", "score", "currency"})
 SEVERITIES: Final = frozenset({"critical", "warning", "info"})
-TOTAL: Final = ""  # breakdown name of the total over all dimensions
 
-#: stateful aggregates computed by the engine: name -> (family, dimensions they carry)
-_DEAL_DIMS: Final = frozenset({"channel", "campaign_id"})
-BUILTINS: Final[dict[str, tuple[str, frozenset[str]]]] = {
-    "unique_opens": ("email", frozenset({"campaign_id", "segment"})),
-    "unique_clickers": ("email", frozenset({"campaign_id", "segment"})),
-    "sessions": ("web", frozenset({"channel", "campaign_id"})),
-    "single_page_sessions": ("web", frozenset({"channel", "campaign_id"})),
-    "converting_sessions": ("web", frozenset({"channel", "campaign_id"})),
-    "goal_sessions": ("web", frozenset({"goal", "channel", "campaign_id"})),
-    "deals_entered": ("crm", _DEAL_DIMS | {"stage"}),
-    "deals_advanced": ("crm", _DEAL_DIMS | {"stage"}),
-    "opportunities": ("crm", _DEAL_DIMS),
-    "deals_won": ("crm", _DEAL_DIMS),
-    "deals_lost": ("crm", _DEAL_DIMS),
-    "won_amount": ("crm", _DEAL_DIMS),
-    "cycle_days_sum": ("crm", _DEAL_DIMS),
-    "cycle_deals": ("crm", _DEAL_DIMS),
-}
+__all__ = ["TOTAL", "Aggregate", "Alert", "Catalog", "FamilyConfig", "Formula", "Kpi", "Term",
+           "WindowSpec", "build_catalog", "load_catalog", "metric_name", "parse_duration_ms",
+           "parse_formula"]
 
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
-_UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def parse_duration_ms(text: str) -> int:
-    """'5m' -> 300000. Raises ValueError on anything else."""
-    m = _DURATION.match(str(text).strip())
-    if not m:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h, 7d)")
-    return int(m.group(1)) * _UNIT_MS[m.group(2)]
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    name: str
-    size_ms: int
-    hop_ms: int
-
-
-@dataclass(frozen=True)
-class FamilyConfig:
-    name: str
-    grace_ms: int
-    windows: tuple[WindowSpec, ...]
-
-    @property
-    def longest_ms(self) -> int:
-        return max(w.size_ms for w in self.windows)
-
-
-@dataclass(frozen=True)
-class Aggregate:
-    name: str
-    family: str
-    event: str | None = None
-    builtin: str | None = None
-    sum_field: str | None = None
-    has_field: str | None = None
-    where: tuple[tuple[str, frozenset[Any]], ...] = ()
-    supported_dims: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Term:
-    """One aggregate read, with its sign inside a sum. ``total`` pins it to the total."""
-
-    sign: int
-    aggregate: str
-    total: bool = False
-
-
-Factor = tuple[Term, ...]  # a sum of terms
-Formula = tuple[Factor, ...]  # a product of factors
-
-
-@dataclass(frozen=True)
-class Alert:
-    op: str  # "below" | "above"
-    threshold: float
-    min_denominator: float
-    for_: str
-    severity: str
-    window: str = ""  # the window the alert watches; "" until the KPI's windows are known
-
-
-@dataclass(frozen=True)
-class Kpi:
-    name: str
-    description: str
-    numerator: Formula
-    denominator: Formula  # empty: the value is the numerator itself
-    unit: str
-    scale: float
-    breakdowns: tuple[str, ...]  # "campaign_id", "campaign_id+segment"; total is implicit
-    by_dim: dict[str, tuple[Formula, Formula]] = field(default_factory=dict, hash=False)
-    windows: tuple[str, ...] = ()
-    families: tuple[str, ...] = ()
-    alert: Alert | None = None
-
-    def formulas(self, breakdown: str) -> tuple[Formula, Formula]:
-        return self.by_dim.get(breakdown, (self.numerator, self.denominator))
-
-    def aggregates(self) -> set[str]:
-        names: set[str] = set()
-        for num, den in [(self.numerator, self.denominator), *self.by_dim.values()]:
-            names.update(t.aggregate for f in num + den for t in f)
-        return names
-
-
-@dataclass(frozen=True)
-class Catalog:
-    currency: str
-    max_series: int
-    families: dict[str, FamilyConfig]
-    aggregates: dict[str, Aggregate]
-    kpis: dict[str, Kpi]
-    #: aggregate -> breakdown names it must be kept under (always including TOTAL)
-    breakdowns: dict[str, tuple[str, ...]]
-
-    def unit_label(self, kpi: Kpi) -> str:
-        return self.currency if kpi.unit == "currency" else kpi.unit
-
-    def window(self, family: str, name: str) -> WindowSpec:
-        for w in self.families[family].windows:
-            if w.name == name:
-                return w
-        raise KeyError(name)
-
-    def shards(self) -> dict[str, tuple[str, ...]]:
-        """The families grouped so that no KPI spans two groups (crm and spend share CPL,
-        CPA and ROMI). Each group's state is independent of the others': workers scale out
-        by owning different groups. Named by their families joined with '+'."""
-        group = {f: {f} for f in self.families}
-        for kpi in self.kpis.values():
-            merged = set().union(*(group[f] for f in kpi.families))
-            for f in merged:
-                group[f] = merged
-        out = {tuple(sorted(g)) for g in group.values()}
-        return {"+".join(fams): fams for fams in sorted(out)}
-
-    def restrict(self, families: tuple[str, ...]) -> Catalog:
-        """The part of the catalog over these families: their windows, aggregates and the
-        KPIs that read only them (a whole shard, from ``shards``)."""
-        keep = set(families)
-        aggregates = {n: a for n, a in self.aggregates.items() if a.family in keep}
-        return Catalog(self.currency, self.max_series,
-                       {f: c for f, c in self.families.items() if f in keep}, aggregates,
-                       {n: k for n, k in self.kpis.items() if set(k.families) <= keep},
-                       {n: b for n, b in self.breakdowns.items() if n in aggregates})
-
-
-def parse_formula(text: Any) -> Formula:
-    """'a * (b + c) * d@total' -> product of sums of terms. Raises ValueError."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"not a formula: {text!r}")
-    factors: list[Factor] = []
-    for raw in _split_top(text, "*"):
-        part = raw.strip()
-        if part.startswith("(") and part.endswith(")"):
-            part = part[1:-1]
-        tokens = re.findall(r"[+-]|[^\s+-]+", part)
-        terms: list[Term] = []
-        sign = 1
-        expect_name = True
-        for tok in tokens:
-            if tok in "+-":
-                if expect_name:
-                    raise ValueError(f"misplaced {tok!r} in {text!r}")
-                sign = 1 if tok == "+" else -1
-                expect_name = True
-                continue
-            if not expect_name:
-                raise ValueError(f"missing operator before {tok!r} in {text!r}")
-            name, _, suffix = tok.partition("@")
-            if not _NAME.match(name) or suffix not in ("", "total"):
-                raise ValueError(f"bad aggregate reference {tok!r} in {text!r}")
-            terms.append(Term(sign, name, suffix == "total"))
-            expect_name = False
-        if not terms or expect_name:
-            raise ValueError(f"incomplete formula {text!r}")
-        factors.append(tuple(terms))
-    return tuple(factors)
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        depth += ch == "("
-        depth -= ch == ")"
-        if depth < 0:
-            raise ValueError(f"unbalanced parentheses in {text!r}")
-        if ch == sep and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    if depth:
-        raise ValueError(f"unbalanced parentheses in {text!r}")
-    return [*parts, cur]
 
 
 def _event_fields(event_type: str) -> frozenset[str]:
     spec = TYPES[event_type]
-    names = {n for n, _ in spec.required + spec.optional} | {n for n, _ in _ENVELOPE_LEN}
+    names = {n for n, _ in spec.required + spec.optional} | {n for n, _ in ENVELOPE_LEN}
     return frozenset(names)
 
 
@@ -337,7 +158,7 @@ def _aggregates(
     out: dict[str, Aggregate] = {}
     for name, raw in raw_all.items():
         where = f"aggregates.{name}"
-        if not _NAME.match(str(name)):
+        if not NAME_RE.match(str(name)):
             c.fail(where, "names are lower_snake_case")
             continue
         if not isinstance(raw, dict):
@@ -397,7 +218,7 @@ def _kpis(
     out: dict[str, Kpi] = {}
     for name, raw in raw_all.items():
         where = f"kpis.{name}"
-        if not _NAME.match(str(name)) or not isinstance(raw, dict):
+        if not NAME_RE.match(str(name)) or not isinstance(raw, dict):
             c.fail(where, "must be a lower_snake_case name mapping to a KPI definition")
             continue
         known = {"description", "numerator", "denominator", "unit", "scale", "dims", "by_dim"}

@@ -15,9 +15,5 @@ class CatalogError(KpiEngineError):
         super().__init__("invalid catalog:\n  " + "\n  ".join(problems))
 
 
-class BrokerError(KpiEngineError):
-    """The embedded broker could not be started or reached."""
-
-
-class SettingsError(KpiEngineError):
-    """A flag or KPI_ environment variable has an unusable value."""
+class StateError(KpiEngineError):
+    """Stored state cannot be used: corrupt, hostile, or built with another catalog."""

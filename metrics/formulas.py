@@ -2,17 +2,18 @@
 
 A window's aggregates are indexed as (aggregate, breakdown) -> dimension value -> amount.
 ``plan_kpi`` resolves once which entry each term of a formula reads; ``compute_kpi`` reads
-a plan as data (the reference), ``compile_kpi`` turns it into straight-line code with the
-same arithmetic in the same order (the one the engine runs: a window's close publishes
-every KPI for every dimension value, so this runs for every output record).
+a plan as data (the interpreted twin), ``compile_kpi`` is the same as straight-line code
+(codegen.kpi_function), the one the engine runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from metrics.catalog import TOTAL, Catalog, Formula, Kpi, Term
-from metrics.trackers import MICRO
+from metrics import codegen
+from metrics.catalog import Catalog, Formula, Kpi, Term
+from metrics.constants import MICRO, TOTAL
+from metrics.trackers import MICRO_BUILTINS
 from metrics.windows import Agg, DimValue
 
 Dims = tuple[tuple[str, str], ...]
@@ -56,6 +57,13 @@ _Read = tuple[tuple[tuple[tuple[str, str], bool, int, bool], ...], ...]
 #: a KPI compiled per breakdown: (breakdown, its dimension fields, the index keys whose
 #: values it lists, numerator, denominator)
 KpiPlan = list[tuple[str, list[str], list[tuple[str, str]], _Read, _Read]]
+
+
+def micro_aggregates(catalog: Catalog) -> set[str]:
+    """The aggregates kept in millionths: sums of a field, and the trackers' money and
+    duration builtins."""
+    return {a.name for a in catalog.aggregates.values()
+            if a.sum_field is not None or a.builtin in MICRO_BUILTINS}
 
 
 def plan_kpi(catalog: Catalog, kpi: Kpi, micro: set[str]) -> KpiPlan:
@@ -151,70 +159,7 @@ def compute_kpi(plan: KpiPlan, idx: Index) -> Rows:
     return rows
 
 
-def compile_kpi(plan: KpiPlan) -> Callable[[Index], Rows]:
-    """``compute_kpi(plan, idx)`` as generated code: each term's dict is looked up once,
-    sums read at the total are made once per breakdown, and each value's numerator and
-    denominator are written out, factor by factor, in the order ``_value`` computes them
-    (so the floats are bit-identical)."""
-    ns: dict[str, object] = {"TOTAL": TOTAL, "MICRO": MICRO, "EMPTY": {}, "dims_of": dims_of}
-    lines = ["def compute(idx):", "    rows = {}", "    get = idx.get"]
-    dicts: dict[tuple[str, str], str] = {}
-
-    def dict_of(key: tuple[str, str]) -> str:
-        # a missing entry reads as an empty dict: no values, zero amounts (as _resolve)
-        if key not in dicts:
-            dicts[key] = name = f"D{len(dicts)}"
-            ns[f"K{name}"] = key
-            lines.append(f"    {name} = get(K{name}) or EMPTY")
-        return dicts[key]
-
-    for key in dict.fromkeys(t[0] for _, _, _, num, den in plan for f in num + den for t in f):
-        dict_of(key)
-    for i, (b, fields, sources, num_f, den_f) in enumerate(plan):
-        ind = "    "
-        if b == TOTAL:
-            lines.append(f"{ind}values = (TOTAL,)")
-        else:
-            lines.append(f"{ind}values = set()")
-            for key in sources:
-                lines.append(f"{ind}values.update({dict_of(key)})")
-            lines.append(f"{ind}if values:")
-            ind += "    "
-        ns[f"F{i}"] = fields
-        body: list[str] = []
-        for side, formula in (("n", num_f), ("d", den_f)):
-            if not formula:
-                continue
-            consts = []
-            for j, factor in enumerate(formula):
-                ints = " ".join(f"{'+' if s > 0 else '-'} {dict_of(k)}.get(TOTAL, 0)"
-                                for k, total, s, micro in factor if total and not micro)
-                micros = " ".join(f"{'+' if s > 0 else '-'} {dict_of(k)}.get(TOTAL, 0)"
-                                  for k, total, s, micro in factor if total and micro)
-                lines.append(f"{ind}{side}i{j} = 0 {ints}")
-                lines.append(f"{ind}{side}m{j} = 0 {micros}")
-                consts.append(f"{side}i{j} != 0 or {side}m{j} != 0")
-                body.append(f"i = {side}i{j}")
-                body.append(f"m = {side}m{j}")
-                for k, total, s, micro in factor:
-                    if total:
-                        continue
-                    body.append(f"x = {dict_of(k)}.get(v, 0)")
-                    body.append("if x:")
-                    body.append(f"    {side}h = True")
-                    body.append(f"    {'m' if micro else 'i'} {'+=' if s > 0 else '-='} x")
-                body.append(f"{side}f{j} = i + m / MICRO")
-            lines.append(f"{ind}{side}h0 = {' or '.join(consts)}")
-            body.insert(0, f"{side}h = {side}h0")
-            body.append(f"{side} = 1.0 * " + " * ".join(
-                f"{side}f{j}" for j in range(len(formula))))
-        if not den_f:
-            body += ["d = 1.0", "dh = False"]
-        dims = "()" if not fields else f"((F{i}[0], v),)" if len(fields) == 1 else \
-            f"dims_of(F{i}, v)"
-        body += ["if nh or dh:", f"    rows[{dims}] = (n, d)"]
-        lines.append(f"{ind}for v in values:")
-        lines += [f"{ind}    {line}" for line in body]
-    lines.append("    return rows")
-    exec("\n".join(lines), ns)
-    return ns.pop("compute")  # type: ignore[return-value]  # (pop: no function <-> ns cycle)
+def compile_kpi(plan: KpiPlan, label: str = "kpi") -> Callable[[Index], Rows]:
+    """``compute_kpi(plan, idx)`` as generated code (codegen.kpi_function), the form the
+    engine runs: a window's close publishes every KPI for every dimension value."""
+    return codegen.kpi_function(label, plan, dims_of)  # type: ignore[no-any-return]

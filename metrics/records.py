@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from metrics.catalog import Kpi
 
 _ISO_CACHE: dict[int, str] = {}
 
@@ -38,3 +41,28 @@ def window_key(rec: dict[str, Any]) -> str:
 def update_key(rec: dict[str, Any]) -> str:
     """Key of an open-window record on `kpi-updates`: {kpi}|{window}|{dims}."""
     return f"{rec['kpi']}|{rec['window']}|{dims_text(rec['dims'])}"
+
+
+def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: dict[str, str],
+                num: float, den: float, final: bool, revision: int, emitted_at: str
+                ) -> dict[str, Any]:
+    """A CONTRACT.md §3 record; ``start`` and ``end`` already in ISO form (iso_boundary).
+    Whole numbers are written as ints (exact below 2**53; infinities and NaN stay floats).
+    Runs for every output record: positional arguments, nothing called."""
+    return {
+        "kpi": kpi.name,
+        "window": window,
+        "start": start,
+        "end": end,
+        "dims": dims,
+        "value": None if den == 0 else kpi.scale * num / den,
+        "numerator": int(num) if num.is_integer() and -_EXACT < num < _EXACT else num,
+        "denominator": int(den) if den.is_integer() and -_EXACT < den < _EXACT else den,
+        "unit": unit,
+        "final": final,
+        "revision": revision,
+        "emitted_at": emitted_at,
+    }
+
+
+_EXACT: Final = float(2**53)

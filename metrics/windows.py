@@ -18,12 +18,38 @@ from collections.abc import Callable, Iterator
 from math import gcd
 from typing import Any
 
+import msgspec
+
 from metrics.catalog import FamilyConfig, WindowSpec
 
 #: a breakdown's value: a string, or a tuple of them for a combined breakdown (campaign_id+segment)
 DimValue = str | tuple[str, ...]
 Key = tuple[str, str, DimValue]  # (aggregate, breakdown, value); breakdown "" is the total
 Agg = dict[Key, int]
+#: a pending tally's signature: (event type, *the values plans.fields_read lists for it)
+Sig = tuple[Any, ...]
+
+
+class SpecState(msgspec.Struct, array_like=True, gc=False):
+    name: str
+    last_end: int
+    running: Agg
+    closed: dict[int, Agg]
+
+
+class WindowsState(msgspec.Struct, gc=False):
+    """A family's panes and windows. ``version`` is raised on any change of layout."""
+
+    version: int
+    started: bool
+    frontier: int
+    pane_floor: int
+    panes: dict[int, Agg]
+    specs: list[SpecState]
+    dirty: list[tuple[str, int]]
+
+
+WINDOWS_VERSION = 1
 
 
 class _Spec:
@@ -47,7 +73,7 @@ class FamilyWindows:
         #: pane start -> (event type, the values its update reads) -> events: events at or
         #: beyond the frontier are tallied here and expanded into their pane's aggregate
         #: keys (settle) when the pane is read, once per distinct signature
-        self.pending: dict[int, dict[tuple[Any, ...], int]] = {}
+        self.pending: dict[int, dict[Sig, int]] = {}
         self.specs: list[_Spec] = []
         self._by_name: dict[str, _Spec] = {}
         self.started = False
@@ -76,8 +102,7 @@ class FamilyWindows:
                 return False
         return True
 
-    def settle(self, expanders: dict[Any, Callable[[Agg, tuple[Any, ...], int], None]]
-               ) -> None:
+    def settle(self, expanders: dict[Any, Callable[[Agg, Sig, int], None]]) -> None:
         """Expand the pending tallies into their panes, each with the expander of its
         event type (sig[0]). Before any read of a pane at or beyond the frontier (a close,
         an open snapshot)."""
@@ -199,3 +224,25 @@ class FamilyWindows:
     def last_end(self, spec_name: str) -> int | None:
         s = self._by_name.get(spec_name)
         return None if s is None else s.last_end
+
+    def snapshot(self) -> WindowsState:
+        """The family's state (live references); settle() first: tallies are not kept."""
+        if self.pending:
+            raise RuntimeError("settle() the pending tallies before a snapshot")
+        return WindowsState(WINDOWS_VERSION, self.started, self.frontier, self._pane_floor,
+                            self.panes, [SpecState(s.spec.name, s.last_end, s.running, s.closed)
+                                         for s in self.specs], sorted(self.dirty))
+
+    def restore(self, state: WindowsState) -> None:
+        by_name = {w.name: w for w in self.cfg.windows}
+        self.started, self.frontier, self._pane_floor = (state.started, state.frontier,
+                                                         state.pane_floor)
+        self.panes = state.panes
+        self.pending = {}
+        self.specs = []
+        for st in state.specs:
+            spec = _Spec(by_name[st.name], st.last_end)
+            spec.running, spec.closed = st.running, st.closed
+            self.specs.append(spec)
+        self._by_name = {s.spec.name: s for s in self.specs}
+        self.dirty = set(state.dirty)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from metrics.errors import BrokerError
+from streams.errors import BrokerError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -9,10 +9,12 @@ from collections.abc import Iterable
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from kpi_engine.generator import Generator
-from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC, TYPES
+from streams.settings import Settings
 from streams.topics import all_topics, ensure_topics
+
+#: (event time ms, (topic, value)), in send order: kpi_engine.generator.Generator.messages()
+Messages = Iterable[tuple[int, tuple[str, bytes]]]
 
 
 def topic_for(raw: bytes, settings: Settings, invalid_topic: str) -> str:
@@ -64,7 +66,7 @@ def produce_files(settings: Settings, paths: list[str], invalid_topic: str) -> i
     return asyncio.run(run())
 
 
-async def produce_generated(bootstrap: str, settings: Settings, gen: Generator, *,
+async def produce_generated(bootstrap: str, settings: Settings, messages: Messages, *,
                             realtime: bool, stop: asyncio.Event | None = None) -> int:
     """Send the generator's messages; in real time, each once the wall clock reaches its
     event time (history first, at once)."""
@@ -72,7 +74,7 @@ async def produce_generated(bootstrap: str, settings: Settings, gen: Generator, 
     await producer.start()
     n = 0
     try:
-        for ts, (topic, value) in gen.messages():
+        for ts, (topic, value) in messages:
             if stop is not None and stop.is_set():
                 break
             if realtime:
@@ -89,9 +91,9 @@ async def produce_generated(bootstrap: str, settings: Settings, gen: Generator, 
     return n
 
 
-def produce_live(settings: Settings, gen: Generator, *, realtime: bool) -> int:
+def produce_live(settings: Settings, messages: Messages, *, realtime: bool) -> int:
     async def run() -> int:
         await ensure_topics(settings.bootstrap, all_topics(settings), settings.partitions)
-        return await produce_generated(settings.bootstrap, settings, gen, realtime=realtime)
+        return await produce_generated(settings.bootstrap, settings, messages, realtime=realtime)
 
     return asyncio.run(run())

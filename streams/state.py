@@ -5,7 +5,7 @@ point, so a crash mid-write leaves the previous snapshot in force. Snapshots alt
 between two key slots, so the one in force is never overwritten by the next (in the table,
 or on a compacted changelog). Each owner of a shard writes slots of its own epoch, numbered
 above its predecessor's, so a predecessor that was paused and writes late neither overwrites
-nor outranks it. The records live in the group's Faust table (streams/state_table.py).
+nor outranks it. The records live in the group's Faust table (streams/faust_app.py: StateTable).
 
 Offsets are committed to the consumer group only up to what a durable snapshot covers
 (``clamp_commits``): after a crash the worker re-reads from there, and skips what the
@@ -17,17 +17,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import pickle
 import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
+import msgspec
 import orjson
 
 from metrics.catalog import Catalog
-from metrics.errors import KpiEngineError
+from metrics.errors import StateError
+from metrics.snapshot import EngineState
 
 log = logging.getLogger("kpi_engine.state")
 
@@ -52,14 +53,13 @@ def follows(offset: int, last: int | None, reread_from: int | None) -> str:
     return "apply" if reread_from == last + 1 else "hole"
 
 
-class StateError(KpiEngineError):
-    """The stored state cannot be used (corrupt, or built with another catalog)."""
+__all__ = ["StateError"]
 
 
 @dataclass
 class Snapshot:
     seq: int
-    engine: dict[str, Any]
+    engine: EngineState
     applied: Offsets
     invalid: dict[str, int]
     #: closed-window records the state counts as published; sent once the snapshot is
@@ -82,9 +82,23 @@ def source_ref(msg: Any) -> SourceRef:
     return SourceRef(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
 
 
-#: the layout of the engine state a snapshot pickles; raised when it changes (2: events hold
-#: msgspec structs, combined breakdown values are tuples, published rows kept as computed)
-STATE_FORMAT: Final = 2
+#: the layout of a stored snapshot; raised when it changes (2: events hold msgspec structs,
+#: combined breakdown values are tuples; 3: typed MessagePack records, no pickle)
+STATE_FORMAT: Final = 3
+
+
+class StoredSnapshot(msgspec.Struct, gc=False):
+    """What a snapshot's chunks hold, MessagePack: decoded against this schema into plain
+    data only, so a hostile record can fail to decode but never run code."""
+
+    engine: EngineState
+    applied: dict[tuple[str, int], int]
+    invalid: dict[str, int]
+    outbox: list[dict[str, Any]]
+
+
+_ENCODE: Final = msgspec.msgpack.Encoder().encode
+_DECODE: Final = msgspec.msgpack.Decoder(StoredSnapshot).decode
 
 
 def catalog_fingerprint(catalog: Catalog) -> str:
@@ -138,10 +152,8 @@ def superseded(keys: Iterable[bytes], group: str, seq: int) -> list[bytes]:
 
 def encode(snap: Snapshot, group: str, catalog: Catalog) -> list[tuple[bytes, bytes]]:
     """(key, value) records: the chunks, then the manifest last; keys start ``{group}|``."""
-    blob = zlib.compress(pickle.dumps(
-        {"engine": snap.engine, "applied": snap.applied, "invalid": snap.invalid,
-         "outbox": snap.outbox},
-        protocol=pickle.HIGHEST_PROTOCOL), 1)
+    blob = zlib.compress(_ENCODE(StoredSnapshot(snap.engine, snap.applied, snap.invalid,
+                                                snap.outbox)), 1)
     seq = _SEQ.pack(snap.seq)
     slot = slot_of(snap.seq)
     chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
@@ -210,6 +222,8 @@ def _assemble(manifest: dict[str, Any], chunks: dict[tuple[str, int], bytes]) ->
     blob = b"".join(parts)
     if hashlib.sha256(blob).hexdigest() != manifest["sha256"]:
         raise StateError(f"snapshot {manifest['seq']} is corrupt (checksum)")
-    data = pickle.loads(zlib.decompress(blob))
-    return Snapshot(manifest["seq"], data["engine"], data["applied"], data["invalid"],
-                    data["outbox"])
+    try:
+        data = _DECODE(zlib.decompress(blob))
+    except (zlib.error, msgspec.DecodeError, ValueError) as exc:
+        raise StateError(f"snapshot {manifest['seq']} is unreadable: {exc}") from None
+    return Snapshot(manifest["seq"], data.engine, data.applied, data.invalid, data.outbox)

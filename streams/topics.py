@@ -11,10 +11,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from kpi_engine.settings import Settings
 from metrics.catalog import Catalog
-from metrics.errors import BrokerError
 from metrics.events import FAMILY_TOPIC, TOPIC_FAMILIES
+from streams.errors import BrokerError
+from streams.settings import Settings
 
 INPUT_TOPICS: Final = tuple(TOPIC_FAMILIES)
 OUTPUT_TOPICS: Final = ("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late")
@@ -33,13 +33,13 @@ def family_of(settings: Settings, topic: str) -> str | None:
 
 
 def state_topic(settings: Settings) -> str:
-    """The changelog of the group's state table (streams/state_table.py): one partition
+    """The changelog of the group's state table (streams/faust_app.py: StateTable): one partition
     per shard, named the way Faust names a table's changelog."""
     return settings.topic(f"{settings.group_id}-kpi-state-changelog")
 
 
 def state_partitions(catalog: Catalog) -> dict[str, int]:
-    """Shard -> its partition of the state table's changelog (streams/state_table.py)."""
+    """Shard -> its partition of the state table's changelog (streams/faust_app.py: StateTable)."""
     return {name: i for i, name in enumerate(sorted(catalog.shards()))}
 
 
@@ -86,7 +86,7 @@ def create_topics(settings: Settings, catalog: Catalog, bootstrap: str | None = 
     async def run() -> None:
         target = bootstrap or settings.bootstrap
         await ensure_topics(target, all_topics(settings), settings.partitions)
-        # the state table's changelog: one partition per shard (streams/state_table.py),
+        # the state table's changelog: one partition per shard (streams/faust_app.py: StateTable),
         # compacted where the cluster can (a snapshot's keys are fixed: streams/state.py)
         await ensure_topics(target, [state_topic(settings)], len(state_partitions(catalog)),
                             config={"cleanup.policy": "compact"})

@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 import pytest
 
-from kpi_engine.settings import Settings
 from streams.broker import EmbeddedBroker, free_port
+from streams.settings import Settings
 from streams.topics import all_topics, ensure_topics
 
 

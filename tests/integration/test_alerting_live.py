@@ -25,10 +25,10 @@ import yaml
 
 from kpi_engine import alerting
 from kpi_engine.generator import Generator, GeneratorConfig
-from kpi_engine.settings import Settings
 from metrics.catalog import build_catalog
 from streams.broker import EmbeddedBroker, free_port, port_is_open
 from streams.produce import produce_generated
+from streams.settings import Settings
 from tests.integration.conftest import WorkerProc
 from tests.tools import ROOT, require
 
@@ -156,7 +156,7 @@ def test_open_rate_drop_fires_and_resolves_through_alertmanager(
             async def run() -> None:
                 done = asyncio.Event()
                 task = asyncio.create_task(produce_generated(
-                    broker.bootstrap, settings, gen, realtime=True, stop=done))
+                    broker.bootstrap, settings, gen.messages(), realtime=True, stop=done))
                 while not task.done():
                     if stop.is_set():
                         done.set()

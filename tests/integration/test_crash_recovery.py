@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from kpi_engine.generator import Generator, GeneratorConfig
-from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker, free_port
+from streams.settings import Settings
 from streams.state import EPOCH, key_epoch
 from streams.topics import state_topic
 from tests.helpers import (

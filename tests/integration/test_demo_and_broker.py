@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from metrics.errors import BrokerError
 from streams.broker import EmbeddedBroker
+from streams.errors import BrokerError
 from streams.tansu import is_tansu, log_ends
 from streams.topics import ensure_topics
 from tests.integration.conftest import running_demo

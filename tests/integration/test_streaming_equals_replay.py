@@ -15,10 +15,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kpi_engine.generator import Generator, GeneratorConfig
-from kpi_engine.settings import Settings
 from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker
 from streams.produce import topic_for
+from streams.settings import Settings
 from tests.helpers import SENTINEL, SENTINEL_AFTER, assert_finals_equal, final_values, ms, replay
 from tests.integration.conftest import WorkerProc, wait_for, wait_settled
 from tests.unit.test_events import REJECTIONS

@@ -12,9 +12,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from kpi_engine.generator import Generator, GeneratorConfig
-from kpi_engine.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.produce import send_all
+from streams.settings import Settings
 from tests.integration.conftest import WorkerProc, wait_for
 
 pytestmark = pytest.mark.integration

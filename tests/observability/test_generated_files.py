@@ -23,7 +23,7 @@ from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.catalog import build_catalog
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, parse_event
-from metrics.exporter import ShellStats, make_registry
+from streams.exporter import ShellStats, make_registry
 from tests.helpers import DEFAULT_CATALOG
 from tests.tools import ROOT, require
 

@@ -196,7 +196,7 @@ def test_mutated_events_parse_or_get_a_known_reason(type_: str, mutation: dict[s
 def test_fast_utc_path_agrees_with_fromisoformat(text: str) -> None:
     from datetime import datetime
 
-    from metrics.events import parse_ts
+    from metrics.timestamps import parse_ts
 
     expected = int(datetime.fromisoformat(text).timestamp() * 1000)
     assert parse_ts(text) == expected
@@ -206,7 +206,7 @@ def test_fast_utc_path_agrees_with_fromisoformat(text: str) -> None:
                                   "2026-13-01T00:12:34Z", "2026-11-01T00:12:3٤Z",
                                   "2026-11-01T00:12:34.+12Z", "2026-11-01T00:12:34"])
 def test_malformed_utc_times_are_rejected(text: str) -> None:
-    from metrics.events import parse_ts
+    from metrics.timestamps import parse_ts
 
     assert parse_ts(text) is None
 

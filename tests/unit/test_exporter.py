@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from metrics.engine import EngineConfig, KpiEngine
-from metrics.exporter import ShellStats, make_registry
+from streams.exporter import ShellStats, make_registry
 from tests.helpers import DEFAULT_CATALOG
 
 

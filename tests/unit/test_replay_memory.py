@@ -37,6 +37,6 @@ def _replay_kinds(lines: list[bytes], catalog: Any) -> dict[str, int]:
         kinds[kind] = kinds.get(kind, 0) + 1
         if kind == "summary":
             assert item.duplicates_total > 0 and sum(item.late_total.values()) > 0
-            assert len(item.sessions) > 0 and len(item.pipeline) > 0 and len(item.opens) > 0
+            assert all(len(t) > 0 for t in item.trackers.values())
         del item
     return kinds

@@ -1,17 +1,19 @@
-"""Engine snapshots: pickled mid-stream and restored into a fresh engine, the run goes on as
+"""Engine snapshots: encoded mid-stream and restored into a fresh engine, the run goes on as
 if nothing happened; and the state store's chunks and manifest round-trip and fail loudly."""
 
 from __future__ import annotations
 
-import pickle
+import copy
 import random
 from typing import Any
 
 import pytest
 
 from kpi_engine.generator import Generator, GeneratorConfig
+from metrics.dedup import DedupState
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, parse_event
+from metrics.snapshot import EngineState, decode_state, encode_state
 from streams.state import (
     CHUNK_BYTES,
     EPOCH,
@@ -51,6 +53,20 @@ def new_engine() -> KpiEngine:
     return KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=0))
 
 
+_EMPTY = KpiEngine(DEFAULT_CATALOG).snapshot()
+
+
+def state(**marks: int) -> EngineState:
+    """An engine state told apart by ``marks`` (kept as its event counts)."""
+    st = copy.deepcopy(_EMPTY)
+    st.counters.events_total = dict(marks)
+    return st
+
+
+def mark(st: EngineState) -> dict[str, int]:
+    return st.counters.events_total
+
+
 def test_restored_engine_continues_exactly() -> None:
     evs = events()
     whole: list[dict[str, Any]] = []
@@ -61,9 +77,9 @@ def test_restored_engine_continues_exactly() -> None:
         parts: list[dict[str, Any]] = []
         first = new_engine()
         run(first, evs[:cut], parts)
-        blob = pickle.dumps(first.snapshot())
+        blob = encode_state(first.snapshot())
         second = new_engine()
-        second.restore(pickle.loads(blob))
+        second.restore(decode_state(blob))
         run(second, evs[cut:], parts)
         parts += second.flush()
         assert final_values(parts) == final_values(whole)
@@ -79,27 +95,32 @@ def test_held_events_survive_a_snapshot() -> None:
     first.assign_source(ev.family, "p1")
     assert first.ingest(ev, source="p0", ref="ref-0") == "held"
     second = new_engine()
-    second.restore(pickle.loads(pickle.dumps(first.snapshot(ref=lambda r: r.upper()))))
+    second.restore(decode_state(encode_state(first.snapshot(ref=lambda r: r.upper()))),
+                   ref=lambda r: f"<{r}>")
     assert second.held_total == 1
-    assert second._held[ev.family][0][1] == "REF-0"
+    (held, ref), = second.held(ev.family)
+    assert ref == "<REF-0>" and held == ev and held.data == ev.data
 
 
 def test_state_records_round_trip_across_slots_and_chunks() -> None:
-    big = {"blob": random.Random(1).randbytes(3 * CHUNK_BYTES)}  # several chunks
+    rnd = random.Random(1)  # ids that do not compress: several chunks
+    big = state(n=7)
+    big.dedup["email"] = DedupState(1, {rnd.randbytes(16).hex(): i
+                                        for i in range(3 * CHUNK_BYTES // 32)})
     snap = Snapshot(7, big, {("email-events", 0): 41}, {"not_json": 2}, [{"kpi": "x"}])
     records = encode(snap, "g1", DEFAULT_CATALOG)
     assert len(records) >= 3 and records[-1][0] == f"g1|manifest|{slot_of(7)}".encode()
-    other = encode(Snapshot(1, {}, {}, {}, []), "other-group", DEFAULT_CATALOG)
+    other = encode(Snapshot(1, state(), {}, {}, []), "other-group", DEFAULT_CATALOG)
     got = decode(other + records, "g1", DEFAULT_CATALOG)
-    assert got is not None and got.seq == 7 and got.engine == big
+    assert got is not None and got.seq == 7 and encode_state(got.engine) == encode_state(big)
     assert got.applied == {("email-events", 0): 41} and got.outbox == [{"kpi": "x"}]
     # the next snapshot writes the other slot; an unfinished one (no manifest) is ignored
-    nxt = encode(Snapshot(8, {"n": 8}, {}, {}, []), "g1", DEFAULT_CATALOG)
+    nxt = encode(Snapshot(8, state(n=8), {}, {}, []), "g1", DEFAULT_CATALOG)
     assert slot_of(8) != slot_of(7)
     assert decode(records + nxt[:-1], "g1", DEFAULT_CATALOG).seq == 7  # type: ignore[union-attr]
     assert decode(records + nxt, "g1", DEFAULT_CATALOG).seq == 8  # type: ignore[union-attr]
     # the one after that reuses seq 7's slot: cut short, its predecessor (8) is in force
-    third = encode(Snapshot(9, {"n": 9}, {}, {}, []), "g1", DEFAULT_CATALOG)
+    third = encode(Snapshot(9, state(n=9), {}, {}, []), "g1", DEFAULT_CATALOG)
     assert decode(records + nxt + third[:1], "g1", DEFAULT_CATALOG).seq == 8  # type: ignore[union-attr]
     assert decode([], "g1", DEFAULT_CATALOG) is None
 
@@ -114,19 +135,19 @@ def test_a_former_owners_late_snapshot_neither_overwrites_nor_outranks_the_new_o
     writes two more snapshots before it learns it was replaced. The state in force stays
     owner 2's, whatever the order of the writes."""
     e1 = owner_epoch([], "g", 0)
-    first = claim("g", e1) + encode(Snapshot(e1 * EPOCH + 5, {"by": 1}, {}, {}, []), "g",
+    first = claim("g", e1) + encode(Snapshot(e1 * EPOCH + 5, state(by=1), {}, {}, []), "g",
                                     DEFAULT_CATALOG)
     e2 = owner_epoch(first, "g", e1 * EPOCH + 5)
     assert e2 > e1
-    second = [encode(Snapshot(e2 * EPOCH + i, {"by": 2, "n": i}, {}, {}, []), "g",
+    second = [encode(Snapshot(e2 * EPOCH + i, state(by=2, n=i), {}, {}, []), "g",
                      DEFAULT_CATALOG) for i in (1, 2)]
-    late = [encode(Snapshot(e1 * EPOCH + s, {"by": 1}, {}, {}, []), "g", DEFAULT_CATALOG)
+    late = [encode(Snapshot(e1 * EPOCH + s, state(by=1), {}, {}, []), "g", DEFAULT_CATALOG)
             for s in (6, 7)]
     keys_2 = {k for recs in second for k, _ in recs}
     assert not keys_2 & {k for recs in late for k, _ in recs}  # keys of its own epoch
     log = first + claim("g", e2) + second[0] + late[0] + second[1] + late[1]
     got = decode(log, "g", DEFAULT_CATALOG)
-    assert got is not None and got.seq == e2 * EPOCH + 2 and got.engine == {"by": 2, "n": 2}
+    assert got is not None and got.seq == e2 * EPOCH + 2 and mark(got.engine) == {"by": 2, "n": 2}
     # owner 2 deletes what earlier epochs left (tombstones), once its first is durable
     stale = superseded([k for k, _ in log], "g", e2 * EPOCH + 1)
     assert set(stale) == {k for recs in [first[1:], *late] for k, _ in recs}
@@ -141,23 +162,23 @@ def test_an_owner_that_never_wrote_still_loses_to_the_next() -> None:
     e2 = owner_epoch(claim("g", e1), "g", 0)
     assert e2 > e1
     log = claim("g", e1) + claim("g", e2) + encode(
-        Snapshot(e2 * EPOCH + 1, {"by": 2}, {}, {}, []), "g", DEFAULT_CATALOG) + encode(
-        Snapshot(e1 * EPOCH + 1, {"by": 1}, {}, {}, []), "g", DEFAULT_CATALOG)
-    assert decode(log, "g", DEFAULT_CATALOG).engine == {"by": 2}  # type: ignore[union-attr]
+        Snapshot(e2 * EPOCH + 1, state(by=2), {}, {}, []), "g", DEFAULT_CATALOG) + encode(
+        Snapshot(e1 * EPOCH + 1, state(by=1), {}, {}, []), "g", DEFAULT_CATALOG)
+    assert mark(decode(log, "g", DEFAULT_CATALOG).engine) == {"by": 2}  # type: ignore[union-attr]
     # and a state restored from an epoch above every claim (claims lost) is outranked too
     assert owner_epoch(claim("g", 2), "g", 9 * EPOCH + 3) == 10
 
 
 def test_a_damaged_newest_snapshot_gives_way_to_the_one_before() -> None:
-    older = encode(Snapshot(3, {"n": 3}, {}, {}, []), "g", DEFAULT_CATALOG)
-    newer = encode(Snapshot(4, {"n": 4}, {}, {}, []), "g", DEFAULT_CATALOG)
+    older = encode(Snapshot(3, state(n=3), {}, {}, []), "g", DEFAULT_CATALOG)
+    newer = encode(Snapshot(4, state(n=4), {}, {}, []), "g", DEFAULT_CATALOG)
     key, value = newer[0]
     got = decode([*older, (key, value[:-1] + b"x"), *newer[1:]], "g", DEFAULT_CATALOG)
     assert got is not None and got.seq == 3
 
 
 def test_damaged_or_foreign_state_fails_loudly() -> None:
-    records = encode(Snapshot(3, {"a": 1}, {}, {}, []), "g", DEFAULT_CATALOG)
+    records = encode(Snapshot(3, state(a=1), {}, {}, []), "g", DEFAULT_CATALOG)
     with pytest.raises(StateError, match="missing"):
         decode(records[-1:], "g", DEFAULT_CATALOG)
     key, value = records[0]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from metrics.catalog import parse_duration_ms
-from metrics.errors import SettingsError
+from streams.errors import SettingsError
 
 
 @dataclass(frozen=True)

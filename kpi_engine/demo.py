@@ -22,10 +22,10 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from kpi_engine.generator import Generator, GeneratorConfig
-from kpi_engine.settings import Settings
-from metrics.errors import BrokerError
 from streams.broker import EmbeddedBroker, die_with_parent, port_is_open
+from streams.errors import BrokerError
 from streams.produce import produce_generated
+from streams.settings import Settings
 from streams.topics import all_topics, ensure_topics
 
 
@@ -108,7 +108,7 @@ async def _drive(settings: Settings, broker: EmbeddedBroker, gen: Generator,
         loop.add_signal_handler(sig, quit_.set)
     stop = asyncio.Event()
     producing = asyncio.create_task(
-        produce_generated(broker.bootstrap, settings, gen, realtime=True, stop=stop))
+        produce_generated(broker.bootstrap, settings, gen.messages(), realtime=True, stop=stop))
     deadline = None if duration_s is None else t_start + duration_s
     first_seen = False
     try:

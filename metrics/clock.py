@@ -1,0 +1,166 @@
+"""Event time: per topic family, a watermark over its sources (partitions), and the events
+held while a family's watermark is not known yet.
+
+A family's watermark is the minimum over its sources of the highest event time each
+delivered, so how partitions interleave never makes an event late.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from metrics.constants import NEVER
+from metrics.events import TYPES, Event, struct_of
+
+#: what orders events: a (topic, partition) in the worker, 0 in replay (any name in tests)
+Source = tuple[str, int] | int | str
+
+
+class WatermarkState(msgspec.Struct, gc=False):
+    version: int
+    sources: dict[Source, int]
+    first: dict[Source, int]
+    seen_wall: dict[Source, int]
+    idle: list[Source]
+    touched: list[Source]
+    value: int
+    last_wall: int
+    value_at_last_event: int
+
+
+class HeldEvent(msgspec.Struct, array_like=True, gc=False):
+    """An event held before its family's watermark is known, with its caller's ref."""
+
+    type: str
+    event_id: str
+    ts_ms: int
+    family: str
+    data: bytes  # its struct, msgpack
+    ref: Any
+
+
+WATERMARK_VERSION = 1
+
+
+class Watermark:
+    """Per-family event-time progress: the minimum over live sources (partitions) of the
+    highest event time each delivered.
+
+    An assigned source that has delivered nothing yet holds the watermark back (so the first
+    partition to report can't close windows early); a source quiet for the idle timeout
+    stops holding it back; when every source is quiet, event time moves on with the wall
+    clock from where it stood.
+    """
+
+    __slots__ = ("first", "idle", "last_wall", "seen_wall", "sources", "touched", "value",
+                 "value_at_last_event")
+
+    def __init__(self) -> None:
+        self.sources: dict[Source, int] = {}  # source -> highest event time (NEVER: none yet)
+        self.first: dict[Source, int] = {}  # source -> event time of its first event
+        self.seen_wall: dict[Source, int] = {}  # source -> wall time of its last batch
+        self.idle: set[Source] = set()
+        self.touched: set[Source] = set()  # sources with events since the last idle check
+        self.value = NEVER
+        self.last_wall = 0
+        self.value_at_last_event = NEVER
+
+    def assign(self, source: Source, wall: int) -> None:
+        if source not in self.sources:
+            self.sources[source] = NEVER
+            self.seen_wall[source] = wall
+
+    def forget(self, source: Source) -> None:
+        self.sources.pop(source, None)
+        self.first.pop(source, None)
+        self.seen_wall.pop(source, None)
+        self.idle.discard(source)
+        self.touched.discard(source)
+        self._recompute()
+
+    def observe(self, source: Source, ts: int) -> None:
+        sources = self.sources
+        cur = sources.get(source)
+        if cur is None or ts > cur:
+            sources[source] = ts
+            if cur is None or cur == NEVER:
+                self.first.setdefault(source, ts)
+            if source in self.idle:
+                self.idle.discard(source)
+            if len(sources) == 1:  # one partition (replay): its event time is the minimum
+                if ts > self.value:
+                    self.value = ts
+            elif cur is None or cur <= self.value:  # only the one at the minimum raises it
+                self._recompute()
+        self.touched.add(source)
+
+    def expecting(self) -> bool:
+        """No event yet, but an assigned source that is not idle may still bring one."""
+        return self.value == NEVER and any(s not in self.idle for s in self.sources)
+
+    def _recompute(self) -> None:
+        idle = self.idle
+        live = [t for s, t in self.sources.items() if s not in idle] if idle else \
+            list(self.sources.values())
+        if not live and self.value == NEVER:
+            # every source went quiet in the same idle check before the watermark was ever
+            # known: start from the sources that did deliver, or it would never start
+            live = [t for t in self.sources.values() if t != NEVER]
+        if live:
+            low = min(live)
+            if low > self.value:
+                self.value = low
+
+    def idle_advance(self, wall: int, idle_timeout_ms: int) -> None:
+        """Once per batch: stamp activity, retire quiet sources, move a quiet family on."""
+        if self.touched:
+            for src in self.touched:
+                self.seen_wall[src] = wall
+            self.touched.clear()
+            self.last_wall = wall
+            self.value_at_last_event = self.value
+        if idle_timeout_ms <= 0:
+            return
+        newly_idle = [s for s, w in self.seen_wall.items()
+                      if s not in self.idle and wall - w >= idle_timeout_ms]
+        if newly_idle:
+            self.idle.update(newly_idle)
+            self._recompute()
+        if self.value == NEVER or self.last_wall == wall:
+            return
+        quiet = wall - self.last_wall
+        if quiet >= idle_timeout_ms:
+            moved = self.value_at_last_event + quiet
+            if moved > self.value:
+                self.value = moved
+
+    def snapshot(self) -> WatermarkState:
+        return WatermarkState(WATERMARK_VERSION, self.sources, self.first, self.seen_wall,
+                              list(self.idle), list(self.touched), self.value, self.last_wall,
+                              self.value_at_last_event)
+
+    def restore(self, st: WatermarkState) -> None:
+        self.sources, self.first, self.seen_wall = st.sources, st.first, st.seen_wall
+        self.idle, self.touched = set(st.idle), set(st.touched)
+        self.value, self.last_wall, self.value_at_last_event = (st.value, st.last_wall,
+                                                                st.value_at_last_event)
+
+
+_ENCODE = msgspec.msgpack.Encoder().encode
+
+
+def hold(ev: Event, ref: Any) -> HeldEvent:
+    return HeldEvent(ev.type, ev.event_id, ev.ts_ms, ev.family, _ENCODE(ev.data), ref)
+
+
+def unhold(h: HeldEvent) -> Event:
+    data = msgspec.msgpack.decode(h.data, type=data_type(h.type))
+    return Event(h.event_id, h.type, h.ts_ms, h.family, data)
+
+
+def data_type(type_: str) -> Any:
+    if type_ not in TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    return struct_of(type_)

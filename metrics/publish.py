@@ -1,0 +1,196 @@
+"""The publisher: closed windows out as final KPI records, revisions when they change, and
+the current values of open windows.
+
+A closed window's rows are kept as published while the window can still be revised (its
+end + longest window + grace), so a revision carries only the rows that changed, each with
+its own revision number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from metrics.catalog import Catalog, Kpi, WindowSpec
+from metrics.constants import NEVER
+from metrics.formulas import Dims, Index, Rows, index_snapshot, merge_indexes
+from metrics.records import iso_boundary, make_record
+from metrics.windows import FamilyWindows
+
+Record = dict[str, Any]
+#: a KPI's published rows and the revision of each revised one
+Filed = tuple[Rows, dict[Dims, int]]
+
+
+class PublisherState(msgspec.Struct, gc=False):
+    version: int
+    #: (family, window, end) -> kpi -> its rows as published; a KPI over several families is
+    #: filed under its first one
+    published: dict[tuple[str, str, int], dict[str, Filed]]
+    floor: dict[str, int]  # family -> published windows ending before this were pruned
+    #: (window, end, kpi) of cross-family KPIs one family closed while another had not
+    waiting: list[tuple[str, int, str]]
+
+
+PUBLISHER_VERSION: Final = 1
+
+
+class Families(Protocol):
+    """What the publisher reads of the engine's event-time state."""
+
+    windows: dict[str, FamilyWindows]
+
+    def expecting(self, family: str) -> bool:
+        """Not started, but a live partition may still bring its first event."""
+        ...
+
+    def watermark(self, family: str) -> int: ...
+
+
+class Publisher:
+    def __init__(self, catalog: Catalog, kpi_rows: dict[str, Callable[[Index], Rows]]):
+        self.catalog = catalog
+        self._kpi_rows = kpi_rows
+        self.published: dict[tuple[str, str, int], dict[str, Filed]] = {}
+        self.floor = {f: NEVER for f in catalog.families}
+        self.waiting: set[tuple[str, int, str]] = set()
+        self._kpis_by_family: dict[str, list[Kpi]] = {f: [] for f in catalog.families}
+        for kpi in catalog.kpis.values():
+            for f in kpi.families:
+                self._kpis_by_family[f].append(kpi)
+
+    def publish(self, closed: dict[str, list[tuple[str, int]]], fams: Families,
+                emitted_at: str) -> list[Record]:
+        """Final records of the windows just closed, and revisions of the closed windows
+        changed since the last call (``FamilyWindows.dirty``)."""
+        todo: dict[tuple[str, int], set[str]] = {}  # (window, end) -> families touched
+        for fam, ends in closed.items():
+            for w_end in ends:
+                todo.setdefault(w_end, set()).add(fam)
+        for fam, fw in fams.windows.items():
+            for w_end in fw.dirty:
+                todo.setdefault(w_end, set()).add(fam)
+            fw.dirty.clear()
+        kpis_at: dict[tuple[str, int], dict[str, Kpi]] = {
+            w_end: {k.name: k for f in sorted(f_) for k in self._kpis_by_family[f]
+                    if w_end[0] in k.windows}
+            for w_end, f_ in todo.items()}
+        for wname, end, name in self.waiting:
+            kpis_at.setdefault((wname, end), {})[name] = self.catalog.kpis[name]
+        out: list[Record] = []
+        waiting: set[tuple[str, int, str]] = set()
+        for (wname, end), kpis in sorted(kpis_at.items(), key=lambda x: (x[0][1], x[0][0])):
+            indexes: dict[str, Index] = {}  # each family's snapshot is indexed once
+            for kpi in kpis.values():
+                idx = self._closed_index(kpi, wname, end, fams, indexes)
+                if idx is None:
+                    waiting.add((wname, end, kpi.name))
+                else:
+                    out += self._records(kpi, wname, end, idx, emitted_at)
+        self.waiting = waiting
+        return out
+
+    def _closed_index(self, kpi: Kpi, wname: str, end: int, fams: Families,
+                      cache: dict[str, Index]) -> Index | None:
+        """Index of every family's snapshot, or None while one of them is still open."""
+        parts: list[Index] = []
+        for fam in kpi.families:
+            fw = fams.windows[fam]
+            if not fw.started:
+                if fams.expecting(fam):
+                    return None  # its partitions have not spoken yet: wait for them
+                continue  # a family with no input contributes nothing
+            last = fw.last_end(wname)
+            if last is None or last < end:
+                return None
+            idx = cache.get(fam)
+            if idx is None:
+                idx = cache[fam] = index_snapshot(fw.closed_snapshot(wname, end) or {})
+            parts.append(idx)
+        return parts[0] if len(parts) == 1 else merge_indexes(parts)
+
+    def _records(self, kpi: Kpi, wname: str, end: int, idx: Index, emitted_at: str
+                 ) -> list[Record]:
+        filed = self.published.setdefault((kpi.families[0], wname, end), {})
+        rows = self._kpi_rows[kpi.name](idx)
+        size = self._window_spec(kpi, wname).size_ms
+        start_s, end_s = iso_boundary(end - size), iso_boundary(end)
+        unit = self.catalog.unit_label(kpi)
+        before = filed.get(kpi.name)
+        if before is None:  # the window's first publication: every row, revision 0
+            filed[kpi.name] = (rows, {})
+            first = []
+            for dkey in sorted(rows):
+                num, den = rows[dkey]
+                first.append(make_record(kpi, unit, wname, start_s, end_s, dict(dkey), num, den,
+                                         True, 0, emitted_at))
+            return first
+        published, revisions = before
+        for dkey in published:
+            if dkey not in rows:
+                rows[dkey] = (0.0, 0.0 if kpi.denominator else 1.0)
+        out = []
+        for dkey in sorted(rows):
+            num, den = rows[dkey]
+            prev = published.get(dkey)
+            if prev is None:
+                revision = 0
+            elif prev[0] == num and prev[1] == den:
+                continue
+            else:
+                revision = revisions[dkey] = revisions.get(dkey, 0) + 1
+            out.append(make_record(kpi, unit, wname, start_s, end_s, dict(dkey), num, den, True,
+                                   revision, emitted_at))
+        filed[kpi.name] = (rows, revisions)
+        return out
+
+    def _window_spec(self, kpi: Kpi, wname: str) -> WindowSpec:
+        return self.catalog.window(kpi.families[0], wname)
+
+    def open_records(self, fams: Families, emitted_at: str) -> list[Record]:
+        """Current values of the newest open window of every KPI and window (final: false).
+        The families' pending tallies must be settled."""
+        out: list[Record] = []
+        for kpi in self.catalog.kpis.values():
+            started = [f for f in kpi.families if fams.windows[f].started]
+            if not started:
+                continue
+            for wname in kpi.windows:
+                spec = self._window_spec(kpi, wname)
+                wm = max(fams.watermark(f) for f in started)
+                if wm == NEVER:
+                    continue
+                end = (wm // spec.hop_ms + 1) * spec.hop_ms
+                idx = merge_indexes([index_snapshot(fams.windows[f].open_snapshot(spec, end))
+                                     for f in started])
+                rows = self._kpi_rows[kpi.name](idx)
+                start_s, end_s = iso_boundary(end - spec.size_ms), iso_boundary(end)
+                for dkey in sorted(rows):
+                    num, den = rows[dkey]
+                    out.append(make_record(kpi, self.catalog.unit_label(kpi), wname, start_s,
+                                           end_s, dict(dkey), num, den, False, 0, emitted_at))
+        return out
+
+    def prune(self, fam: str, watermark: int) -> None:
+        """Forget published rows of windows that can no longer be revised (windows.py)."""
+        cfg = self.catalog.families[fam]
+        keep = cfg.longest_ms + cfg.grace_ms
+        horizon = watermark - keep
+        # pruned in steps of an eighth of that (at least an hour): each prune scans every key
+        if horizon > self.floor[fam] + max(3_600_000, keep // 8):
+            self.floor[fam] = horizon
+            for key in [k for k in self.published if k[0] == fam and k[2] < horizon]:
+                del self.published[key]
+
+    def snapshot(self) -> PublisherState:
+        return PublisherState(PUBLISHER_VERSION, self.published, self.floor, sorted(self.waiting))
+
+    def restore(self, state: PublisherState) -> None:
+        self.published = state.published
+        self.floor = {f: state.floor.get(f, NEVER) for f in self.catalog.families}
+        self.waiting = set(state.waiting)
+
+    def __len__(self) -> int:
+        return len(self.published)

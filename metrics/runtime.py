@@ -1,0 +1,11 @@
+"""Process settings the engine runs best with (replay and the worker alike)."""
+
+from __future__ import annotations
+
+import gc
+
+
+def tune_gc() -> None:
+    """The engine allocates many short-lived dicts and few cycles: collecting the young
+    generation every 700 allocations (the default) costs ~15 % of throughput."""
+    gc.set_threshold(50_000, 50, 100)

@@ -1,0 +1,90 @@
+"""Unique openers and clickers: a (campaign, contact) counts once, in the pane of its
+earliest occurrence within the horizon."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+import msgspec
+
+from metrics.constants import UNKNOWN
+from metrics.events import Event
+from metrics.trackers.base import Buckets, Dims, Fact
+
+_EMAIL_DIMS: Final = frozenset({"campaign_id", "segment"})
+
+Key = tuple[str, str]  # (campaign_id, contact_id)
+
+
+class FirstSeenState(msgspec.Struct, gc=False):
+    version: int
+    #: key -> (event time of its earliest occurrence, the dims it counted under)
+    first: dict[Key, tuple[int, Dims]]
+
+
+class FirstSeen:
+    """Counts a key once, in the pane of its earliest occurrence within ``horizon_ms``. An
+    earlier occurrence arriving later moves the count to its own pane; occurrences further
+    apart than the horizon count again (the state expired)."""
+
+    name: ClassVar[str]
+    family: ClassVar[str] = "email"
+    builtin: ClassVar[str]
+    builtins: ClassVar[dict[str, frozenset[str]]]
+    consumes: ClassVar[frozenset[str]]
+    micro: ClassVar[frozenset[str]] = frozenset()
+    state_type: ClassVar[type[msgspec.Struct]] = FirstSeenState
+    VERSION: ClassVar[int] = 1
+
+    def __init__(self, horizon_ms: int):
+        self.horizon_ms = horizon_ms
+        self.state: dict[Key, tuple[int, Dims]] = {}
+        self._buckets: Buckets[Key] = Buckets()
+
+    def observe(self, ev: Event) -> list[Fact]:
+        d = ev.data
+        return self.observe_key((d.campaign_id, d.contact_id), ev.ts_ms,
+                                (("campaign_id", d.campaign_id), ("segment", d.segment or UNKNOWN)))
+
+    def observe_key(self, key: Key, ts: int, dims: Dims) -> list[Fact]:
+        cur = self.state.get(key)
+        if cur is None or ts - cur[0] > self.horizon_ms:
+            self.state[key] = (ts, dims)
+            self._buckets.file(key, ts)
+            return [(ts, self.builtin, dims, 1)]
+        if cur[0] - ts > self.horizon_ms:  # far older than what we hold: a separate occurrence
+            return [(ts, self.builtin, dims, 1)]
+        if (ts, dims) < cur:
+            self.state[key] = (ts, dims)
+            self._buckets.file(key, ts)
+            return [(cur[0], self.builtin, cur[1], -1), (ts, self.builtin, dims, 1)]
+        return []
+
+    def expire(self, watermark: int) -> None:
+        self._buckets.sweep(self.state, watermark - self.horizon_ms, lambda cur: cur[0])
+
+    def snapshot(self) -> FirstSeenState:
+        return FirstSeenState(self.VERSION, self.state)
+
+    def restore(self, state: FirstSeenState) -> None:
+        self.state = state.first
+        self._buckets = Buckets()
+        for key, (ts, _) in self.state.items():
+            self._buckets.file(key, ts)
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+
+class UniqueOpeners(FirstSeen):
+    name: ClassVar[str] = "unique_opens"
+    builtin: ClassVar[str] = "unique_opens"
+    builtins: ClassVar[dict[str, frozenset[str]]] = {"unique_opens": _EMAIL_DIMS}
+    consumes: ClassVar[frozenset[str]] = frozenset({"email.opened"})
+
+
+class UniqueClickers(FirstSeen):
+    name: ClassVar[str] = "unique_clicks"
+    builtin: ClassVar[str] = "unique_clickers"
+    builtins: ClassVar[dict[str, frozenset[str]]] = {"unique_clickers": _EMAIL_DIMS}
+    consumes: ClassVar[frozenset[str]] = frozenset({"email.clicked"})

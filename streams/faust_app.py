@@ -1,0 +1,382 @@
+"""The Faust seam: every use of Faust's API, private parts included, is in this module.
+
+faust-streaming is pinned to the versions this adapter is tested against (pyproject.toml).
+What it adapts, each through a seam Faust offers:
+
+- ``durable_consumer``: the consumer class. Fetched input batches go straight to the shell
+  (streams/worker.py), whole; offsets are committed only as far as a durable snapshot covers.
+- ``StateTable``: a Faust table holding the shards' snapshots, recovered by Faust from its
+  changelog (one partition per shard).
+- ``shard_assignor``: the partition assignor, handing whole shards (streams/assignor.py).
+- ``FaustIO``: the producer and consumer as a shard uses them (streams/shard.py: ShardIO).
+- ``make_app`` / ``run_worker``: the app, its agent, timer, signals and web pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import faust
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from faust.assignor.client_assignment import ClientAssignment
+from faust.assignor.partition_assignor import PartitionAssignor
+from faust.exceptions import ProducerSendError
+from faust.transport.drivers.aiokafka import Consumer as FaustKafkaConsumer
+from faust.types import TP
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from metrics.catalog import Catalog, load_catalog
+from metrics.runtime import tune_gc
+from streams.assignor import place
+from streams.dashboard import page
+from streams.errors import SettingsError
+from streams.settings import Settings
+from streams.tansu import is_tansu, log_ends
+from streams.topics import (
+    create_topics,
+    input_topics,
+    shard_topics,
+    state_partitions,
+    state_topic,
+    topic_sizes,
+)
+from streams.worker import KpiShell
+
+log = logging.getLogger("kpi_engine.worker")
+
+
+class FaustIO:
+    """``ShardIO`` over a Faust app's producer and consumer."""
+
+    def __init__(self, app: faust.App):
+        self.app = app
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        await self.app.producer.send(topic, key, value, None, None, None)
+
+    async def flush(self) -> None:
+        await self.app.producer.flush()
+
+    async def route(self, topic: str, msg: Any, reason: str) -> None:
+        """Copy an input message, with its coordinates, to the DLQ or the late topic. A copy
+        the cluster refuses as too large goes out truncated, saying so: bad input never
+        stops the worker."""
+        headers = _source_headers(msg, reason)
+        send = self.app.producer.send
+        try:
+            await send(topic, msg.key, msg.value, None, None, headers)
+        except ProducerSendError as exc:
+            if not isinstance(exc.__cause__, MessageSizeTooLargeError):
+                raise
+            size = len(msg.value or b"")
+            headers.append(("truncated_from", str(size).encode()))
+            await send(topic, msg.key, (msg.value or b"")[:4096], None, None, headers)
+
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> bool:
+        # the input consumed bypasses Faust's acks (see durable_consumer): commit directly
+        consumer: Any = self.app.consumer
+        return bool(await consumer._commit({TP(t, p): off for (t, p), off in offsets.items()}))
+
+    async def seek(self, tp: tuple[str, int], offset: int) -> None:
+        await self.app.consumer.seek(TP(*tp), offset)
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
+
+    def highwater(self, tp: tuple[str, int]) -> int | None:
+        try:
+            return self.app.consumer.highwater(TP(*tp))
+        except Exception:  # not known yet after a rebalance
+            return None
+
+
+def _source_headers(msg: Any, error: str) -> list[tuple[str, bytes]]:
+    return [("error", error.encode()), ("source_topic", msg.topic.encode()),
+            ("source_partition", str(msg.partition).encode()),
+            ("source_offset", str(msg.offset).encode())]
+
+
+def durable_consumer(shell: KpiShell, tansu: bool = False) -> type:
+    """Faust's aiokafka consumer with these changes, all through the consumer-class seam
+    Faust offers:
+
+    - fetched input batches go straight to the shell, whole: no per-message stream, task or
+      ack (ENGINEERING.md §2 measured ~100 µs per event of that machinery); the state
+      table's changelog messages take Faust's own path to its recovery;
+    - input offsets are committed only as far as a durable snapshot covers them: a crash
+      then re-reads what the restored state lacks, never less;
+    - on the embedded broker only (``tansu``), a changelog's end comes from a fetch, not
+      ListOffsets (streams/tansu.py), so recovery reads the newest snapshot whole.
+    """
+    inputs = set(shell.shard_of_topic)
+
+    class DurableConsumer(FaustKafkaConsumer):
+        async def _drain_messages(self, fetcher: Any) -> None:
+            consumer_stopped = self._stopped.is_set
+            fetcher_stopped = fetcher._stopped.is_set
+            set_read_offset = self._read_offset.__setitem__
+            callback = self.callback
+            try:
+                while not (consumer_stopped() or fetcher_stopped()):
+                    batch = []
+                    async for tp, message in self.getmany(timeout=1.0):
+                        if tp.topic in inputs:
+                            batch.append(message)
+                        else:  # the state changelog, while Faust recovers it
+                            await callback(message)
+                        set_read_offset(tp, message.offset)
+                    if batch:
+                        await shell.handle(batch)
+                    else:
+                        await asyncio.sleep(0)
+            except self.consumer_stopped_errors:
+                if not self.transport.app.should_stop:
+                    raise
+            except asyncio.CancelledError:
+                if not self.transport.app.should_stop:
+                    raise
+            except Exception as exc:
+                # a bug, not bad input (that is a DLQ record): stop the worker loudly rather
+                # than leave a live process that no longer consumes
+                log.exception("KPI consumer failed; stopping the worker")
+                await self.transport.app.crash(exc)
+                raise
+
+        async def highwaters(self, *partitions: TP) -> Any:
+            ends = await super().highwaters(*partitions)
+            if tansu:
+                return await log_ends(shell.settings.bootstrap, ends)
+            return ends
+
+        async def _commit(self, offsets: Any) -> bool:
+            # a shard's owner commits its partitions; a standby's offsets are stale
+            clamped = {}
+            for tp, off in offsets.items():
+                sh = shell.shard_of_topic.get(tp.topic)
+                durable = sh.durable_next.get((tp.topic, tp.partition)) \
+                    if sh is not None and sh.active else None
+                if durable is not None:
+                    clamped[tp] = min(off, durable)
+            if not clamped:
+                return True
+            return bool(await super()._commit(clamped))
+
+    return DurableConsumer
+
+
+#: called once recovery is complete, with the shards whose partitions this worker holds
+Recovered = Callable[[set[str]], Awaitable[None]]
+
+
+class StateTable(faust.Table[bytes, bytes]):
+    def __init__(self, app: faust.App, *, topic: str, partitions: Mapping[str, int],
+                 on_recovered: Recovered, **kwargs: Any) -> None:
+        self.partition_of = dict(partitions)  # shard -> its changelog partition
+        self.shard_at = {p: name for name, p in partitions.items()}
+        self._topic = topic
+        self._on_recovered = on_recovered
+        self._sent: list[asyncio.Future[Any]] = []
+        # recovery applies its buffer every 64 records: chunks are up to 512 KiB each
+        super().__init__(app, name="kpi-state", key_type=bytes, value_type=bytes,
+                         partitions=len(self.partition_of), beacon=app.tables.beacon,
+                         recovery_buffer_size=64, **kwargs)
+
+    def _changelog_topic_name(self) -> str:
+        return self._topic  # created beforehand with one partition per shard
+
+    def partition_for_key(self, key: Any) -> int:
+        """A record's key starts with its shard's name (``{shard}|...``)."""
+        return self.partition_of[bytes(key).split(b"|", 1)[0].decode()]
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        # keep the send's future: a snapshot counts only once the cluster has it
+        self._sent.append(self.send_changelog(self.partition_for_key(key), key, value))
+
+    def on_key_del(self, key: Any) -> None:
+        self._sent.append(self.send_changelog(self.partition_for_key(key), key, None,
+                                              value_serializer="raw"))
+
+    async def write(self, records: list[tuple[bytes, bytes]]) -> None:
+        """Set the records in order and return once the changelog holds them all (raises
+        if the cluster refused one)."""
+        for key, value in records:
+            self[key] = value
+        await self._sent_out()
+
+    async def delete(self, keys: list[bytes]) -> None:
+        for key in keys:
+            del self[key]
+        await self._sent_out()
+
+    async def _sent_out(self) -> None:
+        sent, self._sent = self._sent, []
+        await asyncio.gather(*sent)
+
+    def records(self, shard: str) -> list[tuple[bytes, bytes]]:
+        prefix = f"{shard}|".encode()
+        return [(k, v) for k, v in self.data.items() if k.startswith(prefix)]
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        await super().on_recovery_completed(active_tps, standby_tps)
+        await self._on_recovered({self.shard_at[tp.partition] for tp in active_tps})
+
+
+def shard_assignor(shard_of_topic: Mapping[str, str],
+                   weights: Mapping[str, float] | None = None,
+                   state_topic: str | None = None,
+                   state_partition: Mapping[str, int] | None = None
+                   ) -> type[PartitionAssignor]:
+    """Faust's assignor, with whole shards handed to members (topics the map lacks form
+    one more shard, named by the empty string); ``weights``, a live mapping, gives each
+    shard's traffic as this worker last saw it. A shard's partition of ``state_topic``, the
+    state table's changelog (``state_partition``: shard -> partition), goes to its owner."""
+    partition_of: Mapping[str, int] = state_partition or {}
+
+    class ShardAssignor(PartitionAssignor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._previous: dict[str, set[str]] = {}
+
+        def _perform_assignment(self, cluster: Any, member_metadata: Any) -> Any:
+            # the shards each member held before this rebalance (sticky ownership)
+            self._previous = {}
+            for member_id, metadata in member_metadata.items():
+                before = self._get_client_metadata(metadata).assignment
+                if before is not None:
+                    self._previous[member_id] = {shard_of_topic.get(t, "")
+                                                 for t, p in before.actives.items()
+                                                 if p and t != state_topic}
+            return super()._perform_assignment(cluster, member_metadata)
+
+        def _protocol_assignments(self, assignments: Any, cl_distribution: Any,
+                                  tp_distribution: Any, topic_groups: Any) -> Any:
+            merged: dict[str, set[int]] = {}
+            for a in assignments.values():
+                for topic, partitions in a.actives.items():
+                    if topic != state_topic:
+                        merged.setdefault(topic, set()).update(partitions)
+            owner = place({shard_of_topic.get(t, "") for t in merged}, list(assignments),
+                          self._previous, weights)
+            whole = {m: ClientAssignment(
+                actives={t: sorted(p) for t, p in sorted(merged.items())
+                         if owner[shard_of_topic.get(t, "")] == m},
+                standbys={}) for m in assignments}
+            if state_topic is not None:
+                for shard, m in owner.items():
+                    if shard in partition_of:
+                        whole[m].actives.setdefault(state_topic, []).append(
+                            partition_of[shard])
+            return super()._protocol_assignments(whole, cl_distribution, tp_distribution,
+                                                  topic_groups)
+
+    return ShardAssignor
+
+
+def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
+             ) -> tuple[faust.App, KpiShell]:
+    if settings.broker is None:
+        raise SettingsError("the worker needs --broker or KPI_BROKER (kafka://host:port); "
+                            "`kpi-engine demo` runs one on an embedded broker")
+    traffic: dict[str, float] = {}  # the shell measures it, the assignor weighs shards by it
+    app = faust.App(
+        settings.group_id,
+        broker=settings.broker,
+        store="memory://",
+        datadir=settings.data_dir or tempfile.mkdtemp(prefix="kpi-engine-"),
+        # Tansu holds group joins for session_timeout / 2: keep it short (ENGINEERING.md)
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        PartitionAssignor=shard_assignor(shard_topics(settings, catalog), traffic,
+                                         state_topic(settings), state_partitions(catalog)),
+        producer_acks=1,
+        # input may be up to 1 MiB plus overhead and its DLQ copy must fit
+        producer_max_request_size=4 * 1024 * 1024,
+        consumer_max_fetch_size=4 * 1024 * 1024,
+    )
+    shells: list[KpiShell] = []  # the table's recovery callback needs the shell, made next
+
+    async def on_recovered(names: set[str]) -> None:
+        await shells[0].on_state_recovered(names)
+
+    table = StateTable(app, topic=state_topic(settings), partitions=state_partitions(catalog),
+                       on_recovered=on_recovered)
+    app.tables.add(table)
+    shell = KpiShell(settings, catalog, FaustIO(app), table, traffic)
+    shells.append(shell)
+    app.transport.Consumer = durable_consumer(shell, tansu)  # type: ignore[misc]
+    source = app.topic(*input_topics(settings), key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+
+    # The agent subscribes the worker to the input topics (assignment, rebalances); the
+    # messages themselves reach KpiShell.handle in whole batches from DurableConsumer.
+    @app.agent(source, name="kpi-engine-process")
+    async def process(stream: Any) -> None:
+        async for _ in stream:  # pragma: no cover - DurableConsumer hands nothing over
+            pass
+
+    inputs = set(input_topics(settings))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        await shell.on_assigned({(tp.topic, tp.partition) for tp in assigned
+                                 if tp.topic in inputs})
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        await shell.on_revoked({(tp.topic, tp.partition) for tp in revoked
+                                if tp.topic in inputs})
+
+    @app.timer(settings.emit_interval)  # type: ignore[untyped-decorator]
+    async def emit() -> None:
+        await shell.tick()
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        # aiohttp wants the charset apart from the content type
+        ctype = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+        return web.bytes(generate_latest(shell.registry), content_type=ctype)
+
+    @app.page("/health")
+    async def health_view(web: Any, request: Any) -> Any:
+        return web.json(shell.health())
+
+    @app.page("/dashboard")
+    async def dashboard_view(web: Any, request: Any) -> Any:
+        return web.bytes(page(), content_type="text/html")
+
+    @app.page("/dashboard/state")
+    async def dashboard_state_view(web: Any, request: Any) -> Any:
+        return web.json(shell.dashboard_state())
+
+    @app.page("/kpis")
+    async def kpis_view(web: Any, request: Any) -> Any:
+        return web.json({"kpis": shell.kpis_json(request.query)})
+
+    return app, shell
+
+
+def run_worker(settings: Settings) -> int:
+    catalog = load_catalog(settings.catalog)
+    tune_gc()
+    create_topics(settings, catalog)
+    tansu = asyncio.run(is_tansu(settings.bootstrap))
+    sizes: dict[str, int] = {}
+    try:  # weights for the first assignment, should this worker lead it
+        sizes = asyncio.run(topic_sizes(settings.bootstrap, input_topics(settings)))
+    except KafkaError as exc:
+        log.warning("could not read the input topics' sizes: %s", exc)
+    # the state loads when this worker owns shards
+    app, shell = make_app(settings, catalog, tansu)
+    shell.weigh(sizes)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
+    return 0

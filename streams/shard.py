@@ -1,0 +1,405 @@
+"""One shard in a worker: its engine, its durable state and offsets, and its I/O.
+
+A shard is a group of topic families no KPI spans (``Catalog.shards``); the worker that owns
+its input partitions owns its state. The shard parses and validates each message, feeds its
+engine, and routes what the engine can't use: invalid input to `kpi-dlq` with its reason and
+source coordinates, late input to `kpi-late`. Closed windows wait in an outbox for the
+snapshot that makes them durable, then go to `kpi-windows`; the emit timer publishes
+open-window values to `kpi-updates`.
+
+Everything outside the engine goes through two small interfaces, ``ShardIO`` (the consumer
+and producer, provided by the Faust adapter, streams/faust_app.py) and ``StateStore`` (the
+state table), so the shard's logic is unit-tested without a broker (tests/unit/test_shard.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from metrics.catalog import Catalog
+from metrics.engine import EngineConfig, KpiEngine
+from metrics.events import Event, Parser, event_parser
+from metrics.records import update_key, window_key
+from streams.exporter import ShellStats
+from streams.settings import Settings
+from streams.state import (
+    EPOCH,
+    Offsets,
+    Snapshot,
+    SourceRef,
+    claim_key,
+    decode,
+    encode,
+    follows,
+    key_epoch,
+    owner_epoch,
+    source_ref,
+    superseded,
+)
+from streams.topics import family_of
+
+log = logging.getLogger("kpi_engine.worker")
+
+TP = tuple[str, int]  # (topic, partition)
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ShardIO(Protocol):
+    """The consumer and producer, as a shard uses them."""
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def route(self, topic: str, msg: Any, reason: str) -> None:
+        """Copy an input message, with its coordinates, to the DLQ or the late topic."""
+        ...
+
+    async def commit(self, offsets: Offsets) -> bool:
+        """Commit the next offsets to read; False when the group refused (replaced)."""
+        ...
+
+    async def seek(self, tp: TP, offset: int) -> None: ...
+
+    def assignment(self) -> set[TP]: ...
+
+    def highwater(self, tp: TP) -> int | None: ...
+
+
+class StateStore(Protocol):
+    """The group's state table (streams/faust_app.py: StateTable)."""
+
+    async def write(self, records: list[tuple[bytes, bytes]]) -> None: ...
+
+    async def delete(self, keys: list[bytes]) -> None: ...
+
+    def records(self, shard: str) -> list[tuple[bytes, bytes]]: ...
+
+
+class History(Protocol):
+    def add(self, records: list[dict[str, Any]]) -> None: ...
+
+
+@dataclass
+class Outputs:
+    """Where a shard's records go, and what watches them."""
+
+    topic_windows: str
+    topic_updates: str
+    topic_dlq: str
+    topic_late: str
+    history: History
+    emit_latency: Callable[[float], None]
+
+
+class Shard:
+    """One shard's engine, durable state and I/O in this worker (owned or standing by)."""
+
+    def __init__(self, name: str, catalog: Catalog, topics: set[str], settings: Settings,
+                 io: ShardIO, state: StateStore, out: Outputs):
+        self.io = io
+        self.state = state
+        self.out = out
+        self.settings = settings
+        self.name = name
+        self.catalog = catalog  # the whole catalog restricted to this shard's families
+        self.topics = topics  # its families' input topics
+        self.engine = KpiEngine(catalog, EngineConfig(
+            dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
+            idle_timeout_ms=int(settings.idle_timeout * 1000)), clock=wall_ms)
+        self.stats = ShellStats()
+        self._lag_by_tp: dict[tuple[str, int], int] = {}
+        # durability (streams/state.py): what the engine applied, what a snapshot made durable
+        self.applied: Offsets = {}
+        self.snapshot_seq = 0
+        self._epoch_clean = True
+        self._snapshot_applied: Offsets = {}
+        self._last_snapshot_at = time.monotonic()
+        self.replayed_skipped = 0
+        self.outbox: list[tuple[float, dict[str, Any]]] = []  # (batch start, record)
+        self.resend: list[dict[str, Any]] = []
+        #: one batch, one emit or one snapshot at a time: a snapshot sees whole batches only
+        self._state_lock = asyncio.Lock()
+        #: input partitions registered as watermark sources, and those Faust revoked that
+        #: the consumer has not yet given back (see ``sync_sources``)
+        self.owned: set[tuple[str, int]] = set()
+        self.revoked: set[tuple[str, int]] = set()
+        self.stale_skipped = 0
+        #: owns the shard's input partitions (streams/assignor.py); a standby holds no state
+        self.active = False
+        self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
+        self._hole_at: dict[tuple[str, int], int] = {}  # offset a partition was re-read from
+
+    def restore(self, snap: Snapshot, epoch: int) -> None:
+        self.engine.restore(snap.engine, ref=lambda r: SourceRef(*r))
+        self.resend = snap.outbox  # it may not have gone out before the crash
+        self.applied = dict(snap.applied)
+        self._snapshot_applied = dict(snap.applied)
+        self.stats.invalid = dict(snap.invalid)
+        # this worker's tenure of the shard: snapshots numbered in a fresh epoch, the
+        # previous owner's keys deleted once the first is durable (streams/state.py)
+        self.snapshot_seq = epoch * EPOCH
+        self._epoch_clean = False
+
+    async def activate(self, records: list[tuple[bytes, bytes]], t0: float) -> None:
+        """This worker now owns the shard: continue from its latest durable state in the
+        state table's ``records``, whoever wrote it (another worker may have owned the shard
+        since this one last did), in an epoch of its own, claimed before counting anything."""
+        snap = decode(records, self.name, self.catalog)
+        epoch = owner_epoch(records, self.name, snap.seq if snap else 0)
+        await self.state.write([(claim_key(self.name), str(epoch).encode())])
+        async with self._state_lock:
+            # nothing durable yet: start from the empty state (this worker may have counted
+            # before, as an owner whose work went to another)
+            self.restore(snap or Snapshot(
+                0, KpiEngine(self.catalog, self.engine.config).snapshot(), {}, {}, []), epoch)
+            self.outbox = []
+            # the restored engine has its own sources: the next batch re-syncs them
+            self.owned = self.engine.sources()  # type: ignore[assignment]
+            self.active = True
+        if snap is not None:
+            log.warning("%s: restored snapshot %d (%d partitions' offsets) in %.2f s",
+                        self.name, snap.seq, len(snap.applied), time.monotonic() - t0)
+        log.warning("%s: owning its input partitions", self.name)
+
+    async def deactivate(self) -> None:
+        """Input partitions revoked: make the state durable for the next owner, go quiet."""
+        await self.snapshot(force=True)
+        async with self._state_lock:
+            self.active = False
+            self.stats.kpis = []
+            self.stats.lag = {}
+            self._lag_by_tp.clear()
+        log.warning("%s: standing by", self.name)
+
+    async def snapshot(self, force: bool = False) -> bool:
+        """Write the engine state and the offsets it covers, then let commits reach them."""
+        if not self.active or (self.applied == self._snapshot_applied and not self.outbox):
+            return False
+        if not force and time.monotonic() - self._last_snapshot_at < \
+                self.settings.snapshot_interval:
+            return False
+        async with self._snapshot_lock:
+            return await self._snapshot()
+
+    async def _snapshot(self) -> bool:
+        if not self.active:  # a standby must never overwrite the owner's state
+            return False
+        async with self._state_lock:
+            # DLQ and late copies of the input this snapshot covers are out before it counts
+            await self.io.flush()
+            applied = dict(self.applied)
+            outbox, self.outbox = self.outbox, []
+            snap = Snapshot(self.snapshot_seq + 1, self.engine.snapshot(source_ref), applied,
+                            dict(self.stats.invalid), [r for _, r in outbox])
+            # serialised under the lock: the state and the offsets agree
+            records = encode(snap, self.name, self.catalog)
+        # the chunks, then the manifest that commits them (streams/faust_app.py: StateTable)
+        state = self.state
+        await state.write(records[:-1])
+        await state.write(records[-1:])
+        if not self._epoch_clean:
+            await state.delete(superseded([k for k, _ in state.records(self.name)],
+                                          self.name, snap.seq))
+            self._epoch_clean = True
+        self.snapshot_seq = snap.seq
+        self._snapshot_applied = applied
+        self._last_snapshot_at = time.monotonic()
+        # the input consumed bypasses Faust's acks (see durable_consumer): commit here. The
+        # group refuses a commit from a member it has replaced: then this worker's closed
+        # windows stay unsent (a newer owner publishes its own), else they wait for the next
+        # snapshot. The snapshot holds them either way, for whoever restores it.
+        if await self.io.commit(self.durable_next):
+            await self._send_finals(outbox)
+        else:
+            log.warning("%s: offsets not committed; %d closed windows wait", self.name,
+                        len(outbox))
+            self.outbox[:0] = outbox
+        return True
+
+    @property
+    def durable_next(self) -> Offsets:
+        """Next offset to commit per input partition: what the last durable snapshot covers."""
+        return {tp: off + 1 for tp, off in self._snapshot_applied.items()}
+
+    def sync_sources(self, assignment: set[tuple[str, int]]) -> None:
+        """Make the engine's watermark sources the consumer's live assignment.
+
+        A batch must meet every partition of its family registered: one applied while some
+        were missing (before the assignment signal ran, or between a revoke and the next
+        assignment) lets one partition's event time close windows the others still feed.
+        Faust's signals alone don't guarantee that order, the consumer's assignment does:
+        it changes before any message of a new partition is fetched.
+        """
+        current = {tp for tp in assignment - self.revoked if tp[0] in self.topics}
+        if current == self.owned:
+            return
+        for tp in self.owned - current:
+            self.engine.forget_source(tp)
+        for tp in current - self.owned:
+            self.engine.assign_source(family_of(self.settings, tp[0]), tp)  # type: ignore[arg-type]
+        if current - self.owned:
+            log.info("%s: %d input partitions assigned", self.name, len(current))
+        self.owned = current
+
+    async def on_revoked(self, tps: set[tuple[str, int]]) -> None:
+        self.revoked |= tps
+        self.sync_sources(self.owned)
+        if self.active and tps:  # the whole state goes to the next owner: hand it over
+            await self.deactivate()
+
+    async def handle(self, batch: list[Any]) -> None:
+        """This shard's part of a fetched batch."""
+        if not self.active:
+            # fetched before a revoke, or before the shard's state is recovered: Faust holds
+            # its partitions until then and seeks them to the committed offsets, so the
+            # owner reads these again (waiting here would hold up the changelog's messages)
+            self.stale_skipped += len(batch)
+            return
+        async with self._state_lock:
+            if not self.active:
+                return  # revoked meanwhile: the next owner reads it again
+            # read under the lock: a rebalance may have run while this batch waited for it
+            mine = {tp for tp in self.io.assignment() if tp[0] in self.topics}
+            self.sync_sources(mine)
+            rewind = await self._handle(batch)
+            for tp, offset in rewind.items():
+                if tp in mine:  # ours: fetch it again from where the state stops
+                    log.warning("re-reading %s[%d] from %d", *tp, offset)
+                    self._hole_at[tp] = offset
+                    await self.io.seek(tp, offset)
+
+    async def _handle(self, batch: list[Any]) -> dict[tuple[str, int], int]:
+        """Apply one batch. Per partition the state holds a gapless prefix of the log: a
+        message is applied only right after the last one applied. Returns, for partitions
+        whose messages did not follow on (a batch fetched before a revoke, a restore or
+        a rebalance), the offset to read them again from."""
+        t0 = time.perf_counter()
+        now = wall_ms()
+        engine, stats, settings, io, out = self.engine, self.stats, self.settings, self.io, self.out
+        currency = self.catalog.currency
+        parsers: dict[str, Parser] = {}  # topic -> its family's parser, for this batch
+        rejected: list[tuple[Any, str]] = []
+        last_offsets: dict[tuple[str, int], int] = {}
+        applied = self.applied
+        owned = self.owned
+        stale: dict[tuple[str, int], int] = {}
+        hole_at = self._hole_at
+        for msg in batch:
+            tp = (msg.topic, msg.partition)
+            last = applied.get(tp)
+            if tp in stale:
+                self.stale_skipped += 1
+                continue
+            if tp not in owned:
+                # fetched before a revoke: its owner reads it from the committed offset,
+                # which never passes what a snapshot holds
+                self.stale_skipped += 1
+                stale[tp] = msg.offset if last is None else last + 1
+                continue
+            where = follows(msg.offset, last, hole_at.get(tp))
+            if where == "replayed":  # re-read after a restart: already in the state
+                self.replayed_skipped += 1
+                continue
+            if where == "hole":
+                self.stale_skipped += 1
+                stale[tp] = last + 1  # type: ignore[operator]
+                continue
+            applied[tp] = msg.offset
+            raw = msg.value if isinstance(msg.value, bytes) else b""
+            parse = parsers.get(msg.topic)
+            if parse is None:
+                parse = parsers[msg.topic] = event_parser(
+                    now_ms=now, currency=currency, topic_family=family_of(settings, msg.topic))
+            parsed = parse(raw)
+            if type(parsed) is Event:
+                engine.ingest(parsed, (msg.topic, msg.partition), msg)
+            else:
+                reason: str = parsed.reason  # type: ignore[union-attr]
+                stats.invalid[reason] = stats.invalid.get(reason, 0) + 1
+                rejected.append((msg, reason))
+            last_offsets[tp] = msg.offset
+        late = engine.late_refs  # every event found late, held ones included
+        engine.late_refs = []
+        for msg, reason in rejected:
+            await io.route(out.topic_dlq, msg, reason)
+        for msg in late:
+            await io.route(out.topic_late, msg, "late")
+        if engine.due:
+            await self.publish_finals(engine.advance(), t0)
+        self._update_lag(last_offsets)
+        return stale
+
+    async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
+        """Closed windows wait in the outbox for the snapshot that makes them durable."""
+        self.outbox += [(t0, rec) for rec in records]
+        self.out.history.add(records)
+
+    async def _send_finals(self, outbox: list[tuple[float, dict[str, Any]]]) -> None:
+        send = self.io.send
+        for _, rec in outbox:
+            await send(self.out.topic_windows, window_key(rec).encode(), orjson.dumps(rec))
+        await self.io.flush()
+        now = time.perf_counter()
+        for t0 in {t0 for t0, _ in outbox}:
+            self.out.emit_latency(now - t0)
+
+    async def tick(self) -> None:
+        """Emit interval: idle watermark advance, then open-window values."""
+        t0 = time.perf_counter()
+        if self.resend:  # the restored snapshot's outbox, first of all
+            await self._send_finals([(t0, r) for r in self.resend])
+            self.resend = []
+        if not self.active:
+            return
+        async with self._state_lock:
+            await self.publish_finals(self.engine.advance(), t0)
+        await self.snapshot()
+        current = self.engine.open_records()
+        self.stats.kpis = current
+        send = self.io.send
+        for rec in current:
+            await send(self.out.topic_updates, update_key(rec).encode(), orjson.dumps(rec))
+
+    def _update_lag(self, last_offsets: dict[tuple[str, int], int]) -> None:
+        for tp, offset in last_offsets.items():
+            high = self.io.highwater(tp)
+            if high is not None:  # None: not known yet after a rebalance: keep the last one
+                self._lag_by_tp[tp] = max(0, high - offset - 1)
+        by_topic: dict[str, int] = {}
+        for tp, lag in self._lag_by_tp.items():
+            by_topic[tp[0]] = by_topic.get(tp[0], 0) + lag
+        self.stats.lag = by_topic
+
+    def health(self) -> dict[str, Any]:
+        e = self.engine
+        return {
+            "role": "active" if self.active else "standby",
+            "events": sum(e.events_total.values()),
+            "invalid": sum(self.stats.invalid.values()),
+            "duplicates": e.duplicates_total,
+            "late": sum(e.late_total.values()),
+            "late_by_family": dict(e.late_total),
+            "held": e.held_total,
+            "replayed_skipped": self.replayed_skipped,
+            "stale_skipped": self.stale_skipped,
+            "snapshot_seq": self.snapshot_seq,
+            # closed windows not yet on kpi-windows (they wait for a durable snapshot)
+            "pending_finals": len(self.outbox) + len(self.resend),
+            "durable": self.applied == self._snapshot_applied,
+            "state": e.state_sizes(),
+            # the epochs whose snapshots the state table holds for this shard: one, once
+            # this owner's first snapshot is durable (streams/state.py)
+            "state_epochs": sorted({ep for k, _ in self.state.records(self.name)
+                                    if (ep := key_epoch(k, self.name)) is not None}),
+        }
