@@ -34,8 +34,8 @@ DEFAULT_CATALOG: Final = "catalog.yaml"
 UNITS: Final = frozenset({"ratio", "seconds", "days", "count", "per_day", "score", "currency"})
 SEVERITIES: Final = frozenset({"critical", "warning", "info"})
 
-__all__ = ["TOTAL", "Aggregate", "Alert", "Catalog", "FamilyConfig", "Formula", "Kpi", "Term",
-           "WindowSpec", "build_catalog", "load_catalog", "metric_name", "parse_duration_ms",
+__all__ = ["BUILTINS", "TOTAL", "Aggregate", "Alert", "Catalog", "FamilyConfig", "Formula", "Kpi",
+           "Term", "WindowSpec", "build_catalog", "load_catalog", "metric_name", "parse_duration_ms",
            "parse_formula"]
 
 

@@ -1,0 +1,240 @@
+"""A shard's logic without a broker: batches in, DLQ/late copies, the outbox held until a
+durable snapshot, commits no further than the snapshot, takeover by another worker from the
+state table, re-reads after a hole, and replays skipped. The I/O is a recording fake of the
+``ShardIO`` / ``StateStore`` interfaces the Faust adapter implements."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from kpi_engine.generator import Generator, GeneratorConfig
+from streams.settings import Settings
+from streams.shard import Outputs, Shard
+from streams.state import Offsets
+from tests.helpers import DEFAULT_CATALOG, final_values, replay
+
+SETTINGS = replace(Settings(), snapshot_interval=0.0, idle_timeout=0.0)
+EMAIL = DEFAULT_CATALOG.restrict(("email",))
+TOPIC = "email-events"
+
+
+@dataclass
+class Msg:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+
+
+class FakeIO:
+    def __init__(self, partitions: int = 2) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.routed: list[tuple[str, int, int, str]] = []
+        self.commits: list[Offsets] = []
+        self.seeks: list[tuple[tuple[str, int], int]] = []
+        self.refuse_commits = False
+        self.tps = {(TOPIC, p) for p in range(partitions)}
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.sent.append((topic, key, value))
+
+    async def flush(self) -> None:
+        pass
+
+    async def route(self, topic: str, msg: Any, reason: str) -> None:
+        self.routed.append((topic, msg.partition, msg.offset, reason))
+
+    async def commit(self, offsets: Offsets) -> bool:
+        if self.refuse_commits:
+            return False
+        self.commits.append(dict(offsets))
+        return True
+
+    async def seek(self, tp: tuple[str, int], offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return set(self.tps)
+
+    def highwater(self, tp: tuple[str, int]) -> int | None:
+        return None
+
+    def windows(self) -> list[dict[str, Any]]:
+        return [orjson.loads(v) for t, _, v in self.sent if t == "kpi-windows"]
+
+
+class FakeTable:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    async def write(self, records: list[tuple[bytes, bytes]]) -> None:
+        self.data.update(records)
+
+    async def delete(self, keys: list[bytes]) -> None:
+        for k in keys:
+            self.data.pop(k, None)
+
+    def records(self, shard: str) -> list[tuple[bytes, bytes]]:
+        return [(k, v) for k, v in self.data.items() if k.startswith(f"{shard}|".encode())]
+
+
+class History:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        self.records += records
+
+
+def new_shard(io: FakeIO, table: FakeTable) -> Shard:
+    out = Outputs("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", History(),
+                  lambda s: None)
+    return Shard("email", EMAIL, {TOPIC}, SETTINGS, io, table, out)
+
+
+GEN = Generator(GeneratorConfig(rate=30, duration_s=1200, seed=9, history_days=0,
+                                duplicates=0.02, invalid=0.02))
+LINES = [raw for _, (topic, raw) in GEN.messages() if topic == TOPIC]
+
+
+def traffic() -> list[bytes]:
+    return list(LINES)
+
+
+def oracle(lines: list[bytes]) -> dict[str, dict[str, Any]]:
+    """Replay's windows: the worker's must equal them."""
+    return final_values(replay(lines, EMAIL, now_ms=GEN.end_ms + 60_000))
+
+
+def batches(lines: list[bytes], partitions: int = 2, size: int = 200) -> list[list[Msg]]:
+    offsets = [0] * partitions
+    msgs = []
+    for i, raw in enumerate(lines):
+        p = i % partitions
+        msgs.append(Msg(TOPIC, p, offsets[p], raw))
+        offsets[p] += 1
+    return [msgs[i:i + size] for i in range(0, len(msgs), size)]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_shard_counts_routes_and_publishes_finals_only_once_durable() -> None:
+    lines = traffic()
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table)
+
+    async def go() -> None:
+        await shard.activate(table.records("email"), 0.0)
+        for b in batches(lines):
+            await shard.handle(b)
+        assert shard.outbox and not io.windows(), "finals wait for a durable snapshot"
+        await shard.snapshot(force=True)
+
+    run(go())
+    assert io.windows() and not shard.outbox
+    # bad input went to the DLQ with its reason, never into the counts
+    reasons = {r for t, _, _, r in io.routed if t == "kpi-dlq"}
+    assert reasons and all(r != "late" for r in reasons)
+    assert sum(shard.stats.invalid.values()) == len([1 for t, *_ in io.routed if t == "kpi-dlq"])
+    # commits reach exactly what the snapshot covers: the next offset per partition
+    assert io.commits[-1] == {tp: off + 1 for tp, off in shard.applied.items()}
+    # what went out equals replay's windows closed so far (revisions included)
+    want = {k: v for k, v in oracle(lines).items()
+            if k in final_values(io.windows())}
+    assert want and final_values(io.windows()) == want
+
+
+def test_a_refused_commit_keeps_the_finals_for_the_next_snapshot() -> None:
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table)
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        for b in batches(traffic()):
+            await shard.handle(b)
+        io.refuse_commits = True
+        await shard.snapshot(force=True)
+        assert not io.windows() and shard.outbox
+        io.refuse_commits = False
+        await shard.snapshot(force=True)
+
+    run(go())
+    assert io.windows() and not shard.outbox
+
+
+def test_another_worker_takes_over_from_the_state_table_without_loss_or_double() -> None:
+    lines = traffic()
+    parts = batches(lines)
+    cut = len(parts) // 2
+    table = FakeTable()
+    io1, io2 = FakeIO(), FakeIO()
+    first, second = new_shard(io1, table), new_shard(io2, table)
+
+    async def go() -> None:
+        await first.activate([], 0.0)
+        for b in parts[:cut + 2]:
+            await first.handle(b)
+        await first.snapshot(force=True)
+        durable = dict(first.applied)
+        for b in parts[cut + 2:cut + 4]:  # counted after the snapshot, then the worker dies
+            await first.handle(b)
+        await second.activate(table.records("email"), 0.0)
+        assert second.applied == durable and second.snapshot_seq > first.snapshot_seq
+        # the new owner re-reads from the committed offsets: the whole log again
+        for b in parts:
+            await second.handle(b)
+        await second.snapshot(force=True)
+        assert second.replayed_skipped > 0
+
+    run(go())
+    sent = io1.windows() + io2.windows()
+    want = oracle(lines)
+    got = final_values(sent)
+    assert got and all(got[k] == want[k] for k in got)
+    assert second.engine.events_total == first_run_counts(lines)
+
+
+def first_run_counts(lines: list[bytes]) -> dict[str, int]:
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table)
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        for b in batches(lines):
+            await shard.handle(b)
+
+    run(go())
+    return dict(shard.engine.events_total)
+
+
+def test_a_gap_in_a_partition_is_read_again_from_where_the_state_stops() -> None:
+    io, table = FakeIO(partitions=1), FakeTable()
+    shard = new_shard(io, table)
+    msgs = batches(traffic()[:50], partitions=1, size=50)[0]
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        await shard.handle(msgs[:10])
+        await shard.handle(msgs[15:20])  # offsets 10..14 never arrived
+        assert io.seeks == [((TOPIC, 0), 10)]
+        assert shard.applied[(TOPIC, 0)] == 9
+        await shard.handle(msgs[10:20])  # read again: applied in order
+        assert shard.applied[(TOPIC, 0)] == 19
+        await shard.handle(msgs[5:12])  # already counted: skipped
+        assert shard.applied[(TOPIC, 0)] == 19 and shard.replayed_skipped == 7
+
+    run(go())
+
+
+def test_a_standby_counts_nothing() -> None:
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table)
+    run(shard.handle(batches(traffic())[0]))
+    assert shard.stale_skipped == 200 and not shard.engine.events_total

@@ -1,0 +1,23 @@
+"""One registry: the catalog's builtins, the engine's trackers and their state all come
+from it."""
+
+from __future__ import annotations
+
+from metrics import catalog
+from metrics.engine import KpiEngine
+from metrics.trackers.registry import BUILTINS, MICRO_BUILTINS, TRACKERS
+from tests.helpers import DEFAULT_CATALOG
+
+
+def test_the_catalog_knows_exactly_the_registered_builtins() -> None:
+    assert catalog.BUILTINS is BUILTINS
+    assert set(BUILTINS) == {b for t in TRACKERS for b in t.builtins}
+    assert {"won_amount", "cycle_days_sum"} == MICRO_BUILTINS
+
+
+def test_the_engine_runs_the_trackers_its_catalog_uses() -> None:
+    engine = KpiEngine(DEFAULT_CATALOG)
+    assert set(engine.trackers) == {t.name for t in TRACKERS}
+    email_only = KpiEngine(DEFAULT_CATALOG.restrict(("email",)))
+    assert set(email_only.trackers) == {"unique_opens", "unique_clicks"}
+    assert set(email_only.state_sizes()) >= {"unique_opens", "unique_clicks", "dedup_ids"}
