@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="catalog_command", required=True)
     c = csub.add_parser("check", help="validate a catalog file")
     c.add_argument("file")
+    c = csub.add_parser("codegen", help="write the code generated for a catalog, for debugging")
+    c.add_argument("--catalog", help="catalog file (default: the shipped one)")
+    c.add_argument("--out", required=True, help="folder for one .py file per function")
     return parser
 
 
@@ -124,6 +127,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _dump_codegen(catalog_path: str | None, out: str) -> int:
+    """Every function the engine generates for this catalog, one file each (their names are
+    the file names tracebacks show)."""
+    import re
+    from pathlib import Path
+
+    from metrics import codegen
+    from metrics.engine import KpiEngine
+
+    KpiEngine(load_catalog(catalog_path))
+    folder = Path(out)
+    if not folder.is_dir():
+        raise KpiEngineError(f"--out {out}: no such folder")
+    sources = codegen.sources()
+    for name, source in sources.items():
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("<>"))
+        (folder / f"{stem}.py").write_text(f"# {name}\n{source}", encoding="utf-8")
+    print(f"{len(sources)} generated functions written to {folder}")
+    return 0
+
+
 def _flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {n: getattr(args, n, None) for n in names}
 
@@ -137,6 +161,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         catalog = load_catalog(args.catalog)
         return run_replay(args.files, catalog, sys.stdout.buffer, sys.stderr,
                           exit_when_done=True)
+    if args.command == "catalog" and args.catalog_command == "codegen":
+        return _dump_codegen(args.catalog, args.out)
     if args.command == "catalog":
         catalog = load_catalog(args.file)
         print(f"{args.file}: OK, {len(catalog.kpis)} KPIs, {len(catalog.aggregates)} aggregates")

@@ -35,8 +35,8 @@ UNITS: Final = frozenset({"ratio", "seconds", "days", "count", "per_day", "score
 SEVERITIES: Final = frozenset({"critical", "warning", "info"})
 
 __all__ = ["BUILTINS", "TOTAL", "Aggregate", "Alert", "Catalog", "FamilyConfig", "Formula", "Kpi",
-           "Term", "WindowSpec", "build_catalog", "load_catalog", "metric_name", "parse_duration_ms",
-           "parse_formula"]
+           "Term", "WindowSpec", "build_catalog", "load_catalog", "metric_name",
+           "parse_duration_ms", "parse_formula"]
 
 
 

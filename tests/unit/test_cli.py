@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import yaml
 
+from kpi_engine.cli import main
 from metrics.catalog import load_catalog
 from metrics.errors import CatalogError
 
@@ -105,3 +106,12 @@ def test_catalog_rejects_unreadable_and_non_yaml(tmp_path: Path) -> None:
             assert str(path) in str(exc)
         else:
             raise AssertionError("accepted")
+
+
+def test_catalog_codegen_writes_every_generated_function(tmp_path: Path) -> None:
+    assert main(["catalog", "codegen", "--out", str(tmp_path)]) == 0
+    files = {p.name.split("_")[1] for p in tmp_path.glob("*.py")}
+    assert {"update", "expand", "ingest", "kpi", "check", "finish"} <= files
+    for p in tmp_path.glob("generated_ingest_*.py"):
+        compile(p.read_text(), str(p), "exec")  # each file is valid Python
+    assert main(["catalog", "codegen", "--out", str(tmp_path / "missing")]) == 2
