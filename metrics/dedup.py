@@ -35,6 +35,9 @@ class DedupStore:
 
     def remember(self, eid: str, ts: int) -> None:
         self.ids[eid] = ts
+        self._file(eid, ts)
+
+    def _file(self, eid: str, ts: int) -> None:
         hour = ts // HOUR_MS
         bucket = self.by_hour.get(hour)
         if bucket is None:
@@ -60,12 +63,7 @@ class DedupStore:
         self.ids = state.ids
         self.by_hour = {}
         for eid, ts in self.ids.items():
-            hour = ts // HOUR_MS
-            bucket = self.by_hour.get(hour)
-            if bucket is None:
-                self.by_hour[hour] = [eid]
-            else:
-                bucket.append(eid)
+            self._file(eid, ts)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -88,3 +88,18 @@ def assert_finals_equal(oracle: dict[str, dict[str, Any]], streaming: dict[str, 
     diff = [k for k in expected if expected[k] != got[k]][:5]
     assert not diff, [(k, expected[k], got[k]) for k in diff]
     return len(expected)
+
+
+def generated_events(cfg: Any) -> tuple[list[Any], int]:
+    """The valid events of a generator run (``cfg``: a GeneratorConfig), parsed, and the
+    run's end time."""
+    from kpi_engine.generator import Generator
+    from metrics.events import Event, parse_event
+
+    gen = Generator(cfg)
+    out = []
+    for _, (_topic, raw) in gen.messages():
+        ev = parse_event(raw, now_ms=gen.end_ms + 60_000)
+        if type(ev) is Event:
+            out.append(ev)
+    return out, gen.end_ms

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpi_engine.generator import Generator, GeneratorConfig
+from kpi_engine.generator import GeneratorConfig
 from metrics import codegen
 from metrics.catalog import load_catalog
 from metrics.engine import EngineConfig, KpiEngine
-from metrics.events import TYPES, Event, Invalid, check_fields, event_fields, parse_event
+from metrics.events import TYPES, Event, Invalid, check_fields, event_fields
 from metrics.plans import (
     apply_expand,
     apply_update,
@@ -23,7 +23,7 @@ from metrics.plans import (
     compile_updates,
     fields_read,
 )
-from tests.helpers import DEFAULT_CATALOG
+from tests.helpers import DEFAULT_CATALOG, generated_events
 
 CATALOG = DEFAULT_CATALOG
 BY_EVENT: dict[str, list[Any]] = {}
@@ -33,15 +33,9 @@ for _agg in CATALOG.aggregates.values():
 
 
 def _traffic(seed: int) -> tuple[list[Event], int]:
-    gen = Generator(GeneratorConfig(rate=40, duration_s=900, seed=seed, history_days=2,
-                                    duplicates=0.02, late=0.01, late_after_s=200,
-                                    disorder_s=90))
-    evs = []
-    for _, (_topic, raw) in gen.messages():
-        ev = parse_event(raw, now_ms=gen.end_ms + 60_000)
-        if type(ev) is Event:
-            evs.append(ev)
-    return evs, gen.end_ms
+    return generated_events(GeneratorConfig(rate=40, duration_s=900, seed=seed,
+                                            history_days=2, duplicates=0.02, late=0.01,
+                                            late_after_s=200, disorder_s=90))
 
 
 def test_the_generated_engine_equals_the_interpreted_one_on_random_traffic() -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from kpi_engine.generator import Generator, GeneratorConfig
+from kpi_engine.generator import GeneratorConfig
 from metrics.dedup import DedupState
 from metrics.engine import EngineConfig, KpiEngine
-from metrics.events import Event, parse_event
+from metrics.events import Event
 from metrics.snapshot import EngineState, decode_state, encode_state
 from streams.state import (
     CHUNK_BYTES,
@@ -27,19 +27,13 @@ from streams.state import (
     slot_of,
     superseded,
 )
-from tests.helpers import DEFAULT_CATALOG, final_values
+from tests.helpers import DEFAULT_CATALOG, final_values, generated_events
 
 
 def events(seed: int = 5) -> list[Event]:
-    gen = Generator(GeneratorConfig(rate=50, duration_s=1800, seed=seed, history_days=3,
-                                    duplicates=0.01, late=0.002, late_after_s=60,
-                                    disorder_s=30))
-    out = []
-    for _, (_topic, raw) in gen.messages():
-        ev = parse_event(raw, now_ms=gen.end_ms + 60_000)
-        if type(ev) is Event:
-            out.append(ev)
-    return out
+    return generated_events(GeneratorConfig(rate=50, duration_s=1800, seed=seed,
+                                            history_days=3, duplicates=0.01, late=0.002,
+                                            late_after_s=60, disorder_s=30))[0]
 
 
 def run(engine: KpiEngine, evs: list[Event], records: list[dict[str, Any]]) -> None:
