@@ -262,9 +262,11 @@ class KpiEngine:
             if not self.windows[fam].started and wm.value != NEVER and self._held[fam]:
                 self._start(fam)
             if wm.value >= self._next_close[fam]:
-                self.windows[fam].settle(self._expanders)
+                fw = self.windows[fam]
+                fw.settle(self._expanders)
+                keep = self._expiry_watermark(fam, wm.value) - fw.cfg.longest_ms - fw.cfg.grace_ms
                 closed[fam] = [(spec.name, end)
-                               for spec, end, _ in self.windows[fam].close_until(wm.value)]
+                               for spec, end, _ in fw.close_until(wm.value, keep)]
                 self._next_close[fam] = self._compute_next_close(fam)
         out = self.publisher.publish(closed, self, iso_ms(self._clock()))
         for fam in closed:
@@ -283,7 +285,7 @@ class KpiEngine:
             far = last + fw.cfg.longest_ms + fw.cfg.grace_ms + max(
                 w.hop_ms for w in fw.cfg.windows)
             fw.settle(self._expanders)
-            closed[fam] = [(spec.name, end) for spec, end, _ in fw.close_until(far)]
+            closed[fam] = [(spec.name, end) for spec, end, _ in fw.close_until(far, far)]
         # nothing expires: the input is over
         return self.publisher.publish(closed, self, iso_ms(self._clock()))
 
@@ -291,11 +293,15 @@ class KpiEngine:
         """Started, or still expecting its first event from a live partition."""
         return self.windows[fam].started or self.watermarks[fam].expecting()
 
-    def _expire(self, fam: str, watermark: int) -> None:
-        # a window shared with another family's KPI (CPL: crm + spend) must outlive the
-        # moment that family closes it too, however far ahead this one runs
+    def _expiry_watermark(self, fam: str, watermark: int) -> int:
+        """What a family expires by: a window shared with another family's KPI (CPL: crm +
+        spend) must outlive the moment that family closes it too, however far ahead this
+        one runs."""
         partners = [self.watermarks[f].value for f in self._partners[fam] if self._in_play(f)]
-        watermark = min([watermark, *partners])
+        return min([watermark, *partners])
+
+    def _expire(self, fam: str, watermark: int) -> None:
+        watermark = self._expiry_watermark(fam, watermark)
         self.windows[fam].expire(watermark)
         for tracker in self.trackers.values():
             if tracker.family == fam:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Final, Literal, NamedTuple, Union
 
 import msgspec
@@ -20,6 +20,12 @@ from metrics.timestamps import MILLIS, SECOND_MS, parse_ts, parse_utc_fast
 
 MAX_EVENT_BYTES: Final = 1024 * 1024
 FUTURE_TOLERANCE_MS: Final = 5 * 60 * 1000
+#: containers nested deeper than this anywhere in a message: ``too_deep`` (events are flat
+#: objects; the fast path accepts only those, so both paths agree)
+MAX_DEPTH: Final = 32
+#: the earliest event time accepted, 2000-01-01T00:00:00Z: older is a typo (``"ts": 0``), and
+#: would make the engine open windows decades before the rest of the traffic
+OLDEST_TS_MS: Final = 946_684_800_000
 
 #: topic (without prefix) -> topic family
 TOPIC_FAMILIES: Final[dict[str, str]] = {
@@ -223,6 +229,8 @@ def validate(
             return Invalid("bad_value:ts")
     if ts_ms > now_ms + FUTURE_TOLERANCE_MS:
         return Invalid("future_ts")
+    if ts_ms < OLDEST_TS_MS:
+        return Invalid("ancient_ts")
     return compiled[1](d, event_id, ts_ms, currency)
 
 
@@ -390,7 +398,7 @@ def event_parser(*, now_ms: int, currency: str = "EUR", topic_family: str | None
             return _TOO_LARGE
         try:
             s = decode(raw)
-        except errors:
+        except (errors, RecursionError):  # deep nesting: the slow path tells it apart
             return _parse_slow(raw, now_ms, currency, topic_family)
         family, finish = fast[type(s)]
         if topic_family is None or family == topic_family:
@@ -404,7 +412,7 @@ def event_parser(*, now_ms: int, currency: str = "EUR", topic_family: str | None
                         ts_ms = base + ms
             if ts_ms is None:
                 ts_ms = parse_ts(raw_ts)
-            if ts_ms is not None and ts_ms <= limit:
+            if ts_ms is not None and OLDEST_TS_MS <= ts_ms <= limit:
                 ev = finish(s, s.event_id, ts_ms, currency)
                 if type(ev) is Event:
                     return ev
@@ -420,7 +428,27 @@ def parse_event(
     return event_parser(now_ms=now_ms, currency=currency, topic_family=topic_family)(raw)
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON containers nest more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children: Iterable[Any]
+        if type(v) is dict:
+            children = v.values()
+        elif type(v) is list:
+            children = v
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if type(c) in (dict, list))
+    return False
+
+
 _TOO_LARGE: Final = Invalid("too_large")
+_TOO_DEEP: Final = Invalid("too_deep")
+_NOT_JSON: Final = Invalid("not_json")
 
 
 def _parse_slow(raw: bytes | str, now_ms: int, currency: str, topic_family: str | None
@@ -429,8 +457,11 @@ def _parse_slow(raw: bytes | str, now_ms: int, currency: str, topic_family: str 
         return _TOO_LARGE
     try:
         d = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return Invalid("not_json")
+    except orjson.JSONDecodeError as exc:
+        # orjson reads up to 1024 levels; deeper is refused as such, never recursed into
+        return _TOO_DEEP if "depth limit" in str(exc) else _NOT_JSON
+    if _deeper_than(d, MAX_DEPTH):
+        return _TOO_DEEP
     return validate(d, now_ms=now_ms, currency=currency, topic_family=topic_family)
 
 
@@ -440,7 +471,8 @@ def reason_codes() -> list[str]:
     for spec in TYPES.values():
         fields.update(n for n, _ in spec.required + spec.optional)
     fields.update(n for n, _ in ENVELOPE_LEN)
-    codes = ["not_json", "not_object", "too_large", "unknown_type", "wrong_topic", "future_ts"]
+    codes = ["not_json", "not_object", "too_large", "too_deep", "unknown_type", "wrong_topic",
+             "future_ts", "ancient_ts"]
     codes += ["currency", "missing_field:campaign_id_or_channel"]
     codes += [f"missing_field:{f}" for f in sorted(fields | {"amount"})]
     codes += [f"bad_value:{f}" for f in sorted(fields - {"type"})]

@@ -151,8 +151,13 @@ class FamilyWindows:
             if pane:
                 yield from pane.items()
 
-    def close_until(self, watermark: int) -> list[tuple[WindowSpec, int, Agg]]:
-        """Close every window whose end + grace <= watermark. Returns (spec, end, snapshot)."""
+    def close_until(self, watermark: int, keep_from: int | None = None
+                    ) -> list[tuple[WindowSpec, int, Agg]]:
+        """Close every window whose end + grace <= watermark. Returns (spec, end, snapshot).
+
+        Empty windows ending before ``keep_from`` (the engine's expiry horizon: nothing can
+        revise them, their snapshots would be dropped right after) are skipped at once, not
+        closed one by one: a jump in event time costs nothing per empty window."""
         out: list[tuple[WindowSpec, int, Agg]] = []
         if not self.started:
             return out
@@ -160,6 +165,11 @@ class FamilyWindows:
         for s in self.specs:
             size, hop = s.spec.size_ms, s.spec.hop_ms
             while s.last_end + hop + grace <= watermark:
+                if not s.running and keep_from is not None:
+                    skip_to = self._empty_until(s.last_end, hop, watermark - grace, keep_from)
+                    if skip_to > s.last_end + hop:
+                        s.last_end = skip_to  # every window up to it is empty, as is its sum
+                        continue
                 end = s.last_end + hop
                 run = s.running
                 for k, v in self._sum_panes(end - hop, end):
@@ -173,6 +183,18 @@ class FamilyWindows:
                 out.append((s.spec, end, snap))
         self.frontier = max(s.last_end for s in self.specs)
         return out
+
+    def _empty_until(self, last_end: int, hop: int, last_close: int, keep_from: int) -> int:
+        """The latest window end, at most ``last_close`` and before ``keep_from``, up to which
+        every window after ``last_end`` is empty, given that the one ending at ``last_end``
+        is: no pane from ``last_end`` on holds data before it. (Every pane's amounts are net
+        non-negative, so an empty window holds only empty panes.)"""
+        bound = min(last_close, keep_from - 1)
+        nxt = min((p for p, pane in self.panes.items() if p >= last_end and any(pane.values())),
+                  default=None)
+        if nxt is not None:
+            bound = min(bound, nxt)  # a window ending at or before nxt does not hold it
+        return bound - bound % hop
 
     def expire(self, watermark: int) -> None:
         """Drop snapshots and panes nothing can change or read any more. Call after the

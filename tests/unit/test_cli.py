@@ -56,6 +56,26 @@ def test_replay_reads_stdin() -> None:
     assert {r["value"] for r in nps if r["kpi"] == "nps"} == {100.0}
 
 
+def test_replay_reports_deep_nesting_and_ancient_time_and_goes_on(tmp_path: Path) -> None:
+    """The two inputs that once crashed replay (nesting ~1,000 deep) or made it walk decades
+    of empty windows (a first ``"ts": 0``) are reported by reason; the rest is counted."""
+    view = (b'{"event_id":"%s","type":"page.viewed","ts":%s,"session_id":"s","page":"/p"}')
+    lines = [view % (b"a", b"0"), b'{"a":' * 1000 + b"1" + b"}" * 1000,
+             b"[" * 500_000 + b"]" * 500_000,
+             view % (b"b", b'"2026-11-01T00:00:00Z"'),
+             view % (b"c", b'"0001-01-01T00:00:00Z"')]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    res = run("replay", str(path))
+    assert res.returncode == 0, res.stderr
+    err = res.stderr.decode()
+    for line, reason in ((1, "ancient_ts"), (2, "too_deep"), (3, "too_deep"), (5, "ancient_ts")):
+        assert f"line {line}: invalid: {reason}" in err
+    assert "1 events counted, 4 invalid" in err
+    records = [orjson.loads(x) for x in res.stdout.splitlines()]
+    assert {r["end"][:4] for r in records} == {"2026"}
+
+
 def test_replay_exits_2_when_input_cannot_be_read(tmp_path: Path) -> None:
     res = run("replay", str(tmp_path / "missing.jsonl"))
     assert res.returncode == 2

@@ -49,6 +49,13 @@ def raw(type_: str, **over: Any) -> bytes:
 _DROP = object()
 
 
+def _nest(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": [value]} if depth % 2 else [value]
+    return value
+
+
 def parse(data: bytes, **kw: Any) -> Event | Invalid:
     return parse_event(data, now_ms=NOW, **kw)
 
@@ -106,6 +113,12 @@ REJECTIONS: list[tuple[str, bytes | str, str]] = [
     ("negative ts", raw("email.sent", ts=-5), "bad_value:ts"),
     ("bool ts", raw("email.sent", ts=True), "bad_value:ts"),
     ("future ts", raw("email.sent", ts=NOW + 5 * 60_000 + 1), "future_ts"),
+    ("epoch zero", raw("email.sent", ts=0), "ancient_ts"),
+    ("before 2000", raw("email.sent", ts="1999-12-31T23:59:59.999Z"), "ancient_ts"),
+    ("year one", raw("email.sent", ts="0001-01-01T00:00:00Z"), "ancient_ts"),
+    ("nested 1k deep", b'{"a":' * 1000 + b"1" + b"}" * 1000, "too_deep"),
+    ("nested 100k deep", b"[" * 100_000 + b"]" * 100_000, "too_deep"),
+    ("deep inside an event", raw("email.sent", x=_nest(40)), "too_deep"),
     ("missing campaign", raw("email.sent", campaign_id=_DROP), "missing_field:campaign_id"),
     ("missing contact", raw("email.opened", contact_id=_DROP), "missing_field:contact_id"),
     ("campaign too long", raw("email.sent", campaign_id="c" * 129), "bad_value:campaign_id"),
