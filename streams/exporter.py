@@ -6,11 +6,12 @@ values when Prometheus scrapes. Registries are passed in, never the global one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -162,3 +163,24 @@ def make_registry(catalog: Catalog, parts: Parts,
         registry=registry,
         buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
     return registry, emit_latency
+
+
+class Exposition:
+    """The /metrics text, rendered at most once per ``max_age_s`` (the emit interval: the
+    values change no faster) and served from cache in between, so a burst of scrapes costs
+    one rendering, not one each."""
+
+    def __init__(self, registry: CollectorRegistry, max_age_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.registry = registry
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self._text = b""
+        self._at: float | None = None
+
+    def text(self) -> bytes:
+        now = self.clock()
+        if self._at is None or now - self._at >= self.max_age_s:
+            self._text = generate_latest(self.registry)
+            self._at = now
+        return self._text

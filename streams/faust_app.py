@@ -27,7 +27,7 @@ from faust.assignor.partition_assignor import PartitionAssignor
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers.aiokafka import Consumer as FaustKafkaConsumer
 from faust.types import TP
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from metrics.catalog import Catalog, load_catalog
 from metrics.runtime import tune_gc
@@ -343,7 +343,7 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
     async def metrics_view(web: Any, request: Any) -> Any:
         # aiohttp wants the charset apart from the content type
         ctype = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
-        return web.bytes(generate_latest(shell.registry), content_type=ctype)
+        return web.bytes(shell.exposition.text(), content_type=ctype)
 
     @app.page("/health")
     async def health_view(web: Any, request: Any) -> Any:

@@ -20,7 +20,7 @@ from metrics.constants import NEVER
 from metrics.engine import KpiEngine
 from metrics.events import FAMILY_TOPIC
 from streams.dashboard import History, RateMeter, catalog_meta
-from streams.exporter import ShellStats, make_registry
+from streams.exporter import Exposition, ShellStats, make_registry
 from streams.settings import Settings
 from streams.shard import Outputs, Shard, ShardIO, StateStore
 from streams.topics import input_topics, shard_topics, topic_sizes
@@ -54,6 +54,7 @@ class KpiShell:
         self.catalog_meta = catalog_meta(catalog)
         self.registry, self.emit_latency = make_registry(catalog, self.owned_parts,
                                                          settings.topic)
+        self.exposition = Exposition(self.registry, settings.emit_interval)
         out = Outputs(self.topic_windows, self.topic_updates, self.topic_dlq, self.topic_late,
                       self.history, self.emit_latency.observe)
         shard_of = shard_topics(settings, catalog)

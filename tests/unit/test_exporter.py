@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from metrics.engine import EngineConfig, KpiEngine
-from streams.exporter import ShellStats, make_registry
+from streams.exporter import Exposition, ShellStats, make_registry
 from tests.helpers import DEFAULT_CATALOG
 
 
@@ -95,3 +95,27 @@ def test_a_worker_owning_several_shards_exports_their_sum() -> None:
     assert m["kpi_engine_watermark_seconds"][(("topic", "web-events"),)] == 4.0
     assert m["kpi_engine_consumer_lag"][(("topic", "social-events"),)] == 2
     assert m["kpi_email_open_rate"][(("window", "1h"),)] == 0.3
+
+
+def test_the_exposition_renders_once_per_interval_however_many_scrape() -> None:
+    engine = KpiEngine(DEFAULT_CATALOG, EngineConfig())
+    stats = ShellStats(kpis=[rec("email_open_rate", {}, 1, 4)])
+    collected = []
+
+    def parts() -> list[tuple[KpiEngine, ShellStats]]:
+        collected.append(1)
+        return [(engine, stats)]
+
+    now = [100.0]
+    cache = Exposition(make_registry(DEFAULT_CATALOG, parts)[0], 1.0, clock=lambda: now[0])
+    first = cache.text()
+    stats.kpis = [rec("email_open_rate", {}, 3, 4)]
+    assert all(cache.text() == first for _ in range(200)) and len(collected) == 1
+    now[0] += 1.0  # the next emit interval: the new value shows
+    assert open_rates(cache.text()) == [0.75] and len(collected) == 2
+    assert open_rates(first) == [0.25]
+
+
+def open_rates(text: bytes) -> list[float]:
+    return [s.value for fam in text_string_to_metric_families(text.decode())
+            if fam.name == "kpi_email_open_rate" for s in fam.samples]
