@@ -28,6 +28,8 @@ class ShellStats:
     lag: dict[str, int] = field(default_factory=dict)  # topic -> messages behind
     #: latest open-window KPI records, refreshed by the emit timer
     kpis: list[dict[str, Any]] = field(default_factory=list)
+    #: malformed state-table records passed over when the shard was restored
+    state_skipped: int = 0
 
 
 OTHER: Final = "_other"
@@ -130,6 +132,9 @@ class EngineCollector(Collector):
         yield late
         yield CounterMetricFamily("kpi_engine_events_duplicate", "Events ignored as duplicate "
                                   "event_id.", value=sum(e.duplicates_total for e, _ in parts))
+        yield CounterMetricFamily("kpi_engine_state_records_skipped", "Malformed state-table "
+                                  "records passed over at restore (the log names each).",
+                                  value=sum(st.state_skipped for _, st in parts))
         wm = GaugeMetricFamily("kpi_engine_watermark_seconds", "Event-time watermark per topic.",
                                labels=["topic"])
         for fam, w in sorted((f, w) for e, _ in parts for f, w in e.watermarks.items()):

@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final
 
 import faust
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.protocol.commit import OffsetCommitRequest
 from faust.assignor.client_assignment import ClientAssignment
 from faust.assignor.partition_assignor import PartitionAssignor
 from faust.exceptions import ProducerSendError
@@ -30,10 +31,12 @@ from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from metrics.catalog import Catalog, load_catalog
+from metrics.errors import StateError
 from metrics.runtime import tune_gc
 from streams.assignor import place
 from streams.dashboard import page
 from streams.errors import SettingsError
+from streams.health import tame_client_logs
 from streams.settings import Settings
 from streams.tansu import is_tansu, log_ends
 from streams.topics import (
@@ -47,6 +50,12 @@ from streams.topics import (
 from streams.worker import KpiShell
 
 log = logging.getLogger("kpi_engine.worker")
+
+#: where a partition is read from when the group has no offset for it, or its offset is
+#: gone (the broker lost its data, or retention passed it)
+AUTO_OFFSET_RESET: Final = "earliest"
+#: seconds between probes of the broker for /health
+PROBE_EVERY_S: Final = 2.0
 
 
 class FaustIO:
@@ -92,6 +101,12 @@ class FaustIO:
             return self.app.consumer.highwater(TP(*tp))
         except Exception:  # not known yet after a rebalance
             return None
+
+    def membership_lost(self) -> bool:
+        # aiokafka resets the generation when the coordinator no longer knows the member
+        consumer: Any = self.app.consumer
+        coordinator = consumer._thread._ensure_consumer()._coordinator
+        return bool(coordinator.generation == OffsetCommitRequest.DEFAULT_GENERATION_ID)
 
 
 def _source_headers(msg: Any, error: str) -> list[tuple[str, bytes]]:
@@ -172,13 +187,18 @@ def durable_consumer(shell: KpiShell, tansu: bool = False) -> type:
 Recovered = Callable[[set[str]], Awaitable[None]]
 
 
+#: told of a changelog record the table cannot hold (no key): (shard, key, why)
+OnSkip = Callable[[str, bytes | None, str], None]
+
+
 class StateTable(faust.Table[bytes, bytes]):
     def __init__(self, app: faust.App, *, topic: str, partitions: Mapping[str, int],
-                 on_recovered: Recovered, **kwargs: Any) -> None:
+                 on_recovered: Recovered, on_skip: OnSkip, **kwargs: Any) -> None:
         self.partition_of = dict(partitions)  # shard -> its changelog partition
         self.shard_at = {p: name for name, p in partitions.items()}
         self._topic = topic
         self._on_recovered = on_recovered
+        self._on_skip = on_skip
         self._sent: list[asyncio.Future[Any]] = []
         # recovery applies its buffer every 64 records: chunks are up to 512 KiB each
         super().__init__(app, name="kpi-state", key_type=bytes, value_type=bytes,
@@ -187,6 +207,23 @@ class StateTable(faust.Table[bytes, bytes]):
 
     def _changelog_topic_name(self) -> str:
         return self._topic  # created beforehand with one partition per shard
+
+    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        # a record without a bytes key is none of ours: pass it over, said and counted
+        # (left in, it would break every read of the table)
+        good = []
+        for event in batch:
+            if isinstance(event.key, bytes):
+                good.append(event)
+                continue
+            msg = event.message
+            shard = self.shard_at.get(msg.partition)
+            why = f"no key, at {msg.topic}[{msg.partition}]@{msg.offset}"
+            if shard is None:
+                log.error("state record skipped: %s", why)
+            else:
+                self._on_skip(shard, None, why)
+        super().apply_changelog_batch(good)
 
     def partition_for_key(self, key: Any) -> int:
         """A record's key starts with its shard's name (``{shard}|...``)."""
@@ -219,6 +256,11 @@ class StateTable(faust.Table[bytes, bytes]):
     def records(self, shard: str) -> list[tuple[bytes, bytes]]:
         prefix = f"{shard}|".encode()
         return [(k, v) for k, v in self.data.items() if k.startswith(prefix)]
+
+    def forget(self, shard: str) -> None:
+        # the store itself, not the table: deleting through the table would write tombstones
+        for key, _ in self.records(shard):
+            self.data.pop(key, None)
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
@@ -294,7 +336,7 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
         web_port=settings.web_port,
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
-        consumer_auto_offset_reset="earliest",
+        consumer_auto_offset_reset=AUTO_OFFSET_RESET,
         PartitionAssignor=shard_assignor(shard_topics(settings, catalog), traffic,
                                          state_topic(settings), state_partitions(catalog)),
         producer_acks=1,
@@ -305,10 +347,21 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
     shells: list[KpiShell] = []  # the table's recovery callback needs the shell, made next
 
     async def on_recovered(names: set[str]) -> None:
-        await shells[0].on_state_recovered(names)
+        # runs in a task of Faust's recovery, whose errors nobody reads: a shard that cannot
+        # be restored (unreadable state: StateError) or a bug stops the worker loudly, never
+        # leaves it alive and standing by with /health ok
+        try:
+            await shells[0].on_state_recovered(names)
+        except Exception as exc:
+            log.critical("could not take over the assigned shards; stopping the worker: %s",
+                         exc, exc_info=not isinstance(exc, StateError))
+            await app.crash(exc)
+
+    def on_skip(shard: str, key: bytes | None, why: str) -> None:
+        shells[0].shards[shard].skip_record(key, why)
 
     table = StateTable(app, topic=state_topic(settings), partitions=state_partitions(catalog),
-                       on_recovered=on_recovered)
+                       on_recovered=on_recovered, on_skip=on_skip)
     app.tables.add(table)
     shell = KpiShell(settings, catalog, FaustIO(app), table, traffic)
     shells.append(shell)
@@ -345,9 +398,15 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
         ctype = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
         return web.bytes(shell.exposition.text(), content_type=ctype)
 
+    if shell.broker is not None:
+        @app.timer(PROBE_EVERY_S)  # type: ignore[untyped-decorator]
+        async def probe_broker() -> None:  # beside the emits: a stuck send can't delay it
+            await shell.broker.probe()  # type: ignore[union-attr]
+
     @app.page("/health")
     async def health_view(web: Any, request: Any) -> Any:
-        return web.json(shell.health())
+        health = shell.health()
+        return web.json(health, status=503 if health["problems"] else 200)
 
     @app.page("/dashboard")
     async def dashboard_view(web: Any, request: Any) -> Any:
@@ -377,6 +436,7 @@ def run_worker(settings: Settings) -> int:
     # the state loads when this worker owns shards
     app, shell = make_app(settings, catalog, tansu)
     shell.weigh(sizes)
+    tame_client_logs(AUTO_OFFSET_RESET)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -75,6 +75,11 @@ class ShardIO(Protocol):
 
     def highwater(self, tp: TP) -> int | None: ...
 
+    def membership_lost(self) -> bool:
+        """The group no longer knows this worker (its session expired, or the broker came
+        back without the group): its partitions are lost, not handed over."""
+        ...
+
 
 class StateStore(Protocol):
     """The group's state table (streams/faust_app.py: StateTable)."""
@@ -84,6 +89,11 @@ class StateStore(Protocol):
     async def delete(self, keys: list[bytes]) -> None: ...
 
     def records(self, shard: str) -> list[tuple[bytes, bytes]]: ...
+
+    def forget(self, shard: str) -> None:
+        """Drop the shard's records held in memory, not in the changelog: the next
+        recovery reads them back from the changelog alone."""
+        ...
 
 
 class History(Protocol):
@@ -155,7 +165,7 @@ class Shard:
         """This worker now owns the shard: continue from its latest durable state in the
         state table's ``records``, whoever wrote it (another worker may have owned the shard
         since this one last did), in an epoch of its own, claimed before counting anything."""
-        snap = decode(records, self.name, self.catalog)
+        snap = decode(records, self.name, self.catalog, on_skip=self.skip_record)
         epoch = owner_epoch(records, self.name, snap.seq if snap else 0)
         await self.state.write([(claim_key(self.name), str(epoch).encode())])
         async with self._state_lock:
@@ -171,6 +181,27 @@ class Shard:
             log.warning("%s: restored snapshot %d (%d partitions' offsets) in %.2f s",
                         self.name, snap.seq, len(snap.applied), time.monotonic() - t0)
         log.warning("%s: owning its input partitions", self.name)
+
+    async def lose(self) -> None:
+        """The group dropped this worker: another may own the shard already, or the broker
+        may have come back without its data. Write nothing (a late snapshot would be a
+        stale one, and on an emptied broker the only one), keep nothing in memory: whoever
+        owns the shard next recovers from the changelog alone, as after a kill -9."""
+        async with self._state_lock:
+            self.active = False
+            self.outbox = []
+            self.stats.kpis = []
+            self.stats.lag = {}
+            self._lag_by_tp.clear()
+            self.state.forget(self.name)
+        log.warning("%s: lost with the group membership; its state will be recovered from "
+                    "the changelog", self.name)
+
+    def skip_record(self, key: bytes | None, why: str) -> None:
+        """A malformed record of this shard's state, passed over: logged and counted."""
+        log.error("%s: state record %r skipped: %s", self.name,
+                  key if key is None else key[:200], why)
+        self.stats.state_skipped += 1
 
     async def deactivate(self) -> None:
         """Input partitions revoked: make the state durable for the next owner, go quiet."""
@@ -255,8 +286,11 @@ class Shard:
     async def on_revoked(self, tps: set[tuple[str, int]]) -> None:
         self.revoked |= tps
         self.sync_sources(self.owned)
-        if self.active and tps:  # the whole state goes to the next owner: hand it over
-            await self.deactivate()
+        if self.active and tps:
+            if self.io.membership_lost():
+                await self.lose()
+            else:  # the whole state goes to the next owner: hand it over
+                await self.deactivate()
 
     async def handle(self, batch: list[Any]) -> None:
         """This shard's part of a fetched batch."""
@@ -393,6 +427,7 @@ class Shard:
             "held": e.held_total,
             "replayed_skipped": self.replayed_skipped,
             "stale_skipped": self.stale_skipped,
+            "state_skipped": self.stats.state_skipped,
             "snapshot_seq": self.snapshot_seq,
             # closed windows not yet on kpi-windows (they wait for a durable snapshot)
             "pending_finals": len(self.outbox) + len(self.resend),

@@ -14,12 +14,13 @@ restored state already applied. Nothing is lost, nothing is counted twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -130,7 +131,8 @@ def owner_epoch(records: Iterable[tuple[bytes, bytes | None]], group: str,
     key = claim_key(group)
     for k, v in records:
         if k == key and v is not None:
-            claimed = max(claimed, int(v))
+            with contextlib.suppress(ValueError):  # a junk claim: decode reported it
+                claimed = max(claimed, int(v))
     return max(claimed, restored_seq // EPOCH) + 1
 
 
@@ -139,8 +141,10 @@ def key_epoch(key: bytes, group: str) -> int | None:
     prefix = f"{group}|".encode()
     if not key.startswith(prefix) or key == claim_key(group):
         return None
-    slot = key[len(prefix):].decode().removeprefix("manifest|").split("|")[0]
-    return int(slot.split(".")[0])
+    try:
+        return _slot_epoch(key[len(prefix):].decode().removeprefix("manifest|").split("|")[0])
+    except ValueError:  # not a key this module writes
+        return None
 
 
 def superseded(keys: Iterable[bytes], group: str, seq: int) -> list[bytes]:
@@ -165,39 +169,72 @@ def encode(snap: Snapshot, group: str, catalog: Catalog) -> list[tuple[bytes, by
     return out
 
 
-def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: Catalog
-           ) -> Snapshot | None:
+class Manifest(msgspec.Struct, frozen=True):
+    """A snapshot's commit record (JSON): which chunks make it, and their checksum."""
+
+    seq: int
+    slot: str
+    chunks: int
+    bytes: int
+    sha256: str
+    catalog: str
+
+
+_MANIFEST: Final = msgspec.json.Decoder(Manifest).decode
+
+#: told of every record ``decode`` passes over as malformed: (key, why)
+OnSkip = Callable[[bytes, str], None]
+
+
+def _skip_logged(key: bytes, why: str) -> None:
+    log.error("state record %r skipped: %s", key[:200], why)
+
+
+def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: Catalog,
+           on_skip: OnSkip = _skip_logged) -> Snapshot | None:
     """The newest snapshot whose chunks are all there and intact, from records in log order
     (or a table's latest value per key; a None value deletes its key). Newest is the highest
     seq, not the last written: a former owner's late write never wins (``owner_epoch``).
-    A snapshot cut short by a crash is passed over for the one before it."""
+    A snapshot cut short by a crash is passed over for the one before it. A record that is
+    not one this module writes (a junk key, a manifest that does not parse) is passed over
+    and reported to ``on_skip``: it cannot stop the shard, nor hide a good snapshot."""
     prefix = f"{group}|".encode()
     chunks: dict[tuple[str, int], bytes] = {}
-    manifests: dict[str, dict[str, Any]] = {}
+    manifests: dict[str, Manifest] = {}
     for key, value in records:
         if not key.startswith(prefix):
             continue  # another consumer group's state
-        rest = key[len(prefix):].decode()
-        if rest == "claim":
-            continue
-        if rest.startswith("manifest|"):
-            if value is None:
-                manifests.pop(rest[9:], None)
-            else:
-                manifests[rest[9:]] = orjson.loads(value)
-        else:
+        try:
+            rest = key[len(prefix):].decode()
+            if rest == "claim":
+                if value is not None:
+                    int(value)  # owner_epoch reads it
+                continue
+            if rest.startswith("manifest|"):
+                slot = rest[9:]
+                if value is None:
+                    manifests.pop(slot, None)
+                    continue
+                manifest = _MANIFEST(value)
+                if manifest.slot != slot:
+                    raise ValueError(f"manifest of slot {manifest.slot!r} under {slot!r}")
+                manifests[slot] = manifest
+                continue
             chunk_slot, index = rest.split("|")
+            _slot_epoch(chunk_slot)
             if value is None:
                 chunks.pop((chunk_slot, int(index)), None)
             else:
                 chunks[(chunk_slot, int(index))] = value
+        except (ValueError, msgspec.DecodeError) as exc:
+            on_skip(key, str(exc) or type(exc).__name__)
     if not manifests:
         return None
-    if any(m["catalog"] != catalog_fingerprint(catalog) for m in manifests.values()):
+    if any(m.catalog != catalog_fingerprint(catalog) for m in manifests.values()):
         raise StateError(f"the stored state of group {group!r} was built with another KPI "
                          "catalog or engine version: start the worker with a new --group-id")
     failed: list[StateError] = []
-    for manifest in sorted(manifests.values(), key=lambda m: -int(m["seq"])):
+    for manifest in sorted(manifests.values(), key=lambda m: -m.seq):
         try:
             snap = _assemble(manifest, chunks)
         except StateError as exc:
@@ -210,20 +247,29 @@ def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: C
     raise failed[0]
 
 
-def _assemble(manifest: dict[str, Any], chunks: dict[tuple[str, int], bytes]) -> Snapshot:
-    seq = _SEQ.pack(manifest["seq"])
-    slot: str = manifest["slot"]
+def _slot_epoch(slot: str) -> int:
+    """The epoch of a key slot (``slot_of``); ValueError when it is not one."""
+    epoch, _, half = slot.partition(".")
+    if half not in ("0", "1"):
+        raise ValueError(f"no key slot: {slot!r}")
+    return int(epoch)
+
+
+def _assemble(manifest: Manifest, chunks: dict[tuple[str, int], bytes]) -> Snapshot:
+    if not 0 <= manifest.seq < 1 << 64:
+        raise StateError(f"snapshot {manifest.seq}: no such sequence number")
+    seq = _SEQ.pack(manifest.seq)
     parts = []
-    for i in range(manifest["chunks"]):
-        part = chunks.get((slot, i))
+    for i in range(manifest.chunks):
+        part = chunks.get((manifest.slot, i))
         if part is None or not part.startswith(seq):
-            raise StateError(f"state chunk {i} of snapshot {manifest['seq']} is missing")
+            raise StateError(f"state chunk {i} of snapshot {manifest.seq} is missing")
         parts.append(part[len(seq):])
     blob = b"".join(parts)
-    if hashlib.sha256(blob).hexdigest() != manifest["sha256"]:
-        raise StateError(f"snapshot {manifest['seq']} is corrupt (checksum)")
+    if hashlib.sha256(blob).hexdigest() != manifest.sha256:
+        raise StateError(f"snapshot {manifest.seq} is corrupt (checksum)")
     try:
         data = _DECODE(zlib.decompress(blob))
     except (zlib.error, msgspec.DecodeError, ValueError) as exc:
-        raise StateError(f"snapshot {manifest['seq']} is unreadable: {exc}") from None
-    return Snapshot(manifest["seq"], data.engine, data.applied, data.invalid, data.outbox)
+        raise StateError(f"snapshot {manifest.seq} is unreadable: {exc}") from None
+    return Snapshot(manifest.seq, data.engine, data.applied, data.invalid, data.outbox)

@@ -21,6 +21,7 @@ from metrics.engine import KpiEngine
 from metrics.events import FAMILY_TOPIC
 from streams.dashboard import History, RateMeter, catalog_meta
 from streams.exporter import Exposition, ShellStats, make_registry
+from streams.health import BrokerWatch
 from streams.settings import Settings
 from streams.shard import Outputs, Shard, ShardIO, StateStore
 from streams.topics import input_topics, shard_topics, topic_sizes
@@ -32,7 +33,9 @@ TRAFFIC_EVERY_S: Final = 30.0
 
 #: health fields summed over the shards a worker owns
 _SUMMED: Final = ("events", "invalid", "duplicates", "late", "held", "replayed_skipped",
-                  "stale_skipped", "snapshot_seq", "pending_finals")
+                  "stale_skipped", "state_skipped", "snapshot_seq", "pending_finals")
+#: seconds between attempts to activate a shard whose activation failed (the broker away)
+RETRY_ACTIVATION_S: Final = 2.0
 
 
 class KpiShell:
@@ -72,6 +75,10 @@ class KpiShell:
         self.traffic: dict[str, float] = {} if traffic is None else traffic
         self._traffic_at = -TRAFFIC_EVERY_S
         self._traffic_task: asyncio.Future[None] | None = None
+        self.broker = BrokerWatch(settings.bootstrap) if settings.broker else None
+        #: owned shards whose activation failed, with why; retried from ``tick``
+        self.not_activated: dict[str, str] = {}
+        self._retry_at = 0.0
 
     async def refresh_traffic(self) -> None:
         try:
@@ -122,14 +129,44 @@ class KpiShell:
         by_shard = self._by_shard(live)
         # a recovery that ends as the next rebalance revokes its assignment starts nothing
         owned = names & {sh.name for sh in by_shard}
+        self.not_activated = {n: e for n, e in self.not_activated.items() if n in owned}
         for name, sh in self.shards.items():
             if name in owned and not sh.active:
-                await sh.activate(self.state.records(name), self._assigned_at)
+                await self._activate(sh)
             elif name not in owned and sh.active:
                 await sh.deactivate()
         for sh, mine in by_shard.items():
             sh.sync_sources(mine)
         log.warning("owning %s", ", ".join(sh.name for sh in self.active) or "nothing")
+
+    async def _activate(self, sh: Shard) -> None:
+        """Activate an owned shard. The broker refusing the claim leaves it for ``tick`` to
+        retry, and /health says so meanwhile. Anything else propagates, and the caller
+        stops the worker: state it cannot read (StateError) would count twice if it went
+        on without it, and a bug must not leave a live worker that counts nothing."""
+        try:
+            await sh.activate(self.state.records(sh.name), self._assigned_at)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self.not_activated[sh.name] = f"{type(exc).__name__}: {exc}"
+            self._retry_at = time.monotonic() + RETRY_ACTIVATION_S
+            log.error("%s: could not activate (%s); retrying in %.0f s", sh.name,
+                      self.not_activated[sh.name], RETRY_ACTIVATION_S)
+        else:
+            self.not_activated.pop(sh.name, None)
+
+    async def _retry_activations(self) -> None:
+        if not self.not_activated or time.monotonic() < self._retry_at:
+            return
+        owned = {sh.name for sh in self._by_shard(self.io.assignment())}
+        for name in list(self.not_activated):
+            sh = self.shards[name]
+            if name not in owned or sh.active:
+                del self.not_activated[name]
+                continue
+            await self._activate(sh)
+            if sh.active:
+                sh.sync_sources(self._by_shard(self.io.assignment()).get(sh, set()))
+                log.warning("%s: activated on retry", name)
 
     async def on_revoked(self, tps: set[tuple[str, int]]) -> None:
         for sh, mine in self._by_shard(tps).items():
@@ -154,6 +191,7 @@ class KpiShell:
         self.last_batch_done_at = time.time()
 
     async def tick(self) -> None:
+        await self._retry_activations()
         for sh in self.shards.values():
             await sh.tick()
         if time.monotonic() - self._traffic_at >= TRAFFIC_EVERY_S and (
@@ -163,9 +201,25 @@ class KpiShell:
         self.event_rate.sample(time.monotonic(), sum(
             sum(sh.engine.events_total.values()) for sh in self.active))
 
+    def problems(self) -> list[str]:
+        """Why this worker is not doing its job, if it is not: /health is 503 while any."""
+        out = []
+        broker = self.broker.problem() if self.broker is not None else None
+        if broker is not None:
+            out.append(broker)
+        out += [f"shard {n} not activated: {why}" for n, why in sorted(self.not_activated.items())]
+        if not self.active:
+            out.append("no shard active: this worker counts nothing (waiting for an "
+                       "assignment, or the group has more workers than shards)")
+        return out
+
     def health(self) -> dict[str, Any]:
-        """The shards this worker owns, summed; ``shards`` says which it owns."""
-        out: dict[str, Any] = {"status": "ok", "role": "active" if self.active else "standby",
+        """The shards this worker owns, summed; ``shards`` says which it owns, ``problems``
+        why it is ``unavailable`` (HTTP 503) when it is."""
+        problems = self.problems()
+        out: dict[str, Any] = {"status": "unavailable" if problems else "ok",
+                               "problems": problems,
+                               "role": "active" if self.active else "standby",
                                "shards": {n: "active" if sh.active else "standby"
                                           for n, sh in self.shards.items()}}
         out.update(dict.fromkeys(_SUMMED, 0))

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -47,7 +48,14 @@ class WorkerProc:
             return bytes(resp.read())
 
     def health(self) -> dict[str, Any]:
-        return dict(orjson.loads(self.get("/health")))
+        """/health's body, also when it is 503 (``problems`` says why)."""
+        try:
+            body = self.get("/health")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                raise
+            body = exc.read()
+        return dict(orjson.loads(body))
 
     def detail(self) -> str:
         try:

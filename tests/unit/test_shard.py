@@ -38,6 +38,7 @@ class FakeIO:
         self.commits: list[Offsets] = []
         self.seeks: list[tuple[tuple[str, int], int]] = []
         self.refuse_commits = False
+        self.lost = False
         self.tps = {(TOPIC, p) for p in range(partitions)}
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
@@ -64,6 +65,9 @@ class FakeIO:
     def highwater(self, tp: tuple[str, int]) -> int | None:
         return None
 
+    def membership_lost(self) -> bool:
+        return self.lost
+
     def windows(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for t, _, v in self.sent if t == "kpi-windows"]
 
@@ -71,6 +75,7 @@ class FakeIO:
 class FakeTable:
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
+        self.forgotten: list[str] = []
 
     async def write(self, records: list[tuple[bytes, bytes]]) -> None:
         self.data.update(records)
@@ -81,6 +86,9 @@ class FakeTable:
 
     def records(self, shard: str) -> list[tuple[bytes, bytes]]:
         return [(k, v) for k, v in self.data.items() if k.startswith(f"{shard}|".encode())]
+
+    def forget(self, shard: str) -> None:
+        self.forgotten.append(shard)
 
 
 class History:

@@ -189,6 +189,33 @@ def test_damaged_or_foreign_state_fails_loudly() -> None:
         decode(records, "g", build_catalog(raw))
 
 
+JUNK = [
+    (b"g|junk", b"x"),  # the record that once stalled a shard for good
+    (b"g|7.2|0", b"x"),  # no such slot
+    (b"g|1.0|zero", b"x"),  # no chunk index
+    (b"g|\xff\xfe|0", b"x"),  # not UTF-8
+    (b"g|manifest|1.1", b"not json"),
+    (b"g|manifest|1.1", b'{"seq": "3"}'),  # fields missing, a seq that is no number
+    (b"g|manifest|1.0", b'{"seq": 9, "slot": "0.1", "chunks": 1, "bytes": 1, "sha256": "",'
+                        b' "catalog": ""}'),  # filed under another slot than it names
+    (b"g|claim", b"NaN"),
+]
+
+
+def test_malformed_records_are_passed_over_and_reported_the_snapshot_restored() -> None:
+    records = encode(Snapshot(3, state(n=3), {("web-events", 1): 5}, {}, []), "g",
+                     DEFAULT_CATALOG)
+    skipped: list[tuple[bytes, str]] = []
+    got = decode(JUNK[:4] + records + JUNK[4:], "g", DEFAULT_CATALOG,
+                 on_skip=lambda k, why: skipped.append((k, why)))
+    assert got is not None and got.seq == 3 and mark(got.engine) == {"n": 3}
+    assert [k for k, _ in skipped] == [k for k, _ in JUNK] and all(w for _, w in skipped)
+    # the junk claim is no epoch; junk under an earlier epoch's slot is deleted with it
+    assert owner_epoch(JUNK + claim("g", 2), "g", 0) == 3
+    assert set(superseded([k for k, _ in JUNK], "g", 5 * EPOCH)) == {
+        b"g|1.0|zero", b"g|manifest|1.1", b"g|manifest|1.0"}
+
+
 def test_only_the_next_offset_extends_the_applied_prefix() -> None:
     assert follows(7, None, None) == "apply"  # first message the state sees
     assert follows(8, 7, None) == "apply"

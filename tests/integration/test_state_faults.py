@@ -1,0 +1,109 @@
+"""A malformed record in the state table's changelog is passed over, logged and counted,
+and the shard restores and counts on; state the worker cannot use (built with another
+catalog) stops the worker loudly instead of leaving it alive with a shard standing by."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kpi_engine.generator import Generator, GeneratorConfig
+from streams.broker import EmbeddedBroker, free_port
+from streams.settings import Settings
+from streams.topics import state_partitions, state_topic
+from tests.helpers import DEFAULT_CATALOG
+from tests.integration.conftest import WorkerProc, consumed, wait_for
+from tests.integration.test_streaming_equals_replay import START, produce
+from tests.tools import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def messages(settings: Settings) -> tuple[list[tuple[str, bytes, int | None]], int]:
+    gen = Generator(GeneratorConfig(rate=20, duration_s=600, seed=12, history_days=0,
+                                    start_ms=START))
+    return ([(settings.topic(t), raw, None) for _, (t, raw) in gen.messages()],
+            sum(gen.stats.events.values()))
+
+
+def taken(w: WorkerProc) -> int:
+    return consumed(w) + int(w.health()["held"])
+
+
+def test_a_junk_state_record_is_skipped_and_counted_and_the_shard_counts_on(
+        broker: EmbeddedBroker, isolated: Settings,
+        start_worker: Callable[[Settings], WorkerProc]) -> None:
+    settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2)
+    msgs, n_events = messages(settings)
+    half = len(msgs) // 2
+    worker = start_worker(settings)
+    asyncio.run(produce(broker.bootstrap, msgs[:half]))
+    wait_for(lambda: taken(worker) == half and worker.health()["durable"], 120,
+             "the first half counted and durable", worker)
+    worker.proc.kill()
+    worker.proc.wait()
+    web = state_partitions(DEFAULT_CATALOG)["web"]
+    asyncio.run(produce(broker.bootstrap, [(state_topic(settings), b"x", web)]))  # no key
+    asyncio.run(_produce_keyed(broker.bootstrap, state_topic(settings), web,
+                               [(b"web|junk", b"x"), (b"web|manifest|junk", b"{}")]))
+    worker = start_worker(replace(settings, web_port=free_port()))
+    asyncio.run(produce(broker.bootstrap, msgs[half:]))
+    # the restored counts include the first half: all of it is counted once
+    wait_for(lambda: taken(worker) >= len(msgs) and worker.health()["status"] == "ok"
+             and worker.health()["durable"], 120, "the rest counted", worker)
+    health = worker.health()
+    assert set(health["shards"].values()) == {"active"}, health
+    # restored from the snapshot, not from nothing: nothing counted twice, nothing lost
+    assert health["events"] + health["held"] == n_events, health
+    assert health["state_skipped"] == 3, health  # the keyless record and the two junk keys
+    log = worker.log_path.read_text()
+    assert "web: state record b'web|junk' skipped" in log
+    metrics = worker.get("/metrics").decode()
+    assert "kpi_engine_state_records_skipped_total 3.0" in metrics
+
+
+async def _produce_keyed(bootstrap: str, topic: str, partition: int,
+                         records: list[tuple[bytes, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+
+
+def test_state_built_with_another_catalog_stops_the_worker_loudly(
+        broker: EmbeddedBroker, isolated: Settings, tmp_path: Path,
+        start_worker: Callable[[Settings], WorkerProc]) -> None:
+    settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2)
+    msgs, _ = messages(settings)
+    worker = start_worker(settings)
+    asyncio.run(produce(broker.bootstrap, msgs[:500]))
+    wait_for(lambda: taken(worker) == 500 and worker.health()["durable"], 120,
+             "some input counted and durable", worker)
+    worker.stop()
+    raw = yaml.safe_load((ROOT / "metrics" / "catalog.yaml").read_text())
+    raw["currency"] = "USD"
+    catalog = tmp_path / "usd.yaml"
+    catalog.write_text(yaml.safe_dump(raw))
+    try:
+        worker = start_worker(replace(settings, web_port=free_port(), catalog=str(catalog)))
+    except AssertionError as exc:  # it may stop before it serves /health
+        assert "worker died" in str(exc) and "another KPI catalog" in str(exc)
+        return
+    try:
+        code = worker.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the worker kept running on state it cannot use:\n"
+                             + worker.detail()) from None
+    assert code != 0
+    assert "another KPI catalog" in worker.log_path.read_text()

@@ -1,0 +1,142 @@
+"""A worker's own health: the broker probe, the thinned client log, offset resets said
+as warnings, and a shard whose activation failed retried and reported (503) meanwhile, or
+the worker stopped when its state is unreadable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import replace
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
+from metrics.errors import StateError
+from streams.broker import free_port
+from streams.health import BrokerWatch, OffsetReset, Thinned, connect_error
+from streams.settings import Settings
+from streams.state import Snapshot, encode
+from streams.topics import input_topics
+from streams.worker import KpiShell
+from tests.helpers import DEFAULT_CATALOG
+from tests.unit.test_shard import SETTINGS, FakeIO, FakeTable
+
+
+def record(msg: str, *args: object, level: int = logging.ERROR,
+           name: str = "aiokafka.conn") -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+
+def test_repeated_client_lines_pass_once_per_interval_and_count_the_rest() -> None:
+    now = [0.0]
+    f = Thinned(30.0, clock=lambda: now[0])
+    passed = []
+    for i in range(1000):
+        now[0] = i * 0.03  # 30 s of retries, ~33 a second
+        r = record("Unable connect to node with id %s: %s", 1, "refused")
+        if f.filter(r):
+            passed.append(r.getMessage())
+    other = record("Unable to update metadata from %s", [1])
+    assert f.filter(other), "another template has its own budget"
+    now[0] = 31.0
+    r = record("Unable connect to node with id %s: %s", 1, "refused")
+    assert f.filter(r)
+    assert passed == ["Unable connect to node with id 1: refused"]
+    assert r.getMessage() == "Unable connect to node with id 1: refused (999 more like it in 31 s)"
+
+
+def test_an_offset_reset_is_a_warning_naming_the_policy() -> None:
+    f = OffsetReset("earliest", lambda: logging.WARNING)
+    r = record("Fetch offset %s is out of range for partition %s, resetting offset", 1300,
+               "TopicPartition(topic='web-events', partition=2)", level=logging.INFO)
+    assert f.filter(r) and r.levelno == logging.WARNING
+    assert "1300" in r.getMessage() and "auto_offset_reset=earliest" in r.getMessage()
+    assert not f.filter(record("Fetching %s", 1, level=logging.INFO))
+    assert f.filter(record("Failed fetch messages from %s", 1, level=logging.ERROR))
+
+
+def test_the_broker_watch_says_when_and_why_it_is_away() -> None:
+    now = [100.0]
+    closed = free_port()  # nothing listens there
+    watch = BrokerWatch(f"127.0.0.1:{closed}", timeout_s=1.0, clock=lambda: now[0])
+    asyncio.run(watch.probe())
+    now[0] = 112.0
+    problem = watch.problem()
+    assert problem is not None and problem.startswith(f"broker unreachable at 127.0.0.1:{closed} "
+                                                      "for 12 s")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        # either server of the list will do
+        watch.bootstrap = f"127.0.0.1:{closed},127.0.0.1:{port}"
+        asyncio.run(watch.probe())
+        assert watch.problem() is None
+        assert asyncio.run(connect_error(f"127.0.0.1:{port}", 1.0)) is None
+
+
+class FlakyTable(FakeTable):
+    """The broker refuses the first writes (a shard's claim), then takes them."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def write(self, records: list[tuple[bytes, bytes]]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("broker away")
+        await super().write(records)
+
+
+def shell(table: FakeTable) -> tuple[KpiShell, FakeIO]:
+    settings = replace(SETTINGS, broker=None)
+    io = FakeIO()
+    io.tps = {(t, p) for t in input_topics(settings) for p in range(2)}
+    return KpiShell(settings, DEFAULT_CATALOG, io, table), io
+
+
+def test_a_worker_owning_nothing_is_unavailable() -> None:
+    sh, _ = shell(FakeTable())
+    health = sh.health()
+    assert health["status"] == "unavailable" and health["role"] == "standby"
+    assert any(p.startswith("no shard active") for p in health["problems"])
+
+
+def test_a_failed_activation_is_reported_then_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("streams.worker.RETRY_ACTIVATION_S", 0.0)
+    table = FlakyTable(failures=2)
+    sh, _ = shell(table)
+    names = set(DEFAULT_CATALOG.shards())
+
+    async def go() -> None:
+        await sh.on_state_recovered(names)
+        health = sh.health()
+        assert health["status"] == "unavailable"
+        failed = [p for p in health["problems"] if " not activated: " in p]
+        assert len(failed) == 2 and "KafkaConnectionError" in failed[0]
+        assert len(sh.active) == len(names) - 2
+        await sh.tick()  # the retry: the broker takes the claims now
+        assert len(sh.active) == len(names) and sh.not_activated == {}
+        assert sh.health()["status"] == "ok" and sh.health()["problems"] == []
+
+    asyncio.run(go())
+
+
+def test_unreadable_state_stops_the_takeover_loudly() -> None:
+    # the stored state was built with another catalog (here: another currency)
+    other = replace(DEFAULT_CATALOG.restrict(("email",)), currency="USD")
+    table = FakeTable()
+    sh, _ = shell(table)
+    email = sh.shards["email"]
+    table.data.update(encode(Snapshot(1, email.engine.snapshot(), {}, {}, []), "email", other))
+    with pytest.raises(StateError, match="another KPI catalog"):
+        asyncio.run(sh.on_state_recovered({"email"}))
+    assert not email.active
+
+
+def test_settings_without_a_broker_need_no_probe() -> None:
+    assert shell(FakeTable())[0].broker is None
+    assert KpiShell(replace(Settings(), broker="kafka://127.0.0.1:9"), DEFAULT_CATALOG,
+                    FakeIO(), FakeTable()).broker is not None
