@@ -1,0 +1,74 @@
+"""A kill loop (soak): a worker is killed -9 again and again, during consumption and during
+its recovery, at least ten times, then left to finish. The finals equal `kpi-engine
+replay`, nothing is lost and nothing is counted twice.
+
+Its time budget is ``KPI_SOAK_BUDGET_S`` (default 180 s) for the kill loop; it kills more
+often if the machine is fast, never fewer than ten times."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from streams.broker import EmbeddedBroker, free_port
+from streams.settings import Settings
+from tests.integration.conftest import WorkerProc, consumed, wait_for
+from tests.integration.test_crash_recovery import Scenario
+from tests.integration.test_streaming_equals_replay import produce
+
+pytestmark = [pytest.mark.integration, pytest.mark.soak]
+
+MIN_KILLS = 10
+
+
+def progress(worker: WorkerProc) -> int:
+    try:
+        return consumed(worker)
+    except OSError:  # not serving yet
+        return 0
+
+
+def test_ten_and_more_kills_during_consumption_and_recovery_equal_replay(
+        broker: EmbeddedBroker, isolated: Settings,
+        start_worker: Callable[[Settings], WorkerProc]) -> None:
+    budget_s = float(os.environ.get("KPI_SOAK_BUDGET_S", "180"))
+    sc = Scenario.make(isolated, seed=57)
+    n = len(sc.messages)
+    settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2)
+    asyncio.run(produce(broker.bootstrap, sc.messages))  # all of it waits in the log
+    rnd = random.Random(57)
+    kills: list[tuple[str, int]] = []  # (when, consumed at the kill)
+    t0 = time.monotonic()
+    worker = start_worker(settings)
+    while len(kills) < MIN_KILLS or time.monotonic() - t0 < budget_s:
+        if len(kills) % 2 == 0:
+            # in recovery: the state table read back, the shards not yet all active
+            time.sleep(rnd.uniform(0.0, 1.5))
+            when = "recovery"
+        else:
+            # mid-consumption: a little further than the restored state reached
+            start = progress(worker)
+            target = min(n - 1, start + rnd.randint(n // 60, n // 25))
+            wait_for(lambda w=worker, t=target: progress(w) >= t,  # type: ignore[misc]
+                     120, f"{target} consumed", worker)
+            when = "consuming"
+        if progress(worker) >= n:
+            break  # finished before the kill: the rest of the loop has nothing to kill
+        kills.append((when, progress(worker)))
+        worker.proc.kill()
+        worker.proc.wait()
+        worker = start_worker(replace(settings, web_port=free_port()))
+        if time.monotonic() - t0 > 3 * budget_s:
+            raise AssertionError(f"the kill loop overran its budget: {kills}")
+    assert len(kills) >= MIN_KILLS, kills
+    assert {w for w, _ in kills} == {"recovery", "consuming"}
+    windows = sc.check(worker, broker.bootstrap)
+    print(f"\nkill loop: {len(kills)} SIGKILLs ({sum(w == 'recovery' for w, _ in kills)} in "
+          f"recovery) over {n} messages in {time.monotonic() - t0:.0f} s; finals == replay "
+          f"on {windows} windows, counts exact")
