@@ -102,6 +102,16 @@ class FaustIO:
         except Exception:  # not known yet after a rebalance
             return None
 
+    async def position(self, tp: tuple[str, int]) -> int | None:
+        try:
+            return await self.app.consumer.position(TP(*tp))
+        except Exception:  # not assigned any more, or no position yet
+            return None
+
+    async def log_start(self, tp: tuple[str, int]) -> int:
+        starts = await self.app.consumer.earliest_offsets(TP(*tp))
+        return int(starts.get(TP(*tp)) or 0)
+
     def membership_lost(self) -> bool:
         # aiokafka resets the generation when the coordinator no longer knows the member
         consumer: Any = self.app.consumer

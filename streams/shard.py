@@ -75,6 +75,14 @@ class ShardIO(Protocol):
 
     def highwater(self, tp: TP) -> int | None: ...
 
+    async def position(self, tp: TP) -> int | None:
+        """The consumer's next offset to fetch; None when it has none yet."""
+        ...
+
+    async def log_start(self, tp: TP) -> int:
+        """The partition's earliest offset still in the log."""
+        ...
+
     def membership_lost(self) -> bool:
         """The group no longer knows this worker (its session expired, or the broker came
         back without the group): its partitions are lost, not handed over."""
@@ -149,8 +157,14 @@ class Shard:
         self.active = False
         self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
         self._hole_at: dict[tuple[str, int], int] = {}  # offset a partition was re-read from
+        #: partitions the state holds nothing of: the offset before their log's start, what
+        #: their first message must follow (``_before_start``)
+        self._before: dict[tuple[str, int], int] = {}
+        self._positions: dict[tuple[str, int], int | None] = {}  # at the last tick
 
     def restore(self, snap: Snapshot, epoch: int) -> None:
+        self._before = {}  # read again: the log may have moved on since the last tenure
+        self._positions = {}
         self.engine.restore(snap.engine, ref=lambda r: SourceRef(*r))
         self.resend = snap.outbox  # it may not have gone out before the crash
         self.applied = dict(snap.applied)
@@ -332,6 +346,8 @@ class Shard:
         for msg in batch:
             tp = (msg.topic, msg.partition)
             last = applied.get(tp)
+            if last is None and msg.offset > 0:
+                last = await self._before_start(tp)
             if tp in stale:
                 self.stale_skipped += 1
                 continue
@@ -374,6 +390,36 @@ class Shard:
         self._update_lag(last_offsets)
         return stale
 
+    async def _find_skipped(self) -> None:
+        """Read again what the consumer passed without handing it over. A message the state
+        lacks is noticed when the next one arrives (``follows``); this finds the ones no
+        message follows: the consumer's position stands still past the state's next offset
+        (Faust drops a fetched batch it does not hand over, and seeks back only to committed
+        offsets). A moving position has its messages on their way: left alone."""
+        for tp in sorted(self.owned):
+            pos = await self.io.position(tp)
+            seen, self._positions[tp] = self._positions.get(tp), pos
+            if pos is None or pos != seen:
+                continue
+            last = self.applied.get(tp)
+            nxt = (await self._before_start(tp) if last is None else last) + 1
+            if pos > nxt and self._hole_at.get(tp) != nxt:
+                log.warning("%s[%d]: the consumer is at %d, the state at %d: re-reading",
+                            *tp, pos, nxt)
+                self._hole_at[tp] = nxt
+                await self.io.seek(tp, nxt)
+
+    async def _before_start(self, tp: tuple[str, int]) -> int:
+        """For a partition the state holds nothing of, the offset just before its log's
+        start: its first message must follow it like any other. Faust drops a fetched batch
+        it does not hand over (flow stopped, generation changed) and seeks back only to
+        committed offsets, of which such a partition has none: without this, what it
+        dropped would be skipped for good."""
+        before = self._before.get(tp)
+        if before is None:
+            before = self._before[tp] = await self.io.log_start(tp) - 1
+        return before
+
     async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
         """Closed windows wait in the outbox for the snapshot that makes them durable."""
         self.outbox += [(t0, rec) for rec in records]
@@ -398,6 +444,7 @@ class Shard:
             return
         async with self._state_lock:
             await self.publish_finals(self.engine.advance(), t0)
+            await self._find_skipped()
         await self.snapshot()
         current = self.engine.open_records()
         self.stats.kpis = current

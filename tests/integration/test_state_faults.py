@@ -53,9 +53,8 @@ def test_a_junk_state_record_is_skipped_and_counted_and_the_shard_counts_on(
     asyncio.run(_produce_keyed(broker.bootstrap, state_topic(settings), web,
                                [(b"web|junk", b"x"), (b"web|manifest|junk", b"{}")]))
     worker = start_worker(replace(settings, web_port=free_port()))
-    # the restarted worker takes its shards over before the rest arrives (input produced
-    # while it recovers is the kill tests' matter)
-    wait_for(lambda: worker.health()["status"] == "ok", 60, "the shards taken over", worker)
+    # the rest arrives while it recovers: partitions the first worker never saw a message
+    # of (sparse spend traffic) get their first ones now, and none of them is lost
     asyncio.run(produce(broker.bootstrap, msgs[half:]))
     # the restored counts include the first half: all of it is counted once
     wait_for(lambda: taken(worker) >= len(msgs) and worker.health()["status"] == "ok"

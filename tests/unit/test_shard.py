@@ -39,6 +39,8 @@ class FakeIO:
         self.seeks: list[tuple[tuple[str, int], int]] = []
         self.refuse_commits = False
         self.lost = False
+        self.starts: dict[tuple[str, int], int] = {}  # log start offsets (retention)
+        self.positions: dict[tuple[str, int], int] = {}  # the consumer's next offsets
         self.tps = {(TOPIC, p) for p in range(partitions)}
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
@@ -67,6 +69,12 @@ class FakeIO:
 
     def membership_lost(self) -> bool:
         return self.lost
+
+    async def log_start(self, tp: tuple[str, int]) -> int:
+        return self.starts.get(tp, 0)
+
+    async def position(self, tp: tuple[str, int]) -> int | None:
+        return self.positions.get(tp)
 
     def windows(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for t, _, v in self.sent if t == "kpi-windows"]
@@ -237,6 +245,64 @@ def test_a_gap_in_a_partition_is_read_again_from_where_the_state_stops() -> None
         assert shard.applied[(TOPIC, 0)] == 19
         await shard.handle(msgs[5:12])  # already counted: skipped
         assert shard.applied[(TOPIC, 0)] == 19 and shard.replayed_skipped == 7
+
+    run(go())
+
+
+def test_a_partition_the_state_never_saw_is_read_from_its_log_start() -> None:
+    """Faust drops a fetched batch it does not hand over and seeks back only to committed
+    offsets: a partition with none (the state never saw it) must still be read from its
+    log's start, not from wherever its first delivered message happens to be."""
+    io, table = FakeIO(partitions=2), FakeTable()
+    shard = new_shard(io, table)
+    msgs = batches(traffic()[:60], partitions=2, size=60)[0]
+    p1 = [m for m in msgs if m.partition == 1]
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        await shard.handle([m for m in msgs if m.partition == 0])
+        await shard.handle(p1[4:])  # offsets 0..3 of partition 1 were dropped
+        assert io.seeks == [((TOPIC, 1), 0)] and (TOPIC, 1) not in shard.applied
+        await shard.handle(p1)
+        assert shard.applied[(TOPIC, 1)] == p1[-1].offset
+
+    run(go())
+    assert sum(shard.engine.events_total.values()) + shard.engine.held_total + sum(
+        shard.stats.invalid.values()) + shard.engine.duplicates_total == len(msgs)
+
+    # a log whose start moved on (retention dropped offsets 0..6) is read from there
+    io2, table2 = FakeIO(partitions=1), FakeTable()
+    io2.starts[(TOPIC, 0)] = 7
+    shard2 = new_shard(io2, table2)
+    only = batches(traffic()[:20], partitions=1, size=20)[0]
+    run(shard2.activate([], 0.0))
+    run(shard2.handle(only[7:]))
+    assert io2.seeks == [] and shard2.applied[(TOPIC, 0)] == 19
+
+
+def test_messages_the_consumer_passed_with_none_after_them_are_read_again() -> None:
+    """Faust dropped the last messages of two partitions (none follows to reveal the gap):
+    once the consumer's position stands still past the state's, the shard reads them again;
+    a position on the move is left alone."""
+    io, table = FakeIO(partitions=3), FakeTable()
+    shard = new_shard(io, table)
+    msgs = batches(traffic()[:60], partitions=3, size=60)[0]
+    p0 = [m for m in msgs if m.partition == 0]
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        await shard.handle(p0[:10])
+        io.positions = {(TOPIC, 0): 20, (TOPIC, 1): 5, (TOPIC, 2): 0}  # 1: never handed over
+        await shard.tick()
+        assert io.seeks == []  # first sight: maybe on their way
+        io.positions[(TOPIC, 2)] = 3  # moving
+        await shard.tick()
+        assert sorted(io.seeks) == [((TOPIC, 0), 10), ((TOPIC, 1), 0)]
+        await shard.handle(p0[10:])
+        assert shard.applied[(TOPIC, 0)] == p0[-1].offset
+        io.positions[(TOPIC, 2)] = 6  # still moving
+        await shard.tick()  # partition 1 as stale as before: read again once, not in a loop
+        assert len(io.seeks) == 2
 
     run(go())
 
