@@ -104,8 +104,9 @@ class FaustIO:
 
     async def position(self, tp: tuple[str, int]) -> int | None:
         try:
-            return await self.app.consumer.position(TP(*tp))
-        except Exception:  # not assigned any more, or no position yet
+            # aiokafka waits for a partition's offset reset: never hold the emit on it
+            return await asyncio.wait_for(self.app.consumer.position(TP(*tp)), 1.0)
+        except Exception:  # not assigned any more, no position yet, or the broker away
             return None
 
     async def log_start(self, tp: tuple[str, int]) -> int:
