@@ -137,6 +137,13 @@ def batches(lines: list[bytes], partitions: int = 2, size: int = 200) -> list[li
     return [msgs[i:i + size] for i in range(0, len(msgs), size)]
 
 
+def one_batch(partitions: int, n: int) -> tuple[FakeIO, Shard, list[Msg]]:
+    """A fresh shard on a fresh table, and the first n messages spread over partitions."""
+    io = FakeIO(partitions=partitions)
+    return io, new_shard(io, FakeTable()), batches(traffic()[:n], partitions=partitions,
+                                                   size=n)[0]
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -231,9 +238,7 @@ def first_run_counts(lines: list[bytes]) -> dict[str, int]:
 
 
 def test_a_gap_in_a_partition_is_read_again_from_where_the_state_stops() -> None:
-    io, table = FakeIO(partitions=1), FakeTable()
-    shard = new_shard(io, table)
-    msgs = batches(traffic()[:50], partitions=1, size=50)[0]
+    io, shard, msgs = one_batch(partitions=1, n=50)
 
     async def go() -> None:
         await shard.activate([], 0.0)
@@ -253,9 +258,7 @@ def test_a_partition_the_state_never_saw_is_read_from_its_log_start() -> None:
     """Faust drops a fetched batch it does not hand over and seeks back only to committed
     offsets: a partition with none (the state never saw it) must still be read from its
     log's start, not from wherever its first delivered message happens to be."""
-    io, table = FakeIO(partitions=2), FakeTable()
-    shard = new_shard(io, table)
-    msgs = batches(traffic()[:60], partitions=2, size=60)[0]
+    io, shard, msgs = one_batch(partitions=2, n=60)
     p1 = [m for m in msgs if m.partition == 1]
 
     async def go() -> None:
@@ -284,9 +287,7 @@ def test_messages_the_consumer_passed_with_none_after_them_are_read_again() -> N
     """Faust dropped the last messages of two partitions (none follows to reveal the gap):
     once the consumer's position stands still past the state's, the shard reads them again;
     a position on the move is left alone."""
-    io, table = FakeIO(partitions=3), FakeTable()
-    shard = new_shard(io, table)
-    msgs = batches(traffic()[:60], partitions=3, size=60)[0]
+    io, shard, msgs = one_batch(partitions=3, n=60)
     p0 = [m for m in msgs if m.partition == 0]
 
     async def go() -> None:
