@@ -120,16 +120,13 @@ class EngineCollector(Collector):
         for type_, n in sorted(_summed(e.events_total for e, _ in parts).items()):
             events.add_metric([topic(FAMILY_TOPIC[TYPES[type_].family]), type_], n)
         yield events
-        invalid = CounterMetricFamily("kpi_engine_events_invalid", "Invalid events sent to the "
-                                      "DLQ, by reason.", labels=["reason"])
-        for reason, n in sorted(_summed(st.invalid for _, st in parts).items()):
-            invalid.add_metric([reason], n)
-        yield invalid
-        late = CounterMetricFamily("kpi_engine_events_late", "Events later than every window "
-                                   "they belong to.", labels=["topic"])
-        for fam, n in sorted(_summed(e.late_total for e, _ in parts).items()):
-            late.add_metric([topic(FAMILY_TOPIC[fam])], n)
-        yield late
+        yield _by_label(CounterMetricFamily("kpi_engine_events_invalid", "Invalid events sent "
+                                            "to the DLQ, by reason.", labels=["reason"]),
+                        _summed(st.invalid for _, st in parts))
+        yield _by_label(CounterMetricFamily("kpi_engine_events_late", "Events later than every "
+                                            "window they belong to.", labels=["topic"]),
+                        {topic(FAMILY_TOPIC[fam]): n for fam, n in
+                         _summed(e.late_total for e, _ in parts).items()})
         yield CounterMetricFamily("kpi_engine_events_duplicate", "Events ignored as duplicate "
                                   "event_id.", value=sum(e.duplicates_total for e, _ in parts))
         yield CounterMetricFamily("kpi_engine_state_records_skipped", "Malformed state-table "
@@ -141,11 +138,17 @@ class EngineCollector(Collector):
             if w.value != NEVER:
                 wm.add_metric([topic(FAMILY_TOPIC[fam])], w.value / 1000)
         yield wm
-        lag = GaugeMetricFamily("kpi_engine_consumer_lag", "Messages not yet consumed, per "
-                                "input topic.", labels=["topic"])
-        for name, n in sorted(_summed(st.lag for _, st in parts).items()):
-            lag.add_metric([name], n)
-        yield lag
+        yield _by_label(GaugeMetricFamily("kpi_engine_consumer_lag", "Messages not yet "
+                                          "consumed, per input topic.", labels=["topic"]),
+                        _summed(st.lag for _, st in parts))
+
+
+def _by_label(family: CounterMetricFamily | GaugeMetricFamily, counts: dict[str, int]
+              ) -> Metric:
+    """A family of one label, a sample per key of counts, in key order."""
+    for key, n in sorted(counts.items()):
+        family.add_metric([key], n)
+    return family
 
 
 def _summed(counts: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -202,11 +202,8 @@ class Shard:
         stale one, and on an emptied broker the only one), keep nothing in memory: whoever
         owns the shard next recovers from the changelog alone, as after a kill -9."""
         async with self._state_lock:
-            self.active = False
+            self._go_quiet()
             self.outbox = []
-            self.stats.kpis = []
-            self.stats.lag = {}
-            self._lag_by_tp.clear()
             self.state.forget(self.name)
         log.warning("%s: lost with the group membership; its state will be recovered from "
                     "the changelog", self.name)
@@ -221,11 +218,15 @@ class Shard:
         """Input partitions revoked: make the state durable for the next owner, go quiet."""
         await self.snapshot(force=True)
         async with self._state_lock:
-            self.active = False
-            self.stats.kpis = []
-            self.stats.lag = {}
-            self._lag_by_tp.clear()
+            self._go_quiet()
         log.warning("%s: standing by", self.name)
+
+    def _go_quiet(self) -> None:
+        """Stop counting and showing: what a shard handed over or lost no longer reports."""
+        self.active = False
+        self.stats.kpis = []
+        self.stats.lag = {}
+        self._lag_by_tp.clear()
 
     async def snapshot(self, force: bool = False) -> bool:
         """Write the engine state and the offsets it covers, then let commits reach them."""
@@ -345,12 +346,12 @@ class Shard:
         hole_at = self._hole_at
         for msg in batch:
             tp = (msg.topic, msg.partition)
-            last = applied.get(tp)
-            if last is None and msg.offset > 0:
-                last = await self._before_start(tp)
             if tp in stale:
                 self.stale_skipped += 1
                 continue
+            last = applied.get(tp)
+            if last is None and msg.offset > 0:
+                last = await self._before_start(tp)
             if tp not in owned:
                 # fetched before a revoke: its owner reads it from the committed offset,
                 # which never passes what a snapshot holds

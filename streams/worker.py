@@ -157,15 +157,15 @@ class KpiShell:
     async def _retry_activations(self) -> None:
         if not self.not_activated or time.monotonic() < self._retry_at:
             return
-        owned = {sh.name for sh in self._by_shard(self.io.assignment())}
+        by_shard = self._by_shard(self.io.assignment())
         for name in list(self.not_activated):
             sh = self.shards[name]
-            if name not in owned or sh.active:
+            if sh not in by_shard or sh.active:
                 del self.not_activated[name]
                 continue
             await self._activate(sh)
             if sh.active:
-                sh.sync_sources(self._by_shard(self.io.assignment()).get(sh, set()))
+                sh.sync_sources(by_shard[sh])
                 log.warning("%s: activated on retry", name)
 
     async def on_revoked(self, tps: set[tuple[str, int]]) -> None:
