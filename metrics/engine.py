@@ -8,7 +8,7 @@ The worker and `kpi-engine replay` drive the same object:
 
 It composes the parts along an event's path, each a module with a typed state:
 
-    dedup.DedupStore        event ids counted, per shard
+    dedup.DedupStore        event ids counted, per shard (in memory, or on disk in a worker)
     clock.Watermark         event time per family (and the events held before it is known)
     windows.FamilyWindows   panes and rolling windows per family
     trackers/               stateful aggregates (unique openers, sessions, pipeline), facts
@@ -29,8 +29,8 @@ from typing import Any
 from metrics import codegen
 from metrics.catalog import Aggregate, Catalog
 from metrics.clock import Source, Watermark, hold, unhold
-from metrics.constants import HOUR_MS, NEVER
-from metrics.dedup import DedupStore
+from metrics.constants import NEVER, TOTAL
+from metrics.dedup import DedupStore, MemoryDedup
 from metrics.errors import StateError
 from metrics.events import TYPES, Event, event_fields
 from metrics.facts import FactRouter
@@ -71,9 +71,13 @@ class EngineConfig:
     generated: bool = True
 
 
+#: makes a shard's dedup store, given the shard's name
+DedupFactory = Callable[[str], DedupStore]
+
+
 class KpiEngine:
     def __init__(self, catalog: Catalog, config: EngineConfig | None = None,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, dedup: DedupFactory | None = None):
         self.catalog = catalog
         self.config = config = config or EngineConfig()
         self._clock: Clock = clock or (lambda: 0)
@@ -112,7 +116,15 @@ class KpiEngine:
         #: event ids counted, per shard (Catalog.shards)
         shards = catalog.shards()
         self._shard_of = {f: name for name, fams in shards.items() for f in fams}
-        self.dedup = {name: DedupStore() for name in shards}
+        make = dedup or (lambda _: MemoryDedup())
+        self.dedup: dict[str, DedupStore] = {name: make(name) for name in shards}
+        # an accepted event is never older than its family's longest window + grace: ids
+        # are kept at least that long, so no accepted event's duplicate counts again
+        self._dedup_horizon = {
+            name: max([config.dedup_horizon_ms, *(catalog.families[f].longest_ms
+                                                  + catalog.families[f].grace_ms
+                                                  for f in fams)])
+            for name, fams in shards.items()}
         self._next_close = {f: NEVER for f in catalog.families}
         #: events of a family whose windows have not started yet, with their refs
         self._held: dict[str, list[tuple[Event, Any]]] = {f: [] for f in catalog.families}
@@ -143,13 +155,13 @@ class KpiEngine:
         """
         eid = ev.event_id
         fam = ev.family
-        seen, by_hour, fw, wm = self._lanes[fam]
+        seen, fw, wm = self._lanes[fam]
         if eid in seen:
             self.duplicates_total += 1
             return "duplicate"
         ts = ev.ts_ms
         if not fw.started:
-            self.dedup[self._shard_of[fam]].remember(eid, ts)
+            seen.remember(eid, ts)
             self._held[fam].append((ev, ref))
             wm.observe(source, ts)
             if wm.value == NEVER:
@@ -160,12 +172,7 @@ class KpiEngine:
             self.late_total[fam] += 1
             self.late_refs.append(ref)
             return "late"
-        seen[eid] = ts  # DedupStore.remember, inlined: it runs once per event
-        bucket = by_hour.get(ts // HOUR_MS)
-        if bucket is None:
-            by_hour[ts // HOUR_MS] = [eid]
-        else:
-            bucket.append(eid)
+        seen.remember(eid, ts)
         self._count[ev.type](ev, fw)
         wm.observe(source, ts)
         if wm.value >= self._next_close[fam]:
@@ -174,10 +181,10 @@ class KpiEngine:
 
     def _bind_state(self) -> None:
         """Derived views of the state: made at start and after every restore()."""
-        #: family -> what ingest() looks up for every event: its shard's ids by id and by
-        #: hour, its windows, its watermark
-        self._lanes = {f: (self.dedup[shard].ids, self.dedup[shard].by_hour, self.windows[f],
-                           self.watermarks[f]) for f, shard in self._shard_of.items()}
+        #: family -> what ingest() looks up for every event: its shard's ids, its windows,
+        #: its watermark
+        self._lanes = {f: (self.dedup[shard], self.windows[f], self.watermarks[f])
+                       for f, shard in self._shard_of.items()}
         #: event type -> the function that counts it into its family's windows
         self._count: dict[str, Callable[[Event, FamilyWindows], None]] = {
             t: self._counter(t) for t in TYPES}
@@ -311,7 +318,7 @@ class KpiEngine:
         shard = self._shard_of[fam]
         slowest = min((w.value for f, w in self.watermarks.items()
                        if self._shard_of[f] == shard and self._in_play(f)), default=watermark)
-        self.dedup[shard].expire(slowest - self.config.dedup_horizon_ms)
+        self.dedup[shard].expire(slowest - self._dedup_horizon[shard])
         self.publisher.prune(fam, watermark)
 
     # ---- output --------------------------------------------------------------------------
@@ -347,7 +354,7 @@ class KpiEngine:
         missing = [f"{what} {name}" for what, have, want in (
             ("family", state.windows, self.windows), ("family", state.watermarks,
                                                       self.watermarks),
-            ("shard", state.dedup, self.dedup), ("tracker", state.trackers, self.trackers))
+            ("shard", state.dedup, self.dedup))
             for name in set(want) - set(have)]
         if missing:
             raise StateError(f"the state lacks {', '.join(sorted(missing))}")
@@ -360,7 +367,8 @@ class KpiEngine:
         for s, d in self.dedup.items():
             d.restore(state.dedup[s])
         for n, t in self.trackers.items():
-            t.restore(decode_part(state.trackers[n], t.state_type, f"tracker {n}"))
+            if n in state.trackers:  # a tracker the catalog uses since starts empty
+                t.restore(decode_part(state.trackers[n], t.state_type, f"tracker {n}"))
         self.publisher.restore(state.publisher)
         c = state.counters
         self.events_total.clear()
@@ -370,6 +378,22 @@ class KpiEngine:
         self.due = c.due
         self._next_close = {f: self._compute_next_close(f) for f in self.catalog.families}
         self._bind_state()
+
+    def retain(self, written: dict[str, str], current: dict[str, str]) -> set[str]:
+        """After restore(): keep the values of the aggregates whose definition is the same
+        as when the state was written (``written``/``current``: aggregate -> fingerprint),
+        under the breakdowns the catalog still keeps; returns the aggregates dropped. A KPI
+        added, removed or edited leaves every other KPI's values alone."""
+        changed = {a for a in set(written) | set(current) if written.get(a) != current.get(a)}
+        bds = self.catalog.breakdowns
+
+        def keep(key: tuple[str, str, Any]) -> bool:
+            agg, bd = key[0], key[1]
+            return agg not in changed and (bd == TOTAL or bd in bds.get(agg, ()))
+
+        for fw in self.windows.values():
+            fw.retain(keep)
+        return changed & set(written)
 
     # ---- introspection -------------------------------------------------------------------
 

@@ -188,9 +188,11 @@ class Publisher:
         return PublisherState(PUBLISHER_VERSION, self.published, self.floor, sorted(self.waiting))
 
     def restore(self, state: PublisherState) -> None:
-        self.published = state.published
+        kpis = self.catalog.kpis  # a KPI removed since: its rows go
+        self.published = {k: {n: rows for n, rows in by_kpi.items() if n in kpis}
+                          for k, by_kpi in state.published.items()}
         self.floor = {f: state.floor.get(f, NEVER) for f in self.catalog.families}
-        self.waiting = set(state.waiting)
+        self.waiting = {w for w in state.waiting if w[2] in kpis}
 
     def __len__(self) -> int:
         return len(self.published)

@@ -227,6 +227,17 @@ class FamilyWindows:
                     del self.panes[p]
             self._pane_floor = floor
 
+    def retain(self, keep: Callable[[Key], bool]) -> None:
+        """Drop every value ``keep`` rejects, wherever it is held (a restored state's
+        aggregates that were redefined or removed since it was written)."""
+        for spec in self.specs:
+            for agg in (spec.running, *spec.closed.values()):
+                for k in [k for k in agg if not keep(k)]:
+                    del agg[k]
+        for pane in self.panes.values():
+            for k in [k for k in pane if not keep(k)]:
+                del pane[k]
+
     def open_snapshot(self, spec: WindowSpec, end: int) -> Agg:
         """Current contents of the (still open) window of ``spec`` ending at ``end``."""
         s = self._by_name[spec.name]

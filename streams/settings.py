@@ -7,8 +7,10 @@ engine reads os.environ.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from metrics.catalog import parse_duration_ms
@@ -82,3 +84,12 @@ def load_settings(flags: Mapping[str, Any] | None = None,
     if s.partitions < 1:
         raise SettingsError("partitions: must be at least 1")
     return s
+
+
+def local_state_dir(settings: Settings) -> Path:
+    """Where a worker keeps its shards' local state (event ids, RocksDB): under the data
+    directory, per consumer group, so that a restart finds it; without one, a fresh
+    temporary folder (a restart then rebuilds it from the changelog)."""
+    if settings.data_dir:
+        return Path(settings.data_dir) / "kpi-state" / settings.group_id
+    return Path(tempfile.mkdtemp(prefix="kpi-state-"))

@@ -10,6 +10,12 @@ nor outranks it. The records live in the group's Faust table (streams/faust_app.
 Offsets are committed to the consumer group only up to what a durable snapshot covers
 (``clamp_commits``): after a crash the worker re-reads from there, and skips what the
 restored state already applied. Nothing is lost, nothing is counted twice.
+
+Event ids, the state that grows with traffic, are not in the snapshot: each commit writes
+the ids remembered since the previous one as *segments*, one record per hour of event time
+(``{group}|dd|{seq}|{hour}``), before its manifest. A snapshot's ``chain`` names the commits
+whose segments make its ids (per epoch, the last one): a former owner's late segments are
+outside it. Segments go when their hour expires; nothing is ever rewritten whole.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ CHUNK_BYTES: Final = 512 * 1024
 _SEQ = struct.Struct(">Q")
 #: snapshot seqs of one owner's tenure of a shard stay within one epoch (``next_epoch``)
 EPOCH: Final = 1 << 20
+
+#: the layout of a stored snapshot; raised when it changes (2: events hold msgspec structs,
+#: combined breakdown values are tuples; 3: typed MessagePack records, no pickle; 4: event
+#: ids as segments, a lineage and a chain; 3 is read and migrated)
+STATE_FORMAT: Final = 4
+READS_FORMATS: Final = (3, 4)
 
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> last offset applied
 
@@ -67,6 +79,15 @@ class Snapshot:
     #: durable (and again after a restore), so every revision on kpi-windows belongs to a
     #: durable history and a crash can never leave a higher stale revision behind
     outbox: list[dict[str, Any]]
+    #: epoch -> the last commit of that epoch whose segments belong to this state
+    chain: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: names the shard's state history since it was first created (a local store made for
+    #: another history, e.g. another broker's, is never taken for this one)
+    lineage: str = ""
+    format: int = STATE_FORMAT
+    #: aggregate -> fingerprint of its definition when the state was written (None: not
+    #: known, format 3: the whole catalog was the same)
+    aggregates: dict[str, str] | None = None
 
 
 class SourceRef(NamedTuple):
@@ -83,9 +104,6 @@ def source_ref(msg: Any) -> SourceRef:
     return SourceRef(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
 
 
-#: the layout of a stored snapshot; raised when it changes (2: events hold msgspec structs,
-#: combined breakdown values are tuples; 3: typed MessagePack records, no pickle)
-STATE_FORMAT: Final = 3
 
 
 class StoredSnapshot(msgspec.Struct, gc=False):
@@ -96,18 +114,36 @@ class StoredSnapshot(msgspec.Struct, gc=False):
     applied: dict[tuple[str, int], int]
     invalid: dict[str, int]
     outbox: list[dict[str, Any]]
+    chain: dict[int, int] = {}
+    lineage: str = ""
 
 
 _ENCODE: Final = msgspec.msgpack.Encoder().encode
 _DECODE: Final = msgspec.msgpack.Decoder(StoredSnapshot).decode
 
 
-def catalog_fingerprint(catalog: Catalog) -> str:
-    """Stable across processes (sets sorted), so a restart recognises its own catalog (and
-    state format)."""
-    canonical = orjson.dumps(dataclasses.asdict(catalog), default=lambda o: sorted(o, key=str),
+def _digest(fmt: int, data: Any) -> str:
+    canonical = orjson.dumps(data, default=lambda o: sorted(o, key=str),
                              option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    return hashlib.sha256(b"%d|" % STATE_FORMAT + canonical).hexdigest()[:16]
+    return hashlib.sha256(b"%d|" % fmt + canonical).hexdigest()[:16]
+
+
+def catalog_fingerprint(catalog: Catalog, fmt: int = STATE_FORMAT) -> str:
+    """What the stored state's layout depends on: the currency amounts are kept in and each
+    family's windows and grace (format 3: the whole catalog). Stable across processes. KPIs,
+    thresholds, alerts, titles, units and dashboards are not in it: editing them keeps the
+    state; an aggregate's own definition is fingerprinted apart (``aggregate_fingerprints``)."""
+    if fmt == 3:
+        return _digest(fmt, dataclasses.asdict(catalog))
+    return _digest(fmt, {"currency": catalog.currency,
+                         "families": {n: dataclasses.asdict(f)
+                                      for n, f in catalog.families.items()}})
+
+
+def aggregate_fingerprints(catalog: Catalog) -> dict[str, str]:
+    """Per aggregate, its definition: a restored state keeps the values of the aggregates
+    whose definition is unchanged, and only those."""
+    return {n: _digest(STATE_FORMAT, dataclasses.asdict(a)) for n, a in catalog.aggregates.items()}
 
 
 def slot_of(seq: int) -> str:
@@ -147,24 +183,85 @@ def key_epoch(key: bytes, group: str) -> int | None:
         return None
 
 
-def superseded(keys: Iterable[bytes], group: str, seq: int) -> list[bytes]:
+def superseded(keys: Iterable[bytes], group: str, seq: int,
+               chain: dict[int, int] | None = None) -> list[bytes]:
     """Keys of ``group``'s earlier epochs, once snapshot ``seq`` is durable: what a new owner
-    deletes so the table (and a compacted changelog) keeps one epoch per shard."""
+    deletes so the table (and a compacted changelog) keeps one epoch per shard; of their
+    segments, those outside the snapshot's ``chain`` (a former owner's late writes)."""
     epoch = seq // EPOCH
-    return [k for k in keys if (e := key_epoch(k, group)) is not None and e < epoch]
+    tag = f"{group}|dd|".encode()
+    out = []
+    for k in keys:
+        if k.startswith(tag):
+            with contextlib.suppress(ValueError):
+                s, _ = segment_of(k, group)
+                if s // EPOCH < epoch and not in_chain(s, chain or {}):
+                    out.append(k)
+        elif (e := key_epoch(k, group)) is not None and e < epoch:
+            out.append(k)
+    return out
+
+
+def segment_key(group: str, seq: int, hour: int) -> bytes:
+    return f"{group}|dd|{seq}|{hour}".encode()
+
+
+def segment_of(key: bytes, group: str) -> tuple[int, int]:
+    """(seq, hour) of a segment key; ValueError when it is not one."""
+    _, tag, seq, hour = key.decode().split("|")
+    if tag != "dd" or key != segment_key(group, int(seq), int(hour)):
+        raise ValueError(f"no segment key: {key!r}")
+    return int(seq), int(hour)
+
+
+def in_chain(seq: int, chain: dict[int, int]) -> bool:
+    """Whether commit ``seq`` belongs to the history ``chain`` describes."""
+    return seq <= chain.get(seq // EPOCH, -1)
+
+
+_SEGMENT: Final = msgspec.msgpack.Decoder(list[tuple[str, int]]).decode
+
+
+def encode_segments(by_hour: dict[int, list[tuple[str, int]]], group: str, seq: int
+                    ) -> list[tuple[bytes, bytes]]:
+    """One commit's ids, one record per hour of event time: (id, event time) pairs."""
+    return [(segment_key(group, seq, hour), zlib.compress(_ENCODE(ids), 1))
+            for hour, ids in sorted(by_hour.items())]
+
+
+def decode_segment(key: bytes, value: bytes) -> list[tuple[str, int]]:
+    """A segment's ids; ``StateError`` naming the key when it is not one this module wrote
+    (checked against the schema: a hostile record fails to decode, it never runs code)."""
+    try:
+        return _SEGMENT(zlib.decompress(value))
+    except (zlib.error, msgspec.DecodeError, ValueError) as exc:
+        raise StateError(f"state record {key!r} is unreadable: {exc}") from None
+
+
+def segments(records: Iterable[tuple[bytes, bytes | None]], group: str
+             ) -> dict[bytes, tuple[int, int]]:
+    """The segment keys among a table's records, with their (seq, hour)."""
+    out: dict[bytes, tuple[int, int]] = {}
+    tag = f"{group}|dd|".encode()
+    for key, value in records:
+        if key.startswith(tag) and value is not None:
+            with contextlib.suppress(ValueError):  # malformed: decode reported it
+                out[key] = segment_of(key, group)
+    return out
 
 
 def encode(snap: Snapshot, group: str, catalog: Catalog) -> list[tuple[bytes, bytes]]:
     """(key, value) records: the chunks, then the manifest last; keys start ``{group}|``."""
     blob = zlib.compress(_ENCODE(StoredSnapshot(snap.engine, snap.applied, snap.invalid,
-                                                snap.outbox)), 1)
+                                                snap.outbox, snap.chain, snap.lineage)), 1)
     seq = _SEQ.pack(snap.seq)
     slot = slot_of(snap.seq)
     chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     out = [(f"{group}|{slot}|{i}".encode(), seq + c) for i, c in enumerate(chunks)]
     manifest = {"seq": snap.seq, "slot": slot, "chunks": len(chunks), "bytes": len(blob),
                 "sha256": hashlib.sha256(blob).hexdigest(),
-                "catalog": catalog_fingerprint(catalog)}
+                "catalog": catalog_fingerprint(catalog), "format": STATE_FORMAT,
+                "aggregates": aggregate_fingerprints(catalog)}
     out.append((f"{group}|manifest|{slot}".encode(), orjson.dumps(manifest)))
     return out
 
@@ -178,6 +275,8 @@ class Manifest(msgspec.Struct, frozen=True):
     bytes: int
     sha256: str
     catalog: str
+    format: int = 3  # a format 3 manifest does not say
+    aggregates: dict[str, str] | None = None
 
 
 _MANIFEST: Final = msgspec.json.Decoder(Manifest).decode
@@ -210,6 +309,9 @@ def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: C
                 if value is not None:
                     int(value)  # owner_epoch reads it
                 continue
+            if rest.startswith("dd|"):
+                segment_of(key, group)  # read by ``segments``: only checked here
+                continue
             if rest.startswith("manifest|"):
                 slot = rest[9:]
                 if value is None:
@@ -230,9 +332,11 @@ def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: C
             on_skip(key, str(exc) or type(exc).__name__)
     if not manifests:
         return None
-    if any(m.catalog != catalog_fingerprint(catalog) for m in manifests.values()):
-        raise StateError(f"the stored state of group {group!r} was built with another KPI "
-                         "catalog or engine version: start the worker with a new --group-id")
+    if any(m.format not in READS_FORMATS or m.catalog != catalog_fingerprint(catalog, m.format)
+           for m in manifests.values()):
+        raise StateError(f"the stored state of group {group!r} was built with other windows, "
+                         "grace or currency, or by an engine version this one does not read: "
+                         "start the worker with a new --group-id")
     failed: list[StateError] = []
     for manifest in sorted(manifests.values(), key=lambda m: -m.seq):
         try:
@@ -272,4 +376,5 @@ def _assemble(manifest: Manifest, chunks: dict[tuple[str, int], bytes]) -> Snaps
         data = _DECODE(zlib.decompress(blob))
     except (zlib.error, msgspec.DecodeError, ValueError) as exc:
         raise StateError(f"snapshot {manifest.seq} is unreadable: {exc}") from None
-    return Snapshot(manifest.seq, data.engine, data.applied, data.invalid, data.outbox)
+    return Snapshot(manifest.seq, data.engine, data.applied, data.invalid, data.outbox,
+                    data.chain, data.lineage, manifest.format, manifest.aggregates)

@@ -22,7 +22,7 @@ from metrics.events import FAMILY_TOPIC
 from streams.dashboard import History, RateMeter, catalog_meta
 from streams.exporter import Exposition, ShellStats, make_registry
 from streams.health import BrokerWatch
-from streams.settings import Settings
+from streams.settings import Settings, local_state_dir
 from streams.shard import Outputs, Shard, ShardIO, StateStore
 from streams.topics import input_topics, shard_topics, topic_sizes
 
@@ -61,9 +61,10 @@ class KpiShell:
         out = Outputs(self.topic_windows, self.topic_updates, self.topic_dlq, self.topic_late,
                       self.history, self.emit_latency.observe)
         shard_of = shard_topics(settings, catalog)
+        self.state_dir = local_state_dir(settings)
         self.shards = {name: Shard(name, catalog.restrict(fams),
                                    {t for t, n in shard_of.items() if n == name}, settings, io,
-                                   state, out)
+                                   state, out, self.state_dir)
                        for name, fams in catalog.shards().items()}
         self.shard_of_topic = {t: self.shards[n] for t, n in shard_of.items()}
         self._assigned_at = time.monotonic()

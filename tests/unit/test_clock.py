@@ -78,14 +78,21 @@ def test_event_beyond_every_window_is_late_and_not_counted() -> None:
 
 
 def test_duplicates_are_ignored_within_the_horizon_and_counted_again_after() -> None:
+    """The horizon is the configured one, but never shorter than what the family still
+    accepts (24 h + 2 min of grace for email): a duplicate of an accepted event never
+    counts twice."""
     e = engine(dedup_horizon_ms=2 * 3_600_000)
     assert e.ingest(sent(T0, eid="same")) == "ok"
     assert e.ingest(sent(T0 + MIN, eid="same")) == "duplicate"
     assert e.duplicates_total == 1
-    for h in range(1, 6):  # move event time on by 5 hours; the id expires
+    for h in range(1, 25):  # 24 hours on: within the family's reach, still a duplicate
         e.ingest(sent(T0 + h * 3_600_000))
         e.advance()
-    assert e.ingest(sent(T0 + 5 * 3_600_000 + MIN, eid="same")) == "ok"
+    assert e.ingest(sent(T0 + 24 * 3_600_000 + MIN, eid="same")) == "duplicate"
+    for h in range(25, 28):  # beyond it, the id expired
+        e.ingest(sent(T0 + h * 3_600_000))
+        e.advance()
+    assert e.ingest(sent(T0 + 27 * 3_600_000 + MIN, eid="same")) == "ok"
 
 
 def test_idle_family_watermark_moves_with_the_injected_clock() -> None:

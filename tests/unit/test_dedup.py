@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import msgspec
 
-from metrics.dedup import DedupState, DedupStore
+from metrics.dedup import DedupState, MemoryDedup
 
 H = 3_600_000
 
 
 def test_ids_expire_by_the_hour_of_their_event_time() -> None:
-    d = DedupStore()
+    d = MemoryDedup()
     d.remember("a", 0)
     d.remember("b", H + 5)
     d.remember("c", 2 * H)
@@ -23,11 +23,11 @@ def test_ids_expire_by_the_hour_of_their_event_time() -> None:
 
 
 def test_a_restored_store_expires_like_the_original() -> None:
-    d = DedupStore()
+    d = MemoryDedup()
     for i in range(50):
         d.remember(f"id{i}", i * H // 4)
     blob = msgspec.msgpack.encode(d.snapshot())
-    r = DedupStore()
+    r = MemoryDedup()
     r.restore(msgspec.msgpack.decode(blob, type=DedupState))
     for store in (d, r):
         store.expire(6 * H)

@@ -131,7 +131,7 @@ def test_unreadable_state_stops_the_takeover_loudly() -> None:
     sh, _ = shell(table)
     email = sh.shards["email"]
     table.data.update(encode(Snapshot(1, email.engine.snapshot(), {}, {}, []), "email", other))
-    with pytest.raises(StateError, match="another KPI catalog"):
+    with pytest.raises(StateError, match="other windows, grace or currency"):
         asyncio.run(sh.on_state_recovered({"email"}))
     assert not email.active
 

@@ -57,6 +57,11 @@ def state(**marks: int) -> EngineState:
     return st
 
 
+def flip_last(value: bytes) -> bytes:
+    """The value with its last byte changed (whatever it was)."""
+    return value[:-1] + bytes([value[-1] ^ 0xFF])
+
+
 def mark(st: EngineState) -> dict[str, int]:
     return st.counters.events_total
 
@@ -167,7 +172,7 @@ def test_a_damaged_newest_snapshot_gives_way_to_the_one_before() -> None:
     older = encode(Snapshot(3, state(n=3), {}, {}, []), "g", DEFAULT_CATALOG)
     newer = encode(Snapshot(4, state(n=4), {}, {}, []), "g", DEFAULT_CATALOG)
     key, value = newer[0]
-    got = decode([*older, (key, value[:-1] + b"x"), *newer[1:]], "g", DEFAULT_CATALOG)
+    got = decode([*older, (key, flip_last(value)), *newer[1:]], "g", DEFAULT_CATALOG)
     assert got is not None and got.seq == 3
 
 
@@ -177,7 +182,7 @@ def test_damaged_or_foreign_state_fails_loudly() -> None:
         decode(records[-1:], "g", DEFAULT_CATALOG)
     key, value = records[0]
     with pytest.raises(StateError, match="corrupt"):
-        decode([(key, value[:-1] + b"x"), *records[1:]], "g", DEFAULT_CATALOG)
+        decode([(key, flip_last(value)), *records[1:]], "g", DEFAULT_CATALOG)
     import yaml
 
     from metrics.catalog import build_catalog
@@ -185,7 +190,7 @@ def test_damaged_or_foreign_state_fails_loudly() -> None:
 
     raw = yaml.safe_load((ROOT / "metrics" / "catalog.yaml").read_text())
     raw["currency"] = "USD"
-    with pytest.raises(StateError, match="another KPI catalog"):
+    with pytest.raises(StateError, match="other windows, grace or currency"):
         decode(records, "g", build_catalog(raw))
 
 

@@ -1,0 +1,287 @@
+"""A shard's event ids on disk: RocksDB (rocksdict), ids of the current commit in memory.
+
+The worker's ``DedupStore`` (metrics/dedup.py). Memory stays flat whatever the traffic: the
+ids live in RocksDB, whose caches are bounded by configuration; in Python are only the ids
+remembered since the last commit. A commit (streams/shard.py) takes them with ``drain``,
+makes them durable in the changelog as segments (streams/state.py), then writes them to
+the local store in one write batch with a marker naming the snapshot they belong to. On a
+restart the local store is used when its marker is part of the restored snapshot's history
+(only the commits after it are applied from the changelog), and rebuilt from the changelog
+otherwise.
+
+Keys: ``i`` + id -> event time (8 bytes); ``x`` + hour (4 bytes) + id -> "" (the hour
+index expiry walks); ``m`` + name -> metadata (the marker, the expiry cutoff, the count).
+An id forgotten (held, then found late) is filed as ``-ts - 1``, in the hour of its event
+time, until a commit deletes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import rocksdict
+
+from metrics.constants import HOUR_MS
+from metrics.dedup import DEDUP_VERSION, DedupState
+
+log = logging.getLogger("kpi_engine.state")
+
+_TS: Final = struct.Struct(">q")
+_HOUR: Final = struct.Struct(">I")
+_MARKER: Final = b"mmarker"
+_CUTOFF: Final = b"mcutoff"
+_COUNT: Final = b"mcount"
+#: ids written per RocksDB write batch while rebuilding
+_BATCH: Final = 100_000
+
+
+@dataclass
+class Changes:
+    """What a commit makes durable: ids remembered (or forgotten: ``-ts - 1``) since the
+    last persisted commit, and the expiry cutoff reached."""
+
+    ids: dict[str, int] = field(default_factory=dict)
+    cutoff_h: int = 0
+
+    def by_hour(self) -> dict[int, list[tuple[str, int]]]:
+        """The ids grouped by the hour of their event time (forgotten ones too)."""
+        out: dict[int, list[tuple[str, int]]] = {}
+        for eid, ts in self.ids.items():
+            out.setdefault(hour_of(ts), []).append((eid, ts))
+        return out
+
+
+def hour_of(ts: int) -> int:
+    """The hour of an entry's event time, a forgotten one's (``-ts - 1``) included."""
+    return (ts if ts >= 0 else -ts - 1) // HOUR_MS
+
+
+def _options(cache_mb: int) -> rocksdict.Options:
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    table = rocksdict.BlockBasedOptions()
+    # a miss (a new event: the common case) is answered by the filter, not a disk read
+    table.set_bloom_filter(10, False)
+    table.set_block_cache(rocksdict.Cache(cache_mb * 1024 * 1024))
+    table.set_cache_index_and_filter_blocks(True)
+    opts.set_block_based_table_factory(table)
+    opts.set_write_buffer_size(16 * 1024 * 1024)
+    opts.set_max_write_buffer_number(2)
+    return opts
+
+
+class DiskDedup:
+    """``DedupStore`` over RocksDB. Opened when its shard is taken over, closed when it is
+    handed over (another worker on the same data directory may take it then)."""
+
+    def __init__(self, path: Path, cache_mb: int = 32):
+        self.path = path
+        self.cache_mb = cache_mb
+        self._db: rocksdict.Rdict | None = None
+        self.pending: dict[str, int] = {}  # remembered since the last drain
+        self.flushing: dict[str, int] = {}  # drained, not yet persisted
+        self.cutoff_h = 0  # ids of hours before it are expired
+        self._persisted_cutoff_h = 0  # the hours before it are gone from disk
+        self._count = 0  # ids on disk (persisted)
+
+    # ---- opening --------------------------------------------------------------------------
+
+    @property
+    def db(self) -> rocksdict.Rdict:
+        if self._db is None:
+            self.open()
+        assert self._db is not None
+        return self._db
+
+    def open(self) -> None:
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = rocksdict.Rdict(str(self.path), options=_options(self.cache_mb))
+        except Exception as exc:
+            if "lock" in str(exc).lower():
+                # another process holds it (a former owner not gone yet): never touch its
+                # files; this tenure's store starts in a folder of its own
+                self.path = Path(tempfile.mkdtemp(prefix="kpi-state-")) / "dedup"
+            else:  # damaged: what it held is in the changelog
+                self._destroy()
+            log.warning("dedup store unusable (%s): rebuilt from the changelog in %s",
+                        exc, self.path)
+            self._db = rocksdict.Rdict(str(self.path), options=_options(self.cache_mb))
+        self._persisted_cutoff_h = self.cutoff_h = _int(self._db.get(_CUTOFF))
+        self._count = _int(self._db.get(_COUNT))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self.pending, self.flushing = {}, {}
+
+    def _destroy(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def reset(self) -> None:
+        """Empty: nothing on disk, nothing pending."""
+        self._destroy()
+        self.pending, self.flushing = {}, {}
+        self.cutoff_h = self._persisted_cutoff_h = self._count = 0
+        self.open()
+
+    def marker(self) -> tuple[str, int] | None:
+        """(lineage, seq) of the snapshot the store's content belongs to; None when empty."""
+        raw = self.db.get(_MARKER)
+        if raw is None:
+            return None
+        lineage, _, seq = bytes(raw).decode().rpartition("|")
+        return lineage, int(seq)
+
+    # ---- DedupStore -----------------------------------------------------------------------
+
+    def __contains__(self, eid: str) -> bool:
+        ts = self.pending.get(eid)
+        if ts is None:
+            ts = self.flushing.get(eid)
+            if ts is None:
+                raw = self.db.get(b"i" + eid.encode())
+                if raw is None:
+                    return False
+                ts = _TS.unpack(raw)[0]
+        # an id forgotten since the last commit, or of an expired hour not yet swept
+        return ts >= 0 and ts // HOUR_MS >= self.cutoff_h
+
+    def remember(self, eid: str, ts: int) -> None:
+        if ts // HOUR_MS >= self.cutoff_h:  # an expired hour: gone at once (MemoryDedup too)
+            self.pending[eid] = ts
+
+    def forget(self, eid: str) -> None:
+        ts = self.pending.get(eid)
+        if ts is None:
+            ts = self.flushing.get(eid)
+            if ts is None:
+                raw = self.db.get(b"i" + eid.encode())
+                if raw is None:
+                    return
+                ts = _TS.unpack(raw)[0]
+        if ts >= 0:
+            self.pending[eid] = -ts - 1
+
+    def expire(self, cutoff_ts: int) -> None:
+        cutoff_h = cutoff_ts // HOUR_MS
+        if cutoff_h <= self.cutoff_h:
+            return
+        self.cutoff_h = cutoff_h
+        for held in (self.pending, self.flushing):
+            for eid in [e for e, ts in held.items() if hour_of(ts) < cutoff_h]:
+                del held[eid]
+
+    def snapshot(self) -> DedupState:
+        # the ids are made durable as segments (``drain``), not in the snapshot
+        return DedupState(DEDUP_VERSION, {}, self.cutoff_h)
+
+    def restore(self, state: DedupState) -> None:
+        """A snapshot's dedup state. Its ids (a format 3 snapshot, migrated) replace what
+        the store holds, and go out as segments with the next commit; otherwise the shard
+        brings the store in line with the snapshot's segments (``apply``)."""
+        self.pending, self.flushing = {}, {}
+        if state.ids:
+            self.reset()
+            self.pending = dict(state.ids)
+        self.cutoff_h = state.cutoff_h
+
+    def __len__(self) -> int:
+        return self._count + len(self.pending) + len(self.flushing)
+
+    # ---- durability -----------------------------------------------------------------------
+
+    def drain(self) -> Changes:
+        """Everything not yet persisted (a failed commit's ids go out with the next)."""
+        if self.pending:
+            self.flushing.update(self.pending)
+            self.pending = {}
+        return Changes(dict(self.flushing), self.cutoff_h)
+
+    def persist(self, changes: Changes, marker: tuple[str, int]) -> None:
+        """Write a durable commit's changes in one batch, with its marker."""
+        self._write(changes.ids.items(), changes.cutoff_h, marker)
+        for eid, ts in changes.ids.items():
+            if self.flushing.get(eid) == ts:
+                del self.flushing[eid]
+
+    def apply(self, segments: Iterable[list[tuple[str, int]]], cutoff_h: int,
+              marker: tuple[str, int]) -> int:
+        """Catch up with segments from the changelog, in commit order (their hours before
+        ``cutoff_h`` left out by the caller); returns the ids applied."""
+        n = 0
+        chunk: dict[str, int] = {}  # the latest entry per id wins (a forget after a remember)
+        for seg in segments:
+            chunk.update(seg)
+            if len(chunk) >= _BATCH:
+                n += len(chunk)
+                self._write(chunk.items(), 0, None)
+                chunk = {}
+        n += len(chunk)
+        self._write(chunk.items(), cutoff_h, marker)
+        self.cutoff_h = max(self.cutoff_h, cutoff_h)
+        return n
+
+    def _write(self, ids: Iterable[tuple[str, int]], cutoff_h: int,
+               marker: tuple[str, int] | None) -> None:
+        db = self.db
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        count = self._count
+        # the sweep first: an id remembered again after its hour expired (the lookup took
+        # it for absent) is written after the sweep deletes its old copy, and survives it
+        if cutoff_h > self._persisted_cutoff_h:
+            count -= self._sweep(batch, cutoff_h)
+            batch.put(_CUTOFF, str(cutoff_h).encode())
+        pack_ts, pack_h = _TS.pack, _HOUR.pack
+        for eid, ts in ids:
+            key = eid.encode()
+            if ts < 0:  # forgotten: rare (an event held, then found late)
+                if db.get(b"i" + key) is not None:
+                    batch.delete(b"i" + key)
+                    batch.delete(b"x" + pack_h(hour_of(ts)) + key)
+                    count -= 1
+                continue
+            # new to the store: the engine remembers only ids it did not find (an id of an
+            # expired hour is swept above, in this batch, before this put)
+            batch.put(b"i" + key, pack_ts(ts))
+            batch.put(b"x" + pack_h(ts // HOUR_MS) + key, b"")
+            count += 1
+        if marker is not None:
+            batch.put(_MARKER, f"{marker[0]}|{marker[1]}".encode())
+        batch.put(_COUNT, str(count).encode())
+        db.write(batch)
+        self._count = count
+        self._persisted_cutoff_h = max(self._persisted_cutoff_h, cutoff_h)
+
+    def _sweep(self, batch: rocksdict.WriteBatch, cutoff_h: int) -> int:
+        """Delete the ids of the hours before ``cutoff_h`` (into ``batch``); returns how many."""
+        start, stop = b"x", b"x" + _HOUR.pack(cutoff_h)
+        it = self.db.iter()
+        it.seek(start)
+        n = 0
+        while it.valid():
+            key = bytes(it.key())
+            if key >= stop:
+                break
+            batch.delete(b"i" + key[5:])
+            n += 1
+            it.next()
+        batch.delete_range(start, stop)
+        return n
+
+
+def _int(raw: bytes | None) -> int:
+    return int(raw) if raw is not None else 0
