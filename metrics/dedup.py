@@ -88,7 +88,9 @@ class MemoryDedup:
         ids, by_hour = self.ids, self.by_hour
         for h in [h for h in by_hour if h < cutoff_h]:
             for eid in by_hour.pop(h):
-                ids.pop(eid, None)
+                ts = ids.get(eid)
+                if ts is not None and ts // HOUR_MS < cutoff_h:  # not remembered anew since
+                    del ids[eid]
 
     def snapshot(self) -> DedupState:
         return DedupState(DEDUP_VERSION, self.ids, self.cutoff_h)

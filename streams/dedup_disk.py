@@ -90,6 +90,9 @@ class DiskDedup:
         self.cutoff_h = 0  # ids of hours before it are expired
         self._persisted_cutoff_h = 0  # the hours before it are gone from disk
         self._count = 0  # ids on disk (persisted)
+        #: ids remembered again after a forget not yet persisted: their disk copy is read
+        #: when written (rare: an event held, found late, then sent again)
+        self._recheck: set[str] = set()
 
     # ---- opening --------------------------------------------------------------------------
 
@@ -124,6 +127,7 @@ class DiskDedup:
             self._db.close()
             self._db = None
         self.pending, self.flushing = {}, {}
+        self._recheck = set()
 
     def _destroy(self) -> None:
         if self._db is not None:
@@ -162,6 +166,9 @@ class DiskDedup:
 
     def remember(self, eid: str, ts: int) -> None:
         if ts // HOUR_MS >= self.cutoff_h:  # an expired hour: gone at once (MemoryDedup too)
+            before = self.pending.get(eid, self.flushing.get(eid))
+            if before is not None and before < 0:  # forgotten, not yet deleted from disk
+                self._recheck.add(eid)
             self.pending[eid] = ts
 
     def forget(self, eid: str) -> None:
@@ -173,7 +180,7 @@ class DiskDedup:
                 if raw is None:
                     return
                 ts = _TS.unpack(raw)[0]
-        if ts >= 0:
+        if ts >= 0 and ts // HOUR_MS >= self.cutoff_h:  # an expired one is the sweep's
             self.pending[eid] = -ts - 1
 
     def expire(self, cutoff_ts: int) -> None:
@@ -242,20 +249,29 @@ class DiskDedup:
         count = self._count
         # the sweep first: an id remembered again after its hour expired (the lookup took
         # it for absent) is written after the sweep deletes its old copy, and survives it
-        if cutoff_h > self._persisted_cutoff_h:
+        swept_h = self._persisted_cutoff_h  # ids of hours before it are gone with this batch
+        if cutoff_h > swept_h:
             count -= self._sweep(batch, cutoff_h)
             batch.put(_CUTOFF, str(cutoff_h).encode())
+            swept_h = cutoff_h
         pack_ts, pack_h = _TS.pack, _HOUR.pack
         for eid, ts in ids:
             key = eid.encode()
             if ts < 0:  # forgotten: rare (an event held, then found late)
-                if db.get(b"i" + key) is not None:
+                old = db.get(b"i" + key)
+                if old is not None and _TS.unpack(old)[0] // HOUR_MS >= swept_h:
                     batch.delete(b"i" + key)
-                    batch.delete(b"x" + pack_h(hour_of(ts)) + key)
+                    batch.delete(b"x" + pack_h(_TS.unpack(old)[0] // HOUR_MS) + key)
                     count -= 1
                 continue
             # new to the store: the engine remembers only ids it did not find (an id of an
             # expired hour is swept above, in this batch, before this put)
+            if eid in self._recheck:
+                self._recheck.discard(eid)
+                old = db.get(b"i" + key)
+                if old is not None and _TS.unpack(old)[0] // HOUR_MS >= swept_h:
+                    batch.delete(b"x" + pack_h(_TS.unpack(old)[0] // HOUR_MS) + key)
+                    count -= 1
             batch.put(b"i" + key, pack_ts(ts))
             batch.put(b"x" + pack_h(ts // HOUR_MS) + key, b"")
             count += 1
@@ -267,18 +283,27 @@ class DiskDedup:
         self._persisted_cutoff_h = max(self._persisted_cutoff_h, cutoff_h)
 
     def _sweep(self, batch: rocksdict.WriteBatch, cutoff_h: int) -> int:
-        """Delete the ids of the hours before ``cutoff_h`` (into ``batch``); returns how many."""
+        """Delete the ids of the hours before ``cutoff_h`` (into ``batch``); returns how many.
+        An id is deleted only when its own entry is that old: an index entry may outlive a
+        copy written again later (rebuilt from segments that forgot, then remembered it)."""
         start, stop = b"x", b"x" + _HOUR.pack(cutoff_h)
         it = self.db.iter()
         it.seek(start)
-        n = 0
+        found: dict[bytes, None] = {}  # an id may have a stale index entry besides its own
         while it.valid():
             key = bytes(it.key())
             if key >= stop:
                 break
-            batch.delete(b"i" + key[5:])
-            n += 1
+            found[b"i" + key[5:]] = None
             it.next()
+        keys = list(found)
+        n = 0
+        for i in range(0, len(keys), _BATCH):
+            part = keys[i:i + _BATCH]
+            for key, raw in zip(part, self.db.get(part), strict=True):
+                if raw is not None and _TS.unpack(raw)[0] // HOUR_MS < cutoff_h:
+                    batch.delete(key)
+                    n += 1
         batch.delete_range(start, stop)
         return n
 

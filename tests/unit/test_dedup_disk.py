@@ -1,0 +1,77 @@
+"""The on-disk dedup store (real RocksDB) answers exactly as the in-memory one, whatever the
+commits, expiries and forgets in between; its content survives a reopen with its marker."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from metrics.dedup import DedupState, MemoryDedup
+from streams.dedup_disk import DiskDedup
+
+H = 3_600_000
+
+
+def test_the_disk_store_answers_as_the_memory_store(tmp_path: Path) -> None:
+    rnd = random.Random(7)
+    mem, disk = MemoryDedup(), DiskDedup(tmp_path / "d")
+    pool = [f"e{i}" for i in range(3000)]
+    t = 0
+    checked = 0
+    for step in range(20_000):
+        t += rnd.randrange(0, 60_000)
+        eid = rnd.choice(pool)
+        ts = t - rnd.randrange(0, 3 * H)
+        assert (eid in disk) == (eid in mem), (step, eid)
+        checked += 1
+        r = rnd.random()
+        if eid not in mem and r < 0.9:
+            mem.remember(eid, ts)
+            disk.remember(eid, ts)
+        elif r < 0.92:
+            mem.forget(eid)
+            disk.forget(eid)
+        if step % 97 == 0:  # a commit: what it drains is made durable, in one batch
+            disk.persist(disk.drain(), ("lin", step))
+        if step % 211 == 0:
+            mem.expire(t - 6 * H)
+            disk.expire(t - 6 * H)
+    assert checked == 20_000
+    assert all((e in disk) == (e in mem) for e in pool)
+    disk.persist(disk.drain(), ("lin", 99_999))
+    assert len(disk) == len(mem) > 100  # the persisted count follows puts, forgets, sweeps
+
+
+def test_a_reopened_store_keeps_its_ids_and_marker(tmp_path: Path) -> None:
+    d = DiskDedup(tmp_path / "d")
+    for i in range(1000):
+        d.remember(f"a{i}", i * H // 100)
+    d.persist(d.drain(), ("lineage-1", 42))
+    d.remember("unpersisted", 5)  # not made durable: gone with the process
+    d.close()
+    again = DiskDedup(tmp_path / "d")
+    assert again.marker() == ("lineage-1", 42)
+    assert "a0" in again and "a999" in again and "unpersisted" not in again
+    assert len(again) == 1000
+
+
+def test_expired_hours_are_swept_from_disk_and_an_id_may_return(tmp_path: Path) -> None:
+    d = DiskDedup(tmp_path / "d")
+    d.remember("old", 0)
+    d.remember("new", 5 * H)
+    d.persist(d.drain(), ("l", 1))
+    d.expire(2 * H)
+    assert "old" not in d  # expired at once, swept with the next commit
+    d.remember("old", 4 * H)  # the same id again, later: counted, remembered anew
+    d.persist(d.drain(), ("l", 2))  # the sweep runs before the new copy is written
+    assert "old" in d and len(d) == 2
+    assert d.db.get(b"iold") is not None
+
+
+def test_a_migrated_state_goes_out_with_the_next_commit(tmp_path: Path) -> None:
+    d = DiskDedup(tmp_path / "d")
+    d.remember("stale", 1)
+    d.persist(d.drain(), ("l", 1))
+    d.restore(DedupState(1, {"x": 10, "y": 20}, 0))  # a format 3 snapshot's ids
+    assert "stale" not in d and "x" in d
+    assert d.drain().ids == {"x": 10, "y": 20}
