@@ -153,6 +153,8 @@ class Shard:
         self.lineage = ""
         self.chain: dict[int, int] = {}
         self._segments: dict[bytes, tuple[int, int]] = {}
+        #: how the last takeover loaded the event ids (/health)
+        self.ids_loaded: dict[str, Any] = {}
         self.stats = ShellStats()
         self._lag_by_tp: dict[tuple[str, int], int] = {}
         # durability (streams/state.py): what the engine applied, what a snapshot made durable
@@ -236,6 +238,8 @@ class Shard:
             # (DiskDedup.restore) and go out as segments with the first commit
             if snap is None:
                 store.reset()
+            self.ids_loaded = {"from": "empty" if snap is None else "format 3 snapshot",
+                               "segments": 0, "ids": len(store)}
             return
         marker = store.marker()
         since = -1
@@ -249,9 +253,11 @@ class Shard:
                       if seq > since and hour >= cutoff_h)
         n = store.apply((decode_segment(key, values[key]) for _, _, key in todo), cutoff_h,
                         (self.lineage, snap.seq))
-        log.warning("%s: event ids %s, %d applied from %d changelog segments in %.2f s",
-                    self.name, "from the local store" if since >= 0 else "rebuilt", n,
-                    len(todo), time.monotonic() - t0)
+        self.ids_loaded = {"from": "local store" if since >= 0 else "changelog",
+                           "segments": len(todo), "ids": n}
+        log.warning("%s: event ids from the %s, %d applied from %d changelog segments in "
+                    "%.2f s", self.name, self.ids_loaded["from"], n, len(todo),
+                    time.monotonic() - t0)
 
     async def lose(self) -> None:
         """The group dropped this worker: another may own the shard already, or the broker
@@ -559,6 +565,7 @@ class Shard:
             "pending_finals": len(self.outbox) + len(self.resend),
             "durable": self.applied == self._snapshot_applied,
             "state": e.state_sizes(),
+            "ids_loaded": self.ids_loaded,
             # the epochs whose snapshots the state table holds for this shard: one, once
             # this owner's first snapshot is durable (streams/state.py)
             "state_epochs": sorted({ep for k, _ in self.state.records(self.name)
