@@ -23,6 +23,7 @@ from metrics.catalog import Catalog, build_catalog
 from metrics.errors import StateError
 from streams.shard import Outputs, Shard
 from streams.state import decode_segment, segment_of
+from tests.helpers import final_values
 from tests.tools import ROOT
 from tests.unit.test_shard import (
     EMAIL,
@@ -37,7 +38,6 @@ from tests.unit.test_shard import (
     oracle,
     traffic,
 )
-from tests.helpers import final_values
 
 FIXTURE = ROOT / "tests" / "fixtures" / "state_format3.msgpack"
 
