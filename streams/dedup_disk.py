@@ -296,13 +296,14 @@ class DiskDedup:
                 break
             found[b"i" + key[5:]] = None
             it.next()
-        keys = list(found)
+        keys: list[str | int | float | bytes | bool] = list(found)
         n = 0
         for i in range(0, len(keys), _BATCH):
             part = keys[i:i + _BATCH]
-            for key, raw in zip(part, self.db.get(part), strict=True):
+            got: list[bytes | None] = self.db.get(part) or []
+            for ikey, raw in zip(part, got, strict=True):
                 if raw is not None and _TS.unpack(raw)[0] // HOUR_MS < cutoff_h:
-                    batch.delete(key)
+                    batch.delete(ikey)
                     n += 1
         batch.delete_range(start, stop)
         return n
