@@ -50,8 +50,12 @@ from metrics.snapshot import (
     ENGINE_STATE_VERSION,
     Counters,
     EngineState,
+    Parts,
+    collect_parts,
     decode_part,
     encode_part,
+    load_parts,
+    strip,
 )
 from metrics.trackers import TRACKERS, Tracker
 from metrics.windows import Agg, FamilyWindows
@@ -347,6 +351,30 @@ class KpiEngine:
             publisher=self.publisher.snapshot(),
             counters=Counters(self.events_total, self.duplicates_total, self.late_total,
                               self.due))
+
+    def durable(self, ref: Callable[[Any], Any], full: bool = False
+                ) -> tuple[EngineState, Parts, set[str]]:
+        """For an incremental commit (metrics/snapshot.py): the core state, the parts that
+        changed since the last call (every part when ``full``) and the names of all parts.
+        Live references: encode them before the next event."""
+        for fw in self.windows.values():
+            fw.settle(self._expanders)
+        windows, publisher = strip({f: fw.snapshot() for f, fw in self.windows.items()},
+                                   self.publisher.snapshot())
+        core = EngineState(
+            ENGINE_STATE_VERSION, windows=windows,
+            watermarks={f: wm.snapshot() for f, wm in self.watermarks.items()},
+            held={f: [hold(ev, ref(r)) for ev, r in held] for f, held in self._held.items()},
+            dedup={s: d.snapshot() for s, d in self.dedup.items()}, trackers={},
+            publisher=publisher,
+            counters=Counters(self.events_total, self.duplicates_total, self.late_total,
+                              self.due))
+        parts, names = collect_parts(self.windows, self.publisher, self.trackers, full)
+        return core, parts, names
+
+    def load_parts(self, parts: list[tuple[str, bytes]]) -> None:
+        """After restore() of a core state: its parts. Nothing is left to write after."""
+        load_parts(self.windows, self.publisher, self.trackers, self.catalog.kpis, parts)
 
     def restore(self, state: EngineState, ref: Callable[[Any], Any] = lambda r: r) -> None:
         """Continue from a snapshot() taken by an engine with the same catalog. ``ref``

@@ -56,6 +56,8 @@ class Publisher:
         self.published: dict[tuple[str, str, int], dict[str, Filed]] = {}
         self.floor = {f: NEVER for f in catalog.families}
         self.waiting: set[tuple[str, int, str]] = set()
+        #: published windows whose rows changed since the last ``drain_changes``
+        self.changed: set[tuple[str, str, int]] = set()
         self._kpis_by_family: dict[str, list[Kpi]] = {f: [] for f in catalog.families}
         for kpi in catalog.kpis.values():
             for f in kpi.families:
@@ -113,7 +115,9 @@ class Publisher:
 
     def _records(self, kpi: Kpi, wname: str, end: int, idx: Index, emitted_at: str
                  ) -> list[Record]:
-        filed = self.published.setdefault((kpi.families[0], wname, end), {})
+        key = (kpi.families[0], wname, end)
+        filed = self.published.setdefault(key, {})
+        self.changed.add(key)
         rows = self._kpi_rows[kpi.name](idx)
         size = self._window_spec(kpi, wname).size_ms
         start_s, end_s = iso_boundary(end - size), iso_boundary(end)
@@ -183,6 +187,10 @@ class Publisher:
             self.floor[fam] = horizon
             for key in [k for k in self.published if k[0] == fam and k[2] < horizon]:
                 del self.published[key]
+
+    def drain_changes(self) -> set[tuple[str, str, int]]:
+        changed, self.changed = self.changed & self.published.keys(), set()
+        return changed
 
     def snapshot(self) -> PublisherState:
         return PublisherState(PUBLISHER_VERSION, self.published, self.floor, sorted(self.waiting))

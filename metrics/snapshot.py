@@ -9,15 +9,17 @@ raises ``StateError``, it never runs code (no pickle anywhere in the state path)
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Container
+from typing import Any, Final
 
 import msgspec
 
 from metrics.clock import HeldEvent, WatermarkState
 from metrics.dedup import DedupState
 from metrics.errors import StateError
-from metrics.publish import PublisherState
-from metrics.windows import WindowsState
+from metrics.publish import Filed, Publisher, PublisherState
+from metrics.trackers import Tracker
+from metrics.windows import FamilyWindows, WindowsState
 
 #: raised whenever the layout of EngineState or of any part's state changes
 ENGINE_STATE_VERSION: Final = 1
@@ -72,3 +74,127 @@ def decode_state(blob: bytes) -> EngineState:
         raise StateError(f"engine state version {state.version}, this engine reads "
                          f"{ENGINE_STATE_VERSION}")
     return state
+
+
+# ---- incremental commits: the state as a small core and keyed parts --------------------
+#
+# A commit writes the core (watermarks, held events, running sums, counters: small) and the
+# parts that changed since the previous commit: a pane, a closed window, a published
+# window's rows, an hour of a tracker's table. Part names:
+#
+#     w|{family}|p|{pane start}        a pane (Agg)
+#     w|{family}|c|{window}|{end}      a closed window's values (Agg)
+#     p|{family}|{window}|{end}        a published window's rows, per KPI
+#     t|{tracker}|{table}|{hour}       an hour of a tracker's keyed table
+
+Parts = dict[str, Any]  # part name -> plain data (live references: encode before going on)
+
+_AGG: Final = msgspec.msgpack.Decoder(dict[tuple[str, str, str | tuple[str, ...]], int])
+_FILED: Final = msgspec.msgpack.Decoder(dict[str, Filed])
+
+
+def strip(windows: dict[str, WindowsState], publisher: PublisherState
+          ) -> tuple[dict[str, WindowsState], PublisherState]:
+    """The core's part of the windows and publisher states: their parts left out."""
+    return ({f: msgspec.structs.replace(w, panes={}, specs=[
+                msgspec.structs.replace(s, closed={}) for s in w.specs])
+             for f, w in windows.items()},
+            msgspec.structs.replace(publisher, published={}))
+
+
+def decode_parts(parts: list[tuple[str, bytes]], part_types: dict[tuple[str, str], Any]
+                 ) -> list[tuple[list[str], Any]]:
+    """Each part's name split, and its data checked against its schema (``part_types``:
+    (tracker, table) -> type). ``StateError`` naming the part when it is not readable."""
+    out = []
+    for name, raw in parts:
+        bits = name.split("|")
+        try:
+            if bits[0] == "w":
+                data: Any = _AGG.decode(raw)
+            elif bits[0] == "p":
+                data = _FILED.decode(raw)
+            elif bits[0] == "t":
+                type_ = part_types.get((bits[1], bits[2]))
+                if type_ is None:
+                    continue  # a tracker the catalog no longer uses
+                data = msgspec.msgpack.decode(raw, type=type_)
+            else:
+                raise ValueError("unknown kind of part")
+        except (msgspec.DecodeError, ValueError, IndexError) as exc:
+            raise StateError(f"state part {name!r} is unreadable: {exc}") from None
+        out.append((bits, data))
+    return out
+
+
+def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
+                  trackers: dict[str, Tracker], full: bool) -> tuple[Parts, set[str]]:
+    """The parts changed since the last call (every one when ``full``), and every name."""
+    parts: Parts = {}
+    names: set[str] = set()
+    for fam, fw in windows.items():
+        panes, closed = fw.drain_changes()
+        for start, agg in fw.panes.items():
+            name = f"w|{fam}|p|{start}"
+            names.add(name)
+            if full or start in panes:
+                parts[name] = agg
+        for spec in fw.specs:
+            wname = spec.spec.name
+            for end, agg in spec.closed.items():
+                name = f"w|{fam}|c|{wname}|{end}"
+                names.add(name)
+                if full or (wname, end) in closed:
+                    parts[name] = agg
+    published = publisher.drain_changes()
+    for key, filed in publisher.published.items():
+        name = f"p|{key[0]}|{key[1]}|{key[2]}"
+        names.add(name)
+        if full or key in published:
+            parts[name] = filed
+    for tname, tracker in trackers.items():
+        for table, keyed in tracker.tables().items():
+            dirty = keyed.drain()
+            for hour in keyed.by_hour:
+                name = f"t|{tname}|{table}|{hour}"
+                names.add(name)
+                if full or hour in dirty:
+                    parts[name] = keyed.hour(hour)
+    return parts, names
+
+
+def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
+               trackers: dict[str, Tracker], kpis: Container[str],
+               parts: list[tuple[str, bytes]]) -> None:
+    """Fill a restored core with its parts; what no longer fits the catalog (a KPI, a
+    window, a tracker gone) is left out. Nothing is left to write after."""
+    types = {(n, table): t.part_types[table] for n, t in trackers.items()
+             for table in t.part_types}
+    tables = {n: t.tables() for n, t in trackers.items()}
+    for bits, data in decode_parts(parts, types):
+        if bits[0] == "w":
+            fw = windows.get(bits[1])
+            if fw is None:
+                continue
+            if bits[2] == "p":
+                fw.panes[int(bits[3])] = data
+            else:
+                spec = next((s for s in fw.specs if s.spec.name == bits[3]), None)
+                if spec is not None:
+                    spec.closed[int(bits[4])] = data
+        elif bits[0] == "p":
+            if bits[1] in windows:
+                publisher.published[(bits[1], bits[2], int(bits[3]))] = {
+                    k: v for k, v in data.items() if k in kpis}
+        else:
+            for key, value in data.items():
+                tables[bits[1]][bits[2]].put(key, value)
+    for fw in windows.values():
+        for spec in fw.specs:  # closed windows are kept in closing order (expire)
+            spec.closed = dict(sorted(spec.closed.items()))
+        fw.mark_written()
+    publisher.drain_changes()
+    for tracker in trackers.values():
+        tracker.loaded()
+        for keyed in tracker.tables().values():
+            keyed.drain()

@@ -83,6 +83,13 @@ class FamilyWindows:
         self.dirty: set[tuple[str, int]] = set()
         self._longest = cfg.longest_ms
         self._pane_floor = 0  # panes before this were dropped
+        # what changed since the last ``drain_changes`` (a commit writes those parts only):
+        # panes at or beyond the frontier it saw and windows closed after it, which change
+        # without being told; before them, what ``add`` patched
+        self._seen_frontier = 0
+        self._seen_ends: dict[str, int] = {}
+        self._patched_panes: set[int] = set()
+        self._patched_closed: set[tuple[str, int]] = set()
 
     def start(self, first_ts: int) -> None:
         """Windows ending before first event - grace are treated as closed (never emitted)."""
@@ -129,6 +136,7 @@ class FamilyWindows:
             pane[key] = pane.get(key, 0) + value
         if p >= self.frontier:
             return
+        self._patched_panes.add(p)
         for s in self.specs:
             if p >= s.last_end:
                 continue
@@ -142,6 +150,7 @@ class FamilyWindows:
                 if snap is not None:
                     snap[key] = snap.get(key, 0) + value
                     self.dirty.add((s.spec.name, end))
+                    self._patched_closed.add((s.spec.name, end))
                 end += hop
 
     def _sum_panes(self, start: int, stop: int) -> Iterator[tuple[Key, int]]:
@@ -226,6 +235,25 @@ class FamilyWindows:
                 for p in [p for p in self.panes if p < floor]:
                     del self.panes[p]
             self._pane_floor = floor
+
+    def drain_changes(self) -> tuple[set[int], set[tuple[str, int]]]:
+        """The panes and closed windows (name, end) changed since the last call (settle()
+        first). Running sums and the rest are small: a commit writes them every time."""
+        panes = {p for p in self.panes if p >= self._seen_frontier} | (
+            self._patched_panes & self.panes.keys())
+        closed = {(s.spec.name, end) for s in self.specs for end in s.closed
+                  if end > self._seen_ends.get(s.spec.name, -1)}
+        closed |= {(n, e) for n, e in self._patched_closed
+                   if e in self._by_name[n].closed}
+        self.mark_written()
+        return panes, closed
+
+    def mark_written(self) -> None:
+        """Everything held is durable as it is: nothing changed since."""
+        self._seen_frontier = self.frontier
+        self._seen_ends = {s.spec.name: s.last_end for s in self.specs}
+        self._patched_panes = set()
+        self._patched_closed = set()
 
     def retain(self, keep: Callable[[Key], bool]) -> None:
         """Drop every value ``keep`` rejects, wherever it is held (a restored state's

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,26 +30,18 @@ from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, Parser, event_parser
 from metrics.records import update_key, window_key
 from streams.dedup_disk import DiskDedup
+from streams.durable import Durable
 from streams.exporter import ShellStats
 from streams.settings import Settings
 from streams.state import (
     EPOCH,
     Offsets,
     Snapshot,
-    SourceRef,
-    aggregate_fingerprints,
     claim_key,
     decode,
-    decode_segment,
-    encode,
-    encode_segments,
     follows,
-    in_chain,
     key_epoch,
     owner_epoch,
-    segments,
-    source_ref,
-    superseded,
 )
 from streams.topics import family_of
 
@@ -148,19 +139,13 @@ class Shard:
             dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
             idle_timeout_ms=int(settings.idle_timeout * 1000)), clock=wall_ms,
             dedup=lambda _: self.dedup)
-        #: the state's history (streams/state.py): its lineage, and per epoch the last
-        #: commit whose segments it holds; the segments in the table, as (seq, hour)
-        self.lineage = ""
-        self.chain: dict[int, int] = {}
-        self._segments: dict[bytes, tuple[int, int]] = {}
-        #: how the last takeover loaded the event ids (/health)
-        self.ids_loaded: dict[str, Any] = {}
+        #: what commits write and takeovers read back (streams/durable.py)
+        self.durable = Durable(name, catalog, state, self.dedup)
         self.stats = ShellStats()
         self._lag_by_tp: dict[tuple[str, int], int] = {}
         # durability (streams/state.py): what the engine applied, what a snapshot made durable
         self.applied: Offsets = {}
         self.snapshot_seq = 0
-        self._epoch_clean = True
         self._snapshot_applied: Offsets = {}
         self._last_snapshot_at = time.monotonic()
         self.replayed_skipped = 0
@@ -182,25 +167,18 @@ class Shard:
         self._before: dict[tuple[str, int], int] = {}
         self._positions: dict[tuple[str, int], int | None] = {}  # at the last tick
 
-    def restore(self, snap: Snapshot, epoch: int) -> None:
+    def restore(self, records: list[tuple[bytes, bytes]], snap: Snapshot | None,
+                epoch: int) -> None:
         self._before = {}  # read again: the log may have moved on since the last tenure
         self._positions = {}
-        self.engine.restore(snap.engine, ref=lambda r: SourceRef(*r))
-        if snap.aggregates is not None:
-            dropped = self.engine.retain(snap.aggregates, aggregate_fingerprints(self.catalog))
-            if dropped:
-                log.warning("%s: aggregates redefined or removed since the state was written, "
-                            "their values dropped: %s", self.name, ", ".join(sorted(dropped)))
-        self.resend = snap.outbox  # it may not have gone out before the crash
-        self.applied = dict(snap.applied)
-        self._snapshot_applied = dict(snap.applied)
-        self.stats.invalid = dict(snap.invalid)
-        self.lineage = snap.lineage or uuid.uuid4().hex
-        self.chain = dict(snap.chain)
+        self.durable.restore(self.engine, records, snap)
+        self.resend = snap.outbox if snap else []  # it may not have gone out before the crash
+        self.applied = dict(snap.applied) if snap else {}
+        self._snapshot_applied = dict(self.applied)
+        self.stats.invalid = dict(snap.invalid) if snap else {}
         # this worker's tenure of the shard: snapshots numbered in a fresh epoch, the
         # previous owner's keys deleted once the first is durable (streams/state.py)
         self.snapshot_seq = epoch * EPOCH
-        self._epoch_clean = False
 
     async def activate(self, records: list[tuple[bytes, bytes]], t0: float) -> None:
         """This worker now owns the shard: continue from its latest durable state in the
@@ -212,9 +190,7 @@ class Shard:
         async with self._state_lock:
             # nothing durable yet: start from the empty state (this worker may have counted
             # before, as an owner whose work went to another)
-            self.restore(snap or Snapshot(
-                0, KpiEngine(self.catalog, self.engine.config).snapshot(), {}, {}, []), epoch)
-            self._load_ids(records, snap)
+            self.restore(records, snap, epoch)
             self.outbox = []
             # the restored engine has its own sources: the next batch re-syncs them
             self.owned = self.engine.sources()  # type: ignore[assignment]
@@ -223,41 +199,6 @@ class Shard:
             log.warning("%s: restored snapshot %d (%d partitions' offsets) in %.2f s",
                         self.name, snap.seq, len(snap.applied), time.monotonic() - t0)
         log.warning("%s: owning its input partitions", self.name)
-
-    def _load_ids(self, records: list[tuple[bytes, bytes]], snap: Snapshot | None) -> None:
-        """Bring the on-disk ids in line with the restored snapshot: the local store when it
-        holds a commit of this snapshot's history (then only the later commits' segments
-        are applied), else rebuilt from every segment of the history."""
-        t0 = time.monotonic()
-        store = self.dedup
-        store.open()
-        found = segments(records, self.name)
-        self._segments = {k: v for k, v in found.items() if in_chain(v[0], self.chain)}
-        if snap is None or snap.format == 3:
-            # nothing durable yet, or a format 3 snapshot: its ids were loaded by restore()
-            # (DiskDedup.restore) and go out as segments with the first commit
-            if snap is None:
-                store.reset()
-            self.ids_loaded = {"from": "empty" if snap is None else "format 3 snapshot",
-                               "segments": 0, "ids": len(store)}
-            return
-        marker = store.marker()
-        since = -1
-        if marker is not None and marker[0] == self.lineage and in_chain(marker[1], self.chain):
-            since = marker[1]
-        else:
-            store.reset()
-        values = dict(records)
-        cutoff_h = snap.engine.dedup[self.name].cutoff_h
-        todo = sorted((seq, hour, key) for key, (seq, hour) in self._segments.items()
-                      if seq > since and hour >= cutoff_h)
-        n = store.apply((decode_segment(key, values[key]) for _, _, key in todo), cutoff_h,
-                        (self.lineage, snap.seq))
-        self.ids_loaded = {"from": "local store" if since >= 0 else "changelog",
-                           "segments": len(todo), "ids": n}
-        log.warning("%s: event ids from the %s, %d applied from %d changelog segments in "
-                    "%.2f s", self.name, self.ids_loaded["from"], n, len(todo),
-                    time.monotonic() - t0)
 
     async def lose(self) -> None:
         """The group dropped this worker: another may own the shard already, or the broker
@@ -311,38 +252,11 @@ class Shard:
             await self.io.flush()
             applied = dict(self.applied)
             outbox, self.outbox = self.outbox, []
-            seq = self.snapshot_seq + 1
-            # the ids remembered since the last commit: its segments (not the whole store)
-            changes = self.dedup.drain()
-            chain = {**self.chain, seq // EPOCH: seq}
-            snap = Snapshot(seq, self.engine.snapshot(source_ref), applied,
-                            dict(self.stats.invalid), [r for _, r in outbox], chain,
-                            self.lineage)
             # serialised under the lock: the state and the offsets agree
-            records = encode(snap, self.name, self.catalog)
-            segs = encode_segments(changes.by_hour(), self.name, seq)
-        # the segments and chunks, then the manifest that commits them all
-        # (streams/faust_app.py: StateTable)
-        state = self.state
-        await state.write(segs + records[:-1])
-        await state.write(records[-1:])
-        for key, _ in segs:
-            self._segments[key] = (seq, int(key.rsplit(b"|", 1)[1]))
-        # once the manifest is durable: segments of expired hours go, and on a new tenure
-        # the former owners' keys (but the segments this state's history holds)
-        doomed = [k for k, (_, hour) in self._segments.items() if hour < changes.cutoff_h]
-        if not self._epoch_clean:
-            doomed += superseded([k for k, _ in state.records(self.name)], self.name, seq, chain)
-        if doomed:
-            await state.delete(doomed)
-            for k in doomed:
-                self._segments.pop(k, None)
-        live = {s // EPOCH for s, _ in self._segments.values()}
-        self.chain = {e: last for e, last in chain.items() if e in live or e == seq // EPOCH}
-        self._epoch_clean = True
-        # the local store follows the changelog, never leads it (DiskDedup.marker)
-        self.dedup.persist(changes, (self.lineage, seq))
-        self.snapshot_seq = seq
+            commit = self.durable.prepare(self.engine, self.snapshot_seq + 1, applied,
+                                          dict(self.stats.invalid), [r for _, r in outbox])
+        await self.durable.write(commit)
+        self.snapshot_seq = commit.seq
         self._snapshot_applied = applied
         self._last_snapshot_at = time.monotonic()
         # the input consumed bypasses Faust's acks (see durable_consumer): commit here. The
@@ -565,7 +479,7 @@ class Shard:
             "pending_finals": len(self.outbox) + len(self.resend),
             "durable": self.applied == self._snapshot_applied,
             "state": e.state_sizes(),
-            "ids_loaded": self.ids_loaded,
+            "ids_loaded": self.durable.ids_loaded,
             # the epochs whose snapshots the state table holds for this shard: one, once
             # this owner's first snapshot is durable (streams/state.py)
             "state_epochs": sorted({ep for k, _ in self.state.records(self.name)

@@ -88,6 +88,9 @@ class Snapshot:
     #: aggregate -> fingerprint of its definition when the state was written (None: not
     #: known, format 3: the whole catalog was the same)
     aggregates: dict[str, str] | None = None
+    #: the engine's parts (metrics/snapshot.py): name -> (seq of the commit that wrote its
+    #: current record, crc32 of it); the engine state above is the core without them
+    parts: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 class SourceRef(NamedTuple):
@@ -116,6 +119,7 @@ class StoredSnapshot(msgspec.Struct, gc=False):
     outbox: list[dict[str, Any]]
     chain: dict[int, int] = {}
     lineage: str = ""
+    parts: dict[str, tuple[int, int]] = {}
 
 
 _ENCODE: Final = msgspec.msgpack.Encoder().encode
@@ -184,18 +188,26 @@ def key_epoch(key: bytes, group: str) -> int | None:
 
 
 def superseded(keys: Iterable[bytes], group: str, seq: int,
-               chain: dict[int, int] | None = None) -> list[bytes]:
+               chain: dict[int, int] | None = None,
+               parts: dict[str, tuple[int, int]] | None = None) -> list[bytes]:
     """Keys of ``group``'s earlier epochs, once snapshot ``seq`` is durable: what a new owner
     deletes so the table (and a compacted changelog) keeps one epoch per shard; of their
-    segments, those outside the snapshot's ``chain`` (a former owner's late writes)."""
+    segments and parts, those the snapshot does not hold (``chain``, ``parts``): a former
+    owner's late writes."""
     epoch = seq // EPOCH
-    tag = f"{group}|dd|".encode()
+    seg_tag, part_tag = f"{group}|dd|".encode(), f"{group}|pt|".encode()
+    held = {part_key(group, s, n) for n, (s, _) in (parts or {}).items()}
     out = []
     for k in keys:
-        if k.startswith(tag):
+        if k.startswith(seg_tag):
             with contextlib.suppress(ValueError):
                 s, _ = segment_of(k, group)
                 if s // EPOCH < epoch and not in_chain(s, chain or {}):
+                    out.append(k)
+        elif k.startswith(part_tag):
+            with contextlib.suppress(ValueError):
+                s, _ = part_of(k, group)
+                if s // EPOCH < epoch and k not in held:
                     out.append(k)
         elif (e := key_epoch(k, group)) is not None and e < epoch:
             out.append(k)
@@ -250,10 +262,42 @@ def segments(records: Iterable[tuple[bytes, bytes | None]], group: str
     return out
 
 
+def part_key(group: str, seq: int, name: str) -> bytes:
+    return f"{group}|pt|{seq}|{name}".encode()
+
+
+def part_of(key: bytes, group: str) -> tuple[int, str]:
+    """(seq, part name) of a part key; ValueError when it is not one."""
+    prefix, tag, seq, name = key.decode().split("|", 3)
+    if prefix != group or tag != "pt" or key != part_key(group, int(seq), name):
+        raise ValueError(f"no part key: {key!r}")
+    return int(seq), name
+
+
+def parts_of(group: str, parts: dict[str, tuple[int, int]], values: dict[bytes, bytes]
+             ) -> list[tuple[str, bytes]]:
+    """The records of a snapshot's parts, checked against its map; ``StateError`` naming
+    the key of one missing or damaged."""
+    out = []
+    for name, (seq, crc) in sorted(parts.items()):
+        key = part_key(group, seq, name)
+        value = values.get(key)
+        if value is None:
+            raise StateError(f"state record {key!r} is missing")
+        if zlib.crc32(value) != crc:
+            raise StateError(f"state record {key!r} is corrupt (checksum)")
+        try:
+            out.append((name, zlib.decompress(value)))
+        except zlib.error as exc:
+            raise StateError(f"state record {key!r} is unreadable: {exc}") from None
+    return out
+
+
 def encode(snap: Snapshot, group: str, catalog: Catalog) -> list[tuple[bytes, bytes]]:
     """(key, value) records: the chunks, then the manifest last; keys start ``{group}|``."""
     blob = zlib.compress(_ENCODE(StoredSnapshot(snap.engine, snap.applied, snap.invalid,
-                                                snap.outbox, snap.chain, snap.lineage)), 1)
+                                                snap.outbox, snap.chain, snap.lineage,
+                                                snap.parts)), 1)
     seq = _SEQ.pack(snap.seq)
     slot = slot_of(snap.seq)
     chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
@@ -311,6 +355,9 @@ def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: C
                 continue
             if rest.startswith("dd|"):
                 segment_of(key, group)  # read by ``segments``: only checked here
+                continue
+            if rest.startswith("pt|"):
+                part_of(key, group)  # read by ``parts_of``: only checked here
                 continue
             if rest.startswith("manifest|"):
                 slot = rest[9:]
@@ -377,4 +424,4 @@ def _assemble(manifest: Manifest, chunks: dict[tuple[str, int], bytes]) -> Snaps
     except (zlib.error, msgspec.DecodeError, ValueError) as exc:
         raise StateError(f"snapshot {manifest.seq} is unreadable: {exc}") from None
     return Snapshot(manifest.seq, data.engine, data.applied, data.invalid, data.outbox,
-                    data.chain, data.lineage, manifest.format, manifest.aggregates)
+                    data.chain, data.lineage, manifest.format, manifest.aggregates, data.parts)

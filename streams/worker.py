@@ -227,10 +227,12 @@ class KpiShell:
         late_by_family: dict[str, int] = {}
         state: dict[str, int] = {}
         epochs: dict[str, list[int]] = {}
+        loaded: dict[str, dict[str, Any]] = {}
         durable = True
         for sh in self.active:
             h = sh.health()
             epochs[sh.name] = h["state_epochs"]
+            loaded[sh.name] = h["ids_loaded"]
             for k in _SUMMED:
                 out[k] += h[k]
             late_by_family.update(h["late_by_family"])
@@ -239,6 +241,9 @@ class KpiShell:
             durable = durable and h["durable"]
         out |= {"late_by_family": late_by_family, "state": state, "durable": durable,
                 "state_epochs": epochs,
+                # per shard, how its takeover loaded the event ids: from the local store
+                # (and how many from the changelog), or rebuilt from the changelog
+                "ids_loaded": loaded,
                 # seconds from receiving the first batch to finishing the latest one, and
                 # both moments (Unix time: a benchmark spans the workers of a group)
                 "busy_s": (self.last_batch_done_at - self.first_event_at

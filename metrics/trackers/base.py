@@ -7,8 +7,9 @@ state depends only on the set of events, never on their arrival order, which is 
 shuffled input within grace give identical windows.
 
 State expires with the tracker's horizon (its family's longest window plus grace), so memory
-stays flat on an endless stream. A new tracker is one module with a class following
-``Tracker`` plus its line in registry.py.
+stays flat on an endless stream. Its keyed state is held in ``Keyed`` tables, filed by hour:
+what expiry drops, and what a commit writes when it changed (metrics/snapshot.py). A new
+tracker is one module with a class following ``Tracker`` plus its line in registry.py.
 """
 
 from __future__ import annotations
@@ -61,6 +62,17 @@ class Tracker(Protocol):
 
     def __len__(self) -> int: ...
 
+    #: per keyed table, the msgspec type of one hour of it (a commit's part)
+    part_types: ClassVar[dict[str, Any]]
+
+    def tables(self) -> dict[str, Keyed[Any, Any]]:
+        """Its keyed state, by table name (what commits write hour by hour)."""
+        ...
+
+    def loaded(self) -> None:
+        """Its tables were filled from parts: rebuild what is derived from them."""
+        ...
+
 
 def net_change(before: list[Fact], after: list[Fact]) -> list[Fact]:
     """The facts that turn ``before`` into ``after``: unchanged facts cancel out, so they
@@ -79,49 +91,80 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-class Buckets(Generic[K]):
-    """Keys filed by the hour of their last activity, for cheap expiry sweeps. Derived
-    state: rebuilt from the keys' times on restore, never stored."""
+class Keyed(Generic[K, V]):
+    """A tracker's keyed state, filed by the hour of the time it expires by (``ts_of``):
+    expiry drops whole hours, and a commit writes the hours that changed (``dirty``), not
+    the whole state. A value changed in place is ``touch``ed."""
 
-    def __init__(self) -> None:
-        self.by_hour: dict[int, list[K]] = {}
-        self.low = 0  # no hour before this is filed (a sweep walks from here)
+    __slots__ = ("by_hour", "data", "dirty", "hours", "ts_of")
 
-    def file(self, key: K, ts: int) -> None:
-        h = ts // HOUR_MS
-        bucket = self.by_hour.get(h)
-        if bucket is None:
-            self.by_hour[h] = [key]
-            if h < self.low:
-                self.low = h
-        else:
-            bucket.append(key)
+    def __init__(self, ts_of: Callable[[V], int]):
+        self.ts_of = ts_of
+        self.data: dict[K, V] = {}
+        self.hours: dict[K, int] = {}  # key -> the hour it is filed under
+        self.by_hour: dict[int, set[K]] = {}
+        self.dirty: set[int] = set()  # hours changed since the last ``drain``
 
-    def sweep(self, state: dict[K, V], cutoff_ts: int, ts_of: Callable[[V], int]
-              ) -> list[tuple[K, V]]:
-        """Delete from ``state`` the keys filed before the cutoff whose entry is still older
-        than it (a key refiled later stays); returns what was deleted."""
-        removed = []
-        for key in self.pop_before(cutoff_ts):
-            cur = state.get(key)
-            if cur is not None and ts_of(cur) < cutoff_ts:
-                del state[key]
-                removed.append((key, cur))
+    def get(self, key: K) -> V | None:
+        return self.data.get(key)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self.data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def put(self, key: K, value: V) -> None:
+        self.data[key] = value
+        self.touch(key)
+
+    def touch(self, key: K) -> None:
+        hour = self.ts_of(self.data[key]) // HOUR_MS
+        old = self.hours.get(key)
+        if old != hour:
+            if old is not None:
+                self._unfile(key, old)
+            self.hours[key] = hour
+            bucket = self.by_hour.get(hour)
+            if bucket is None:
+                self.by_hour[hour] = {key}
+            else:
+                bucket.add(key)
+        self.dirty.add(hour)
+
+    def delete(self, key: K) -> V:
+        value = self.data.pop(key)
+        self._unfile(key, self.hours.pop(key))
+        return value
+
+    def _unfile(self, key: K, hour: int) -> None:
+        bucket = self.by_hour[hour]
+        bucket.discard(key)
+        if not bucket:
+            del self.by_hour[hour]
+        self.dirty.add(hour)
+
+    def sweep(self, cutoff_ts: int) -> list[tuple[K, V]]:
+        """Delete the keys of the hours before the one holding ``cutoff_ts``; returns them."""
+        cutoff_h = cutoff_ts // HOUR_MS
+        removed: list[tuple[K, V]] = []
+        for hour in [h for h in self.by_hour if h < cutoff_h]:
+            for key in self.by_hour.pop(hour):
+                del self.hours[key]
+                removed.append((key, self.data.pop(key)))
+            self.dirty.add(hour)
         return removed
 
-    def pop_before(self, cutoff_ts: int) -> list[K]:
-        cutoff_h = cutoff_ts // HOUR_MS
-        out: list[K] = []
-        if cutoff_h <= self.low:
-            return out
-        by_hour = self.by_hour
-        if cutoff_h - self.low < len(by_hour):  # walk the expired hours
-            for h in range(self.low, cutoff_h):
-                bucket = by_hour.pop(h, None)
-                if bucket is not None:
-                    out.extend(bucket)
-        else:  # event time jumped: scanning what is held is shorter
-            for h in [h for h in by_hour if h < cutoff_h]:
-                out.extend(by_hour.pop(h))
-        self.low = cutoff_h
-        return out
+    def hour(self, hour: int) -> dict[K, V]:
+        """The keys filed under an hour, with their values (what a commit writes of it)."""
+        return {k: self.data[k] for k in self.by_hour.get(hour, ())}
+
+    def drain(self) -> set[int]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+    def replace(self, data: dict[K, V]) -> None:
+        """Start over from a restored state (every hour dirty: nothing written yet)."""
+        self.data, self.hours, self.by_hour = {}, {}, {}
+        for key, value in data.items():
+            self.put(key, value)

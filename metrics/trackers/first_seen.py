@@ -3,13 +3,13 @@ earliest occurrence within the horizon."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
 
 from metrics.constants import UNKNOWN
 from metrics.events import Event
-from metrics.trackers.base import Buckets, Dims, Fact
+from metrics.trackers.base import Dims, Fact, Keyed
 
 _EMAIL_DIMS: Final = frozenset({"campaign_id", "segment"})
 
@@ -34,12 +34,12 @@ class FirstSeen:
     consumes: ClassVar[frozenset[str]]
     micro: ClassVar[frozenset[str]] = frozenset()
     state_type: ClassVar[type[msgspec.Struct]] = FirstSeenState
+    part_types: ClassVar[dict[str, Any]] = {"first": dict[Key, tuple[int, Dims]]}
     VERSION: ClassVar[int] = 1
 
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
-        self.state: dict[Key, tuple[int, Dims]] = {}
-        self._buckets: Buckets[Key] = Buckets()
+        self.first: Keyed[Key, tuple[int, Dims]] = Keyed(_first_ts)
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -47,33 +47,38 @@ class FirstSeen:
                                 (("campaign_id", d.campaign_id), ("segment", d.segment or UNKNOWN)))
 
     def observe_key(self, key: Key, ts: int, dims: Dims) -> list[Fact]:
-        cur = self.state.get(key)
+        cur = self.first.get(key)
         if cur is None or ts - cur[0] > self.horizon_ms:
-            self.state[key] = (ts, dims)
-            self._buckets.file(key, ts)
+            self.first.put(key, (ts, dims))
             return [(ts, self.builtin, dims, 1)]
         if cur[0] - ts > self.horizon_ms:  # far older than what we hold: a separate occurrence
             return [(ts, self.builtin, dims, 1)]
         if (ts, dims) < cur:
-            self.state[key] = (ts, dims)
-            self._buckets.file(key, ts)
+            self.first.put(key, (ts, dims))
             return [(cur[0], self.builtin, cur[1], -1), (ts, self.builtin, dims, 1)]
         return []
 
     def expire(self, watermark: int) -> None:
-        self._buckets.sweep(self.state, watermark - self.horizon_ms, lambda cur: cur[0])
+        self.first.sweep(watermark - self.horizon_ms)
 
     def snapshot(self) -> FirstSeenState:
-        return FirstSeenState(self.VERSION, self.state)
+        return FirstSeenState(self.VERSION, self.first.data)
 
     def restore(self, state: FirstSeenState) -> None:
-        self.state = state.first
-        self._buckets = Buckets()
-        for key, (ts, _) in self.state.items():
-            self._buckets.file(key, ts)
+        self.first.replace(state.first)
+
+    def tables(self) -> dict[str, Keyed[Any, Any]]:
+        return {"first": self.first}
+
+    def loaded(self) -> None:
+        pass
 
     def __len__(self) -> int:
-        return len(self.state)
+        return len(self.first)
+
+
+def _first_ts(cur: tuple[int, Dims]) -> int:
+    return cur[0]
 
 
 class UniqueOpeners(FirstSeen):

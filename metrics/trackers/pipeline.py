@@ -9,7 +9,7 @@ import msgspec
 
 from metrics.constants import DAY_MS, MICRO, UNKNOWN
 from metrics.events import DEAL_STAGES, Event
-from metrics.trackers.base import Buckets, Fact, net_change
+from metrics.trackers.base import Fact, Keyed, net_change
 
 _DEAL_DIMS: Final = frozenset({"channel", "campaign_id"})
 
@@ -55,16 +55,19 @@ class Pipeline:
     consumes: ClassVar[frozenset[str]] = frozenset({"lead.created", "deal.stage_changed"})
     micro: ClassVar[frozenset[str]] = frozenset({"won_amount", "cycle_days_sum"})
     state_type: ClassVar[type[msgspec.Struct]] = PipelineState
+    part_types: ClassVar[dict[str, Any]] = {
+        "leads": dict[str, tuple[int, str, str]],
+        "deals": dict[str, tuple[Deal, list[Fact]]]}
     VERSION: ClassVar[int] = 1
 
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
-        self.leads: dict[str, tuple[int, str, str]] = {}  # lead -> (ts, channel, campaign)
-        self.deals: dict[str, Deal] = {}
+        #: lead -> (ts, channel, campaign)
+        self.leads: Keyed[str, tuple[int, str, str]] = Keyed(_lead_ts)
+        #: deal -> its state, and the facts it contributes now (what the next change
+        #: retracts), filed by its last event
+        self.deals: Keyed[str, tuple[Deal, list[Fact]]] = Keyed(_deal_ts)
         self.deals_by_lead: dict[str, set[str]] = {}
-        self.facts: dict[str, list[Fact]] = {}
-        self._lead_buckets: Buckets[str] = Buckets()
-        self._deal_buckets: Buckets[str] = Buckets()
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -77,8 +80,7 @@ class Pipeline:
         cur = self.leads.get(lead_id)
         if cur is not None and cur <= info:
             return []
-        self.leads[lead_id] = info
-        self._lead_buckets.file(lead_id, ts)
+        self.leads.put(lead_id, info)
         out: list[Fact] = []
         for deal_id in sorted(self.deals_by_lead.get(lead_id, ())):
             out += self._refresh(deal_id)
@@ -87,9 +89,12 @@ class Pipeline:
     def deal(self, data: Any, ts: int) -> list[Fact]:
         """A deal.stage_changed event (``data``: its struct, metrics.events)."""
         deal_id: str = data.deal_id
-        d = self.deals.get(deal_id)
-        if d is None:
-            d = self.deals[deal_id] = Deal({})
+        held = self.deals.get(deal_id)
+        if held is None:
+            d = Deal({})
+            self.deals.put(deal_id, (d, []))
+        else:
+            d = held[0]
         stage: str = data.stage
         amount = data.amount
         entry = (ts, round(amount * MICRO) if amount is not None else 0)
@@ -106,15 +111,15 @@ class Pipeline:
             d.lead_id = lead_id
             self.deals_by_lead.setdefault(lead_id, set()).add(deal_id)
         d.last_ts = max(d.last_ts, ts)
-        self._deal_buckets.file(deal_id, d.last_ts)
+        self.deals.touch(deal_id)  # changed in place
         return self._refresh(deal_id)
 
     def _refresh(self, deal_id: str) -> list[Fact]:
-        before = self.facts.get(deal_id, [])
-        after = self._deal_facts(self.deals[deal_id])
+        d, before = self.deals.data[deal_id]
+        after = self._deal_facts(d)
         if after == before:
             return []
-        self.facts[deal_id] = after
+        self.deals.put(deal_id, (d, after))
         return net_change(before, after)
 
     def _deal_facts(self, d: Deal) -> list[Fact]:
@@ -145,9 +150,8 @@ class Pipeline:
 
     def expire(self, watermark: int) -> None:
         cutoff = watermark - self.horizon_ms
-        self._lead_buckets.sweep(self.leads, cutoff, lambda lead: lead[0])
-        for deal_id, d in self._deal_buckets.sweep(self.deals, cutoff, lambda d: d.last_ts):
-            self.facts.pop(deal_id, None)
+        self.leads.sweep(cutoff)
+        for deal_id, (d, _) in self.deals.sweep(cutoff):
             if d.lead_id is not None:
                 linked = self.deals_by_lead.get(d.lead_id)
                 if linked is not None:
@@ -156,18 +160,31 @@ class Pipeline:
                         del self.deals_by_lead[d.lead_id]
 
     def snapshot(self) -> PipelineState:
-        return PipelineState(self.VERSION, self.leads, self.deals, self.facts)
+        deals = self.deals.data
+        return PipelineState(self.VERSION, self.leads.data, {k: d for k, (d, _) in deals.items()},
+                             {k: f for k, (_, f) in deals.items() if f})
 
     def restore(self, state: PipelineState) -> None:
-        self.leads, self.deals, self.facts = state.leads, state.deals, state.facts
+        self.leads.replace(state.leads)
+        self.deals.replace({k: (d, state.facts.get(k, [])) for k, d in state.deals.items()})
+        self.loaded()
+
+    def tables(self) -> dict[str, Keyed[Any, Any]]:
+        return {"leads": self.leads, "deals": self.deals}
+
+    def loaded(self) -> None:
         self.deals_by_lead = {}
-        self._lead_buckets, self._deal_buckets = Buckets(), Buckets()
-        for lead_id, (ts, _, _) in self.leads.items():
-            self._lead_buckets.file(lead_id, ts)
-        for deal_id, d in self.deals.items():
-            self._deal_buckets.file(deal_id, d.last_ts)
+        for deal_id, (d, _) in self.deals.data.items():
             if d.lead_id is not None:
                 self.deals_by_lead.setdefault(d.lead_id, set()).add(deal_id)
 
     def __len__(self) -> int:
         return len(self.deals) + len(self.leads)
+
+
+def _lead_ts(lead: tuple[int, str, str]) -> int:
+    return lead[0]
+
+
+def _deal_ts(held: tuple[Deal, list[Fact]]) -> int:
+    return held[0].last_ts

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
 
-from metrics.constants import HOUR_MS, UNKNOWN
+from metrics.constants import UNKNOWN
 from metrics.events import Event
-from metrics.trackers.base import Buckets, Dims, Fact, net_change
+from metrics.trackers.base import Dims, Fact, Keyed, net_change
 
 SESSION_GAP_MS: Final = 30 * 60 * 1000
 _WEB_DIMS: Final = frozenset({"channel", "campaign_id"})
@@ -52,13 +52,14 @@ class Sessions:
     consumes: ClassVar[frozenset[str]] = frozenset({"page.viewed", "goal.converted"})
     micro: ClassVar[frozenset[str]] = frozenset()
     state_type: ClassVar[type[msgspec.Struct]] = SessionsState
+    part_types: ClassVar[dict[str, Any]] = {"sessions": dict[str, _Session | list[_Session]]}
     VERSION: ClassVar[int] = 1
 
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
-        #: session id -> its session, or its sessions (a list, by start) when it has several
-        self.state: dict[str, _Session | list[_Session]] = {}
-        self._buckets: Buckets[str] = Buckets()
+        #: session id -> its session, or its sessions (a list, by start) when it has several;
+        #: filed by the hour of its latest end
+        self.state: Keyed[str, _Session | list[_Session]] = Keyed(_last_end)
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -76,8 +77,7 @@ class Sessions:
         if held is None:  # a new session: nothing to retract
             s = _Session(ts, ts, 1 if view else 0, first,
                          _NO_GOALS if goal is None else frozenset((goal,)))
-            self.state[sid] = s
-            self._buckets.file(sid, ts)
+            self.state.put(sid, s)
             return _session_facts(s)
         if isinstance(held, _Session):
             s = held
@@ -86,13 +86,12 @@ class Sessions:
                 # inside or extending the one session, its start and attribution unchanged:
                 # only a second page view changes a fact (no longer single-page)
                 if ts > s.end:
-                    if ts // HOUR_MS != s.end // HOUR_MS:
-                        self._buckets.file(sid, ts)
                     s.end = ts
                 if view:
                     s.views += 1
-                    if s.views == 2:
-                        return [(s.start, "single_page_sessions", _session_dims(s), -1)]
+                self.state.touch(sid)  # changed in place: its hour is written again
+                if view and s.views == 2:
+                    return [(s.start, "single_page_sessions", _session_dims(s), -1)]
                 return []
             clusters = [held]
         else:
@@ -119,38 +118,35 @@ class Sessions:
         s.first = min(s.first, first)
         if goal is not None:
             s.goals = s.goals | {goal}
-        self.state[sid] = clusters[0] if len(clusters) == 1 else clusters
-        self._buckets.file(sid, s.end)
+        self.state.put(sid, clusters[0] if len(clusters) == 1 else clusters)
         after = _session_facts(s)
         if after == before:
             return []
         return net_change(before, after)
 
     def expire(self, watermark: int) -> None:
-        cutoff = watermark - self.horizon_ms
-        for sid in self._buckets.pop_before(cutoff):
-            held = self.state.get(sid)
-            if held is None:
-                continue
-            keep = [c for c in ([held] if isinstance(held, _Session) else held)
-                    if c.end >= cutoff]
-            if not keep:
-                del self.state[sid]
-            else:
-                self.state[sid] = keep[0] if len(keep) == 1 else keep
+        # a session id is filed by its latest end: every session of an expired hour ended
+        # before the cutoff
+        self.state.sweep(watermark - self.horizon_ms)
 
     def snapshot(self) -> SessionsState:
-        return SessionsState(self.VERSION, self.state)
+        return SessionsState(self.VERSION, self.state.data)
 
     def restore(self, state: SessionsState) -> None:
-        self.state = state.sessions
-        self._buckets = Buckets()
-        for sid, held in self.state.items():
-            self._buckets.file(sid, max(c.end for c in held) if isinstance(held, list)
-                               else held.end)
+        self.state.replace(state.sessions)
+
+    def tables(self) -> dict[str, Keyed[Any, Any]]:
+        return {"sessions": self.state}
+
+    def loaded(self) -> None:
+        pass
 
     def __len__(self) -> int:
         return len(self.state)
+
+
+def _last_end(held: _Session | list[_Session]) -> int:
+    return max(c.end for c in held) if isinstance(held, list) else held.end
 
 
 def _session_dims(s: _Session) -> Dims:

@@ -91,6 +91,9 @@ def test_a_commit_writes_only_the_ids_remembered_since_the_last_one(tmp_path: Pa
         assert segment_ids(second) == new  # the commit's ids, not the store's
         seg_bytes = sum(len(v) for k, v in second if b"|dd|" in k)
         assert seg_bytes < sum(len(v) for k, v in first if b"|dd|" in k) / 10
+        # and of the engine's state, the parts that changed (test_parts.py measures it)
+        written = [k for k, _ in second if b"|pt|" in k]
+        assert 0 < len(written) < len(sh.durable.parts)  # not every part again
 
     run(go())
 
@@ -112,14 +115,14 @@ def test_a_restart_reuses_the_local_store_and_applies_only_later_commits(
         first.dedup.close()  # the process dies: its RocksDB lock goes with it
         second = shard(io2, table, other)  # another worker owns the shard meanwhile
         await second.activate(table.records("email"), 0.0)
-        assert second.ids_loaded["from"] == "changelog"
+        assert second.durable.ids_loaded["from"] == "changelog"
         for b in parts[15:30]:
             await second.handle(b)
         await second.snapshot(force=True)
         await second.deactivate()
         third = shard(io3, table, mine)  # back on the first machine: its store is behind
         await third.activate(table.records("email"), 0.0)
-        loaded = third.ids_loaded
+        loaded = third.durable.ids_loaded
         assert loaded["from"] == "local store"
         # only the second owner's commit came from the changelog
         assert loaded["ids"] == len(second.engine.dedup["email"]) - len(
@@ -165,7 +168,7 @@ def test_a_local_store_ahead_of_the_history_is_rebuilt(tmp_path: Path) -> None:
         await owner.deactivate()
         back = shard(io3, table, mine)
         await back.activate(table.records("email"), 0.0)
-        assert back.ids_loaded["from"] == "changelog"
+        assert back.durable.ids_loaded["from"] == "changelog"
         for b in parts:
             await back.handle(b)
         await back.snapshot(force=True)
@@ -191,7 +194,7 @@ def test_a_format_3_state_is_migrated(tmp_path: Path) -> None:
 
     async def go() -> None:
         await sh.activate(table.records("email"), 0.0)
-        assert sh.ids_loaded["from"] == "format 3 snapshot"
+        assert sh.durable.ids_loaded["from"] == "format 3 snapshot"
         assert sum(sh.applied.values()) + len(sh.applied) == fixture["messages"]
         for b in batches(lines):
             await sh.handle(b)
@@ -383,8 +386,8 @@ def test_a_million_ids_held_survive_a_crash_without_loss_or_double_count(
         first.dedup.close()  # dies
         second = shard(FakeIO(partitions=1), table, tmp_path / "2")
         await second.activate(table.records("email"), 0.0)
-        assert second.ids_loaded == {"from": "changelog", "segments": second.ids_loaded[
-            "segments"], "ids": n}
+        loaded = second.durable.ids_loaded
+        assert loaded["from"] == "changelog" and loaded["ids"] == n
         # redelivery of the log (already applied), then 1,000 resent ids and 1,000 new ones
         for i in range(0, n, 50_000):
             await second.handle(msgs[i:i + 50_000])
@@ -413,3 +416,27 @@ def test_the_fixture_is_the_previous_format() -> None:
                  if b"|manifest|" in bytes(k)]
     assert manifests and all("format" not in m for m in manifests)
     assert os.path.getsize(FIXTURE) < 200_000
+
+
+def test_a_crafted_pickle_as_a_part_fails_by_name_and_runs_nothing(tmp_path: Path) -> None:
+    payload, target = _attack(tmp_path)
+    engine = shard(FakeIO(), FakeTable(), tmp_path / "a").engine
+    for name in ("w|email|p|0", "p|email|5m|0", "t|unique_opens|first|5"):
+        with pytest.raises(StateError, match=name.replace("|", r"\|")):
+            engine.load_parts([(name, payload)])
+    io, table = FakeIO(), FakeTable()
+    sh = shard(io, table, tmp_path / "b")
+
+    async def go() -> None:
+        await sh.activate([], 0.0)
+        for b in batches(traffic())[:3]:
+            await sh.handle(b)
+        await sh.snapshot(force=True)
+        key = next(k for k in table.data if b"|pt|" in k)
+        table.data[key] = zlib.compress(payload)  # its checksum in the snapshot differs
+        other = shard(FakeIO(), table, tmp_path / "c")
+        with pytest.raises(StateError, match="corrupt"):
+            await other.activate(table.records("email"), 0.0)
+
+    run(go())
+    assert not target.exists()

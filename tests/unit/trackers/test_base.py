@@ -1,8 +1,8 @@
-"""What trackers share: net changes cancel unchanged facts; buckets sweep by hour."""
+"""What trackers share: net changes cancel unchanged facts; keyed state filed by hour."""
 
 from __future__ import annotations
 
-from metrics.trackers.base import Buckets, Fact, net_change
+from metrics.trackers.base import Fact, Keyed, net_change
 
 H = 3_600_000
 
@@ -14,11 +14,13 @@ def test_unchanged_facts_cancel_out() -> None:
     assert net_change(after, after) == []
 
 
-def test_a_sweep_deletes_only_entries_still_older_than_the_cutoff() -> None:
-    b: Buckets[str] = Buckets()
-    state = {"old": 0, "refreshed": 5 * H}
-    b.file("old", 0)
-    b.file("refreshed", 0)  # filed early, then active again later
-    b.file("refreshed", 5 * H)
-    removed = b.sweep(state, 2 * H, lambda ts: ts)
-    assert removed == [("old", 0)] and state == {"refreshed": 5 * H}
+def test_keyed_state_is_filed_by_hour_and_says_which_hours_changed() -> None:
+    k: Keyed[str, int] = Keyed(lambda ts: ts)
+    k.put("old", 0)
+    k.put("moved", 0)  # filed early, then active again later
+    k.put("moved", 5 * H)
+    assert k.drain() == {0, 5}
+    assert k.sweep(2 * H) == [("old", 0)] and k.data == {"moved": 5 * H}
+    assert k.drain() == {0} and k.hour(0) == {} and k.hour(5) == {"moved": 5 * H}
+    k.put("moved", 5 * H + 1)
+    assert k.drain() == {5}  # changed within its hour: that hour only

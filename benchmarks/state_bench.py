@@ -1,0 +1,204 @@
+"""What the worker's state costs as it grows: RSS, CPU under a trickle, restart after kill -9.
+
+    python benchmarks/state_bench.py [--days 1 3 6] [--ids 10000000] [--trickle-s 30]
+
+For each number of days: the embedded broker gets that many days of the generator's
+default mix (``kpi-engine generate --rate 4 --duration <days>``), a worker (its own data
+directory) consumes it all; then
+
+- RSS: the worker's resident memory once everything is counted (and its peak);
+- trickle: 20 events/s for ``--trickle-s`` seconds of wall time, the worker's CPU time over
+  that span as a share of one core (what its state costs at rest: snapshots, emits);
+- restart: kill -9, start a worker on the same data directory, and time until it counts a
+  new event (the local store reused); then the same with an empty data directory (the state
+  rebuilt from the changelog).
+
+``--ids N`` adds a run holding N event ids: N minimal ``email.sent`` events over 6 days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from kpi_engine.generator import Generator, GeneratorConfig
+from metrics.records import iso_ms
+from streams.broker import EmbeddedBroker, free_port
+from streams.produce import send_all
+from streams.settings import Settings
+from streams.topics import all_topics, ensure_topics
+
+DAY_S = 86_400
+T0_MS = 1_767_225_600_000  # 2026-01-01
+
+
+def health(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+            return dict(orjson.loads(resp.read()))
+    except OSError:
+        return None
+
+
+def counted(h: dict[str, Any]) -> int:
+    return sum(int(h[k]) for k in ("events", "invalid", "duplicates", "late", "held"))
+
+
+def proc_stat(pid: int) -> tuple[float, int, int]:
+    """(CPU seconds, RSS bytes, peak RSS bytes) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    return (cpu, int(status["VmRSS"].split()[0]) * 1024,
+            int(status["VmHWM"].split()[0]) * 1024)
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Any
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def start_worker(broker: EmbeddedBroker, data_dir: Path, log_path: Path) -> Worker:
+    port = free_port()
+    env = dict(os.environ, KPI_BROKER=broker.url, KPI_WEB_PORT=str(port),
+               KPI_IDLE_TIMEOUT="0", KPI_DATA_DIR=str(data_dir))
+    log = open(log_path, "ab")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "worker"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    return Worker(proc, port, log)
+
+
+def wait_counted(w: Worker, n: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = health(w.port)
+        if h is not None and counted(h) >= n:
+            return h
+        if w.proc.poll() is not None:
+            raise RuntimeError("the worker died")
+        time.sleep(0.2)
+    raise TimeoutError(f"not {n} counted within {timeout} s")
+
+
+def trickle_line(i: int, ts_ms: int) -> tuple[str, bytes]:
+    return "email-events", orjson.dumps({
+        "event_id": f"trickle-{i}", "type": "email.sent", "ts": iso_ms(ts_ms),
+        "campaign_id": "trickle", "contact_id": f"t{i}"})
+
+
+async def trickle(bootstrap: str, seconds: float, start_ms: int, first: int) -> int:
+    """20 events/s of wall time, event time moving on with it."""
+    sent = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        batch = [trickle_line(first + sent + j, start_ms + (sent + j) * 50) for j in range(20)]
+        await send_all(bootstrap, batch)
+        sent += 20
+        await asyncio.sleep(max(0.0, t0 + sent / 20 - time.monotonic()))
+    return sent
+
+
+def restart_time(broker: EmbeddedBroker, old: Worker, data_dir: Path, log: Path, n: int,
+                 next_ms: int, tag: int) -> tuple[float, Worker]:
+    """kill -9, start again, and time until one new event is counted."""
+    old.stop(signal.SIGKILL)
+    t0 = time.monotonic()
+    w = start_worker(broker, data_dir, log)
+    asyncio.run(send_all(broker.bootstrap, [trickle_line(10_000_000 + tag, next_ms)]))
+    wait_counted(w, n + 1, 600)
+    return time.monotonic() - t0, w
+
+
+def minimal_ids(n: int, days: float) -> list[tuple[str, bytes]]:
+    step = int(days * DAY_S * 1000 / n)
+    return [("email-events",
+             b'{"event_id":"m%d","type":"email.sent","ts":"%s","campaign_id":"c%d",'
+             b'"contact_id":"k%d"}' % (i, iso_ms(T0_MS + i * step).encode(), i % 50, i))
+            for i in range(n)]
+
+
+def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_s: float,
+            tmp: Path) -> None:
+    n = len(messages)
+    with EmbeddedBroker() as broker:
+        settings = Settings(broker=broker.url)
+        asyncio.run(ensure_topics(broker.bootstrap, all_topics(settings), settings.partitions))
+        t = time.monotonic()
+        asyncio.run(send_all(broker.bootstrap, messages))
+        produced_s = time.monotonic() - t
+        data, log = tmp / label / "data", tmp / label / "worker.log"
+        data.mkdir(parents=True)
+        w = start_worker(broker, data, log)
+        t = time.monotonic()
+        h = wait_counted(w, n, 3600)
+        consumed_s = time.monotonic() - t
+        time.sleep(6)  # a snapshot after the last batch
+        _, rss, peak = proc_stat(w.proc.pid)
+        cpu0 = proc_stat(w.proc.pid)[0]
+        t = time.monotonic()
+        sent = asyncio.run(trickle(broker.bootstrap, trickle_s, end_ms, 0))
+        wall = time.monotonic() - t
+        cpu = (proc_stat(w.proc.pid)[0] - cpu0) / wall
+        _, rss_after, _ = proc_stat(w.proc.pid)
+        total = n + sent
+        wait_counted(w, total, 120)
+        time.sleep(6)
+        local_s, w = restart_time(broker, w, data, log, total, end_ms + 3_600_000, 1)
+        _, rss_local, _ = proc_stat(w.proc.pid)
+        fresh = tmp / label / "fresh"
+        changelog_s, w = restart_time(broker, w, fresh, log, total + 1, end_ms + 3_700_000, 2)
+        _, rss_rebuilt, peak_rebuilt = proc_stat(w.proc.pid)
+        h = health(w.port) or {}
+        w.stop()
+    ids = h.get("state", {}).get("dedup_ids")
+    mb = 1024 * 1024
+    print(f"{label}: {n:,} events (produced in {produced_s:.0f} s, consumed in "
+          f"{consumed_s:.0f} s: {n / consumed_s:,.0f} events/s); ids held: {ids}")
+    print(f"  RSS after consuming: {rss / mb:,.0f} MB (peak {peak / mb:,.0f} MB); after the "
+          f"trickle: {rss_after / mb:,.0f} MB")
+    print(f"  trickle of 20 events/s for {wall:.0f} s: {cpu * 100:.1f} % of a core")
+    print(f"  restart after kill -9 to counting: {local_s:.1f} s with the local store "
+          f"(RSS {rss_local / mb:,.0f} MB), {changelog_s:.1f} s rebuilt from the changelog "
+          f"(RSS {rss_rebuilt / mb:,.0f} MB, peak {peak_rebuilt / mb:,.0f} MB)")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--days", type=float, nargs="*", default=[1, 3, 6])
+    ap.add_argument("--ids", type=int, default=0, help="also a run holding this many ids")
+    ap.add_argument("--trickle-s", type=float, default=30)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for days in args.days:
+            gen = Generator(GeneratorConfig(rate=4, duration_s=days * DAY_S, seed=1,
+                                            history_days=0, start_ms=T0_MS))
+            msgs = [(t, raw) for _, (t, raw) in gen.messages()]
+            measure(f"{days:g} days", msgs, gen.end_ms, args.trickle_s, Path(tmp))
+        if args.ids:
+            measure(f"{args.ids:,} ids", minimal_ids(args.ids, 6), T0_MS + 6 * DAY_S * 1000,
+                    args.trickle_s, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""A shard's durable state: what a commit writes, and what a takeover reads back.
+
+A commit writes only what changed since the previous one (streams/state.py has the record
+layout):
+
+- the event ids remembered since, as segments (one record per hour of event time);
+- the engine's parts that changed: a pane, a closed window, a published window's rows, an
+  hour of a tracker's table (metrics/snapshot.py), one record each;
+- the engine's core (watermarks, running sums, counters: small) with the map of every
+  part's current record, in the snapshot's chunks; then the manifest, the commit point.
+
+Once the manifest is durable, the records it no longer needs go: a part's previous version,
+a removed part, the segments of expired hours, and on a new tenure the former owners'
+keys (but those the restored history still holds). Then the local id store (RocksDB)
+takes the commit's ids, with a marker naming it.
+
+A takeover restores the core, reads the parts the map names, and brings the local id store
+in line: kept when its marker is part of the restored history (only later segments are
+applied), rebuilt from every segment of the history otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from metrics.catalog import Catalog
+from metrics.engine import KpiEngine
+from metrics.errors import StateError
+from streams.dedup_disk import Changes, DiskDedup
+from streams.state import (
+    EPOCH,
+    Offsets,
+    Snapshot,
+    aggregate_fingerprints,
+    decode_segment,
+    encode,
+    encode_segments,
+    in_chain,
+    part_key,
+    parts_of,
+    segments,
+    source_ref,
+    superseded,
+)
+
+log = logging.getLogger("kpi_engine.state")
+
+_ENCODE: Final = msgspec.msgpack.Encoder().encode
+
+
+@dataclass
+class Commit:
+    """One commit, encoded under the shard's lock and written after it."""
+
+    seq: int
+    changes: Changes  # the ids it makes durable
+    records: list[tuple[bytes, bytes]]  # the core's chunks, then the manifest
+    extra: list[tuple[bytes, bytes]]  # segments and changed parts, written first
+    parts: dict[str, tuple[int, int]]  # part name -> (seq, crc32) after it
+    chain: dict[int, int]
+
+
+class Durable:
+    def __init__(self, name: str, catalog: Catalog, state: Any, dedup: DiskDedup):
+        self.name = name
+        self.catalog = catalog
+        self.state = state  # streams/shard.py: StateStore
+        self.dedup = dedup
+        self.lineage = ""  # names the state's history (a local store of another is not it)
+        self.chain: dict[int, int] = {}  # per epoch, the last commit whose segments it holds
+        self.segments: dict[bytes, tuple[int, int]] = {}  # segment key -> (seq, hour)
+        self.parts: dict[str, tuple[int, int]] = {}  # part name -> (seq, crc32)
+        #: the next commit writes every part: nothing of this tenure is written yet (a
+        #: format 3 state), or a write failed midway
+        self.full_next = True
+        self.epoch_clean = True  # the former owners' keys are gone
+        self.ids_loaded: dict[str, Any] = {}  # how the last takeover loaded the ids
+
+    # ---- commit ---------------------------------------------------------------------------
+
+    def prepare(self, engine: KpiEngine, seq: int, applied: Offsets, invalid: dict[str, int],
+                outbox: list[dict[str, Any]]) -> Commit:
+        """Encode a commit; under the shard's lock (the engine's state is read live)."""
+        changes = self.dedup.drain()
+        core, changed, names = engine.durable(source_ref, self.full_next)
+        parts = {n: v for n, v in self.parts.items() if n in names}
+        extra = encode_segments(changes.by_hour(), self.name, seq)
+        for name, data in changed.items():
+            value = zlib.compress(_ENCODE(data), 1)
+            extra.append((part_key(self.name, seq, name), value))
+            parts[name] = (seq, zlib.crc32(value))
+        chain = {**self.chain, seq // EPOCH: seq}
+        snap = Snapshot(seq, core, applied, invalid, outbox, chain, self.lineage, parts=parts)
+        return Commit(seq, changes, encode(snap, self.name, self.catalog), extra, parts, chain)
+
+    async def write(self, commit: Commit) -> None:
+        """Write a prepared commit; once its manifest is durable, drop what it superseded."""
+        self.full_next = True  # until this one is through
+        state, seq = self.state, commit.seq
+        await state.write(commit.extra + commit.records[:-1])
+        await state.write(commit.records[-1:])
+        for key, _ in commit.extra:
+            if b"|dd|" in key:
+                self.segments[key] = (seq, int(key.rsplit(b"|", 1)[1]))
+        doomed = [k for k, (_, hour) in self.segments.items() if hour < commit.changes.cutoff_h]
+        doomed += [part_key(self.name, old, n) for n, (old, _) in self.parts.items()
+                   if commit.parts.get(n, (old, 0))[0] != old or n not in commit.parts]
+        if not self.epoch_clean:
+            doomed += superseded([k for k, _ in state.records(self.name)], self.name, seq,
+                                 commit.chain, commit.parts)
+        if doomed:
+            await state.delete(doomed)
+            for k in doomed:
+                self.segments.pop(k, None)
+        live = {s // EPOCH for s, _ in self.segments.values()}
+        self.chain = {e: last for e, last in commit.chain.items()
+                      if e in live or e == seq // EPOCH}
+        self.parts = commit.parts
+        self.epoch_clean = True
+        self.full_next = False
+        # the local store follows the changelog, never leads it (DiskDedup.marker)
+        self.dedup.persist(commit.changes, (self.lineage, seq))
+
+    # ---- takeover -------------------------------------------------------------------------
+
+    def restore(self, engine: KpiEngine, records: list[tuple[bytes, bytes]],
+                snap: Snapshot | None) -> None:
+        """Continue from ``snap`` (None: from nothing) and the table's ``records``."""
+        self.dedup.open()
+        engine.restore(snap.engine if snap else KpiEngine(engine.catalog,
+                                                          engine.config).snapshot())
+        self.lineage = (snap.lineage if snap else "") or uuid.uuid4().hex
+        self.chain = dict(snap.chain) if snap else {}
+        self.parts = dict(snap.parts) if snap else {}
+        self.full_next = snap is None or snap.format == 3
+        self.epoch_clean = False
+        values = dict(records)
+        if self.parts:
+            engine.load_parts(parts_of(self.name, self.parts, values))
+        if snap is not None and snap.aggregates is not None:
+            dropped = engine.retain(snap.aggregates, aggregate_fingerprints(self.catalog))
+            if dropped:
+                log.warning("%s: aggregates redefined or removed since the state was written, "
+                            "their values dropped: %s", self.name, ", ".join(sorted(dropped)))
+        self._load_ids(records, values, snap)
+
+    def _load_ids(self, records: list[tuple[bytes, bytes]], values: dict[bytes, bytes],
+                  snap: Snapshot | None) -> None:
+        t0 = time.monotonic()
+        store = self.dedup
+        found = segments(records, self.name)
+        self.segments = {k: v for k, v in found.items() if in_chain(v[0], self.chain)}
+        if snap is None or snap.format == 3:
+            # nothing durable yet, or a format 3 snapshot: its ids were loaded by restore()
+            # (DiskDedup.restore) and go out as segments with the first commit
+            if snap is None:
+                store.reset()
+            self.ids_loaded = {"from": "empty" if snap is None else "format 3 snapshot",
+                               "segments": 0, "ids": len(store)}
+            return
+        marker = store.marker()
+        since = -1
+        if marker is not None and marker[0] == self.lineage and in_chain(marker[1], self.chain):
+            since = marker[1]
+        else:
+            store.reset()
+        cutoff_h = snap.engine.dedup[self.name].cutoff_h
+        todo = sorted((seq, hour, key) for key, (seq, hour) in self.segments.items()
+                      if seq > since and hour >= cutoff_h)
+        for _, _, key in todo:
+            if key not in values:
+                raise StateError(f"state record {key!r} is missing")
+        n = store.apply((decode_segment(key, values[key]) for _, _, key in todo), cutoff_h,
+                        (self.lineage, snap.seq))
+        self.ids_loaded = {"from": "local store" if since >= 0 else "changelog",
+                           "segments": len(todo), "ids": n}
+        log.warning("%s: event ids from the %s, %d applied from %d changelog segments in "
+                    "%.2f s", self.name, self.ids_loaded["from"], n, len(todo),
+                    time.monotonic() - t0)
