@@ -63,16 +63,25 @@ def hour_of(ts: int) -> int:
     return (ts if ts >= 0 else -ts - 1) // HOUR_MS
 
 
-def _options(cache_mb: int) -> rocksdict.Options:
+#: the block cache every shard's store shares: what RocksDB keeps in memory of the ids
+#: (with the filters and indexes, charged to it), whatever their number
+CACHE_MB: Final = 64
+_CACHE: list[rocksdict.Cache] = []
+
+
+def _options() -> rocksdict.Options:
+    if not _CACHE:
+        _CACHE.append(rocksdict.Cache(CACHE_MB * 1024 * 1024))
     opts = rocksdict.Options(raw_mode=True)
     opts.create_if_missing(True)
     table = rocksdict.BlockBasedOptions()
     # a miss (a new event: the common case) is answered by the filter, not a disk read
     table.set_bloom_filter(10, False)
-    table.set_block_cache(rocksdict.Cache(cache_mb * 1024 * 1024))
+    table.set_block_cache(_CACHE[0])
     table.set_cache_index_and_filter_blocks(True)
     opts.set_block_based_table_factory(table)
-    opts.set_write_buffer_size(16 * 1024 * 1024)
+    # memtables: at most 2 x 8 MB per shard before they go to disk
+    opts.set_write_buffer_size(8 * 1024 * 1024)
     opts.set_max_write_buffer_number(2)
     return opts
 
@@ -81,9 +90,8 @@ class DiskDedup:
     """``DedupStore`` over RocksDB. Opened when its shard is taken over, closed when it is
     handed over (another worker on the same data directory may take it then)."""
 
-    def __init__(self, path: Path, cache_mb: int = 32):
+    def __init__(self, path: Path):
         self.path = path
-        self.cache_mb = cache_mb
         self._db: rocksdict.Rdict | None = None
         self.pending: dict[str, int] = {}  # remembered since the last drain
         self.flushing: dict[str, int] = {}  # drained, not yet persisted
@@ -108,7 +116,7 @@ class DiskDedup:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = rocksdict.Rdict(str(self.path), options=_options(self.cache_mb))
+            self._db = rocksdict.Rdict(str(self.path), options=_options())
         except Exception as exc:
             if "lock" in str(exc).lower():
                 # another process holds it (a former owner not gone yet): never touch its
@@ -118,7 +126,7 @@ class DiskDedup:
                 self._destroy()
             log.warning("dedup store unusable (%s): rebuilt from the changelog in %s",
                         exc, self.path)
-            self._db = rocksdict.Rdict(str(self.path), options=_options(self.cache_mb))
+            self._db = rocksdict.Rdict(str(self.path), options=_options())
         self._persisted_cutoff_h = self.cutoff_h = _int(self._db.get(_CUTOFF))
         self._count = _int(self._db.get(_COUNT))
 

@@ -115,6 +115,7 @@ class Durable:
         if not self.epoch_clean:
             doomed += superseded([k for k, _ in state.records(self.name)], self.name, seq,
                                  commit.chain, commit.parts)
+        doomed = list(dict.fromkeys(doomed))  # a part's old record may be a former epoch's
         if doomed:
             await state.delete(doomed)
             for k in doomed:

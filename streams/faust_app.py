@@ -257,7 +257,8 @@ class StateTable(faust.Table[bytes, bytes]):
 
     async def delete(self, keys: list[bytes]) -> None:
         for key in keys:
-            del self[key]
+            if key in self.data:  # gone already: no tombstone needed
+                del self[key]
         await self._sent_out()
 
     async def _sent_out(self) -> None:

@@ -89,6 +89,7 @@ class FakeTable:
         self.data.update(records)
 
     async def delete(self, keys: list[bytes]) -> None:
+        assert len(set(keys)) == len(keys), "a key deleted twice"
         for k in keys:
             self.data.pop(k, None)
 
