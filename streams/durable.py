@@ -38,6 +38,7 @@ from streams.state import (
     EPOCH,
     Offsets,
     Snapshot,
+    SourceRef,
     aggregate_fingerprints,
     decode_segment,
     encode,
@@ -136,7 +137,8 @@ class Durable:
         """Continue from ``snap`` (None: from nothing) and the table's ``records``."""
         self.dedup.open()
         engine.restore(snap.engine if snap else KpiEngine(engine.catalog,
-                                                          engine.config).snapshot())
+                                                          engine.config).snapshot(),
+                       ref=lambda r: SourceRef(*r))  # held events' refs, as source_ref made them
         self.lineage = (snap.lineage if snap else "") or uuid.uuid4().hex
         self.chain = dict(snap.chain) if snap else {}
         self.parts = dict(snap.parts) if snap else {}

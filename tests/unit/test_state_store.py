@@ -440,3 +440,30 @@ def test_a_crafted_pickle_as_a_part_fails_by_name_and_runs_nothing(tmp_path: Pat
 
     run(go())
     assert not target.exists()
+
+
+def test_events_held_across_a_takeover_keep_their_source_and_commit_again(
+        tmp_path: Path) -> None:
+    """A partition that has not spoken holds its family's events back; they are in the
+    state, with where they came from, and the next owner commits them again."""
+    lines = traffic()[:300]
+    msgs = [Msg(TOPIC, 0, i, raw) for i, raw in enumerate(lines)]  # partition 1 silent
+    table = FakeTable()
+
+    async def go() -> Shard:
+        first = shard(FakeIO(), table, tmp_path / "1")
+        await first.activate([], 0.0)
+        await first.handle(msgs)
+        assert first.engine.held_total > 0
+        await first.snapshot(force=True)
+        first.dedup.close()
+        second = shard(FakeIO(), table, tmp_path / "2")
+        await second.activate(table.records("email"), 0.0)
+        assert second.engine.held_total == first.engine.held_total
+        await second.handle([Msg(TOPIC, 0, 300, traffic()[300])])
+        assert await second.snapshot(force=True)  # the held events' refs encoded again
+        return second
+
+    second = run(go())
+    refs = [ref for _, ref in second.engine.held("email")]
+    assert refs and all(ref.topic == TOPIC and ref.partition == 0 for ref in refs)
