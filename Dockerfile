@@ -8,7 +8,9 @@ COPY streams ./streams
 RUN pip install --no-cache-dir . && useradd --create-home kpi
 USER kpi
 EXPOSE 6066
-ENV KPI_WEB_HOST=0.0.0.0 KPI_WEB_PORT=6066
+# the worker's local state (event ids, RocksDB): kept across restarts of the container, so
+# a restart reuses it instead of rebuilding it from the changelog
+ENV KPI_WEB_HOST=0.0.0.0 KPI_WEB_PORT=6066 KPI_DATA_DIR=/home/kpi/data
 HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:6066/health', timeout=2)"
 ENTRYPOINT ["kpi-engine"]

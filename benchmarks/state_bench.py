@@ -161,7 +161,7 @@ def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_
         cpu = (proc_stat(w.proc.pid)[0] - cpu0) / wall
         _, rss_after, _ = proc_stat(w.proc.pid)
         total = n + sent
-        wait_counted(w, total, 120)
+        before = wait_counted(w, total, 120)
         time.sleep(6)
         local_s, w = restart_time(broker, w, data, log, total, end_ms + 3_600_000, 1)
         _, rss_local, _ = proc_stat(w.proc.pid)
@@ -170,6 +170,9 @@ def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_
         _, rss_rebuilt, peak_rebuilt = proc_stat(w.proc.pid)
         h = health(w.port) or {}
         w.stop()
+    # after two kill -9: every event counted once, the duplicates the same as before
+    exact = (counted(h) == counted(before) + 2 and h["events"] == before["events"] + 2
+             and h["duplicates"] == before["duplicates"])
     ids = h.get("state", {}).get("dedup_ids")
     mb = 1024 * 1024
     print(f"{label}: {n:,} events (produced in {produced_s:.0f} s, consumed in "
@@ -180,6 +183,8 @@ def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_
     print(f"  restart after kill -9 to counting: {local_s:.1f} s with the local store "
           f"(RSS {rss_local / mb:,.0f} MB), {changelog_s:.1f} s rebuilt from the changelog "
           f"(RSS {rss_rebuilt / mb:,.0f} MB, peak {peak_rebuilt / mb:,.0f} MB)")
+    print(f"  counts after the two kills: {'exact' if exact else 'WRONG'} "
+          f"({h['events']:,} events, {h['duplicates']:,} duplicates)")
     sys.stdout.flush()
 
 

@@ -333,6 +333,23 @@ def test_a_kpi_removed_keeps_every_other_kpis_state(tmp_path: Path) -> None:
     assert all(got[k] == want[k] for k in got)
 
 
+def test_a_kpi_added_keeps_every_other_kpis_state(tmp_path: Path) -> None:
+    def edit(raw: dict[str, Any]) -> None:
+        raw["kpis"]["email_sent_per_open"] = {
+            "description": "Emails sent per unique open.", "numerator": "email_sent",
+            "denominator": "email_unique_opens", "unit": "ratio", "dims": ["campaign_id"]}
+
+    catalog = edited(edit)
+    assert "email_sent_per_open" in catalog.kpis
+    second, io = _continue_with(catalog, tmp_path)
+    assert second.replayed_skipped > 0
+    want = oracle(traffic())
+    got = final_values(io.windows())
+    assert any(r["kpi"] == "email_sent_per_open" for r in got.values())
+    kept = {k: v for k, v in got.items() if v["kpi"] != "email_sent_per_open"}
+    assert kept and all(kept[k] == want[k] for k in kept)
+
+
 def test_a_redefined_aggregate_drops_its_values_only(tmp_path: Path) -> None:
     def edit(raw: dict[str, Any]) -> None:
         raw["aggregates"]["email_delivered"]["event"] = "email.sent"  # another definition
