@@ -7,8 +7,9 @@ default mix (``kpi-engine generate --rate 4 --duration <days>``), a worker (its 
 directory) consumes it all; then
 
 - RSS: the worker's resident memory once everything is counted (and its peak);
-- trickle: 20 events/s for ``--trickle-s`` seconds of wall time, the worker's CPU time over
-  that span as a share of one core (what its state costs at rest: snapshots, emits);
+- trickle: once the backlog's closed windows are out and durable, 20 events/s for
+  ``--trickle-s`` seconds of wall time, the worker's CPU time over that span as a share of
+  one core (what its state costs when traffic is light: commits, emits), and at rest;
 - restart: kill -9, start a worker on the same data directory, and time until it counts a
   new event (the local store reused); then the same with an empty data directory (the state
   rebuilt from the changelog).
@@ -100,6 +101,20 @@ def wait_counted(w: Worker, n: int, timeout: float) -> dict[str, Any]:
     raise TimeoutError(f"not {n} counted within {timeout} s")
 
 
+def settle(w: Worker, timeout: float = 600) -> None:
+    """Until the worker has published and made durable all it counted (the closed windows
+    of a backlog go out for a while after the last event is counted)."""
+    deadline = time.monotonic() + timeout
+    calm = 0
+    while time.monotonic() < deadline:
+        h = health(w.port)
+        calm = calm + 1 if h and h["durable"] and not h["pending_finals"] else 0
+        if calm >= 3:
+            return
+        time.sleep(1)
+    raise TimeoutError("the worker did not settle")
+
+
 def trickle_line(i: int, ts_ms: int) -> tuple[str, bytes]:
     return "email-events", orjson.dumps({
         "event_id": f"trickle-{i}", "type": "email.sent", "ts": iso_ms(ts_ms),
@@ -152,8 +167,11 @@ def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_
         t = time.monotonic()
         h = wait_counted(w, n, 3600)
         consumed_s = time.monotonic() - t
-        time.sleep(6)  # a snapshot after the last batch
+        settle(w)
         _, rss, peak = proc_stat(w.proc.pid)
+        cpu0 = proc_stat(w.proc.pid)[0]
+        time.sleep(10)
+        idle = (proc_stat(w.proc.pid)[0] - cpu0) / 10
         cpu0 = proc_stat(w.proc.pid)[0]
         t = time.monotonic()
         sent = asyncio.run(trickle(broker.bootstrap, trickle_s, end_ms, 0))
@@ -162,7 +180,7 @@ def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_
         _, rss_after, _ = proc_stat(w.proc.pid)
         total = n + sent
         before = wait_counted(w, total, 120)
-        time.sleep(6)
+        settle(w)
         local_s, w = restart_time(broker, w, data, log, total, end_ms + 3_600_000, 1)
         _, rss_local, _ = proc_stat(w.proc.pid)
         fresh = tmp / label / "fresh"
@@ -179,7 +197,8 @@ def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_
           f"{consumed_s:.0f} s: {n / consumed_s:,.0f} events/s); ids held: {ids}")
     print(f"  RSS after consuming: {rss / mb:,.0f} MB (peak {peak / mb:,.0f} MB); after the "
           f"trickle: {rss_after / mb:,.0f} MB")
-    print(f"  trickle of 20 events/s for {wall:.0f} s: {cpu * 100:.1f} % of a core")
+    print(f"  trickle of 20 events/s for {wall:.0f} s: {cpu * 100:.1f} % of a core (at rest: "
+          f"{idle * 100:.1f} %)")
     print(f"  restart after kill -9 to counting: {local_s:.1f} s with the local store "
           f"(RSS {rss_local / mb:,.0f} MB), {changelog_s:.1f} s rebuilt from the changelog "
           f"(RSS {rss_rebuilt / mb:,.0f} MB, peak {peak_rebuilt / mb:,.0f} MB)")

@@ -160,17 +160,22 @@ class DiskDedup:
 
     # ---- DedupStore -----------------------------------------------------------------------
 
-    def __contains__(self, eid: str) -> bool:
+    def _lookup(self, eid: str) -> int | None:
+        """An id's entry: in this commit, the one being written, or on disk."""
         ts = self.pending.get(eid)
         if ts is None:
             ts = self.flushing.get(eid)
             if ts is None:
                 raw = self.db.get(b"i" + eid.encode())
                 if raw is None:
-                    return False
+                    return None
                 ts = _TS.unpack(raw)[0]
+        return ts
+
+    def __contains__(self, eid: str) -> bool:
+        ts = self._lookup(eid)
         # an id forgotten since the last commit, or of an expired hour not yet swept
-        return ts >= 0 and ts // HOUR_MS >= self.cutoff_h
+        return ts is not None and ts >= 0 and ts // HOUR_MS >= self.cutoff_h
 
     def remember(self, eid: str, ts: int) -> None:
         if ts // HOUR_MS >= self.cutoff_h:  # an expired hour: gone at once (MemoryDedup too)
@@ -180,15 +185,8 @@ class DiskDedup:
             self.pending[eid] = ts
 
     def forget(self, eid: str) -> None:
-        ts = self.pending.get(eid)
-        if ts is None:
-            ts = self.flushing.get(eid)
-            if ts is None:
-                raw = self.db.get(b"i" + eid.encode())
-                if raw is None:
-                    return
-                ts = _TS.unpack(raw)[0]
-        if ts >= 0 and ts // HOUR_MS >= self.cutoff_h:  # an expired one is the sweep's
+        ts = self._lookup(eid)
+        if ts is not None and ts >= 0 and ts // HOUR_MS >= self.cutoff_h:  # else the sweep's
             self.pending[eid] = -ts - 1
 
     def expire(self, cutoff_ts: int) -> None:

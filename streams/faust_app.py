@@ -448,7 +448,7 @@ def run_worker(settings: Settings) -> int:
     # the state loads when this worker owns shards
     app, shell = make_app(settings, catalog, tansu)
     shell.weigh(sizes)
-    tame_client_logs(AUTO_OFFSET_RESET)
+    tame_client_logs(AUTO_OFFSET_RESET, debug=settings.log_level.lower() == "debug")
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -223,16 +223,22 @@ def _attack(tmp_path: Path) -> tuple[bytes, Path]:
     return pickle.dumps(Exploit()), target
 
 
+async def committed(table: FakeTable, state_dir: Path) -> Shard:
+    """A shard that counted a few batches and committed them to ``table``."""
+    sh = shard(FakeIO(), table, state_dir)
+    await sh.activate([], 0.0)
+    for b in batches(traffic())[:3]:
+        await sh.handle(b)
+    await sh.snapshot(force=True)
+    return sh
+
+
 def test_a_crafted_pickle_in_a_segment_fails_by_name_and_runs_nothing(tmp_path: Path) -> None:
     payload, target = _attack(tmp_path)
-    io, table = FakeIO(), FakeTable()
-    sh = shard(io, table, tmp_path / "a")
+    table = FakeTable()
 
     async def go() -> None:
-        await sh.activate([], 0.0)
-        for b in batches(traffic())[:3]:
-            await sh.handle(b)
-        await sh.snapshot(force=True)
+        await committed(table, tmp_path / "a")
         key = next(k for k in table.data if b"|dd|" in k)
         for value in (payload, zlib.compress(payload)):
             table.data[key] = value
@@ -246,14 +252,10 @@ def test_a_crafted_pickle_in_a_segment_fails_by_name_and_runs_nothing(tmp_path: 
 
 def test_a_crafted_pickle_snapshot_with_a_valid_checksum_runs_nothing(tmp_path: Path) -> None:
     payload, target = _attack(tmp_path)
-    io, table = FakeIO(), FakeTable()
-    sh = shard(io, table, tmp_path / "a")
+    table = FakeTable()
 
     async def go() -> None:
-        await sh.activate([], 0.0)
-        for b in batches(traffic())[:3]:
-            await sh.handle(b)
-        await sh.snapshot(force=True)
+        await committed(table, tmp_path / "a")
         manifest_key = next(k for k in table.data if b"|manifest|" in k)
         manifest = orjson.loads(table.data[manifest_key])
         slot = manifest["slot"]
@@ -441,14 +443,10 @@ def test_a_crafted_pickle_as_a_part_fails_by_name_and_runs_nothing(tmp_path: Pat
     for name in ("w|email|p|0", "p|email|5m|0", "t|unique_opens|first|5"):
         with pytest.raises(StateError, match=name.replace("|", r"\|")):
             engine.load_parts([(name, payload)])
-    io, table = FakeIO(), FakeTable()
-    sh = shard(io, table, tmp_path / "b")
+    table = FakeTable()
 
     async def go() -> None:
-        await sh.activate([], 0.0)
-        for b in batches(traffic())[:3]:
-            await sh.handle(b)
-        await sh.snapshot(force=True)
+        await committed(table, tmp_path / "b")
         key = next(k for k in table.data if b"|pt|" in k)
         table.data[key] = zlib.compress(payload)  # its checksum in the snapshot differs
         other = shard(FakeIO(), table, tmp_path / "c")
