@@ -263,21 +263,20 @@ class DiskDedup:
         pack_ts, pack_h = _TS.pack, _HOUR.pack
         for eid, ts in ids:
             key = eid.encode()
-            if ts < 0:  # forgotten: rare (an event held, then found late)
-                old = db.get(b"i" + key)
-                if old is not None and _TS.unpack(old)[0] // HOUR_MS >= swept_h:
-                    batch.delete(b"i" + key)
-                    batch.delete(b"x" + pack_h(_TS.unpack(old)[0] // HOUR_MS) + key)
-                    count -= 1
-                continue
-            # new to the store: the engine remembers only ids it did not find (an id of an
-            # expired hour is swept above, in this batch, before this put)
-            if eid in self._recheck:
+            # new to the store, unless forgotten (an event held, then found late) or
+            # remembered again since: its copy on disk goes, unless the sweep above took it
+            gone = ts < 0
+            if gone or eid in self._recheck:
                 self._recheck.discard(eid)
                 old = db.get(b"i" + key)
-                if old is not None and _TS.unpack(old)[0] // HOUR_MS >= swept_h:
-                    batch.delete(b"x" + pack_h(_TS.unpack(old)[0] // HOUR_MS) + key)
+                old_h = _TS.unpack(old)[0] // HOUR_MS if old is not None else -1
+                if old_h >= swept_h:
+                    if gone:
+                        batch.delete(b"i" + key)
+                    batch.delete(b"x" + pack_h(old_h) + key)
                     count -= 1
+                if gone:
+                    continue
             batch.put(b"i" + key, pack_ts(ts))
             batch.put(b"x" + pack_h(ts // HOUR_MS) + key, b"")
             count += 1

@@ -32,7 +32,6 @@ import msgspec
 
 from metrics.catalog import Catalog
 from metrics.engine import KpiEngine
-from metrics.errors import StateError
 from streams.dedup_disk import Changes, DiskDedup
 from streams.state import (
     EPOCH,
@@ -46,6 +45,7 @@ from streams.state import (
     in_chain,
     part_key,
     parts_of,
+    segment_key,
     segments,
     source_ref,
     superseded,
@@ -64,6 +64,7 @@ class Commit:
     changes: Changes  # the ids it makes durable
     records: list[tuple[bytes, bytes]]  # the core's chunks, then the manifest
     extra: list[tuple[bytes, bytes]]  # segments and changed parts, written first
+    segments: dict[bytes, tuple[int, int]]  # its segments' keys -> (seq, hour)
     parts: dict[str, tuple[int, int]]  # part name -> (seq, crc32) after it
     chain: dict[int, int]
 
@@ -92,14 +93,17 @@ class Durable:
         changes = self.dedup.drain()
         core, changed, names = engine.durable(source_ref, self.full_next)
         parts = {n: v for n, v in self.parts.items() if n in names}
-        extra = encode_segments(changes.by_hour(), self.name, seq)
+        by_hour = changes.by_hour()
+        extra = encode_segments(by_hour, self.name, seq)
+        new_segments = {segment_key(self.name, seq, hour): (seq, hour) for hour in by_hour}
         for name, data in changed.items():
             value = zlib.compress(_ENCODE(data), 1)
             extra.append((part_key(self.name, seq, name), value))
             parts[name] = (seq, zlib.crc32(value))
         chain = {**self.chain, seq // EPOCH: seq}
         snap = Snapshot(seq, core, applied, invalid, outbox, chain, self.lineage, parts=parts)
-        return Commit(seq, changes, encode(snap, self.name, self.catalog), extra, parts, chain)
+        return Commit(seq, changes, encode(snap, self.name, self.catalog), extra, new_segments,
+                      parts, chain)
 
     async def write(self, commit: Commit) -> None:
         """Write a prepared commit; once its manifest is durable, drop what it superseded."""
@@ -107,12 +111,11 @@ class Durable:
         state, seq = self.state, commit.seq
         await state.write(commit.extra + commit.records[:-1])
         await state.write(commit.records[-1:])
-        for key, _ in commit.extra:
-            if b"|dd|" in key:
-                self.segments[key] = (seq, int(key.rsplit(b"|", 1)[1]))
+        self.segments.update(commit.segments)
         doomed = [k for k, (_, hour) in self.segments.items() if hour < commit.changes.cutoff_h]
+        # a part's previous record, or a part gone
         doomed += [part_key(self.name, old, n) for n, (old, _) in self.parts.items()
-                   if commit.parts.get(n, (old, 0))[0] != old or n not in commit.parts]
+                   if n not in commit.parts or commit.parts[n][0] != old]
         if not self.epoch_clean:
             doomed += superseded([k for k, _ in state.records(self.name)], self.name, seq,
                                  commit.chain, commit.parts)
@@ -177,9 +180,6 @@ class Durable:
         cutoff_h = snap.engine.dedup[self.name].cutoff_h
         todo = sorted((seq, hour, key) for key, (seq, hour) in self.segments.items()
                       if seq > since and hour >= cutoff_h)
-        for _, _, key in todo:
-            if key not in values:
-                raise StateError(f"state record {key!r} is missing")
         n = store.apply((decode_segment(key, values[key]) for _, _, key in todo), cutoff_h,
                         (self.lineage, snap.seq))
         self.ids_loaded = {"from": "local store" if since >= 0 else "changelog",

@@ -64,6 +64,18 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+async def committed(table: FakeTable, state_dir: Path, todo: list[list[Msg]] | None = None,
+                    io: FakeIO | None = None) -> Shard:
+    """A shard that took over from ``table``, counted ``todo`` (a few batches by default)
+    and committed them."""
+    sh = shard(io or FakeIO(), table, state_dir)
+    await sh.activate(table.records("email"), 0.0)
+    for b in batches(traffic())[:3] if todo is None else todo:
+        await sh.handle(b)
+    await sh.snapshot(force=True)
+    return sh
+
+
 def segment_ids(records: list[tuple[bytes, bytes]]) -> int:
     return sum(len(decode_segment(k, v)) for k, v in records if b"|dd|" in k)
 
@@ -107,11 +119,7 @@ def test_a_restart_reuses_the_local_store_and_applies_only_later_commits(
     io1, io2, io3 = FakeIO(), FakeIO(), FakeIO()
 
     async def go() -> Shard:
-        first = shard(io1, table, mine)
-        await first.activate([], 0.0)
-        for b in parts[:15]:
-            await first.handle(b)
-        await first.snapshot(force=True)
+        first = await committed(table, mine, parts[:15], io1)
         first.dedup.close()  # the process dies: its RocksDB lock goes with it
         second = shard(io2, table, other)  # another worker owns the shard meanwhile
         await second.activate(table.records("email"), 0.0)
@@ -151,11 +159,7 @@ def test_a_local_store_ahead_of_the_history_is_rebuilt(tmp_path: Path) -> None:
     io1, io2, io3 = FakeIO(), FakeIO(), FakeIO()
 
     async def go() -> Shard:
-        zombie = shard(io1, table, mine)
-        await zombie.activate([], 0.0)
-        for b in parts[:10]:
-            await zombie.handle(b)
-        await zombie.snapshot(force=True)
+        zombie = await committed(table, mine, parts[:10], io1)
         owner = shard(io2, table, tmp_path / "owner")
         await owner.activate(table.records("email"), 0.0)
         for b in parts[10:30]:  # the zombie counts on, past what the owner will have
@@ -223,14 +227,6 @@ def _attack(tmp_path: Path) -> tuple[bytes, Path]:
     return pickle.dumps(Exploit()), target
 
 
-async def committed(table: FakeTable, state_dir: Path) -> Shard:
-    """A shard that counted a few batches and committed them to ``table``."""
-    sh = shard(FakeIO(), table, state_dir)
-    await sh.activate([], 0.0)
-    for b in batches(traffic())[:3]:
-        await sh.handle(b)
-    await sh.snapshot(force=True)
-    return sh
 
 
 def test_a_crafted_pickle_in_a_segment_fails_by_name_and_runs_nothing(tmp_path: Path) -> None:
@@ -289,11 +285,7 @@ def _continue_with(catalog: Catalog, tmp_path: Path) -> tuple[Shard, FakeIO]:
     io1, io2 = FakeIO(), FakeIO()
 
     async def go() -> Shard:
-        first = shard(io1, table, tmp_path / "1")
-        await first.activate([], 0.0)
-        for b in parts[:len(parts) // 2]:
-            await first.handle(b)
-        await first.snapshot(force=True)
+        first = await committed(table, tmp_path / "1", parts[:len(parts) // 2], io1)
         first.dedup.close()
         second = shard(io2, table, tmp_path / "2", catalog)
         await second.activate(table.records("email"), 0.0)
@@ -362,11 +354,7 @@ def test_a_redefined_aggregate_drops_its_values_only(tmp_path: Path) -> None:
     table = FakeTable()
 
     async def go() -> Shard:
-        first = shard(FakeIO(), table, tmp_path / "1")
-        await first.activate([], 0.0)
-        for b in parts[:len(parts) // 2]:
-            await first.handle(b)
-        await first.snapshot(force=True)
+        first = await committed(table, tmp_path / "1", parts[:len(parts) // 2])
         first.dedup.close()
         second = shard(FakeIO(), table, tmp_path / "2", catalog)
         await second.activate(table.records("email"), 0.0)
@@ -466,11 +454,8 @@ def test_events_held_across_a_takeover_keep_their_source_and_commit_again(
     table = FakeTable()
 
     async def go() -> Shard:
-        first = shard(FakeIO(), table, tmp_path / "1")
-        await first.activate([], 0.0)
-        await first.handle(msgs)
+        first = await committed(table, tmp_path / "1", [msgs])
         assert first.engine.held_total > 0
-        await first.snapshot(force=True)
         first.dedup.close()
         second = shard(FakeIO(), table, tmp_path / "2")
         await second.activate(table.records("email"), 0.0)
