@@ -224,3 +224,37 @@ def test_an_ancient_event_as_the_last_partitions_only_one_is_late() -> None:
     e.ingest(sent(T0 - 40 * 86_400_000), source="p1")  # the family starts here
     assert e.late_total["email"] == 1
     assert e.events_total == {"email.sent": 2}
+
+
+def deal(at: int, eid: str, deal_id: str, stage: str, amount: float | None = None) -> Event:
+    body: dict[str, Any] = {"event_id": eid, "type": "deal.stage_changed", "ts": at,
+                            "deal_id": deal_id, "stage": stage, "lead_id": f"l-{deal_id}"}
+    if amount is not None:
+        body["amount"] = amount
+    ev = parse_event(orjson.dumps(body), now_ms=NOW)
+    assert isinstance(ev, Event)
+    return ev
+
+
+def test_a_won_deal_resent_ten_days_on_counts_once_whatever_the_partition_order() -> None:
+    """A long B2B cycle: the CRM resends a deal's 'won' event when the deal is touched ten
+    days later. CRM windows reach 30 days back, so the event is still accepted: its
+    duplicate must be found, though the configured dedup horizon is 7 days. Read in either
+    partition order, the won count and amount are the same."""
+    day = 86_400_000
+    won = deal(T0, "won-1", "d1", "won", 5000.0)
+    later = [deal(T0 + k * day, f"tick-{k}", f"other-{k}", "lead") for k in range(1, 11)]
+    resent = deal(T0, "won-1", "d1", "won", 5000.0)  # same event id, same event
+    results = []
+    for order in ((0, 1), (1, 0)):
+        e = engine(dedup_horizon_ms=7 * day)
+        e.assign_source("crm", order[0])
+        e.assign_source("crm", order[1])
+        e.ingest(won, order[0])
+        for ev in later:  # both partitions move on, ten days of event time
+            e.ingest(ev, order[0])
+            e.ingest(deal(ev.ts_ms, ev.event_id + "b", ev.data.deal_id + "b", "lead"), order[1])
+            e.advance()
+        status = e.ingest(resent, order[1])
+        results.append((status, e.duplicates_total, e.events_total["deal.stage_changed"]))
+    assert results[0] == results[1] == ("duplicate", 1, 21)
