@@ -141,7 +141,13 @@ def _families(doc: dict[str, Any], c: _Checker) -> dict[str, FamilyConfig]:
         if not specs:
             c.fail(f"{where}.windows", "needs at least one window")
             continue
-        out[fam] = FamilyConfig(fam, grace, tuple(specs))
+        horizon = 0
+        if raw.get("horizon") is not None:
+            try:
+                horizon = parse_duration_ms(raw["horizon"])
+            except ValueError as exc:
+                c.fail(f"{where}.horizon", str(exc))
+        out[fam] = FamilyConfig(fam, grace, tuple(specs), horizon)
     for fam in fams_raw:
         if fam not in FAMILIES:
             c.fail(f"families.{fam}", f"unknown topic family (known: {', '.join(FAMILIES)})")

@@ -32,10 +32,17 @@ class FamilyConfig:
     name: str
     grace_ms: int
     windows: tuple[WindowSpec, ...]
+    #: how long its stateful aggregates remember a key (crm: a lead's channel and campaign,
+    #: a deal, an account's first win), never less than the longest window + grace
+    horizon_ms: int = 0
 
     @property
     def longest_ms(self) -> int:
         return max(w.size_ms for w in self.windows)
+
+    @property
+    def state_ms(self) -> int:
+        return max(self.horizon_ms, self.longest_ms + self.grace_ms)
 
 
 @dataclass(frozen=True)

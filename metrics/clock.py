@@ -39,6 +39,7 @@ class HeldEvent(msgspec.Struct, array_like=True, gc=False):
     family: str
     data: bytes  # its struct, msgpack
     ref: Any
+    arrival: int | None = None  # when the broker took it (epoch ms), if known
 
 
 WATERMARK_VERSION = 1
@@ -151,8 +152,28 @@ class Watermark:
 _ENCODE = msgspec.msgpack.Encoder().encode
 
 
-def hold(ev: Event, ref: Any) -> HeldEvent:
-    return HeldEvent(ev.type, ev.event_id, ev.ts_ms, ev.family, _ENCODE(ev.data), ref)
+def judge_held(held: list[tuple[Event, Any, int | None]], reach_ms: int
+               ) -> tuple[list[Event], list[tuple[Event, Any]]]:
+    """The events held before a family started, (event, ref, arrival), split as replay
+    would: taken in the order they reached the broker (else as they came), each is late
+    when it is older than the furthest event time before it by more than ``reach_ms`` (the
+    longest window + grace). Same-millisecond arrivals go newest event time first.
+    Returns the counted events and the late ones with their refs."""
+    held = sorted(held, key=lambda h: (0, 0) if h[2] is None else (h[2], -h[0].ts_ms))
+    furthest = NEVER
+    counted: list[Event] = []
+    late: list[tuple[Event, Any]] = []
+    for ev, ref, _ in held:
+        if ev.ts_ms < furthest - reach_ms:
+            late.append((ev, ref))
+        else:
+            counted.append(ev)
+            furthest = max(furthest, ev.ts_ms)
+    return counted, late
+
+
+def hold(ev: Event, ref: Any, arrival: int | None = None) -> HeldEvent:
+    return HeldEvent(ev.type, ev.event_id, ev.ts_ms, ev.family, _ENCODE(ev.data), ref, arrival)
 
 
 def unhold(h: HeldEvent) -> Event:

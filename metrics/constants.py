@@ -12,5 +12,6 @@ UNKNOWN: Final = "unknown"
 MICRO: Final = 1_000_000
 #: a watermark or frontier that was never set
 NEVER: Final = -(2**62)
+NEVER_END: Final = 2**62  # a time no event reaches
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000

@@ -28,8 +28,8 @@ from typing import Any
 
 from metrics import codegen
 from metrics.catalog import Aggregate, Catalog
-from metrics.clock import Source, Watermark, hold, unhold
-from metrics.constants import NEVER, TOTAL
+from metrics.clock import Source, Watermark, hold, judge_held, unhold
+from metrics.constants import NEVER, NEVER_END, TOTAL
 from metrics.dedup import DedupStore, MemoryDedup
 from metrics.errors import StateError
 from metrics.events import TYPES, Event, event_fields
@@ -115,7 +115,7 @@ class KpiEngine:
         for cls in TRACKERS:
             fam = catalog.families.get(cls.family)
             if fam is not None and used & set(cls.builtins):
-                self.trackers[cls.name] = cls(fam.longest_ms + fam.grace_ms)
+                self.trackers[cls.name] = cls(fam.state_ms)
         self._facts = FactRouter(catalog)
         #: event ids counted, per shard (Catalog.shards)
         shards = catalog.shards()
@@ -131,14 +131,20 @@ class KpiEngine:
             for name, fams in shards.items()}
         self._next_close = {f: NEVER for f in catalog.families}
         #: events of a family whose windows have not started yet, with their refs
-        self._held: dict[str, list[tuple[Event, Any]]] = {f: [] for f in catalog.families}
+        #: (event, ref, arrival): arrival is when the broker took it, if known
+        self._held: dict[str, list[tuple[Event, Any, int | None]]] = {
+            f: [] for f in catalog.families}
         #: refs of every event found late (held ones included); the shell drains it
         self.late_refs: list[Any] = []
         self._partners: dict[str, set[str]] = {f: set() for f in catalog.families}
         for kpi in catalog.kpis.values():
             for f in kpi.families:
                 self._partners[f].update(set(kpi.families) - {f})
-        self.publisher = Publisher(catalog, self._kpi_rows)
+        settling = {b for t in TRACKERS if t.settles for b in t.builtins}
+        self.publisher = Publisher(catalog, self._kpi_rows, {
+            k.name for k in catalog.kpis.values()
+            if any(catalog.aggregates[a].builtin in settling for a in k.aggregates())})
+        self._flushing = False
         #: set when a watermark passed a window close: call advance()
         self.due = False
         # counters the streaming shell exports
@@ -149,13 +155,16 @@ class KpiEngine:
 
     # ---- input ---------------------------------------------------------------------------
 
-    def ingest(self, ev: Event, source: Source = 0, ref: Any = None) -> str:
+    def ingest(self, ev: Event, source: Source = 0, ref: Any = None,
+               arrival: int | None = None) -> str:
         """Count one event. Returns 'ok', 'duplicate', 'late' or 'held'.
+
+        ``arrival``: when the event reached the broker (the record's timestamp, epoch ms), if
+        known; it orders the events held before a family starts across partitions.
 
         'held': the family's watermark is not known yet (an assigned partition has not
         spoken), so its windows have not started; the event is applied, or found late, once
-        it is. Whenever an event turns out late, now or later, its ``ref`` is appended to
-        ``late_refs`` for the caller to route.
+        it is. A late event's ``ref`` is appended to ``late_refs`` for the caller to route.
         """
         eid = ev.event_id
         fam = ev.family
@@ -166,7 +175,7 @@ class KpiEngine:
         ts = ev.ts_ms
         if not fw.started:
             seen.remember(eid, ts)
-            self._held[fam].append((ev, ref))
+            self._held[fam].append((ev, ref, arrival))
             wm.observe(source, ts)
             if wm.value == NEVER:
                 return "held"
@@ -209,28 +218,21 @@ class KpiEngine:
                        self._facts.apply)
 
     def _start(self, fam: str) -> None:
-        """Start a family's windows once its watermark is known, at the earliest event held
-        meanwhile (as replay starts at its first line, whichever partition was read first);
-        then the held events go through the usual late check, in arrival order."""
+        """Start a family's windows once its watermark is known, at its earliest counted
+        held event. The held events are judged as replay would (clock.judge_held): a
+        partition that speaks last, far ahead, leaves the others' earlier events counted."""
         fw = self.windows[fam]
         held, self._held[fam] = self._held[fam], []
-        # Partitions open at about the same event time. An event older than the latest of
-        # their first events by more than the longest window + grace is one a partition
-        # happened to deliver first (replay, reading it later, finds it late): it must not
-        # start 40 days of windows, nor set the watermark it is judged by.
-        wm = self.watermarks[fam]
-        latest_first = max(wm.first.values(), default=wm.value)
-        floor = latest_first - fw.cfg.longest_ms - fw.cfg.grace_ms
-        fw.start(min((ev.ts_ms for ev, _ in held if ev.ts_ms >= floor), default=latest_first))
+        counted, late = judge_held(held, fw.cfg.longest_ms + fw.cfg.grace_ms)
+        fw.start(min((ev.ts_ms for ev in counted), default=self.watermarks[fam].value))
         self._next_close[fam] = self._compute_next_close(fam)
         dedup = self.dedup[self._shard_of[fam]]
-        for ev, ref in held:
-            if fw.is_late(ev.ts_ms):
-                self.late_total[fam] += 1
-                self.late_refs.append(ref)
-                dedup.forget(ev.event_id)
-            else:
-                self._count[ev.type](ev, fw)
+        for ev, ref in late:
+            self.late_total[fam] += 1
+            self.late_refs.append(ref)
+            dedup.forget(ev.event_id)
+        for ev in counted:
+            self._count[ev.type](ev, fw)
         if self.watermarks[fam].value >= self._next_close[fam]:
             self.due = True
 
@@ -262,6 +264,16 @@ class KpiEngine:
     def expecting(self, family: str) -> bool:
         """Not started, but a live partition may still bring its first event."""
         return self.watermarks[family].expecting()
+
+    def settled(self, family: str) -> int:
+        """The event time before which the family's tracker facts are final (its sessions
+        settled); at the end of input, everything is."""
+        if self._flushing:
+            return NEVER_END
+        wm = self.watermarks[family].value
+        grace = self.catalog.families[family].grace_ms
+        return min((t.settled(wm, grace) for t in self.trackers.values()
+                    if t.family == family and t.settles), default=NEVER_END)
 
     def advance(self) -> list[Record]:
         """Move watermarks, close due windows, and return final and revised KPI records."""
@@ -298,7 +310,11 @@ class KpiEngine:
             fw.settle(self._expanders)
             closed[fam] = [(spec.name, end) for spec, end, _ in fw.close_until(far, far)]
         # nothing expires: the input is over
-        return self.publisher.publish(closed, self, iso_ms(self._clock()))
+        self._flushing = True
+        try:
+            return self.publisher.publish(closed, self, iso_ms(self._clock()))
+        finally:
+            self._flushing = False
 
     def _in_play(self, fam: str) -> bool:
         """Started, or still expecting its first event from a live partition."""
@@ -345,7 +361,8 @@ class KpiEngine:
             ENGINE_STATE_VERSION,
             windows={f: fw.snapshot() for f, fw in self.windows.items()},
             watermarks={f: wm.snapshot() for f, wm in self.watermarks.items()},
-            held={f: [hold(ev, ref(r)) for ev, r in held] for f, held in self._held.items()},
+            held={f: [hold(ev, ref(r), a) for ev, r, a in held]
+                  for f, held in self._held.items()},
             dedup={s: d.snapshot() for s, d in self.dedup.items()},
             trackers={n: encode_part(t.snapshot()) for n, t in self.trackers.items()},
             publisher=self.publisher.snapshot(),
@@ -364,7 +381,8 @@ class KpiEngine:
         core = EngineState(
             ENGINE_STATE_VERSION, windows=windows,
             watermarks={f: wm.snapshot() for f, wm in self.watermarks.items()},
-            held={f: [hold(ev, ref(r)) for ev, r in held] for f, held in self._held.items()},
+            held={f: [hold(ev, ref(r), a) for ev, r, a in held]
+                  for f, held in self._held.items()},
             dedup={s: d.snapshot() for s, d in self.dedup.items()}, trackers={},
             publisher=publisher,
             counters=Counters(self.events_total, self.duplicates_total, self.late_total,
@@ -390,7 +408,7 @@ class KpiEngine:
             fw.restore(state.windows[f])
         for f, wm in self.watermarks.items():
             wm.restore(state.watermarks[f])
-        self._held = {f: [(unhold(h), ref(h.ref)) for h in state.held.get(f, ())]
+        self._held = {f: [(unhold(h), ref(h.ref), h.arrival) for h in state.held.get(f, ())]
                       for f in self.catalog.families}
         for s, d in self.dedup.items():
             d.restore(state.dedup[s])
@@ -432,7 +450,7 @@ class KpiEngine:
 
     def held(self, family: str) -> list[tuple[Event, Any]]:
         """The events a family holds, with their refs, in arrival order."""
-        return list(self._held[family])
+        return [(ev, r) for ev, r, _ in self._held[family]]
 
     def state_sizes(self) -> dict[str, int]:
         return {

@@ -48,11 +48,19 @@ class Families(Protocol):
 
     def watermark(self, family: str) -> int: ...
 
+    def settled(self, family: str) -> int:
+        """The event time before which the family's tracker facts are final."""
+        ...
+
 
 class Publisher:
-    def __init__(self, catalog: Catalog, kpi_rows: dict[str, Callable[[Index], Rows]]):
+    def __init__(self, catalog: Catalog, kpi_rows: dict[str, Callable[[Index], Rows]],
+                 settling: set[str] | None = None):
         self.catalog = catalog
         self._kpi_rows = kpi_rows
+        #: KPIs built on facts that settle after their window closes (sessions): final only
+        #: once the window's facts are (``Families.settled``)
+        self._settling = settling or set()
         self.published: dict[tuple[str, str, int], dict[str, Filed]] = {}
         self.floor = {f: NEVER for f in catalog.families}
         self.waiting: set[tuple[str, int, str]] = set()
@@ -83,10 +91,11 @@ class Publisher:
             kpis_at.setdefault((wname, end), {})[name] = self.catalog.kpis[name]
         out: list[Record] = []
         waiting: set[tuple[str, int, str]] = set()
+        settled: dict[str, int] = {}
         for (wname, end), kpis in sorted(kpis_at.items(), key=lambda x: (x[0][1], x[0][0])):
             indexes: dict[str, Index] = {}  # each family's snapshot is indexed once
             for kpi in kpis.values():
-                idx = self._closed_index(kpi, wname, end, fams, indexes)
+                idx = self._closed_index(kpi, wname, end, fams, indexes, settled)
                 if idx is None:
                     waiting.add((wname, end, kpi.name))
                 else:
@@ -95,9 +104,15 @@ class Publisher:
         return out
 
     def _closed_index(self, kpi: Kpi, wname: str, end: int, fams: Families,
-                      cache: dict[str, Index]) -> Index | None:
+                      cache: dict[str, Index], settled: dict[str, int]) -> Index | None:
         """Index of every family's snapshot, or None while one of them is still open."""
         parts: list[Index] = []
+        if kpi.name in self._settling:
+            for f in kpi.families:
+                if f not in settled:  # once per publish: it scans the recent sessions
+                    settled[f] = fams.settled(f)
+                if fams.windows[f].started and end > settled[f]:
+                    return None  # a session in the window can still change: wait for it
         for fam in kpi.families:
             fw = fams.windows[fam]
             if not fw.started:

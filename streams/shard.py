@@ -372,7 +372,9 @@ class Shard:
                     now_ms=now, currency=currency, topic_family=family_of(settings, msg.topic))
             parsed = parse(raw)
             if type(parsed) is Event:
-                engine.ingest(parsed, (msg.topic, msg.partition), msg)
+                stamp = msg.timestamp  # seconds (Faust), the broker's record timestamp
+                engine.ingest(parsed, (msg.topic, msg.partition), msg,
+                              round(stamp * 1000) if stamp else None)
             else:
                 reason: str = parsed.reason  # type: ignore[union-attr]
                 stats.invalid[reason] = stats.invalid.get(reason, 0) + 1

@@ -140,8 +140,31 @@ def catalog_fingerprint(catalog: Catalog, fmt: int = STATE_FORMAT) -> str:
     if fmt == 3:
         return _digest(fmt, dataclasses.asdict(catalog))
     return _digest(fmt, {"currency": catalog.currency,
-                         "families": {n: dataclasses.asdict(f)
+                         "families": {n: {"name": f.name, "grace_ms": f.grace_ms,
+                                          "windows": [dataclasses.asdict(w) for w in f.windows]}
                                       for n, f in catalog.families.items()}})
+
+
+#: format 3 fingerprinted the whole catalog: the shipped default's (per shard) as the
+#: previous release wrote it -> its windows, grace and currency in format 4's terms. A state
+#: written with it is read when the catalog in use still has those windows, grace and
+#: currency (later KPI edits and new aggregates are what format 4 tolerates anyway).
+_PREVIOUS_DEFAULTS: Final = {
+    "456788d610e72abe": "bb4b3f4f3bec9895",  # crm+spend
+    "5bc7cc750624cdd0": "8b20df8f2023ad6e",  # email
+    "94045dc75b408b61": "cc280965da693d2f",  # social
+    "5f42ebecf988c360": "f24294ebcf1f340d",  # web
+    "df476e2d621bde9d": "e983e21768850935",  # all families
+}
+
+
+def reads(catalog: Catalog, fmt: int, fingerprint: str) -> bool:
+    """Whether a state of this format and catalog fingerprint is readable with ``catalog``."""
+    if fmt not in READS_FORMATS:
+        return False
+    if fingerprint == catalog_fingerprint(catalog, fmt):
+        return True
+    return fmt == 3 and _PREVIOUS_DEFAULTS.get(fingerprint) == catalog_fingerprint(catalog)
 
 
 def aggregate_fingerprints(catalog: Catalog) -> dict[str, str]:
@@ -379,8 +402,7 @@ def decode(records: Iterable[tuple[bytes, bytes | None]], group: str, catalog: C
             on_skip(key, str(exc) or type(exc).__name__)
     if not manifests:
         return None
-    if any(m.format not in READS_FORMATS or m.catalog != catalog_fingerprint(catalog, m.format)
-           for m in manifests.values()):
+    if not all(reads(catalog, m.format, m.catalog) for m in manifests.values()):
         raise StateError(f"the stored state of group {group!r} was built with other windows, "
                          "grace or currency, or by an engine version this one does not read: "
                          "start the worker with a new --group-id")

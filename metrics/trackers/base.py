@@ -62,6 +62,16 @@ class Tracker(Protocol):
 
     def __len__(self) -> int: ...
 
+    #: its facts can change after the windows they land in close, on in-order input (a
+    #: session extended by its next page view): the KPIs built on them wait for
+    #: ``settled`` before they are final
+    settles: ClassVar[bool]
+
+    def settled(self, watermark: int, grace_ms: int) -> int:
+        """The event time before which its facts are final at this watermark (settling
+        trackers only)."""
+        ...
+
     #: per keyed table, the msgspec type of one hour of it (a commit's part)
     part_types: ClassVar[dict[str, Any]]
 

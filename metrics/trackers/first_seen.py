@@ -33,6 +33,7 @@ class FirstSeen:
     builtins: ClassVar[dict[str, frozenset[str]]]
     consumes: ClassVar[frozenset[str]]
     micro: ClassVar[frozenset[str]] = frozenset()
+    settles: ClassVar[bool] = False
     state_type: ClassVar[type[msgspec.Struct]] = FirstSeenState
     part_types: ClassVar[dict[str, Any]] = {"first": dict[Key, tuple[int, Dims]]}
     VERSION: ClassVar[int] = 1
@@ -57,6 +58,9 @@ class FirstSeen:
             self.first.put(key, (ts, dims))
             return [(cur[0], self.builtin, cur[1], -1), (ts, self.builtin, dims, 1)]
         return []
+
+    def settled(self, watermark: int, grace_ms: int) -> int:
+        raise NotImplementedError("its facts are final as they come")
 
     def expire(self, watermark: int) -> None:
         self.first.sweep(watermark - self.horizon_ms)

@@ -1,5 +1,19 @@
-"""The deal pipeline: leads and deals, stage entries, attribution to the lead's channel and
-campaign, and the sales cycle."""
+"""The deal pipeline as a state machine: leads and deals, stage entries, attribution to the
+lead's channel and campaign, the sales cycle, and new customers (an account's first won
+deal).
+
+A deal's facts are a pure function of the set of its stage events, so arrival order never
+matters (docs/semantics.md, "Pipeline"):
+
+- its **last** stage (by event time) decides whether it is won or lost: a deal counts as won
+  once, from the time it last became won, with the amount of its latest event; a reopened
+  deal (lost, then an open stage) leaves lost, and a won deal reopened leaves won;
+- a stage counts as entered at the first time the deal reached it; stages skipped on the way
+  up (lead -> opportunity) are passed through at that time, so stage conversion never
+  exceeds 100 %; stages below the deal's first one are not (a deal created at "sql" never
+  was a lead in this CRM); a regression (opportunity -> sql) takes nothing back;
+- a deal advanced from a stage when it reached the next one (from proposal: when it is won).
+"""
 
 from __future__ import annotations
 
@@ -9,20 +23,35 @@ import msgspec
 
 from metrics.constants import DAY_MS, MICRO, UNKNOWN
 from metrics.events import DEAL_STAGES, Event
-from metrics.trackers.base import Fact, Keyed, net_change
+from metrics.trackers.base import Dims, Fact, Keyed, net_change
 
 _DEAL_DIMS: Final = frozenset({"channel", "campaign_id"})
 
 _STAGE_INDEX: Final = {s: i for i, s in enumerate(DEAL_STAGES)}
+_OPEN: Final = DEAL_STAGES[:_STAGE_INDEX["won"]]  # lead .. proposal
+_TOP_OPEN: Final = len(_OPEN) - 1
+_WON, _LOST = _STAGE_INDEX["won"], _STAGE_INDEX["lost"]
+_OPPORTUNITY = _STAGE_INDEX["opportunity"]
+
+#: one stage event: (ts, stage index, amount in millionths); the order breaks ties
+Step = tuple[int, int, int]
 
 
 class Deal(msgspec.Struct, gc=False):
-    #: stage -> (first ts, amount in millionths)
-    entries: dict[str, tuple[int, int]] = {}
+    #: every stage event of the deal, sorted (a set: the same step twice is one)
+    history: list[Step] = []
     #: earliest (ts, channel, campaign) the deal's own events carry
     fallback: tuple[int, str, str] | None = None
     lead_id: str | None = None
+    account_id: str | None = None
     last_ts: int = 0
+    #: format 1 (before the state machine): stage -> (first ts, amount); read, then folded
+    #: into ``history`` by ``Pipeline.loaded``
+    entries: dict[str, tuple[int, int]] = {}
+
+
+#: account -> its won deals: deal -> (won ts, dims)
+Wins = dict[str, tuple[int, Dims]]
 
 
 class PipelineState(msgspec.Struct, gc=False):
@@ -31,14 +60,16 @@ class PipelineState(msgspec.Struct, gc=False):
     deals: dict[str, Deal]
     #: deal -> the facts it contributes now (what the next change retracts)
     facts: dict[str, list[Fact]]
+    accounts: dict[str, tuple[Wins, list[Fact]]] = {}
 
 
 class Pipeline:
-    """Leads and deals: stage entries, attribution to the lead's channel and campaign, cycle.
+    """Leads, deals and accounts. A deal's facts (and an account's) are recomputed whenever
+    its events or its lead change; the difference is applied as retractions and additions.
 
-    A deal's facts are a pure function of its state and its lead's, recomputed whenever
-    either changes; the difference is applied as retractions and additions.
-    """
+    State lives for ``horizon_ms`` from its last event: the family's ``horizon`` (default
+    365 days for crm), so a deal won a year after its lead keeps the lead's channel, and a
+    deal reopened months after it was won counts once."""
 
     name: ClassVar[str] = "pipeline"
     family: ClassVar[str] = "crm"
@@ -51,14 +82,17 @@ class Pipeline:
         "won_amount": _DEAL_DIMS,
         "cycle_days_sum": _DEAL_DIMS,
         "cycle_deals": _DEAL_DIMS,
+        "new_customers": _DEAL_DIMS,
     }
     consumes: ClassVar[frozenset[str]] = frozenset({"lead.created", "deal.stage_changed"})
     micro: ClassVar[frozenset[str]] = frozenset({"won_amount", "cycle_days_sum"})
+    settles: ClassVar[bool] = False
     state_type: ClassVar[type[msgspec.Struct]] = PipelineState
     part_types: ClassVar[dict[str, Any]] = {
         "leads": dict[str, tuple[int, str, str]],
-        "deals": dict[str, tuple[Deal, list[Fact]]]}
-    VERSION: ClassVar[int] = 1
+        "deals": dict[str, tuple[Deal, list[Fact]]],
+        "accounts": dict[str, tuple[Wins, list[Fact]]]}
+    VERSION: ClassVar[int] = 2
 
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
@@ -67,6 +101,9 @@ class Pipeline:
         #: deal -> its state, and the facts it contributes now (what the next change
         #: retracts), filed by its last event
         self.deals: Keyed[str, tuple[Deal, list[Fact]]] = Keyed(_deal_ts)
+        #: account -> its won deals and the new-customer fact they make, filed by its
+        #: latest win (a deal with no account is its own account)
+        self.accounts: Keyed[str, tuple[Wins, list[Fact]]] = Keyed(_account_ts)
         self.deals_by_lead: dict[str, set[str]] = {}
 
     def observe(self, ev: Event) -> list[Fact]:
@@ -91,16 +128,13 @@ class Pipeline:
         deal_id: str = data.deal_id
         held = self.deals.get(deal_id)
         if held is None:
-            d = Deal({})
+            d = Deal([])
             self.deals.put(deal_id, (d, []))
         else:
             d = held[0]
-        stage: str = data.stage
         amount = data.amount
-        entry = (ts, round(amount * MICRO) if amount is not None else 0)
-        cur = d.entries.get(stage)
-        if cur is None or entry < cur:
-            d.entries[stage] = entry
+        step = (ts, _STAGE_INDEX[data.stage], round(amount * MICRO) if amount is not None else 0)
+        _insert(d.history, step)
         fb = (ts, data.channel or UNKNOWN, data.campaign_id or UNKNOWN)
         if d.fallback is None or fb < d.fallback:
             d.fallback = fb
@@ -110,47 +144,105 @@ class Pipeline:
                 self.deals_by_lead.get(d.lead_id, set()).discard(deal_id)
             d.lead_id = lead_id
             self.deals_by_lead.setdefault(lead_id, set()).add(deal_id)
+        account = data.account_id
+        if account is not None and (d.account_id is None or account < d.account_id):
+            if d.account_id is not None:  # the deal moves to another account: leave the old
+                out = self._set_win(d.account_id, deal_id, None)
+            else:
+                out = self._set_win(f"deal:{deal_id}", deal_id, None)
+            d.account_id = account
+        else:
+            out = []
         d.last_ts = max(d.last_ts, ts)
         self.deals.touch(deal_id)  # changed in place
-        return self._refresh(deal_id)
+        return out + self._refresh(deal_id)
 
     def _refresh(self, deal_id: str) -> list[Fact]:
         d, before = self.deals.data[deal_id]
-        after = self._deal_facts(d)
+        after, win = self._deal_facts(d)
+        out = self._set_win(_account_of(deal_id, d), deal_id, win)
         if after == before:
-            return []
+            return out
         self.deals.put(deal_id, (d, after))
+        return out + net_change(before, after)
+
+    def _set_win(self, account: str, deal_id: str, win: tuple[int, Dims] | None) -> list[Fact]:
+        """Record (or drop) a deal's win under its account; returns the change in the
+        account's new-customer fact."""
+        held = self.accounts.get(account)
+        wins, before = held if held is not None else ({}, [])
+        if wins.get(deal_id) == win:
+            return []
+        if win is None:
+            del wins[deal_id]
+        else:
+            wins[deal_id] = win
+        if not wins:
+            if held is not None:
+                self.accounts.delete(account)
+            return net_change(before, [])
+        ts, dims = min(wins.values())
+        after: list[Fact] = [(ts, "new_customers", dims, 1)]
+        self.accounts.put(account, (wins, after))
         return net_change(before, after)
 
-    def _deal_facts(self, d: Deal) -> list[Fact]:
+    def _deal_facts(self, d: Deal) -> tuple[list[Fact], tuple[int, Dims] | None]:
+        """The deal's facts, and its win (ts, dims) when its last stage is won."""
         lead = self.leads.get(d.lead_id) if d.lead_id is not None else None
         assert d.fallback is not None
         _, channel, campaign = lead if lead is not None else d.fallback
-        dims = (("campaign_id", campaign), ("channel", channel))
+        dims: Dims = (("campaign_id", campaign), ("channel", channel))
+        reached: dict[int, int] = {}  # open stage -> when the deal first reached it
+        top = -1
+        for ts, stage, _ in d.history:
+            if stage < _WON and top < 0:  # the deal's first open stage: entered alone
+                reached[stage] = ts
+                top = stage
+            elif top >= 0 and stage != _LOST:  # up (won: through proposal), passing skips
+                target = min(stage, _TOP_OPEN)
+                for s in range(top + 1, target + 1):
+                    reached.setdefault(s, ts)
+                top = max(top, target)
+        last_stage = d.history[-1][1]
+        since = d.history[-1][0]  # when the deal last entered its current stage
+        for ts, stage, _ in reversed(d.history):
+            if stage != last_stage:
+                break
+            since = ts
         facts: list[Fact] = []
-        for stage in sorted(d.entries, key=_STAGE_INDEX.__getitem__):
-            ts, amount = d.entries[stage]
-            facts.append((ts, "deals_entered", (*dims, ("stage", stage)), 1))
-            idx = _STAGE_INDEX[stage]
-            if idx > 0 and stage != "lost":
-                facts.append((ts, "deals_advanced", (*dims, ("stage", DEAL_STAGES[idx - 1])), 1))
-            if stage == "opportunity":
+        for s, ts in sorted(reached.items()):
+            facts.append((ts, "deals_entered", (*dims, ("stage", DEAL_STAGES[s])), 1))
+            if s + 1 in reached:
+                facts.append((reached[s + 1], "deals_advanced",
+                              (*dims, ("stage", DEAL_STAGES[s])), 1))
+            if s == _OPPORTUNITY:
                 facts.append((ts, "opportunities", dims, 1))
-            elif stage == "lost":
-                facts.append((ts, "deals_lost", dims, 1))
-            elif stage == "won":
-                facts.append((ts, "deals_won", dims, 1))
-                facts.append((ts, "won_amount", dims, amount))
-                lead_ts = lead[0] if lead is not None else d.entries.get("lead", (None, 0))[0]
-                if lead_ts is not None and lead_ts <= ts:
-                    cycle = round((ts - lead_ts) * MICRO / DAY_MS)
-                    facts.append((ts, "cycle_days_sum", dims, cycle))
-                    facts.append((ts, "cycle_deals", dims, 1))
-        return facts
+        win: tuple[int, Dims] | None = None
+        if last_stage == _WON:
+            if _TOP_OPEN in reached:
+                facts.append((since, "deals_advanced", (*dims, ("stage", _OPEN[-1])), 1))
+            facts.append((since, "deals_entered", (*dims, ("stage", "won")), 1))
+            facts.append((since, "deals_won", dims, 1))
+            facts.append((since, "won_amount", dims, d.history[-1][2]))
+            lead_ts = lead[0] if lead is not None else next(
+                (ts for ts, stage, _ in d.history if stage == 0), None)
+            if lead_ts is not None and lead_ts <= since:
+                facts.append((since, "cycle_days_sum", dims,
+                              round((since - lead_ts) * MICRO / DAY_MS)))
+                facts.append((since, "cycle_deals", dims, 1))
+            win = (since, dims)
+        elif last_stage == _LOST:
+            facts.append((since, "deals_entered", (*dims, ("stage", "lost")), 1))
+            facts.append((since, "deals_lost", dims, 1))
+        return facts, win
+
+    def settled(self, watermark: int, grace_ms: int) -> int:
+        raise NotImplementedError("its facts are final as they come")
 
     def expire(self, watermark: int) -> None:
         cutoff = watermark - self.horizon_ms
         self.leads.sweep(cutoff)
+        # an expired deal leaves its account's wins alone: the account stays a customer
         for deal_id, (d, _) in self.deals.sweep(cutoff):
             if d.lead_id is not None:
                 linked = self.deals_by_lead.get(d.lead_id)
@@ -158,28 +250,46 @@ class Pipeline:
                     linked.discard(deal_id)
                     if not linked:
                         del self.deals_by_lead[d.lead_id]
+        self.accounts.sweep(cutoff)
 
     def snapshot(self) -> PipelineState:
         deals = self.deals.data
         return PipelineState(self.VERSION, self.leads.data, {k: d for k, (d, _) in deals.items()},
-                             {k: f for k, (_, f) in deals.items() if f})
+                             {k: f for k, (_, f) in deals.items() if f}, self.accounts.data)
 
     def restore(self, state: PipelineState) -> None:
         self.leads.replace(state.leads)
         self.deals.replace({k: (d, state.facts.get(k, [])) for k, d in state.deals.items()})
+        self.accounts.replace(state.accounts)
         self.loaded()
 
     def tables(self) -> dict[str, Keyed[Any, Any]]:
-        return {"leads": self.leads, "deals": self.deals}
+        return {"leads": self.leads, "deals": self.deals, "accounts": self.accounts}
 
     def loaded(self) -> None:
         self.deals_by_lead = {}
         for deal_id, (d, _) in self.deals.data.items():
+            if d.entries and not d.history:  # format 1: first entry per stage
+                d.history = sorted((ts, _STAGE_INDEX[s], a) for s, (ts, a) in d.entries.items())
+                d.entries = {}
             if d.lead_id is not None:
                 self.deals_by_lead.setdefault(d.lead_id, set()).add(deal_id)
 
     def __len__(self) -> int:
-        return len(self.deals) + len(self.leads)
+        return len(self.deals) + len(self.leads) + len(self.accounts)
+
+
+def _insert(history: list[Step], step: Step) -> None:
+    """Insert in order; the same step twice (a resend under a new event id) is one."""
+    i = len(history)
+    while i and history[i - 1] > step:
+        i -= 1
+    if not i or history[i - 1] != step:
+        history.insert(i, step)
+
+
+def _account_of(deal_id: str, d: Deal) -> str:
+    return d.account_id if d.account_id is not None else f"deal:{deal_id}"
 
 
 def _lead_ts(lead: tuple[int, str, str]) -> int:
@@ -188,3 +298,7 @@ def _lead_ts(lead: tuple[int, str, str]) -> int:
 
 def _deal_ts(held: tuple[Deal, list[Fact]]) -> int:
     return held[0].last_ts
+
+
+def _account_ts(held: tuple[Wins, list[Fact]]) -> int:
+    return max(ts for ts, _ in held[0].values())

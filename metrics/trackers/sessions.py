@@ -6,11 +6,13 @@ from typing import Any, ClassVar, Final
 
 import msgspec
 
-from metrics.constants import UNKNOWN
+from metrics.constants import HOUR_MS, NEVER_END, UNKNOWN
 from metrics.events import Event
 from metrics.trackers.base import Dims, Fact, Keyed, net_change
 
 SESSION_GAP_MS: Final = 30 * 60 * 1000
+#: how long a window's session KPIs wait at most for a session that never ends
+MAX_SETTLE_MS: Final = 4 * HOUR_MS
 _WEB_DIMS: Final = frozenset({"channel", "campaign_id"})
 
 _NO_GOALS: Final[frozenset[str]] = frozenset()
@@ -38,7 +40,8 @@ class Sessions:
 
     A session counts in the pane of its first event: sessions, single-page sessions,
     converting sessions, and sessions per goal converted. Channel and campaign come from its
-    first page view.
+    first page view. Its facts are settled once no event can extend it (``settled``): the
+    KPIs built on them wait for that before their windows are final.
     """
 
     name: ClassVar[str] = "sessions"
@@ -51,6 +54,7 @@ class Sessions:
     }
     consumes: ClassVar[frozenset[str]] = frozenset({"page.viewed", "goal.converted"})
     micro: ClassVar[frozenset[str]] = frozenset()
+    settles: ClassVar[bool] = True
     state_type: ClassVar[type[msgspec.Struct]] = SessionsState
     part_types: ClassVar[dict[str, Any]] = {"sessions": dict[str, _Session | list[_Session]]}
     VERSION: ClassVar[int] = 1
@@ -123,6 +127,24 @@ class Sessions:
         if after == before:
             return []
         return net_change(before, after)
+
+    def settled(self, watermark: int, grace_ms: int) -> int:
+        """The time before which every session has settled at this watermark: no event
+        within grace can still extend one (its end + the session gap is past). Windows
+        ending by then hold their sessions' final facts. A session kept alive for longer
+        than ``MAX_SETTLE_MS`` (a bot, a monitor) holds nothing back beyond that."""
+        reach = watermark - grace_ms  # the earliest event time still accepted
+        floor = reach - SESSION_GAP_MS - MAX_SETTLE_MS
+        bound = NEVER_END
+        by_hour, data = self.state.by_hour, self.state.data
+        # a session id is filed by its latest end: only the recent hours can hold open ones
+        for hour in [h for h in by_hour if (h + 1) * HOUR_MS + SESSION_GAP_MS > reach]:
+            for sid in by_hour[hour]:
+                held = data[sid]
+                for c in held if isinstance(held, list) else (held,):
+                    if c.end + SESSION_GAP_MS > reach and c.start < bound:
+                        bound = c.start
+        return max(bound, floor)
 
     def expire(self, watermark: int) -> None:
         # a session id is filed by its latest end: every session of an expired hour ended

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -10,7 +11,7 @@ import orjson
 from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, parse_event
-from tests.helpers import DEFAULT_CATALOG, ms
+from tests.helpers import DEFAULT_CATALOG, final_values, ms, replay
 
 T0 = ms("2026-11-01T00:00:00+00:00")
 MIN = 60_000
@@ -137,11 +138,15 @@ def test_watermark_is_the_minimum_over_sources() -> None:
 
 
 def test_state_stays_flat_on_an_endless_stream() -> None:
-    """40 days of steady traffic, past every state horizon (30 d + 1 h for the pipeline,
-    7 d for dedup): each state size at days 34, 37 and 40 stays within 15 % of day 31."""
+    """40 days of steady traffic, past every state horizon (the pipeline's set to 30 d + 1 h
+    here, 7 d for dedup): each state size at days 34, 37 and 40 stays within 15 % of day
+    31. (The default crm horizon, 365 d, bounds it the same way, a year on.)"""
     day_ms = 86_400_000
     gen = Generator(GeneratorConfig(rate=0.1, duration_s=40 * 86_400, seed=3, history_days=0))
-    e = engine()
+    fams = DEFAULT_CATALOG.families
+    catalog = replace(DEFAULT_CATALOG, families={**fams, "crm": replace(fams["crm"],
+                                                                        horizon_ms=0)})
+    e = KpiEngine(catalog, EngineConfig(idle_timeout_ms=0))
     sizes: dict[int, dict[str, int]] = {}
     checkpoints = [31 * day_ms, 34 * day_ms, 37 * day_ms, 40 * day_ms - 3_600_000]
     for ts, (_, raw) in gen.messages():
@@ -199,31 +204,76 @@ def test_a_family_whose_sources_all_go_quiet_at_once_still_starts() -> None:
     assert e.events_total == {"email.sent": 1}
 
 
-def test_an_ancient_first_event_of_one_partition_is_late_not_a_start() -> None:
-    """Partition p1 happens to deliver a 40-day-old event first: replay, reading it after the
-    family began, finds it late; so must the stream, instead of opening 40 days of windows."""
+def test_an_old_first_event_of_one_partition_is_counted_as_replay_counts_it() -> None:
+    """Partition p1 delivers a 40-day-old event first. It arrived before anything ahead of it
+    on its own partition, as it comes first in the file replay reads: counted, not late.
+    Closing the 40 days of empty windows between costs nothing."""
     e = engine()
     e.assign_source("email", "p0")
     e.assign_source("email", "p1")
     assert e.ingest(sent(T0 - 40 * 86_400_000), source="p1") == "held"
     e.ingest(sent(T0 + MIN), source="p1")
-    e.ingest(sent(T0), source="p0")  # the watermark is known: the family starts
-    assert e.late_total["email"] == 1
-    assert e.events_total == {"email.sent": 2}
-    assert all(r["end"] >= "2026-10-31" for r in e.advance())
+    assert e.ingest(sent(T0), source="p0") == "ok"  # the watermark is known: the family starts
+    assert e.late_total["email"] == 0
+    assert e.events_total == {"email.sent": 3}
+    old = [r for r in e.advance() if r["kpi"] == "email_open_rate" and r["window"] == "24h"
+           and r["dims"] == {} and r["denominator"]]
+    assert old and old[0]["end"] < "2026-09-23"
 
 
-def test_an_ancient_event_as_the_last_partitions_only_one_is_late() -> None:
-    """The partition that completes the watermark has delivered only a 40-day-old event, so
-    the watermark itself is that old: the event is still late, as in replay."""
-    e = engine()
-    e.assign_source("email", "p0")
-    e.assign_source("email", "p1")
-    e.ingest(sent(T0), source="p0")
-    e.ingest(sent(T0 + MIN), source="p0")
-    e.ingest(sent(T0 - 40 * 86_400_000), source="p1")  # the family starts here
-    assert e.late_total["email"] == 1
-    assert e.events_total == {"email.sent": 2}
+def test_an_ancient_event_that_reached_the_broker_last_is_late_even_as_a_first() -> None:
+    """A 40-day-old event produced after the others (replay reads it below them) is late,
+    though it is the first one its partition delivers; read in the other order, the
+    arrival stamps still put it last."""
+    for first in ("p1", "p0"):
+        e = engine()
+        e.assign_source("email", "p0")
+        e.assign_source("email", "p1")
+        old = (sent(T0 - 40 * 86_400_000), "p1", 2)
+        new = [(sent(T0), "p0", 0), (sent(T0 + MIN), "p0", 1)]
+        for ev, src, arrival in ([old, *new] if first == "p1" else [*new, old]):
+            e.ingest(ev, source=src, arrival=arrival)
+        assert e.late_total["email"] == 1, first
+        assert e.events_total == {"email.sent": 2}
+
+
+def spend_line(eid: str, at: int, channel: str = "paid_search") -> bytes:
+    return orjson.dumps({"event_id": eid, "type": "spend.recorded", "ts": at,
+                         "amount": 100.0, "channel": channel})
+
+
+def test_held_events_are_not_late_when_partitions_fill_unevenly() -> None:
+    """Issue 16: three spend events land on three of four partitions; much later one event
+    per partition comes 40 days ahead. Whichever partition speaks last, and in whatever
+    order the partitions are read, the finals equal replay's: the early spend, which reached
+    the broker first, is counted in its CPL/ROMI windows; nothing goes to kpi-late."""
+    day = 86_400_000
+    early = [spend_line(f"s{i}", T0 + i * MIN) for i in range(3)]
+    ahead = [spend_line(f"f{p}", T0 + 40 * day + p * MIN) for p in range(4)]
+    oracle = final_values(replay(early + ahead, now_ms=NOW))
+    spent = [r for r in oracle.values() if r["kpi"] == "cost_per_lead"
+             and r["window"] == "30d" and r["dims"] == {} and r["numerator"] == 300]
+    assert spent  # replay counts the early spend
+    # (arrival at the broker, the event): the early ones were produced first
+    partitions: dict[int, list[tuple[int, bytes]]] = {0: [(0, early[0])], 1: [(1, early[1])],
+                                                     2: [(2, early[2])], 3: []}
+    for p in range(4):
+        partitions[p].append((12_000 + p, ahead[p]))
+    for order in itertools.permutations(range(4)):
+        e = engine()
+        for p in range(4):
+            e.assign_source("spend", p)
+        records = []
+        # each partition in turn delivers everything it holds (a consumer's fetch)
+        for p in order:
+            for arrival, raw in partitions[p]:
+                ev = parse_event(raw, now_ms=NOW)
+                assert isinstance(ev, Event)
+                assert e.ingest(ev, source=p, arrival=arrival) != "late"
+                records += e.advance()
+        records += e.flush()
+        assert e.late_total["spend"] == 0, order
+        assert final_values(records) == oracle, order
 
 
 def deal(at: int, eid: str, deal_id: str, stage: str, amount: float | None = None) -> Event:

@@ -34,6 +34,7 @@ START = ms("2026-09-01T00:00:00+00:00")
 NOW = START + 60 * 86_400_000
 TOPIC_FAMILY = {t: f for f, t in FAMILY_TOPIC.items()}
 PARTITIONS = 3
+ARRIVAL: dict[bytes, int] = {}  # message -> when it reached the broker
 
 
 def parse(raw: bytes, topic: str) -> Event | None:
@@ -54,14 +55,16 @@ def partitioned() -> tuple[dict[tuple[str, int], list[bytes]], dict[str, dict[st
     last_ts = max(ev.ts_ms for t, raw in stream if (ev := parse(raw, t)) is not None)
     rng = random.Random(5)
     parts: dict[tuple[str, int], list[bytes]] = {}
-    for t, raw in stream:
+    for i, (t, raw) in enumerate(stream):
         parts.setdefault((t, rng.randrange(PARTITIONS)), []).append(raw)
+        ARRIVAL[raw] = i  # the broker's record timestamp: the order it was produced in
     lines = [raw for _, raw in stream]
     for fam, extra in SENTINEL.items():
         for p in range(PARTITIONS):
             raw = orjson.dumps({"event_id": f"sentinel-{fam}-{p}",
                                 "ts": last_ts + SENTINEL_AFTER[fam], **extra})
             parts.setdefault((FAMILY_TOPIC[fam], p), []).append(raw)
+            ARRIVAL[raw] = len(lines)
             lines.append(raw)
 
     cutoff = {fam: last_ts + SENTINEL_AFTER[fam] for fam in SENTINEL_AFTER}
@@ -80,7 +83,7 @@ def stream_finals(parts: dict[tuple[str, int], list[bytes]],
         for raw in parts[tp][pos[tp]:pos[tp] + n]:
             ev = parse(raw, tp[0])
             if ev is not None:
-                e.ingest(ev, tp)
+                e.ingest(ev, tp, arrival=ARRIVAL[raw])
         pos[tp] += n
         if e.due:
             out += e.advance()

@@ -29,6 +29,7 @@ class Msg:
     offset: int
     value: bytes
     key: bytes | None = None
+    timestamp: float | None = None  # the record's, in seconds (Faust)
 
 
 class FakeIO:
