@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -14,11 +15,69 @@ import orjson
 from metrics.catalog import load_catalog
 from metrics.errors import KpiEngineError
 
+#: settings the Kafka-facing commands take as flags (the password only as KPI_SASL_PASSWORD:
+#: a flag would show in the process list)
+KAFKA_FLAGS = ("broker", "topic_prefix", "security_protocol", "sasl_mechanism",
+               "sasl_username", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
+               "ssl_check_hostname", "replication_factor", "min_insync_replicas")
 
-def _broker_flags(p: argparse.ArgumentParser, *, required: bool = False) -> None:
-    p.add_argument("--broker", required=required,
-                   help="Kafka bootstrap URL, e.g. kafka://localhost:9092 (env KPI_BROKER)")
-    p.add_argument("--topic-prefix", dest="topic_prefix", help="prefix of every topic name")
+
+def _broker_flags(p: argparse.ArgumentParser, *, required: bool = False,
+                  broker: bool = True) -> None:
+    if broker:
+        p.add_argument("--broker", required=required,
+                       help="Kafka bootstrap URL, e.g. kafka://localhost:9092 (KPI_BROKER)")
+    p.add_argument("--topic-prefix", dest="topic_prefix",
+                   help="prefix of every topic name (KPI_TOPIC_PREFIX, default none)")
+    g = p.add_argument_group("Kafka security and topic durability")
+    g.add_argument("--security-protocol", dest="security_protocol",
+                   choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+                   help="(KPI_SECURITY_PROTOCOL, default PLAINTEXT)")
+    g.add_argument("--sasl-mechanism", dest="sasl_mechanism",
+                   choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+                   help="(KPI_SASL_MECHANISM, default PLAIN); the password is read from "
+                        "KPI_SASL_PASSWORD only")
+    g.add_argument("--sasl-username", dest="sasl_username", help="(KPI_SASL_USERNAME)")
+    g.add_argument("--ssl-cafile", dest="ssl_cafile",
+                   help="CA bundle the brokers' certificates are checked against "
+                        "(KPI_SSL_CAFILE, default: the system's)")
+    g.add_argument("--ssl-certfile", dest="ssl_certfile",
+                   help="client certificate for mutual TLS (KPI_SSL_CERTFILE)")
+    g.add_argument("--ssl-keyfile", dest="ssl_keyfile",
+                   help="its private key (KPI_SSL_KEYFILE; a passphrase from "
+                        "KPI_SSL_KEY_PASSWORD)")
+    g.add_argument("--no-ssl-check-hostname", dest="ssl_check_hostname",
+                   action="store_const", const=False,
+                   help="do not check the broker's hostname against its certificate "
+                        "(KPI_SSL_CHECK_HOSTNAME=false)")
+    g.add_argument("--replication-factor", dest="replication_factor", type=int,
+                   help="copies of each topic the engine creates (KPI_REPLICATION_FACTOR, "
+                        "default 1; 3 on a production cluster)")
+    g.add_argument("--min-insync-replicas", dest="min_insync_replicas", type=int,
+                   help="min.insync.replicas of the topics it creates "
+                        "(KPI_MIN_INSYNC_REPLICAS, default: the broker's)")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+CATALOG_HELP = "KPI catalog file (KPI_CATALOG, default: the shipped metrics/catalog.yaml)"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kpi-engine")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
 
 
 def _web_flags(p: argparse.ArgumentParser) -> None:
@@ -27,9 +86,13 @@ def _web_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _gen_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--incident", choices=["open-rate-drop", "bounce-spike"])
+    p.add_argument("--rate", type=_positive, default=200.0,
+                   help="events per second (default 200)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="random seed: the same seed and start give the same traffic "
+                        "(default 1)")
+    p.add_argument("--incident", choices=["open-rate-drop", "bounce-spike"],
+                   help="inject an incident that the default alerts catch")
     p.add_argument("--incident-at", dest="incident_at", type=float, default=0.0,
                    help="seconds after start when the incident begins (default 0)")
     p.add_argument("--incident-for", dest="incident_for", type=float,
@@ -41,22 +104,31 @@ def _gen_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpi-engine", description="Streaming KPI engine for B2B marketing.")
+    parser.add_argument("--version", action="version", version=f"kpi-engine {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="embedded broker + worker + generator + web, no setup")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     _gen_flags(p)
     _web_flags(p)
-    p.add_argument("--catalog")
+    p.add_argument("--catalog", help=CATALOG_HELP)
 
     p = sub.add_parser("worker", help="a production worker on a Kafka cluster")
     _broker_flags(p)
     _web_flags(p)
-    p.add_argument("--catalog")
-    p.add_argument("--group-id", dest="group_id")
-    p.add_argument("--partitions", type=int, help="partitions when creating topics")
-    p.add_argument("--data-dir", dest="data_dir")
-    p.add_argument("--log-level", dest="log_level")
+    p.add_argument("--catalog", help=CATALOG_HELP)
+    p.add_argument("--group-id", dest="group_id",
+                   help="consumer group: workers with the same one share the partitions and "
+                        "the state (KPI_GROUP_ID, default kpi-engine)")
+    p.add_argument("--partitions", type=int,
+                   help="partitions when creating topics (KPI_PARTITIONS, default 4)")
+    p.add_argument("--data-dir", dest="data_dir",
+                   help="where local state (event ids, RocksDB) survives restarts "
+                        "(KPI_DATA_DIR, default: a temporary folder, rebuilt from Kafka on "
+                        "restart)")
+    p.add_argument("--log-level", dest="log_level",
+                   choices=["debug", "info", "warning", "error", "critical"],
+                   help="(KPI_LOG_LEVEL, default warning)")
 
     p = sub.add_parser("generate", help="synthetic B2B traffic to a file or a broker")
     _gen_flags(p)
@@ -70,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", help="write the ground-truth counts as JSON to this file")
     dest = p.add_mutually_exclusive_group(required=True)
     dest.add_argument("--out", help="JSONL file ('-' for stdout)")
-    dest.add_argument("--broker")
-    p.add_argument("--topic-prefix", dest="topic_prefix")
+    dest.add_argument("--broker", help="Kafka bootstrap URL: send the traffic live, in real "
+                                       "time from --start (default now)")
+    _broker_flags(p, broker=False)
 
     p = sub.add_parser("produce", help="load JSONL events into their topics")
     p.add_argument("files", nargs="+")
@@ -81,17 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="offline: JSONL events in, KPI records out")
     p.add_argument("files", nargs="*", help="JSONL files, or - for stdin (default)")
-    p.add_argument("--catalog")
+    p.add_argument("--catalog", help=CATALOG_HELP)
 
     p = sub.add_parser("rules", help="generate the Prometheus alert rules and their tests")
-    p.add_argument("--catalog")
+    p.add_argument("--catalog", help=CATALOG_HELP)
     p.add_argument("--out", default="prometheus",
                    help="folder for rules/ and tests/ (default ./prometheus)")
     p.add_argument("--grafana-url", dest="grafana_url", default=None,
                    help="base of the dashboard_url annotations (default http://localhost:3000)")
 
     p = sub.add_parser("dashboards", help="generate the Grafana dashboards")
-    p.add_argument("--catalog")
+    p.add_argument("--catalog", help=CATALOG_HELP)
     p.add_argument("--out", default="grafana/dashboards",
                    help="folder for the dashboard JSON files (default ./grafana/dashboards)")
 
@@ -110,21 +183,34 @@ def _parse_start(text: str | None) -> int | None:
         return None
     if text.isdigit():
         return int(text)
-    dt = datetime.fromisoformat(text)
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise KpiEngineError(f"--start: {text!r} is neither an ISO-8601 time with an offset "
+                             "(2026-11-01T00:00:00Z) nor epoch milliseconds") from None
     if dt.tzinfo is None:
         raise KpiEngineError(f"--start needs a UTC offset: {text!r}")
     return int(dt.timestamp() * 1000)
 
 
+#: exit codes besides 0: usage, settings, catalog or input errors; the broker unreachable
+EXIT_USAGE, EXIT_BROKER, EXIT_INTERRUPTED = 2, 3, 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from streams.errors import BrokerError
+
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except BrokerError as exc:
+        print(f"kpi-engine: {exc}", file=sys.stderr)
+        return EXIT_BROKER
     except KpiEngineError as exc:
         print(f"kpi-engine: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _dump_codegen(catalog_path: str | None, out: str) -> int:
@@ -170,20 +256,22 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("rules", "dashboards"):
         return _generate_files(args)
     if args.command == "generate":
-        return _generate(args, load_settings(_flags(args, "broker", "topic_prefix")))
+        return _generate(args, load_settings(_flags(args, *KAFKA_FLAGS)))
     if args.command == "produce":
         from streams.produce import produce_files
 
-        settings = load_settings(_flags(args, "broker", "topic_prefix"))
+        missing = [f for f in args.files if not os.path.isfile(f)]
+        if missing:  # before connecting: a typo should not wait for a broker
+            raise KpiEngineError(f"no such file: {', '.join(missing)}")
+        settings = load_settings(_flags(args, *KAFKA_FLAGS))
         n = produce_files(settings, args.files, invalid_topic=args.invalid_topic)
         print(f"produced {n} messages", file=sys.stderr)
         return 0
     if args.command == "worker":
         from streams.faust_app import run_worker
 
-        settings = load_settings(_flags(args, "broker", "topic_prefix", "web_host", "web_port",
-                                        "catalog", "group_id", "partitions", "data_dir",
-                                        "log_level"))
+        settings = load_settings(_flags(args, *KAFKA_FLAGS, "web_host", "web_port", "catalog",
+                                        "group_id", "partitions", "data_dir", "log_level"))
         return run_worker(settings)
     if args.command == "demo":
         from kpi_engine.demo import run_demo
@@ -225,17 +313,24 @@ def _gen_config(args: argparse.Namespace, start_ms: int | None) -> Any:
 
 def _generate(args: argparse.Namespace, settings: Any) -> int:
     from kpi_engine.generator import Generator
+    from streams.progress import Progress
 
     start = _parse_start(args.start)
+    if args.out not in (None, "-"):
+        folder = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(folder):
+            raise KpiEngineError(f"--out {args.out}: no such folder {folder}")
     if args.out is not None:
         gen = Generator(_gen_config(args, start))
         out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
+        progress = Progress("generate", "messages")
         try:
-            for _, (_topic, raw) in gen.messages():
+            for _, (_topic, raw) in progress.wrap(gen.messages()):
                 out.write(raw + b"\n")
         finally:
             if out is not sys.stdout.buffer:
                 out.close()
+        progress.done()
     else:
         from streams.produce import produce_live
 

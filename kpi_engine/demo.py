@@ -26,7 +26,7 @@ from streams.broker import EmbeddedBroker, die_with_parent, port_is_open
 from streams.errors import BrokerError
 from streams.produce import produce_generated
 from streams.settings import Settings
-from streams.topics import all_topics, ensure_topics
+from streams.topics import ensure_io_topics
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -62,7 +62,7 @@ def run_demo(settings: Settings, gen_cfg: GeneratorConfig, duration_s: float | N
     worker: subprocess.Popen[bytes] | None = None
     try:
         settings = replace(settings, broker=broker.url)
-        asyncio.run(ensure_topics(broker.bootstrap, all_topics(settings), settings.partitions))
+        asyncio.run(ensure_io_topics(settings, broker.bootstrap))
         with open(os.path.join(logdir, "worker.log"), "wb") as wlog:
             worker = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "worker"],
                                       env=worker_env(settings),

@@ -15,6 +15,7 @@ from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, event_parser
 from metrics.runtime import tune_gc
+from streams.progress import Progress
 
 
 def wall_ms() -> int:
@@ -105,7 +106,8 @@ def run_replay(paths: list[str], catalog: Catalog, out: IO[bytes], err: IO[str],
     engine: KpiEngine | None = None
     dumps = orjson.dumps
     nl = orjson.OPT_APPEND_NEWLINE
-    batches = itertools.chain.from_iterable(map(read_batches, sources))
+    progress = Progress("replay", "lines", stream=err)
+    batches = progress.batches(itertools.chain.from_iterable(map(read_batches, sources)))
     try:
         for kind, item in replay_batches(batches, catalog):
             if kind == "records":
@@ -125,6 +127,7 @@ def run_replay(paths: list[str], catalog: Catalog, out: IO[bytes], err: IO[str],
         for fh in handles:
             fh.close()
     assert engine is not None
+    progress.done()
     counted = sum(engine.events_total.values())
     late = sum(engine.late_total.values())
     err.write(f"summary: {counted} events counted, {invalid} invalid, "

@@ -255,6 +255,7 @@ def _kpis(
             if "denominator" in over:
                 bden = _formula(over["denominator"], f"{where}.by_dim.{dim}", aggregates, c)
             by_dim[str(dim)] = (bnum, bden)
+        alert = _alert(raw.get("alert"), f"{where}.alert", c)  # checked whatever the rest
         if len(c.problems) > n_problems:
             continue
         breakdowns = tuple(str(d) for d in raw.get("dims") or [])
@@ -274,7 +275,6 @@ def _kpis(
             if b not in breakdowns:
                 c.fail(f"{where}.by_dim", f"{b!r} is not one of the KPI's dims")
         windows = _kpi_windows(raw.get("windows"), fams, families, where, c)
-        alert = _alert(raw.get("alert"), f"{where}.alert", c)
         if alert is not None and windows:
             # by default an alert watches the KPI's shortest window: the fastest to react
             shortest = min(windows, key=lambda w: parse_duration_ms(w))

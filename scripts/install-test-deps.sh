@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything the test suite needs on a fresh Debian machine: Prometheus, promtool,
-# Alertmanager and amtool, Chromium (browser test), docker-compose (compose file check), the
+# Alertmanager and amtool, Chromium (browser test), docker-compose (compose file check),
+# openssl (test certificates for the TLS client settings), the
 # Python environment (.venv) and the npm tools that turn Grafana's dashboard types into a
 # JSON schema. Idempotent: installs only what is missing.
 set -euo pipefail
@@ -8,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 for pair in prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
-            amtool:prometheus-alertmanager chromium:chromium docker-compose:docker-compose; do
+            amtool:prometheus-alertmanager chromium:chromium docker-compose:docker-compose \
+            openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.protocol.commit import OffsetCommitRequest
 from faust.assignor.client_assignment import ClientAssignment
 from faust.assignor.partition_assignor import PartitionAssignor
+from faust.auth import SASLCredentials, SSLCredentials
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers.aiokafka import Consumer as FaustKafkaConsumer
 from faust.types import TP
@@ -34,9 +35,11 @@ from metrics.catalog import Catalog, load_catalog
 from metrics.errors import StateError
 from metrics.runtime import tune_gc
 from streams.assignor import place
+from streams.broker import port_is_open
 from streams.dashboard import page
 from streams.errors import SettingsError
 from streams.health import tame_client_logs
+from streams.kafka_client import client_kwargs, ssl_context
 from streams.settings import Settings
 from streams.tansu import is_tansu, log_ends
 from streams.topics import (
@@ -175,7 +178,8 @@ def durable_consumer(shell: KpiShell, tansu: bool = False) -> type:
         async def highwaters(self, *partitions: TP) -> Any:
             ends = await super().highwaters(*partitions)
             if tansu:
-                return await log_ends(shell.settings.bootstrap, ends)
+                return await log_ends(shell.settings.bootstrap, ends,
+                                      client=client_kwargs(shell.settings))
             return ends
 
         async def _commit(self, offsets: Any) -> bool:
@@ -330,6 +334,17 @@ def shard_assignor(shard_of_topic: Mapping[str, str],
     return ShardAssignor
 
 
+def faust_credentials(s: Settings) -> Any:
+    """Faust's ``broker_credentials`` for these settings (None for plaintext)."""
+    ctx = ssl_context(s)
+    if s.security_protocol.startswith("SASL_"):
+        return SASLCredentials(username=s.sasl_username, password=s.sasl_password,
+                               mechanism=s.sasl_mechanism, ssl_context=ctx)
+    if ctx is not None:
+        return SSLCredentials(ctx)
+    return None
+
+
 def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
              ) -> tuple[faust.App, KpiShell]:
     if settings.broker is None:
@@ -345,13 +360,15 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         web_host=settings.web_host,
+        web_bind=settings.web_host,  # Faust binds 0.0.0.0 unless told: the contract's host
         web_port=settings.web_port,
+        broker_credentials=faust_credentials(settings),
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
         consumer_auto_offset_reset=AUTO_OFFSET_RESET,
         PartitionAssignor=shard_assignor(shard_topics(settings, catalog), traffic,
                                          state_topic(settings), state_partitions(catalog)),
-        producer_acks=1,
+        producer_acks=-1,  # all in-sync replicas: an output record survives its leader
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit
         producer_max_request_size=4 * 1024 * 1024,
         consumer_max_fetch_size=4 * 1024 * 1024,
@@ -437,12 +454,16 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
 
 def run_worker(settings: Settings) -> int:
     catalog = load_catalog(settings.catalog)
+    if port_is_open(settings.web_host, settings.web_port):
+        raise SettingsError(f"--web-port {settings.web_port}: {settings.web_host}:"
+                            f"{settings.web_port} is already in use (KPI_WEB_PORT)")
     tune_gc()
     create_topics(settings, catalog)
-    tansu = asyncio.run(is_tansu(settings.bootstrap))
+    tansu = asyncio.run(is_tansu(settings.bootstrap, client_kwargs(settings)))
     sizes: dict[str, int] = {}
     try:  # weights for the first assignment, should this worker lead it
-        sizes = asyncio.run(topic_sizes(settings.bootstrap, input_topics(settings)))
+        sizes = asyncio.run(topic_sizes(settings.bootstrap, input_topics(settings),
+                                        client_kwargs(settings)))
     except KafkaError as exc:
         log.warning("could not read the input topics' sizes: %s", exc)
     # the state loads when this worker owns shards

@@ -6,35 +6,61 @@ engine reads os.environ.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final
+
+import msgspec
 
 from metrics.catalog import parse_duration_ms
 from streams.errors import SettingsError
 
+log = logging.getLogger("kpi_engine")
+
+
+Port = Annotated[int, msgspec.Meta(gt=0, lt=65536)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting, its type and range (checked by ``load_settings``), and its default.
+    docs/configuration.md lists them with their flags and ``KPI_`` variables."""
+
     broker: str | None = None  # kafka://host:port[,host:port]; None: the embedded broker
     catalog: str | None = None  # None: the shipped default catalog
     topic_prefix: str = ""
-    partitions: int = 4
+    partitions: Annotated[int, msgspec.Meta(ge=1)] = 4
     web_host: str = "127.0.0.1"
-    web_port: int = 6066
-    group_id: str = "kpi-engine"
-    currency: str = "EUR"
-    idle_timeout: float = 30.0  # seconds; 0 turns idle watermark advance off
-    emit_interval: float = 1.0  # seconds
-    snapshot_interval: float = 5.0  # seconds between durable state snapshots
-    dedup_horizon_s: float = 7 * 86_400.0
-    session_timeout_s: float = 6.0
-    heartbeat_interval_s: float = 1.0
+    web_port: Port = 6066
+    group_id: Annotated[str, msgspec.Meta(min_length=1)] = "kpi-engine"
+    idle_timeout: NonNegative = 30.0  # seconds; 0 turns idle watermark advance off
+    emit_interval: Positive = 1.0  # seconds
+    snapshot_interval: NonNegative = 5.0  # seconds between durable state snapshots
+    dedup_horizon_s: Positive = 7 * 86_400.0
+    session_timeout_s: Positive = 6.0
+    heartbeat_interval_s: Positive = 1.0
     data_dir: str = ""  # faust data dir; empty: a temporary directory
     log_level: str = "warning"
+    # Kafka security (streams/kafka_client.py)
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_cafile: str = ""  # CA bundle to verify the brokers (default: the system's)
+    ssl_certfile: str = ""  # client certificate (mutual TLS)
+    ssl_keyfile: str = ""
+    ssl_key_password: str = field(default="", repr=False)
+    ssl_check_hostname: bool = True
+    # topics the engine creates
+    replication_factor: Annotated[int, msgspec.Meta(ge=1)] = 1
+    min_insync_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: the broker's default
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -47,43 +73,87 @@ class Settings:
         return ",".join(part.removeprefix("kafka://") for part in self.broker.split(","))
 
 
-_ENV_NAMES = {f.name: f"KPI_{f.name.upper()}" for f in fields(Settings)}
-
-
-def _coerce(name: str, raw: Any, target: Any) -> Any:
-    if raw is None:
-        return None
-    try:
-        if target in (int, "int"):
-            return int(raw)
-        if target in (float, "float"):
-            if isinstance(raw, str) and raw and raw[-1].isalpha():
-                return parse_duration_ms(raw) / 1000
-            return float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name}: cannot read {raw!r}: {exc}") from exc
-    return str(raw)
+ENV_NAMES: Final = {f.name: f"KPI_{f.name.upper()}" for f in fields(Settings)}
+#: KPI_ variables read elsewhere (the demo's children, the test harness), not settings
+_OTHER_ENV: Final = frozenset({"KPI_SOAK_BUDGET_S"})
+_RETIRED: Final = {"KPI_CURRENCY": "the reporting currency is the catalog's `currency:` "
+                                   "(kpi-engine catalog check shows it)"}
+_HINTS: Final = {"web_port": "not a TCP port (1..65535)"}
+_DURATIONS: Final = frozenset(f.name for f in fields(Settings)
+                              if f.name in ("idle_timeout", "emit_interval", "snapshot_interval",
+                                            "dedup_horizon_s", "session_timeout_s",
+                                            "heartbeat_interval_s"))
 
 
 def load_settings(flags: Mapping[str, Any] | None = None,
                   environ: Mapping[str, str] | None = None) -> Settings:
-    """Merge flags (None means not given) over KPI_ environment variables over defaults."""
+    """Merge flags (None means not given) over KPI_ environment variables over defaults,
+    checked once: a wrong type, a value out of range or a setting that cannot work is a
+    ``SettingsError`` naming the flag or variable."""
     flags = flags or {}
     env = os.environ if environ is None else environ
+    for name, why in _RETIRED.items():
+        if name in env:
+            raise SettingsError(f"{name} is not a setting: {why}")
+    unknown = sorted(k for k in env if k.startswith("KPI_") and k not in _OTHER_ENV
+                     and k not in ENV_NAMES.values())
+    if unknown:
+        log.warning("ignoring unknown KPI_ variables: %s", ", ".join(unknown))
     values: dict[str, Any] = {}
+    source: dict[str, str] = {}
     for f in fields(Settings):
         if flags.get(f.name) is not None:
-            values[f.name] = _coerce(f.name, flags[f.name], f.type)
-        elif _ENV_NAMES[f.name] in env:
-            values[f.name] = _coerce(_ENV_NAMES[f.name], env[_ENV_NAMES[f.name]], f.type)
-    s = Settings(**values)
+            raw, source[f.name] = flags[f.name], f"--{f.name.replace('_', '-')}"
+        elif ENV_NAMES[f.name] in env:
+            raw, source[f.name] = env[ENV_NAMES[f.name]], ENV_NAMES[f.name]
+        else:
+            continue
+        if f.name in _DURATIONS and isinstance(raw, str) and raw[-1:].isalpha():
+            try:
+                raw = parse_duration_ms(raw) / 1000
+            except ValueError as exc:
+                raise SettingsError(f"{source[f.name]}: {exc}") from exc
+        values[f.name] = raw
+    try:
+        s = msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        what, _, at = str(exc).rpartition(" - at ")
+        field_name = at.strip("`").removeprefix("$.")
+        where = source.get(field_name, field_name)
+        hint = _HINTS.get(field_name, what.replace("`", ""))
+        raise SettingsError(f"{where}: {values.get(field_name)!r}: {hint}") from exc
     if s.broker is not None and not s.broker.strip():
-        s = Settings(**{**values, "broker": None})
-    if not 0 < s.web_port < 65536:
-        raise SettingsError(f"web_port: {s.web_port} is not a TCP port")
-    if s.partitions < 1:
-        raise SettingsError("partitions: must be at least 1")
+        s = replace(s, broker=None)
+    if s.log_level.lower() not in LOG_LEVELS:
+        raise SettingsError(f"log_level: {s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    check_kafka(s)
     return s
+
+
+KAFKA_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def check_kafka(s: Settings) -> None:
+    """Refuse Kafka settings that cannot connect, naming the setting to fix."""
+    if s.security_protocol not in KAFKA_PROTOCOLS:
+        raise SettingsError(f"security_protocol: {s.security_protocol!r} is not one of "
+                            f"{', '.join(KAFKA_PROTOCOLS)}")
+    if s.sasl_mechanism not in SASL_MECHANISMS:
+        raise SettingsError(f"sasl_mechanism: {s.sasl_mechanism!r} is not one of "
+                            f"{', '.join(SASL_MECHANISMS)}")
+    if s.security_protocol.startswith("SASL_") and not (s.sasl_username and s.sasl_password):
+        raise SettingsError(f"security_protocol {s.security_protocol} needs sasl_username and "
+                            "sasl_password (KPI_SASL_USERNAME, KPI_SASL_PASSWORD)")
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(s, name)
+        if path and not Path(path).is_file():
+            raise SettingsError(f"{name}: no such file: {path}")
+    if bool(s.ssl_certfile) != bool(s.ssl_keyfile):
+        raise SettingsError("ssl_certfile and ssl_keyfile go together (a client certificate "
+                            "and its key)")
+    if s.min_insync_replicas > s.replication_factor:
+        raise SettingsError("min_insync_replicas: must not exceed replication_factor")
 
 
 def local_state_dir(settings: Settings) -> Path:

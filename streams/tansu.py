@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -22,8 +22,9 @@ TANSU_CLUSTER_ID: Final = "tansu_cluster"  # the id Tansu reports unless told ot
 K = TypeVar("K")
 
 
-async def is_tansu(bootstrap: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+async def is_tansu(bootstrap: str, client: Mapping[str, Any] | None = None) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000,
+                                **(client or {}))
     await admin.start()
     try:
         cluster = await admin.describe_cluster()
@@ -32,8 +33,8 @@ async def is_tansu(bootstrap: str) -> bool:
     return bool(cluster.get("cluster_id") == TANSU_CLUSTER_ID)
 
 
-async def log_ends(bootstrap: str, ends: Mapping[K, int | None], timeout_s: float = 10.0
-                   ) -> dict[K, int | None]:
+async def log_ends(bootstrap: str, ends: Mapping[K, int | None], timeout_s: float = 10.0,
+                   client: Mapping[str, Any] | None = None) -> dict[K, int | None]:
     """The true log end of each partition, from ListOffsets answers (``ends``, keyed by
     any (topic, partition) named tuple): a fetch from the newest batch's first record
     returns the partition's high watermark."""
@@ -43,7 +44,7 @@ async def log_ends(bootstrap: str, ends: Mapping[K, int | None], timeout_s: floa
     if not probe:
         return out
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                request_timeout_ms=10_000)
+                                request_timeout_ms=10_000, **(client or {}))
     await consumer.start()
     try:
         consumer.assign(list(probe.values()))

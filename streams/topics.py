@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -14,6 +15,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from metrics.catalog import Catalog
 from metrics.events import FAMILY_TOPIC, TOPIC_FAMILIES
 from streams.errors import BrokerError
+from streams.kafka_client import client_kwargs, topic_configs
 from streams.settings import Settings
 
 INPUT_TOPICS: Final = tuple(TOPIC_FAMILIES)
@@ -50,10 +52,13 @@ def shard_topics(settings: Settings, catalog: Catalog) -> dict[str, str]:
 
 
 async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
-                        timeout_s: float = 20.0, config: dict[str, str] | None = None) -> None:
-    """Create missing topics; fail clearly when an existing one has another partition count
-    than the inputs expect."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+                        timeout_s: float = 20.0, config: dict[str, str] | None = None,
+                        client: Mapping[str, Any] | None = None, replication: int = 1) -> None:
+    """Create missing topics (``replication`` copies, ``config``); fail clearly when an
+    existing one has another partition count than the inputs expect. ``client``: the
+    security settings of the connection (streams/kafka_client.py)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000,
+                                **(client or {}))
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
@@ -76,30 +81,40 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(
-                    [NewTopic(n, num_partitions=partitions, replication_factor=1,
+                    [NewTopic(n, num_partitions=partitions, replication_factor=replication,
                               topic_configs=config or {}) for n in missing])
     finally:
         await admin.close()
 
 
+async def ensure_io_topics(settings: Settings, bootstrap: str | None = None) -> None:
+    """The input and output topics, as the settings say to create them."""
+    await ensure_topics(bootstrap or settings.bootstrap, all_topics(settings),
+                        settings.partitions, config=topic_configs(settings),
+                        client=client_kwargs(settings), replication=settings.replication_factor)
+
+
 def create_topics(settings: Settings, catalog: Catalog, bootstrap: str | None = None) -> None:
     async def run() -> None:
         target = bootstrap or settings.bootstrap
-        await ensure_topics(target, all_topics(settings), settings.partitions)
+        await ensure_io_topics(settings, target)
         # the state table's changelog: one partition per shard (streams/faust_app.py: StateTable),
         # compacted where the cluster can (a snapshot's keys are fixed: streams/state.py)
         await ensure_topics(target, [state_topic(settings)], len(state_partitions(catalog)),
-                            config={"cleanup.policy": "compact"})
+                            config={"cleanup.policy": "compact", **topic_configs(settings)},
+                            client=client_kwargs(settings),
+                            replication=settings.replication_factor)
 
     asyncio.run(run())
 
 
-async def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
+async def topic_sizes(bootstrap: str, topics: list[str],
+                      client: Mapping[str, Any] | None = None) -> dict[str, int]:
     """Messages in each topic's log (end offsets summed over its partitions): the traffic
     the assignor weighs shards by. The embedded broker's end offset can be short by its
     newest batch (ENGINEERING.md): close enough for a weight."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                request_timeout_ms=10_000)
+                                request_timeout_ms=10_000, **(client or {}))
     await consumer.start()
     try:
         await consumer.topics()  # metadata of every topic, for partitions_for_topic

@@ -22,6 +22,7 @@ from metrics.events import FAMILY_TOPIC
 from streams.dashboard import History, RateMeter, catalog_meta
 from streams.exporter import Exposition, ShellStats, make_registry
 from streams.health import BrokerWatch
+from streams.kafka_client import client_kwargs
 from streams.settings import Settings, local_state_dir
 from streams.shard import Outputs, Shard, ShardIO, StateStore
 from streams.topics import input_topics, shard_topics, topic_sizes
@@ -83,7 +84,8 @@ class KpiShell:
 
     async def refresh_traffic(self) -> None:
         try:
-            sizes = await topic_sizes(self.settings.bootstrap, input_topics(self.settings))
+            sizes = await topic_sizes(self.settings.bootstrap, input_topics(self.settings),
+                                      client_kwargs(self.settings))
         except KafkaError as exc:  # a weight, not a must: keep the last one
             log.warning("could not read the input topics' sizes: %s", exc)
             self._traffic_at = time.monotonic()

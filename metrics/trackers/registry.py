@@ -9,8 +9,10 @@ from metrics.trackers.base import Tracker
 from metrics.trackers.first_seen import UniqueClickers, UniqueOpeners
 from metrics.trackers.pipeline import Pipeline
 from metrics.trackers.sessions import Sessions
+from metrics.trackers.visitors import Visitors
 
-TRACKERS: Final[tuple[type[Tracker], ...]] = (UniqueOpeners, UniqueClickers, Sessions, Pipeline)
+TRACKERS: Final[tuple[type[Tracker], ...]] = (UniqueOpeners, UniqueClickers, Sessions, Visitors,
+                                              Pipeline)
 
 #: builtin aggregate -> (the family of the tracker that makes it, the dims its facts carry)
 BUILTINS: Final[dict[str, tuple[str, frozenset[str]]]] = {

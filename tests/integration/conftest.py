@@ -94,6 +94,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProc]]:
         env.update({
             "KPI_BROKER": settings.broker or "", "KPI_TOPIC_PREFIX": settings.topic_prefix,
             "KPI_GROUP_ID": settings.group_id, "KPI_WEB_PORT": str(settings.web_port),
+            "KPI_WEB_HOST": settings.web_host,
             "KPI_PARTITIONS": str(settings.partitions),
             "KPI_IDLE_TIMEOUT": str(settings.idle_timeout),
             "KPI_SESSION_TIMEOUT_S": str(settings.session_timeout_s),

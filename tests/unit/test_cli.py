@@ -85,7 +85,7 @@ def test_replay_exits_2_when_input_cannot_be_read(tmp_path: Path) -> None:
 def test_catalog_check_accepts_the_default() -> None:
     res = run("catalog", "check", str(DEFAULT))
     assert res.returncode == 0
-    assert b"OK, 25 KPIs" in res.stdout
+    assert b"OK, 26 KPIs" in res.stdout
 
 
 def test_catalog_check_lists_every_problem(tmp_path: Path) -> None:
@@ -112,7 +112,10 @@ def test_catalog_every_contract_kpi_is_present() -> None:
                 "web_cart_abandonment_rate", "social_engagement_rate", "leads",
                 "funnel_stage_conversion_rate", "lead_to_customer_rate", "deal_win_rate",
                 "avg_deal_size", "sales_cycle_days", "sales_velocity", "revenue_share",
-                "cost_per_lead", "cost_per_acquisition", "romi", "nps"}
+                "cost_per_lead", "cost_per_acquisition", "romi", "nps",
+                # v2
+                "email_click_through_rate", "email_undelivered_rate",
+                "web_visitor_conversion_rate"}
     assert contract <= set(load_catalog().kpis)
 
 
@@ -135,3 +138,63 @@ def test_catalog_codegen_writes_every_generated_function(tmp_path: Path) -> None
     for p in tmp_path.glob("generated_ingest_*.py"):
         compile(p.read_text(), str(p), "exec")  # each file is valid Python
     assert main(["catalog", "codegen", "--out", str(tmp_path / "missing")]) == 2
+
+
+def test_user_mistakes_get_one_line_and_exit_2_before_any_connection(tmp_path: Path) -> None:
+    cases = [
+        (("generate", "--start", "yesterday", "--out", str(tmp_path / "x.jsonl")),
+         "--start: 'yesterday' is neither an ISO-8601 time"),
+        (("generate", "--out", str(tmp_path / "missing" / "x.jsonl"), "--duration", "1"),
+         "no such folder"),
+        # port 1: nothing listens, so reaching the check before connecting is what passes
+        (("produce", str(tmp_path / "nope.jsonl"), "--broker", "kafka://127.0.0.1:1"),
+         "no such file"),
+        (("generate", "--rate", "-5", "--out", str(tmp_path / "x.jsonl")),
+         "--rate: must be more than 0"),
+    ]
+    for args, words in cases:
+        res = run(*args)
+        err = res.stderr.decode()
+        assert res.returncode == 2, (args, err)
+        assert words in err, (args, err)
+        assert "Traceback" not in err
+    res = subprocess.run([*CLI, "worker", "--broker", "kafka://127.0.0.1:1"],
+                         capture_output=True, timeout=60,
+                         env={"KPI_EMIT_INTERVAL": "-1", "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 2 and res.stderr.decode().strip() == (
+        "kpi-engine: KPI_EMIT_INTERVAL: '-1': Expected float > 0.0"), res.stderr
+
+
+def test_version() -> None:
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.decode().startswith("kpi-engine ")
+
+
+def test_every_flag_has_help() -> None:
+    import argparse
+
+    from kpi_engine.cli import build_parser
+
+    def walk(p: argparse.ArgumentParser) -> list[tuple[str, argparse.Action]]:
+        out = []
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    out += walk(sub)
+            elif a.option_strings and a.dest not in ("help", "version"):
+                out.append((p.prog, a))
+        return out
+
+    bare = [f"{prog} {a.option_strings[0]}" for prog, a in walk(build_parser()) if not a.help]
+    assert not bare, bare
+
+
+def test_catalog_check_reports_an_alert_problem_beside_broken_formulas(tmp_path: Path) -> None:
+    doc = yaml.safe_load(DEFAULT.read_text())
+    doc["kpis"]["email_open_rate"]["numerator"] = "nothing_here"
+    doc["kpis"]["email_open_rate"]["alert"]["below"] = "high"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    err = run("catalog", "check", str(path)).stderr.decode()
+    assert "kpis.email_open_rate.numerator: unknown aggregate 'nothing_here'" in err
+    assert "kpis.email_open_rate.alert: below must be a number" in err

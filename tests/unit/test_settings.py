@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,41 @@ def test_only_settings_reads_the_environment() -> None:
                  *ROOT.glob("kpi_engine/*.py")]:
         if path.name != "settings.py":
             assert "os.environ" not in path.read_text() or path.name in {"demo.py"}, path
+
+
+def test_every_setting_is_checked_once_with_the_variable_named() -> None:
+    for env, words in [({"KPI_EMIT_INTERVAL": "-1"}, "KPI_EMIT_INTERVAL: '-1': Expected float > 0"),
+                       ({"KPI_PARTITIONS": "0"}, "KPI_PARTITIONS"),
+                       ({"KPI_SSL_CHECK_HOSTNAME": "maybe"}, "KPI_SSL_CHECK_HOSTNAME"),
+                       ({"KPI_IDLE_TIMEOUT": "5 parsecs"}, "KPI_IDLE_TIMEOUT"),
+                       ({"KPI_LOG_LEVEL": "loud"}, "log_level"),
+                       ({"KPI_CURRENCY": "USD"}, "catalog's `currency:`"),
+                       ({"KPI_SECURITY_PROTOCOL": "SASL_SSL"}, "needs sasl_username"),
+                       ({"KPI_SASL_MECHANISM": "MD5"}, "sasl_mechanism"),
+                       ({"KPI_SSL_CAFILE": "/nonexistent/ca.pem"}, "no such file"),
+                       ({"KPI_REPLICATION_FACTOR": "1", "KPI_MIN_INSYNC_REPLICAS": "2"},
+                        "must not exceed")]:
+        with pytest.raises(SettingsError, match=re.escape(words)):
+            load_settings({}, env)
+    s = load_settings({}, {"KPI_SSL_CHECK_HOSTNAME": "false", "KPI_REPLICATION_FACTOR": "3",
+                           "KPI_MIN_INSYNC_REPLICAS": "2", "KPI_SNAPSHOT_INTERVAL": "10s"})
+    assert (s.ssl_check_hostname, s.replication_factor, s.min_insync_replicas,
+            s.snapshot_interval) == (False, 3, 2, 10.0)
+
+
+def test_secrets_never_show_in_the_settings_repr() -> None:
+    s = load_settings({}, {"KPI_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                           "KPI_SASL_USERNAME": "svc", "KPI_SASL_PASSWORD": "hunter2-secret"})
+    assert s.sasl_password == "hunter2-secret"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s)
+
+
+def test_every_setting_is_documented() -> None:
+    from dataclasses import fields
+
+    from streams.settings import ENV_NAMES
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [f"`{ENV_NAMES[f.name]}`" for f in fields(Settings)
+               if f"`{ENV_NAMES[f.name]}`" not in doc]
+    assert not missing, missing
