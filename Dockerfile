@@ -1,11 +1,15 @@
 # The kpi-engine image: one worker per container (`docker-compose up --scale worker=N`).
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# the pinned dependencies first (a layer rebuilt only when the lock changes), then the
+# package itself without resolving anything again
+COPY requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY kpi_engine ./kpi_engine
 COPY metrics ./metrics
 COPY streams ./streams
-RUN pip install --no-cache-dir . && useradd --create-home kpi
+RUN pip install --no-cache-dir --no-deps . && useradd --create-home kpi
 USER kpi
 EXPOSE 6066
 # the worker's local state (event ids, RocksDB): kept across restarts of the container, so

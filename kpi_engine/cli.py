@@ -168,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="grafana/dashboards",
                    help="folder for the dashboard JSON files (default ./grafana/dashboards)")
 
+    p = sub.add_parser("provisioning", help="write Prometheus, Alertmanager and Grafana "
+                       "configuration, rules and dashboards for a catalog")
+    p.add_argument("--catalog", help=CATALOG_HELP)
+    p.add_argument("--out", required=True,
+                   help="folder to write prometheus/, alertmanager/ and grafana/ into")
+    p.add_argument("--grafana-url", dest="grafana_url", default=None,
+                   help="base of the dashboard_url annotations (default http://localhost:3000)")
+
     p = sub.add_parser("catalog", help="catalog tools")
     csub = p.add_subparsers(dest="catalog_command", required=True)
     c = csub.add_parser("check", help="validate a catalog file")
@@ -255,6 +263,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("rules", "dashboards"):
         return _generate_files(args)
+    if args.command == "provisioning":
+        from pathlib import Path
+
+        from kpi_engine import provisioning
+
+        written = provisioning.write(load_catalog(args.catalog), Path(args.out),
+                                     args.grafana_url)
+        print(f"wrote {len(written)} files under {args.out}", file=sys.stderr)
+        return 0
     if args.command == "generate":
         return _generate(args, load_settings(_flags(args, *KAFKA_FLAGS)))
     if args.command == "produce":

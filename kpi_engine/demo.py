@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import replace
@@ -25,7 +24,7 @@ from kpi_engine.generator import Generator, GeneratorConfig
 from streams.broker import EmbeddedBroker, die_with_parent, port_is_open
 from streams.errors import BrokerError
 from streams.produce import produce_generated
-from streams.settings import Settings
+from streams.settings import Settings, scratch_dir
 from streams.topics import ensure_io_topics
 
 
@@ -57,7 +56,7 @@ def run_demo(settings: Settings, gen_cfg: GeneratorConfig, duration_s: float | N
         raise BrokerError(f"{settings.web_host}:{settings.web_port} is already in use: pass "
                           "--web-port or set KPI_WEB_PORT")
     t_start = time.monotonic()
-    logdir = tempfile.mkdtemp(prefix="kpi-engine-demo-")
+    logdir = str(scratch_dir("kpi-engine-demo-"))
     broker = EmbeddedBroker(log_path=os.path.join(logdir, "broker.log")).start()
     worker: subprocess.Popen[bytes] | None = None
     try:

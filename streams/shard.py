@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from metrics.records import update_key, window_key
 from streams.dedup_disk import DiskDedup
 from streams.durable import Durable
 from streams.exporter import ShellStats
-from streams.settings import Settings
+from streams.settings import Settings, scratch_dir
 from streams.state import (
     EPOCH,
     Offsets,
@@ -133,7 +132,7 @@ class Shard:
         self.catalog = catalog  # the whole catalog restricted to this shard's families
         self.topics = topics  # its families' input topics
         #: the shard's event ids, on disk (one store per shard: its families share it)
-        self.dedup = DiskDedup((state_dir or Path(tempfile.mkdtemp(prefix="kpi-state-")))
+        self.dedup = DiskDedup((state_dir or scratch_dir("kpi-state-"))
                                / name.replace("+", "_") / "dedup")
         self.engine = KpiEngine(catalog, EngineConfig(
             dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),

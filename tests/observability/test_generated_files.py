@@ -150,6 +150,12 @@ def test_docker_compose_file_is_valid() -> None:
         assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image tag"
     assert doc["services"]["worker"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert doc["services"]["generator"]["profiles"] == ["traffic"]
+    # Kafka's log on its volume (the image's default, /tmp/kraft-combined-logs, is lost on
+    # restart), and no obsolete top-level version key
+    kafka = doc["services"]["kafka"]
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    assert any(v["target"] == "/var/lib/kafka/data" for v in kafka["volumes"])
+    assert "version" not in yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
 # ---- Grafana -----------------------------------------------------------------------------
