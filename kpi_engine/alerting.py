@@ -17,6 +17,9 @@ from metrics.catalog import Alert, Catalog, Kpi, metric_name
 
 JOB: Final = "kpi-engine"  # the Prometheus scrape job of the workers
 DEFAULT_GRAFANA_URL: Final = "http://localhost:3000"
+#: where the runbook (docs/runbook.md, from ``runbook``) is read: the repository's copy by
+#: default; point it at your own docs site
+DEFAULT_RUNBOOK_URL: Final = "docs/runbook.md"
 RULES_FILE: Final = "rules/kpi-alerts.yml"
 TESTS_FILE: Final = "tests/kpi-alerts.test.yml"
 
@@ -66,7 +69,17 @@ def _where(kpi: Kpi) -> str:
     return "".join(f'{{{{ with $labels.{d} }}}} {d}={{{{ . }}}}{{{{ end }}}}' for d in dims)
 
 
-def kpi_rule(catalog: Catalog, kpi: Kpi, dashboard_url: str) -> dict[str, Any]:
+#: the dashboard link of a campaign's alert opens the dashboard on that campaign
+_CAMPAIGN_LINK: Final = "{{ with $labels.campaign_id }}&var-campaign={{ . }}{{ end }}"
+
+
+def anchor(name: str) -> str:
+    """The runbook's anchor of an alert (Markdown renderers lower-case headings)."""
+    return name.lower()
+
+
+def kpi_rule(catalog: Catalog, kpi: Kpi, dashboard_url: str,
+             runbook_url: str = DEFAULT_RUNBOOK_URL) -> dict[str, Any]:
     alert = kpi.alert
     assert alert is not None
     direction = "below" if alert.op == "below" else "above"
@@ -83,7 +96,9 @@ def kpi_rule(catalog: Catalog, kpi: Kpi, dashboard_url: str) -> dict[str, Any]:
                            f"{direction} the threshold {_threshold_text(kpi, alert)} for "
                            f"{alert.for_}, with at least {alert.min_denominator:g} in the "
                            f"denominator.",
-            "dashboard_url": dashboard_url,
+            "dashboard_url": dashboard_url + (
+                _CAMPAIGN_LINK if "campaign_id" in kpi_labels(kpi) else ""),
+            "runbook_url": f"{runbook_url}#{anchor(alert_name(kpi))}",
         },
     }
 
@@ -131,7 +146,8 @@ def dashboard_link(grafana_url: str, uid: str, slug: str, window: str) -> str:
 
 
 def rules(catalog: Catalog, grafana_url: str = DEFAULT_GRAFANA_URL,
-          for_override: str | None = None) -> dict[str, Any]:
+          for_override: str | None = None,
+          runbook_url: str = DEFAULT_RUNBOOK_URL) -> dict[str, Any]:
     """The rule file. ``for_override`` replaces every `for:` (live tests use seconds)."""
     from kpi_engine.dashboards import OVERVIEW_SLUG, OVERVIEW_UID
 
@@ -140,12 +156,13 @@ def rules(catalog: Catalog, grafana_url: str = DEFAULT_GRAFANA_URL,
         if kpi.alert is None:
             continue
         url = dashboard_link(grafana_url, OVERVIEW_UID, OVERVIEW_SLUG, kpi.alert.window)
-        kpi_rules.append(kpi_rule(catalog, kpi, url))
+        kpi_rules.append(kpi_rule(catalog, kpi, url, runbook_url))
     engine_rules = [
         {"alert": name, "expr": expr, "for": for_, "labels": {"severity": severity},
          "annotations": {"summary": summary, "description": description,
                          "dashboard_url": dashboard_link(grafana_url, OVERVIEW_UID,
-                                                         OVERVIEW_SLUG, "5m")}}
+                                                         OVERVIEW_SLUG, "5m"),
+                         "runbook_url": f"{runbook_url}#{anchor(name)}"}}
         for name, expr, for_, severity, summary, description in ENGINE_ALERTS]
     if for_override is not None:
         for r in kpi_rules + engine_rules:
@@ -166,6 +183,8 @@ def _render(template: str, value: float, labels: dict[str, str]) -> str:
         v = labels.get(d)
         out = out.replace(f"{{{{ with $labels.{d} }}}} {d}={{{{ . }}}}{{{{ end }}}}",
                           f" {d}={v}" if v else "")
+    v = labels.get("campaign_id")
+    out = out.replace(_CAMPAIGN_LINK, f"&var-campaign={v}" if v else "")
     return out
 
 
@@ -268,3 +287,60 @@ def write_files(files: dict[str, str], out_dir: Path) -> list[Path]:
         path.write_text(text, "utf-8")
         written.append(path)
     return written
+
+
+# ---- the runbook -------------------------------------------------------------------------
+
+#: what to check first, per topic family of a KPI alert
+_FIRST_CHECKS: Final = {
+    "email": "Which campaign or segment (the alert's labels)? A new list, a sender domain "
+             "or template change, a deliverability incident at a mailbox provider? Compare "
+             "`kpi_email_bounce_rate` and `kpi_email_undelivered_rate` for the same campaign.",
+    "web": "Which channel? A tracking tag removed, a landing page broken or slow, a traffic "
+           "source changed (bot traffic raises bounce)? Check the page's own analytics.",
+    "social": "Which network? An impression-heavy boost without engagement, a paused "
+              "campaign, the network's reporting delayed?",
+    "crm": "Which channel or campaign? A CRM sync stopped or delayed (deal stages arrive "
+           "late), a change of qualification rules, a sales team capacity issue?",
+    "spend": "Which channel or campaign? A budget booked twice or in the wrong period, a "
+             "campaign paused while its spend continues?",
+}
+
+
+def runbook(catalog: Catalog) -> str:
+    """docs/runbook.md: what each alert means and what to check first; every rule's
+    ``runbook_url`` points at its section."""
+    lines = ["# Alert runbook", "",
+             "Generated from the catalog by `kpi-engine provisioning` (every alert rule's "
+             "`runbook_url` points at its section). Routing and calibration: "
+             "observability.md.", "", "## KPI alerts", ""]
+    for kpi in catalog.kpis.values():
+        a = kpi.alert
+        if a is None:
+            continue
+        name = alert_name(kpi)
+        fam = kpi.families[0]
+        lines += [f"### {name}", "",
+                  f"- **Fires when** `{kpi.name}` ({kpi.description.rstrip('.')}) is "
+                  f"{a.op} {_threshold_text(kpi, a)} on the {a.window} window for {a.for_}, "
+                  f"with at least {a.min_denominator:g} in its denominator "
+                  f"(severity {a.severity}).",
+                  f"- **First checks:** {_FIRST_CHECKS.get(fam, '')}",
+                  "- **Not a real drop?** The engine's own alerts below (late or invalid "
+                  "input, a stalled watermark, lag) can make a KPI look wrong: rule them "
+                  "out first.", ""]
+    lines += ["## Engine alerts", ""]
+    for name, _, for_, severity, summary, description in ENGINE_ALERTS:
+        lines += [f"### {name}", "",
+                  f"- **Fires when** {_plain(summary)} (for {for_}, severity {severity}).",
+                  f"- **Means:** {_plain(description)}",
+                  "- **Runbook:** operations.md.", ""]
+    return "\n".join(lines)
+
+
+def _plain(template: str) -> str:
+    """An annotation template in prose: its label references named, not rendered."""
+    return (template.replace("{{ $labels.instance }}", "(instance)")
+            .replace("{{ $labels.topic }}", "(topic)")
+            .replace("{{ $value | humanizePercentage }}", "a share")
+            .replace("{{ $value }}", "N"))

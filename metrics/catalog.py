@@ -27,8 +27,8 @@ from metrics.catalog_types import (
 )
 from metrics.constants import TOTAL
 from metrics.errors import CatalogError
-from metrics.events import ENVELOPE_LEN, FAMILIES, TYPES
-from metrics.trackers.registry import BUILTINS
+from metrics.events import ENVELOPE_LEN, FAMILIES, TYPES, IntRange
+from metrics.trackers.registry import BUILTINS, MICRO_BUILTINS
 
 DEFAULT_CATALOG: Final = "catalog.yaml"
 UNITS: Final = frozenset({"ratio", "seconds", "days", "count", "per_day", "score", "currency"})
@@ -283,9 +283,23 @@ def _kpis(
                 c.fail(f"{where}.alert.window", f"{chosen!r} is not one of the KPI's windows "
                        f"{list(windows)}")
             alert = replace(alert, window=chosen)
+        counts = all(_counts(aggregates[a]) for a in kpi.aggregates())
+        interval = "wilson" if kpi.unit == "ratio" and den and counts else ""
         out[name] = Kpi(name, kpi.description, num, den, kpi.unit, kpi.scale, breakdowns,
-                        by_dim, windows, tuple(fams), alert)
+                        by_dim, windows, tuple(fams), alert, interval)
     return out
+
+
+def _counts(agg: Aggregate) -> bool:
+    """Whether an aggregate counts things (events, builtin counts, or a sum of an integer
+    count field such as social `count`), not money or durations."""
+    if agg.builtin is not None:
+        return agg.builtin not in MICRO_BUILTINS
+    if agg.sum_field is None:
+        return True
+    spec = TYPES.get(agg.event or "")
+    fields = dict(spec.required + spec.optional) if spec else {}
+    return isinstance(fields.get(agg.sum_field), IntRange)
 
 
 def _formula(text: Any, where: str, aggregates: dict[str, Aggregate], c: _Checker) -> Formula:

@@ -93,6 +93,9 @@ class Kpi:
     windows: tuple[str, ...] = ()
     families: tuple[str, ...] = ()
     alert: Alert | None = None
+    #: the 95 % interval its records carry: "wilson" for a proportion of counts (a ratio
+    #: of event or builtin counts), "" where no interval applies (money, durations)
+    interval: str = ""
 
     def formulas(self, breakdown: str) -> tuple[Formula, Formula]:
         return self.by_dim.get(breakdown, (self.numerator, self.denominator))

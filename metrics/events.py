@@ -199,6 +199,14 @@ TYPES: Final[dict[str, TypeSpec]] = {
 
 _CLIENTS: Final = frozenset({"mobile", "desktop", "webmail"})
 
+#: reason codes any message can get (besides those naming a type's own field:
+#: ``missing_field:<f>``, ``bad_value:<f>``): what /metrics shows from the start, at 0
+INVALID_REASONS: Final = (
+    "not_json", "not_object", "too_large", "too_deep", "unknown_type", "wrong_topic",
+    "missing_field:event_id", "missing_field:type", "missing_field:ts", "bad_value:event_id",
+    "bad_value:ts", "future_ts", "ancient_ts", "currency",
+    "missing_field:campaign_id_or_channel")
+
 
 def validate(
     d: Any, *, now_ms: int, currency: str = "EUR", topic_family: str | None = None

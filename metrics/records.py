@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -48,8 +49,9 @@ def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: di
                 ) -> dict[str, Any]:
     """A CONTRACT.md §3 record; ``start`` and ``end`` already in ISO form (iso_boundary).
     Whole numbers are written as ints (exact below 2**53; infinities and NaN stay floats).
-    Runs for every output record: positional arguments, nothing called."""
-    return {
+    Runs for every output record: positional arguments, nothing called but for ratios,
+    which carry their 95 % interval (``lower``, ``upper``: ``interval``)."""
+    rec = {
         "kpi": kpi.name,
         "window": window,
         "start": start,
@@ -63,6 +65,26 @@ def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: di
         "revision": revision,
         "emitted_at": emitted_at,
     }
+    if unit == "ratio":
+        rec["lower"], rec["upper"] = interval(kpi, num, den)
+    return rec
+
+
+Z95: Final = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
+
+
+def interval(kpi: Kpi, num: float, den: float) -> tuple[float | None, float | None]:
+    """The KPI's 95 % confidence interval: Wilson score for a proportion of counts (exact
+    at 0 and 1, never outside [0, 1], sound on small counts), None where the KPI is not a
+    proportion, the denominator is 0 or the counts are not one (more successes than
+    trials: a stateful count corrected later)."""
+    if kpi.interval != "wilson" or den <= 0 or not 0 <= num <= den:
+        return None, None
+    z2 = Z95 * Z95
+    p = num / den
+    center = (p + z2 / (2 * den)) / (1 + z2 / den)
+    half = Z95 * math.sqrt(p * (1 - p) / den + z2 / (4 * den * den)) / (1 + z2 / den)
+    return max(0.0, center - half) * kpi.scale, min(1.0, center + half) * kpi.scale
 
 
 _EXACT: Final = float(2**53)

@@ -17,7 +17,8 @@ from prometheus_client.registry import Collector
 
 from metrics.catalog import Catalog, Kpi
 from metrics.engine import NEVER, KpiEngine
-from metrics.events import FAMILY_TOPIC, TYPES
+from metrics.events import FAMILY_TOPIC, INVALID_REASONS, TYPES
+from metrics.records import interval
 
 
 @dataclass
@@ -58,17 +59,28 @@ def kpi_families(catalog: Catalog, records: list[dict[str, Any]]) -> Iterator[Me
         value = GaugeMetricFamily(mname, kpi.description or name, labels=labels)
         denom = GaugeMetricFamily(f"{mname}_denominator", f"Denominator of {mname}: the "
                                   "volume behind the value, for alert guards.", labels=labels)
+        lower = GaugeMetricFamily(f"{mname}_lower", f"Lower bound of the 95 % interval of "
+                                  f"{mname} (Wilson score).", labels=labels)
+        upper = GaugeMetricFamily(f"{mname}_upper", f"Upper bound of the 95 % interval of "
+                                  f"{mname} (Wilson score).", labels=labels)
         for window, series in _capped(recs, catalog.max_series, kpi):
-            for rec_dims, v, d in series:
+            for rec_dims, v, d, lo, hi in series:
                 lv = [window, *(rec_dims.get(k, "") for k in dims)]
                 if v is not None:
                     value.add_metric(lv, v)
                 denom.add_metric(lv, d)
+                if lo is not None and hi is not None:
+                    lower.add_metric(lv, lo)
+                    upper.add_metric(lv, hi)
         yield value
         yield denom
+        if kpi.interval:
+            yield lower
+            yield upper
 
 
-Series = tuple[dict[str, str], float | None, float]
+#: dims, value, denominator, the interval's lower and upper bounds
+Series = tuple[dict[str, str], float | None, float, float | None, float | None]
 
 
 def _capped(recs: list[dict[str, Any]], max_series: int, kpi: Kpi
@@ -80,13 +92,14 @@ def _capped(recs: list[dict[str, Any]], max_series: int, kpi: Kpi
     for rec in recs:
         by_window.setdefault(rec["window"], []).append(rec)
     for window, wrecs in sorted(by_window.items()):
-        out: list[Series] = [(r["dims"], r["value"], r["denominator"])
-                             for r in wrecs if not r["dims"]]
+        out: list[Series] = [(r["dims"], r["value"], r["denominator"], r.get("lower"),
+                              r.get("upper")) for r in wrecs if not r["dims"]]
         parts = sorted((r for r in wrecs if r["dims"]), key=lambda r: -r[rank])
         other: dict[tuple[str, ...], list[float]] = {}  # breakdown -> [numerator, denominator]
         for i, r in enumerate(parts):
             if i < max_series:
-                out.append((r["dims"], r["value"], r["denominator"]))
+                out.append((r["dims"], r["value"], r["denominator"], r.get("lower"),
+                            r.get("upper")))
             else:
                 acc = other.setdefault(tuple(sorted(r["dims"])), [0.0, 0.0])
                 acc[0] += r["numerator"]
@@ -94,7 +107,9 @@ def _capped(recs: list[dict[str, Any]], max_series: int, kpi: Kpi
         for keys, (num, den) in sorted(other.items()):
             if not kpi.denominator:
                 num, den = num, 1.0
-            out.append(({k: OTHER for k in keys}, kpi.scale * num / den if den else None, den))
+            lo, hi = interval(kpi, num, den)
+            out.append(({k: OTHER for k in keys}, kpi.scale * num / den if den else None, den,
+                        lo, hi))
         yield window, out
 
 
@@ -117,12 +132,19 @@ class EngineCollector(Collector):
         topic = self.topic_name
         events = CounterMetricFamily("kpi_engine_events", "Valid events counted, by topic and "
                                      "type.", labels=["topic", "type"])
-        for type_, n in sorted(_summed(e.events_total for e, _ in parts).items()):
+        # every series a rule or panel may read exists from the start, at 0: a rule on an
+        # absent series never evaluates
+        owned = {f for e, _ in parts for f in e.catalog.families}
+        counted = {t: 0 for t, spec in TYPES.items() if spec.family in owned}
+        counted.update(_summed(e.events_total for e, _ in parts))
+        for type_, n in sorted(counted.items()):
             events.add_metric([topic(FAMILY_TOPIC[TYPES[type_].family]), type_], n)
         yield events
+        invalid = dict.fromkeys(INVALID_REASONS, 0) if parts else {}
+        invalid.update(_summed(st.invalid for _, st in parts))
         yield _by_label(CounterMetricFamily("kpi_engine_events_invalid", "Invalid events sent "
                                             "to the DLQ, by reason.", labels=["reason"]),
-                        _summed(st.invalid for _, st in parts))
+                        invalid)
         yield _by_label(CounterMetricFamily("kpi_engine_events_late", "Events later than every "
                                             "window they belong to.", labels=["topic"]),
                         {topic(FAMILY_TOPIC[fam]): n for fam, n in

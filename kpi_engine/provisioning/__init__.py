@@ -18,7 +18,7 @@ STATIC = ("prometheus/prometheus.yml", "alertmanager/alertmanager.yml",
 
 def provisioning_files(catalog: Catalog, grafana_url: str | None = None) -> dict[str, str]:
     """Path under the output folder -> contents: the static configuration, the alert rules
-    with their promtool tests, and the dashboards, for this catalog."""
+    with their promtool tests, the dashboards and the alerts' runbook, for this catalog."""
     from kpi_engine import alerting, dashboards
 
     base = files(__name__)
@@ -27,6 +27,7 @@ def provisioning_files(catalog: Catalog, grafana_url: str | None = None) -> dict
     out.update({f"prometheus/{rel}": text for rel, text in rules.items()})
     out.update({f"grafana/dashboards/{name}": text
                 for name, text in dashboards.generated_files(catalog).items()})
+    out["docs/runbook.md"] = alerting.runbook(catalog)
     return out
 
 

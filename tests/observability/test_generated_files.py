@@ -67,13 +67,17 @@ def test_every_catalog_threshold_has_one_alert_with_guard_and_annotations() -> N
     rules = {r["alert"]: r for g in doc["groups"] for r in g["rules"]}
     with_alert = [k for k in DEFAULT_CATALOG.kpis.values() if k.alert is not None]
     assert len(with_alert) >= 10
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
     for kpi in with_alert:
         assert kpi.alert is not None
         rule = rules[alerting.alert_name(kpi)]
         assert re.fullmatch(r"[A-Z][A-Za-z]+", rule["alert"])
         assert f"_denominator{{window=\"{kpi.alert.window}\"}} >= " in rule["expr"]
         assert rule["labels"]["severity"] == kpi.alert.severity
-        assert set(rule["annotations"]) == {"summary", "description", "dashboard_url"}
+        assert set(rule["annotations"]) == {"summary", "description", "dashboard_url",
+                                            "runbook_url"}
+        anchor = rule["annotations"]["runbook_url"].partition("#")[2]
+        assert f"### {rule['alert']}" in runbook and anchor == rule["alert"].lower()
         assert rule["for"] == kpi.alert.for_
     assert rules["EmailOpenRateLow"]["expr"].startswith('kpi_email_open_rate{window="5m"} < 0.15')
     for name in ("KpiEngineDown", "KpiEngineNoEvents", "KpiEngineWatermarkStalled",
@@ -137,6 +141,9 @@ def test_amtool_checks_the_alertmanager_config() -> None:
     cfg = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
     routed = {m for r in cfg["route"]["routes"] for m in r["matchers"]}
     assert routed == {f'severity="{s}"' for s in ("critical", "warning", "info")}
+    # one worker down mutes its own warnings, not every worker's
+    (inhibit,) = cfg["inhibit_rules"]
+    assert inhibit["equal"] == ["instance"]
 
 
 def test_docker_compose_file_is_valid() -> None:
@@ -154,7 +161,8 @@ def test_docker_compose_file_is_valid() -> None:
     # restart), and no obsolete top-level version key
     kafka = doc["services"]["kafka"]
     assert kafka["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
-    assert any(v["target"] == "/var/lib/kafka/data" for v in kafka["volumes"])
+    assert any((v["target"] if isinstance(v, dict) else v.split(":")[1]) ==
+               "/var/lib/kafka/data" for v in kafka["volumes"])
     assert "version" not in yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 

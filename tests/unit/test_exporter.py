@@ -71,6 +71,19 @@ def test_engine_health_metrics_are_exported() -> None:
     assert m["kpi_engine_events_duplicate_total"][()] == 0
 
 
+def test_labelled_counters_exist_at_zero_before_anything_happens() -> None:
+    """A rule on kpi_engine_events_invalid_total{reason} or a panel on events by type
+    evaluates from the first scrape, not from the first bad event (issue 18)."""
+    m = samples([])
+    invalid = m["kpi_engine_events_invalid_total"]
+    for reason in ("not_json", "unknown_type", "future_ts", "too_large", "currency"):
+        assert invalid[(("reason", reason),)] == 0
+    events = m["kpi_engine_events_total"]
+    assert events[(("topic", "email-events"), ("type", "email.opened"))] == 0
+    assert events[(("topic", "crm-events"), ("type", "deal.stage_changed"))] == 0
+    assert m["kpi_engine_events_late_total"][(("topic", "spend-events"),)] == 0
+
+
 def test_a_worker_owning_several_shards_exports_their_sum() -> None:
     """One engine per shard (streams/worker.py): series of different shards sit side by
     side, and counters they share (duplicates, invalid reasons, lag) add up."""
@@ -119,3 +132,18 @@ def test_the_exposition_renders_once_per_interval_however_many_scrape() -> None:
 def open_rates(text: bytes) -> list[float]:
     return [s.value for fam in text_string_to_metric_families(text.decode())
             if fam.name == "kpi_email_open_rate" for s in fam.samples]
+
+
+def test_ratio_kpis_export_their_interval_beside_the_value() -> None:
+    def with_bounds(r: dict[str, Any]) -> dict[str, Any]:
+        from metrics.records import interval
+
+        r["lower"], r["upper"] = interval(DEFAULT_CATALOG.kpis[r["kpi"]], r["numerator"],
+                                          r["denominator"])
+        return r
+
+    m = samples([with_bounds(rec("email_open_rate", {}, 2132, 10000))])
+    lbl = (("window", "1h"),)
+    assert round(m["kpi_email_open_rate_lower"][lbl], 4) == 0.2053
+    assert round(m["kpi_email_open_rate_upper"][lbl], 4) == 0.2213
+    assert "kpi_cost_per_lead_eur_lower" not in samples([rec("cost_per_lead", {}, 500, 2)])

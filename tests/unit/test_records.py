@@ -24,3 +24,28 @@ def test_keys_sort_dims() -> None:
            "end": "E"}
     assert window_key(rec) == "k|5m|campaign_id=c;segment=s|E"
     assert update_key(rec) == "k|5m|campaign_id=c;segment=s"
+
+
+def test_ratio_records_carry_a_wilson_interval() -> None:
+    from metrics.records import interval
+
+    kpi = DEFAULT_CATALOG.kpis["email_open_rate"]
+    rec = make_record(kpi, "ratio", "1h", "a", "b", {}, 2132.0, 10000.0, True, 0, "t")
+    # Wilson score, 95 %, for 2132 / 10000 (computed by hand from the formula)
+    assert round(rec["lower"], 4) == 0.2053 and round(rec["upper"], 4) == 0.2213
+    assert rec["lower"] < rec["value"] < rec["upper"]
+    # bounded and not degenerate at the edges, wide on few trials
+    lo, hi = interval(kpi, 0.0, 5.0)
+    assert lo == 0.0 and 0.4 < hi < 0.45  # 0 of 5: upper 0.4345
+    lo, hi = interval(kpi, 5.0, 5.0)
+    assert hi == 1.0 and 0.56 < lo < 0.57
+    assert interval(kpi, 1.0, 0.0) == (None, None)  # nothing sent
+    assert interval(kpi, 3.0, 2.0) == (None, None)  # not a proportion
+    # money ratios carry the fields, without an interval; other units have none
+    romi = DEFAULT_CATALOG.kpis["romi"]
+    r = make_record(romi, "ratio", "30d", "a", "b", {}, 5.0, 2.0, True, 0, "t")
+    assert r["lower"] is None and r["upper"] is None
+    cpl = DEFAULT_CATALOG.kpis["cost_per_lead"]
+    assert "lower" not in make_record(cpl, "EUR", "30d", "a", "b", {}, 5.0, 2.0, True, 0, "t")
+    social = DEFAULT_CATALOG.kpis["social_engagement_rate"]  # a sum of integer counts
+    assert interval(social, 30.0, 1000.0)[0] is not None
