@@ -36,9 +36,9 @@ def test_ratio_records_carry_a_wilson_interval() -> None:
     assert rec["lower"] < rec["value"] < rec["upper"]
     # bounded and not degenerate at the edges, wide on few trials
     lo, hi = interval(kpi, 0.0, 5.0)
-    assert lo == 0.0 and 0.4 < hi < 0.45  # 0 of 5: upper 0.4345
+    assert lo == 0.0 and hi is not None and 0.4 < hi < 0.45  # 0 of 5: upper 0.4345
     lo, hi = interval(kpi, 5.0, 5.0)
-    assert hi == 1.0 and 0.56 < lo < 0.57
+    assert hi == 1.0 and lo is not None and 0.56 < lo < 0.57
     assert interval(kpi, 1.0, 0.0) == (None, None)  # nothing sent
     assert interval(kpi, 3.0, 2.0) == (None, None)  # not a proportion
     # money ratios carry the fields, without an interval; other units have none
