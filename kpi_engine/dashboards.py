@@ -14,7 +14,10 @@ from typing import Any, Final
 
 from metrics.catalog import Catalog, Kpi, metric_name, parse_duration_ms
 
-DATASOURCE: Final = {"type": "prometheus", "uid": "kpi-prometheus"}
+#: panels query the data source the `datasource` variable names (default: the provisioned
+#: Prometheus, uid ``DEFAULT_DATASOURCE_UID``)
+DATASOURCE: Final = {"type": "prometheus", "uid": "${datasource}"}
+DEFAULT_DATASOURCE_UID: Final = "kpi-prometheus"
 OVERVIEW_UID: Final = "kpi-overview"
 OVERVIEW_SLUG: Final = "kpi-engine-overview"
 TAG: Final = "kpi-engine"
@@ -161,6 +164,19 @@ def _timeseries(catalog: Catalog, kpi: Kpi, dim: str | None) -> dict[str, Any]:
         targets = [_target(f"{name}{{{breakdown_selector(kpi, dim)}}}", f"{{{{{dim}}}}}"),
                    _target(f"{name}{{{total_selector(kpi)}}}", "total", "B")]
         title = f"{kpi.name} by {dim}"
+    overrides: list[dict[str, Any]] = []
+    if kpi.interval:  # the total's 95 % interval, drawn as a band
+        targets += [_target(f"{name}_lower{{{total_selector(kpi)}}}", BAND_LOW, "C"),
+                    _target(f"{name}_upper{{{total_selector(kpi)}}}", BAND_HIGH, "D")]
+        overrides = [
+            {"matcher": {"id": "byName", "options": BAND_HIGH},
+             "properties": [{"id": "custom.fillBelowTo", "value": BAND_LOW},
+                            {"id": "custom.lineWidth", "value": 0},
+                            {"id": "custom.fillOpacity", "value": 20},
+                            {"id": "color", "value": {"mode": "fixed", "fixedColor": "gray"}}]},
+            {"matcher": {"id": "byName", "options": BAND_LOW},
+             "properties": [{"id": "custom.lineWidth", "value": 0},
+                            {"id": "color", "value": {"mode": "fixed", "fixedColor": "gray"}}]}]
     thresholds = _thresholds(kpi)
     return {
         "type": "timeseries",
@@ -173,19 +189,30 @@ def _timeseries(catalog: Catalog, kpi: Kpi, dim: str | None) -> dict[str, Any]:
             "color": {"mode": "palette-classic"},
             "custom": {"thresholdsStyle": {"mode": "line" if kpi.alert else "off"},
                        "lineWidth": 2, "fillOpacity": 5, "spanNulls": True}},
-            "overrides": []},
+            "overrides": overrides},
         "options": {"legend": {"displayMode": "table", "placement": "right",
                                "calcs": ["lastNotNull"], "showLegend": True},
                     "tooltip": {"mode": "multi", "sort": "desc"}},
     }
 
 
-def _variables(catalog: Catalog, default_window: str) -> list[dict[str, Any]]:
+#: rates over Grafana's interval: at least four scrapes, whatever the zoom
+RATE: Final = "[$__rate_interval]"
+BAND_LOW: Final = "total, 95 % low"
+BAND_HIGH: Final = "total, 95 % high"
+
+
+def _variables(catalog: Catalog, default_window: str, filters: bool = True
+               ) -> list[dict[str, Any]]:
+    """The data source, the window, and (``filters``) the campaign and channel the
+    breakdown panels filter by."""
     windows = sorted({w.name for f in catalog.families.values() for w in f.windows},
                      key=parse_duration_ms)
-    email_kpi = next((k for k in catalog.kpis.values() if "campaign_id" in dims_of(k)), None)
-    channel_kpi = next((k for k in catalog.kpis.values() if "channel" in dims_of(k)), None)
     out: list[dict[str, Any]] = [{
+        "type": "datasource", "name": "datasource", "label": "Data source",
+        "query": "prometheus", "refresh": 1, "regex": "", "options": [],
+        "current": {"text": "Prometheus", "value": DEFAULT_DATASOURCE_UID},
+    }, {
         "type": "custom", "name": "window", "label": "Window",
         "description": "Rolling window of the KPIs (each KPI has the windows of its topic "
                        "family: 5m/1h/24h for email, web and social; 24h/7d/30d for CRM "
@@ -195,15 +222,16 @@ def _variables(catalog: Catalog, default_window: str) -> list[dict[str, Any]]:
         "options": [{"text": w, "value": w, "selected": w == default_window}
                     for w in windows],
     }]
-    for var, dim, kpi in (("campaign", "campaign_id", email_kpi),
-                          ("channel", "channel", channel_kpi)):
-        if kpi is None:
+    for var, dim in (("campaign", "campaign_id"), ("channel", "channel")):
+        if not filters or not any(dim in dims_of(k) for k in catalog.kpis.values()):
             continue
-        query = f"label_values({metric_name(catalog, kpi)}, {dim})"
+        # the values any KPI carries (CRM- and spend-only campaigns included); "All" is
+        # `.+`: a breakdown series has the label, the total has it empty and stays out
+        query = f'label_values({{__name__=~"kpi_.+", {dim}!=""}}, {dim})'
         out.append({
             "type": "query", "name": var, "label": dim, "datasource": DATASOURCE,
             "query": {"query": query, "refId": f"{var}-values"},
-            "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2, "sort": 1,
+            "includeAll": True, "multi": True, "allValue": ".+", "refresh": 2, "sort": 1,
             "current": {"text": "All", "value": "$__all"}, "options": [],
         })
     return out
@@ -224,6 +252,8 @@ def _dashboard(uid: str, title: str, panels: list[dict[str, Any]],
         "version": 1,
         "time": {"from": "now-6h", "to": "now"},
         "templating": {"list": variables},
+        # a Prometheus annotation query (ALERTS) has no place in the dashboard schema of
+        # the pinned @grafana/schema: firing alerts are a panel of the overview instead
         "annotations": {"list": []},
         "links": [{"title": "KPI dashboards", "type": "dashboards", "tags": [TAG],
                    "asDropdown": False, "icon": "external link", "includeVars": True,
@@ -235,19 +265,21 @@ def _dashboard(uid: str, title: str, panels: list[dict[str, Any]],
 def _health_panels(grid: _Grid) -> list[dict[str, Any]]:
     specs = (
         ("Events counted per second, by topic",
-         "sum by (topic) (rate(kpi_engine_events_total[1m]))", "{{topic}}", "short"),
+         f"sum by (topic) (rate(kpi_engine_events_total{RATE}))", "{{topic}}", "short"),
         ("Invalid events per second (DLQ), by reason",
-         "sum by (reason) (rate(kpi_engine_events_invalid_total[5m]))", "{{reason}}", "short"),
+         f"sum by (reason) (rate(kpi_engine_events_invalid_total{RATE}))", "{{reason}}",
+         "short"),
         ("Late events per second, by topic",
-         "sum by (topic) (rate(kpi_engine_events_late_total[5m]))", "{{topic}}", "short"),
-        ("Duplicate events per second", "sum(rate(kpi_engine_events_duplicate_total[5m]))",
+         f"sum by (topic) (rate(kpi_engine_events_late_total{RATE}))", "{{topic}}", "short"),
+        ("Duplicate events per second", f"sum(rate(kpi_engine_events_duplicate_total{RATE}))",
          "duplicates", "short"),
         ("Watermark delay behind wall clock, by topic",
          "time() - max by (topic) (kpi_engine_watermark_seconds)", "{{topic}}", "s"),
         ("Consumer lag, by topic", "sum by (topic) (kpi_engine_consumer_lag)", "{{topic}}",
          "short"),
         ("Emit latency p99",
-         "histogram_quantile(0.99, sum by (le) (rate(kpi_engine_emit_latency_seconds_bucket[5m])))",
+         "histogram_quantile(0.99, sum by (le) "
+         f"(rate(kpi_engine_emit_latency_seconds_bucket{RATE})))",
          "p99", "s"),
         ("Workers up", 'sum(up{job="kpi-engine"})', "workers", "short"),
     )
@@ -265,6 +297,24 @@ def _health_panels(grid: _Grid) -> list[dict[str, Any]]:
     return out
 
 
+def _firing_alerts() -> dict[str, Any]:
+    """The alerts firing now (Prometheus' ALERTS series), KPI and engine ones."""
+    target = _target('ALERTS{alertstate="firing"}', "{{alertname}}")
+    target.update(instant=True, format="table")
+    return {
+        "type": "table", "title": "Firing alerts", "datasource": DATASOURCE,
+        "description": "Every alert firing now, with its labels (the KPI, window and "
+                       "campaign or channel of a breakdown alert). Runbook: docs/runbook.md.",
+        "targets": [target],
+        "transformations": [{"id": "organize", "options": {
+            "excludeByName": {"Time": True, "Value": True, "__name__": True,
+                              "alertstate": True, "job": True}}}],
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "options": {"showHeader": True, "footer": {"show": False, "reducer": ["count"],
+                                                     "fields": ""}},
+    }
+
+
 def overview(catalog: Catalog) -> dict[str, Any]:
     grid = _Grid()
     panels: list[dict[str, Any]] = []
@@ -276,9 +326,13 @@ def overview(catalog: Catalog) -> dict[str, Any]:
         link = _link(f"Breakdowns: {title}", uid, _slug(title))
         for kpi in kpis:
             panels.append(grid.place(_stat(catalog, kpi, link), 4, 5))
+    panels.append(grid.row("Firing alerts"))
+    panels.append(grid.place(_firing_alerts(), 24, 6))
     panels.append(grid.row("Engine health"))
     panels += _health_panels(grid)
-    return _dashboard(OVERVIEW_UID, "KPI engine: overview", panels, _variables(catalog, "24h"))
+    # its tiles are totals: no campaign or channel to choose
+    return _dashboard(OVERVIEW_UID, "KPI engine: overview", panels,
+                      _variables(catalog, "24h", filters=False))
 
 
 def detail(catalog: Catalog, uid: str) -> dict[str, Any]:

@@ -206,18 +206,41 @@ def test_dashboards_fixed_uids_datasource_by_uid_variables_and_links() -> None:
                                                     "kpi-pipeline-roi"}
     prov = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())
     ds_uid = prov["datasources"][0]["uid"]
-    for doc in boards.values():
-        names = [v["name"] for v in doc["templating"]["list"]]
-        assert names[:3] == ["window", "campaign", "channel"]
-        window = doc["templating"]["list"][0]
+    for name, doc in boards.items():
+        variables = {v["name"]: v for v in doc["templating"]["list"]}
+        # the overview's tiles are totals: no campaign or channel selector that drives nothing
+        expected = ["datasource", "window"] + (
+            [] if name == "overview.json" else ["campaign", "channel"])
+        assert list(variables) == expected, name
+        # the data source is a variable, defaulting to the provisioned Prometheus
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["current"]["value"] == ds_uid
+        window = variables["window"]
         assert {"5m", "1h", "24h"} <= {o["value"] for o in window["options"]}
+        for var in ("campaign", "channel"):
+            if var in variables:
+                # "All" must not match the total series (its label is empty): ".+"
+                assert variables[var]["allValue"] == ".+"
+                # values from every KPI metric, not one KPI's (CRM- and spend-only
+                # campaigns can be chosen)
+                query = variables[var]["query"]["query"]
+                assert query.startswith('label_values({__name__=~"kpi_.+"')
         assert doc["links"] and doc["links"][0]["type"] == "dashboards"
         for panel in doc["panels"]:
             if panel["type"] == "row":
                 continue
-            assert panel["datasource"] == {"type": "prometheus", "uid": ds_uid}
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
             for t in panel["targets"]:
-                assert t["datasource"]["uid"] == ds_uid
+                assert t["datasource"]["uid"] == "${datasource}"
+                assert "[1m]" not in t["expr"] and "[5m]" not in t["expr"], t["expr"]
+    # ratio panels draw the total's 95 % interval as a band
+    rate_panel = next(p for p in boards["email-web.json"]["panels"]
+                      if p.get("title") == "email_open_rate by campaign_id")
+    assert any("kpi_email_open_rate_lower" in t["expr"] for t in rate_panel["targets"])
+    assert rate_panel["fieldConfig"]["overrides"][0]["properties"][0]["id"] == \
+        "custom.fillBelowTo"
+    assert any(p["type"] == "table" and "ALERTS" in p["targets"][0]["expr"]
+               for p in boards["overview.json"]["panels"])
     # every KPI has a tile on the overview, with its threshold, linking to its breakdowns
     tiles = {p["title"]: p for p in boards["overview.json"]["panels"] if p["type"] == "stat"}
     assert set(tiles) == set(DEFAULT_CATALOG.kpis)
@@ -232,8 +255,8 @@ def test_dashboards_fixed_uids_datasource_by_uid_variables_and_links() -> None:
 
 
 def _substitute(expr: str) -> str:
-    return (expr.replace("$window", "5m").replace("$campaign", ".*")
-            .replace("$channel", ".*"))
+    return (expr.replace("$window", "5m").replace("$campaign", ".+")
+            .replace("$channel", ".+").replace("$__rate_interval", "1m"))
 
 
 def test_every_panel_query_passes_promtool(tmp_path: Path) -> None:
@@ -242,9 +265,9 @@ def test_every_panel_query_passes_promtool(tmp_path: Path) -> None:
     for doc in load_dashboards().values():
         for i, expr in enumerate(dashboards.panel_exprs(doc)):
             if expr.startswith("label_values("):  # a Grafana function, not PromQL
-                m = re.fullmatch(r"label_values\((\w+), (\w+)\)", expr)
+                m = re.fullmatch(r"label_values\((.+), (\w+)\)", expr)
                 assert m, expr
-                expr = m.group(1)
+                expr = m.group(1)  # a series selector
             rules.append({"record": f"panel:{doc['uid'].replace('-', '_')}:{i}",
                           "expr": _substitute(expr)})
     path = tmp_path / "panels.yml"
