@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import yaml
 
+from metrics.alerts import alert_name
 from metrics.catalog import Alert, Catalog, Kpi, metric_name
 
 JOB: Final = "kpi-engine"  # the Prometheus scrape job of the workers
@@ -24,14 +25,6 @@ RULES_FILE: Final = "rules/kpi-alerts.yml"
 TESTS_FILE: Final = "tests/kpi-alerts.test.yml"
 
 
-def camel(name: str) -> str:
-    return "".join(part.capitalize() for part in name.split("_"))
-
-
-def alert_name(kpi: Kpi) -> str:
-    """email_open_rate + below -> EmailOpenRateLow."""
-    assert kpi.alert is not None
-    return camel(kpi.name) + ("Low" if kpi.alert.op == "below" else "High")
 
 
 def kpi_labels(kpi: Kpi) -> list[str]:
@@ -56,9 +49,34 @@ def kpi_alert_expr(catalog: Catalog, kpi: Kpi) -> str:
     sel = f'{{window="{alert.window}"}}'
     op = "<" if alert.op == "below" else ">"
     on = ", ".join(["window", *kpi_labels(kpi)])
-    return (f"{name}{sel} {op} {alert.threshold:g}\n"
+    return (f"{compared_metric(catalog, kpi)}{sel} {op} {alert.threshold:g}\n"
             f"and on({on})\n"
             f"{name}_denominator{sel} >= {alert.min_denominator:g}")
+
+
+def compared_metric(catalog: Catalog, kpi: Kpi) -> str:
+    """What a KPI's alert compares with its threshold, as the engine's `kpi-alerts` does
+    (metrics/alerts.py): for a KPI with an interval, its bound on the far side (a breach
+    is significant when the whole interval lies beyond the threshold); else the value."""
+    name = metric_name(catalog, kpi)
+    if not kpi.interval:
+        return name
+    assert kpi.alert is not None
+    return f"{name}_upper" if kpi.alert.op == "below" else f"{name}_lower"
+
+
+def _describe(kpi: Kpi, value: str, direction: str) -> str:
+    alert = kpi.alert
+    assert alert is not None
+    threshold = _threshold_text(kpi, alert)
+    guard = f"with at least {alert.min_denominator:g} in the denominator."
+    if kpi.interval:  # ``value`` is the interval's far bound (compared_metric)
+        bound = "up to" if alert.op == "below" else "from"
+        return (f"{kpi.description} Over the last {alert.window}, its whole 95 % interval "
+                f"({bound} {value}) lies {direction} the threshold {threshold} for "
+                f"{alert.for_}, {guard}")
+    return (f"{kpi.description} Now {value} over the last {alert.window}, {direction} the "
+            f"threshold {threshold} for {alert.for_}, {guard}")
 
 
 def _where(kpi: Kpi) -> str:
@@ -92,10 +110,7 @@ def kpi_rule(catalog: Catalog, kpi: Kpi, dashboard_url: str,
         "annotations": {
             "summary": f"{kpi.name} {direction} {_threshold_text(kpi, alert)} "
                        f"({alert.window} window){_where(kpi)}",
-            "description": f"{kpi.description} Now {value} over the last {alert.window}, "
-                           f"{direction} the threshold {_threshold_text(kpi, alert)} for "
-                           f"{alert.for_}, with at least {alert.min_denominator:g} in the "
-                           f"denominator.",
+            "description": _describe(kpi, value, direction),
             "dashboard_url": dashboard_url + (
                 _CAMPAIGN_LINK if "campaign_id" in kpi_labels(kpi) else ""),
             "runbook_url": f"{runbook_url}#{anchor(alert_name(kpi))}",
@@ -224,9 +239,11 @@ def kpi_alert_tests(catalog: Catalog, rules_doc: dict[str, Any]) -> dict[str, An
         labels = {"window": alert.window, **({dims[0]: "c1"} if dims else {})}
         sel = ",".join(f'{k}="{v}"' for k, v in labels.items())
 
-        def series(value: float, den: float, name: str = name, sel: str = sel, n: int = n
-                   ) -> list[dict[str, str]]:
-            return [{"series": f"{name}{{{sel}}}", "values": f"{value:g}x{n}"},
+        compared = compared_metric(catalog, kpi)
+
+        def series(value: float, den: float, name: str = name, sel: str = sel, n: int = n,
+                   compared: str = compared) -> list[dict[str, str]]:
+            return [{"series": f"{compared}{{{sel}}}", "values": f"{value:g}x{n}"},
                     {"series": f"{name}_denominator{{{sel}}}", "values": f"{den:g}x{n}"}]
 
         exp_labels = {"severity": alert.severity, "kpi": kpi.name, **labels}

@@ -66,6 +66,8 @@ class Publisher:
         self.waiting: set[tuple[str, int, str]] = set()
         #: published windows whose rows changed since the last ``drain_changes``
         self.changed: set[tuple[str, str, int]] = set()
+        #: (kpi, window) whose newest open window is partial (``open_records``)
+        self.partial_open: set[tuple[str, str]] = set()
         self._kpis_by_family: dict[str, list[Kpi]] = {f: [] for f in catalog.families}
         for kpi in catalog.kpis.values():
             for f in kpi.families:
@@ -172,6 +174,7 @@ class Publisher:
         """Current values of the newest open window of every KPI and window (final: false).
         The families' pending tallies must be settled."""
         out: list[Record] = []
+        partial: set[tuple[str, str]] = set()
         for kpi in self.catalog.kpis.values():
             started = [f for f in kpi.families if fams.windows[f].started]
             if not started:
@@ -186,10 +189,15 @@ class Publisher:
                                      for f in started])
                 rows = self._kpi_rows[kpi.name](idx)
                 start_s, end_s = iso_boundary(end - spec.size_ms), iso_boundary(end)
+                # a window that began before its data did (the family started inside it)
+                first = [t for f in started if (t := fams.windows[f].first_ts) is not None]
+                if first and end - spec.size_ms < max(first):
+                    partial.add((kpi.name, wname))
                 for dkey in sorted(rows):
                     num, den = rows[dkey]
                     out.append(make_record(kpi, self.catalog.unit_label(kpi), wname, start_s,
                                            end_s, dict(dkey), num, den, False, 0, emitted_at))
+        self.partial_open = partial
         return out
 
     def prune(self, fam: str, watermark: int) -> None:

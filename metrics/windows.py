@@ -47,6 +47,8 @@ class WindowsState(msgspec.Struct, gc=False):
     panes: dict[int, Agg]
     specs: list[SpecState]
     dirty: list[tuple[str, int]]
+    #: the event time the family started at (None: a state written before it was kept)
+    first_ts: int | None = None
 
 
 WINDOWS_VERSION = 1
@@ -77,6 +79,9 @@ class FamilyWindows:
         self.specs: list[_Spec] = []
         self._by_name: dict[str, _Spec] = {}
         self.started = False
+        #: the event time the family's windows started at: windows beginning earlier are
+        #: partial (their data began inside them)
+        self.first_ts: int | None = None
         #: panes at or after this start belong to no closed window and no running sum
         self.frontier = 0
         #: (window name, end) of closed windows changed since the last drain
@@ -93,6 +98,7 @@ class FamilyWindows:
 
     def start(self, first_ts: int) -> None:
         """Windows ending before first event - grace are treated as closed (never emitted)."""
+        self.first_ts = first_ts
         base = first_ts - self.cfg.grace_ms
         self.specs = [_Spec(w, base - base % w.hop_ms) for w in self.cfg.windows]
         self._by_name = {s.spec.name: s for s in self.specs}
@@ -292,12 +298,14 @@ class FamilyWindows:
             raise RuntimeError("settle() the pending tallies before a snapshot")
         return WindowsState(WINDOWS_VERSION, self.started, self.frontier, self._pane_floor,
                             self.panes, [SpecState(s.spec.name, s.last_end, s.running, s.closed)
-                                         for s in self.specs], sorted(self.dirty))
+                                         for s in self.specs], sorted(self.dirty),
+                            self.first_ts)
 
     def restore(self, state: WindowsState) -> None:
         by_name = {w.name: w for w in self.cfg.windows}
         self.started, self.frontier, self._pane_floor = (state.started, state.frontier,
                                                          state.pane_floor)
+        self.first_ts = state.first_ts
         self.panes = state.panes
         self.pending = {}
         self.specs = []

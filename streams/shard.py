@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from metrics.alerts import AlertEvaluator, alert_key
 from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, Parser, event_parser
@@ -117,6 +118,7 @@ class Outputs:
     topic_late: str
     history: History
     emit_latency: Callable[[float], None]
+    topic_alerts: str = "kpi-alerts"
 
 
 class Shard:
@@ -140,6 +142,8 @@ class Shard:
             dedup=lambda _: self.dedup)
         #: what commits write and takeovers read back (streams/durable.py)
         self.durable = Durable(name, catalog, state, self.dedup)
+        #: breaches of the catalog's alerts, on the open values it emits (`kpi-alerts`)
+        self.alerts = AlertEvaluator(catalog)
         self.stats = ShellStats()
         self._lag_by_tp: dict[tuple[str, int], int] = {}
         # durability (streams/state.py): what the engine applied, what a snapshot made durable
@@ -451,6 +455,11 @@ class Shard:
         send = self.io.send
         for rec in current:
             await send(self.out.topic_updates, update_key(rec).encode(), orjson.dumps(rec))
+        emitted_at = current[0]["emitted_at"] if current else ""
+        now = {f: self.engine.watermark(f) for f in self.catalog.families}
+        for event in self.alerts.observe(current, emitted_at, now,
+                                         self.engine.publisher.partial_open):
+            await send(self.out.topic_alerts, alert_key(event).encode(), orjson.dumps(event))
 
     def _update_lag(self, last_offsets: dict[tuple[str, int], int]) -> None:
         for tp, offset in last_offsets.items():

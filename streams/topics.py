@@ -19,7 +19,7 @@ from streams.kafka_client import client_kwargs, topic_configs
 from streams.settings import Settings
 
 INPUT_TOPICS: Final = tuple(TOPIC_FAMILIES)
-OUTPUT_TOPICS: Final = ("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late")
+OUTPUT_TOPICS: Final = ("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", "kpi-alerts")
 
 
 def input_topics(settings: Settings) -> list[str]:

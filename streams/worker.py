@@ -60,7 +60,7 @@ class KpiShell:
                                                          settings.topic)
         self.exposition = Exposition(self.registry, settings.emit_interval)
         out = Outputs(self.topic_windows, self.topic_updates, self.topic_dlq, self.topic_late,
-                      self.history, self.emit_latency.observe)
+                      self.history, self.emit_latency.observe, settings.topic("kpi-alerts"))
         shard_of = shard_topics(settings, catalog)
         self.state_dir = local_state_dir(settings)
         self.shards = {name: Shard(name, catalog.restrict(fams),

@@ -191,7 +191,9 @@ def test_open_rate_drop_fires_and_resolves_through_alertmanager(
         assert path == "/marketing-ops"  # severity=warning takes the warning route
         assert alert["labels"]["window"] == "1m"
         assert alert["labels"]["severity"] == "warning"
-        assert set(alert["annotations"]) == {"summary", "description", "dashboard_url"}
+        assert set(alert["annotations"]) == {"summary", "description", "dashboard_url",
+                                             "runbook_url"}
+        assert alert["annotations"]["runbook_url"].endswith("runbook.md#emailopenratelow")
         print(f"\nEmailOpenRateLow firing at the webhook {fired_at - incident_start:.1f} s "
               "after the incident began")
 

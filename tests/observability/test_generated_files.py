@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kpi_engine import alerting, dashboards
 from kpi_engine.generator import Generator, GeneratorConfig
+from metrics.alerts import alert_name
 from metrics.catalog import build_catalog
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, parse_event
@@ -70,7 +71,7 @@ def test_every_catalog_threshold_has_one_alert_with_guard_and_annotations() -> N
     runbook = (ROOT / "docs" / "runbook.md").read_text()
     for kpi in with_alert:
         assert kpi.alert is not None
-        rule = rules[alerting.alert_name(kpi)]
+        rule = rules[alert_name(kpi)]
         assert re.fullmatch(r"[A-Z][A-Za-z]+", rule["alert"])
         assert f"_denominator{{window=\"{kpi.alert.window}\"}} >= " in rule["expr"]
         assert rule["labels"]["severity"] == kpi.alert.severity
@@ -79,7 +80,13 @@ def test_every_catalog_threshold_has_one_alert_with_guard_and_annotations() -> N
         anchor = rule["annotations"]["runbook_url"].partition("#")[2]
         assert f"### {rule['alert']}" in runbook and anchor == rule["alert"].lower()
         assert rule["for"] == kpi.alert.for_
-    assert rules["EmailOpenRateLow"]["expr"].startswith('kpi_email_open_rate{window="5m"} < 0.15')
+    # significant breaches, as kpi-alerts: the whole interval below (its upper bound) ...
+    assert rules["EmailOpenRateLow"]["expr"].startswith(
+        'kpi_email_open_rate_upper{window="5m"} < 0.15')
+    # ... or above (its lower bound); a money ratio has no interval: its value
+    assert rules["EmailBounceRateHigh"]["expr"].startswith(
+        'kpi_email_bounce_rate_lower{window="5m"} > 0.15')
+    assert rules["RomiLow"]["expr"].startswith('kpi_romi{window="30d"} < 0')
     for name in ("KpiEngineDown", "KpiEngineNoEvents", "KpiEngineWatermarkStalled",
                  "KpiEngineDlqRateHigh", "KpiEngineLateRateHigh", "KpiEngineConsumerLagHigh"):
         assert name in rules
