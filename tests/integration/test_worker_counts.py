@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from kpi_engine.generator import Generator, GeneratorConfig
+from metrics.events import FAMILY_TOPIC, INVALID_REASONS, TYPES
 from streams.broker import EmbeddedBroker
 from streams.produce import send_all
 from streams.settings import Settings
@@ -75,11 +76,14 @@ def test_worker_counts_equal_generator_ground_truth(
     counted = {(re.search(r'topic="([^"]+)"', k).group(1).removeprefix(isolated.topic_prefix)  # type: ignore[union-attr]
                 + "|" + re.search(r'type="([^"]+)"', k).group(1)): int(v)  # type: ignore[union-attr]
                for k, v in m["kpi_engine_events_total"].items()}
-    assert counted == truth.events
+    # every type is exported, at 0 until its first event (issue 18: a rule on a series
+    # that does not exist never evaluates)
+    every_type = {f"{FAMILY_TOPIC[spec.family]}|{t}": 0 for t, spec in TYPES.items()}
+    assert counted == {**every_type, **truth.events}
     assert sum(counted.values()) == expected_valid
     invalid = {re.search(r'reason="([^"]+)"', k).group(1): int(v)  # type: ignore[union-attr]
                for k, v in m.get("kpi_engine_events_invalid_total", {}).items()}
-    assert invalid == truth.invalid
+    assert invalid == {**dict.fromkeys(INVALID_REASONS, 0), **truth.invalid}
     assert m["kpi_engine_events_duplicate_total"][""] == truth.duplicates
 
     # the emit timer exports current KPI values next to the engine's health
