@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from metrics.alerts import AlertEvaluator, alert_key
 from metrics.catalog import Catalog
@@ -258,7 +259,16 @@ class Shard:
             # serialised under the lock: the state and the offsets agree
             commit = self.durable.prepare(self.engine, self.snapshot_seq + 1, applied,
                                           dict(self.stats.invalid), [r for _, r in outbox])
-        await self.durable.write(commit)
+        try:
+            await self.durable.write(commit)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            # the broker refused the state write (one that came back empty answers
+            # UnknownError until the changelog exists again): nothing is lost, the next
+            # commit writes everything again (``Durable.write``); the closed windows wait
+            self.outbox[:0] = outbox
+            log.warning("%s: commit %d not written (%s: %s); retrying with the next",
+                        self.name, commit.seq, type(exc).__name__, exc)
+            return False
         self.snapshot_seq = commit.seq
         self._snapshot_applied = applied
         self._last_snapshot_at = time.monotonic()

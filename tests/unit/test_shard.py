@@ -194,6 +194,47 @@ def test_a_refused_commit_keeps_the_finals_for_the_next_snapshot() -> None:
     assert io.windows() and not shard.outbox
 
 
+class FailingTable(FakeTable):
+    """A state table whose writes the broker refuses while ``failing``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+
+    async def write(self, records: list[tuple[bytes, bytes]]) -> None:
+        if self.failing:
+            from aiokafka.errors import UnknownError
+
+            raise UnknownError("the changelog is gone")
+        await super().write(records)
+
+
+def test_a_refused_state_write_keeps_the_worker_and_the_finals_and_retries() -> None:
+    """A broker back empty answers UnknownError to the changelog writes for a while: the
+    emit timer must not crash the worker, and nothing is lost (issue 20's failure model)."""
+    io, table = FakeIO(), FailingTable()
+    shard = new_shard(io, table)
+    lines = traffic()
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        for b in batches(lines):
+            await shard.handle(b)
+        table.failing = True
+        seq = shard.snapshot_seq
+        assert await shard.snapshot(force=True) is False  # no exception
+        assert shard.outbox and not io.windows() and shard.snapshot_seq == seq
+        table.failing = False
+        assert await shard.snapshot(force=True) is True
+
+    run(go())
+    assert io.windows() and not shard.outbox
+    # what was committed is the whole state: another owner restores it and finds the counts
+    other = new_shard(FakeIO(), table)
+    run(other.activate(table.records("email"), 0.0))
+    assert other.engine.events_total == shard.engine.events_total
+
+
 def test_another_worker_takes_over_from_the_state_table_without_loss_or_double() -> None:
     lines = traffic()
     parts = batches(lines)
