@@ -44,6 +44,9 @@ class AlertEvaluator:
 
     def __init__(self, catalog: Catalog):
         self.kpis = {k.name: k for k in catalog.kpis.values() if k.alert is not None}
+        #: each alert's `for`, parsed once (observe runs for every record of every emit)
+        self.for_ms = {n: parse_duration_ms(k.alert.for_)
+                       for n, k in self.kpis.items() if k.alert is not None}
         self.breaches: dict[tuple[str, str], Breach] = {}
 
     def observe(self, records: list[Record], emitted_at: str,
@@ -82,7 +85,7 @@ class AlertEvaluator:
             if held.state == "pending":
                 if not significant:
                     del self.breaches[key]
-                elif end - held.since >= parse_duration_ms(a.for_):
+                elif end - held.since >= self.for_ms[kpi.name]:
                     held.state = "firing"
                     out.append(_event(kpi, name, rec, "firing", held, emitted_at))
             elif value is not None and _healthy(kpi, value):
