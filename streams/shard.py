@@ -7,9 +7,8 @@ source coordinates, late input to `kpi-late`. Closed windows wait in an outbox f
 snapshot that makes them durable, then go to `kpi-windows`; the emit timer publishes
 open-window values to `kpi-updates`.
 
-Everything outside the engine goes through two small interfaces, ``ShardIO`` (the consumer
-and producer, provided by the Faust adapter, streams/faust_app.py) and ``StateStore`` (the
-state table), so the shard's logic is unit-tested without a broker (tests/unit/test_shard.py).
+Everything outside the engine goes through small interfaces (streams/shard_ports.py), so
+the shard's logic is unit-tested without a broker (tests/unit/test_shard.py).
 """
 
 from __future__ import annotations
@@ -17,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -34,6 +31,7 @@ from streams.dedup_disk import DiskDedup
 from streams.durable import Durable
 from streams.exporter import ShellStats
 from streams.settings import Settings, scratch_dir
+from streams.shard_ports import Outputs, ShardIO, StateStore
 from streams.state import (
     EPOCH,
     Offsets,
@@ -48,78 +46,8 @@ from streams.topics import family_of
 
 log = logging.getLogger("kpi_engine.worker")
 
-TP = tuple[str, int]  # (topic, partition)
-
-
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class ShardIO(Protocol):
-    """The consumer and producer, as a shard uses them."""
-
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
-
-    async def flush(self) -> None: ...
-
-    async def route(self, topic: str, msg: Any, reason: str) -> None:
-        """Copy an input message, with its coordinates, to the DLQ or the late topic."""
-        ...
-
-    async def commit(self, offsets: Offsets) -> bool:
-        """Commit the next offsets to read; False when the group refused (replaced)."""
-        ...
-
-    async def seek(self, tp: TP, offset: int) -> None: ...
-
-    def assignment(self) -> set[TP]: ...
-
-    def highwater(self, tp: TP) -> int | None: ...
-
-    async def position(self, tp: TP) -> int | None:
-        """The consumer's next offset to fetch; None when it has none yet."""
-        ...
-
-    async def log_start(self, tp: TP) -> int:
-        """The partition's earliest offset still in the log."""
-        ...
-
-    def membership_lost(self) -> bool:
-        """The group no longer knows this worker (its session expired, or the broker came
-        back without the group): its partitions are lost, not handed over."""
-        ...
-
-
-class StateStore(Protocol):
-    """The group's state table (streams/faust_app.py: StateTable)."""
-
-    async def write(self, records: list[tuple[bytes, bytes]]) -> None: ...
-
-    async def delete(self, keys: list[bytes]) -> None: ...
-
-    def records(self, shard: str) -> list[tuple[bytes, bytes]]: ...
-
-    def forget(self, shard: str) -> None:
-        """Drop the shard's records held in memory, not in the changelog: the next
-        recovery reads them back from the changelog alone."""
-        ...
-
-
-class History(Protocol):
-    def add(self, records: list[dict[str, Any]]) -> None: ...
-
-
-@dataclass
-class Outputs:
-    """Where a shard's records go, and what watches them."""
-
-    topic_windows: str
-    topic_updates: str
-    topic_dlq: str
-    topic_late: str
-    history: History
-    emit_latency: Callable[[float], None]
-    topic_alerts: str = "kpi-alerts"
 
 
 class Shard:

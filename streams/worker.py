@@ -24,7 +24,8 @@ from streams.exporter import Exposition, ShellStats, make_registry
 from streams.health import BrokerWatch
 from streams.kafka_client import client_kwargs
 from streams.settings import Settings, local_state_dir
-from streams.shard import Outputs, Shard, ShardIO, StateStore
+from streams.shard import Shard
+from streams.shard_ports import Outputs, ShardIO, StateStore
 from streams.topics import input_topics, shard_topics, topic_sizes
 
 log = logging.getLogger("kpi_engine.worker")

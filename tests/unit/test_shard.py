@@ -13,7 +13,8 @@ import orjson
 
 from kpi_engine.generator import Generator, GeneratorConfig
 from streams.settings import Settings
-from streams.shard import Outputs, Shard
+from streams.shard import Shard
+from streams.shard_ports import Outputs
 from streams.state import Offsets
 from tests.helpers import DEFAULT_CATALOG, final_values, replay
 

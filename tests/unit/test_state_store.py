@@ -21,7 +21,8 @@ import yaml
 
 from metrics.catalog import Catalog, build_catalog
 from metrics.errors import StateError
-from streams.shard import Outputs, Shard
+from streams.shard import Shard
+from streams.shard_ports import Outputs
 from streams.state import decode_segment, segment_of
 from tests.helpers import final_values
 from tests.tools import ROOT

@@ -1,0 +1,81 @@
+"""What a shard talks to outside its engine: the consumer and producer (``ShardIO``), the
+state table (``StateStore``) and where its records go (``Outputs``). The Faust adapter
+(streams/faust_app.py) provides them in a worker; unit tests provide in-memory ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from streams.state import Offsets
+
+TP = tuple[str, int]  # (topic, partition)
+
+
+class ShardIO(Protocol):
+    """The consumer and producer, as a shard uses them."""
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def route(self, topic: str, msg: Any, reason: str) -> None:
+        """Copy an input message, with its coordinates, to the DLQ or the late topic."""
+        ...
+
+    async def commit(self, offsets: Offsets) -> bool:
+        """Commit the next offsets to read; False when the group refused (replaced)."""
+        ...
+
+    async def seek(self, tp: TP, offset: int) -> None: ...
+
+    def assignment(self) -> set[TP]: ...
+
+    def highwater(self, tp: TP) -> int | None: ...
+
+    async def position(self, tp: TP) -> int | None:
+        """The consumer's next offset to fetch; None when it has none yet."""
+        ...
+
+    async def log_start(self, tp: TP) -> int:
+        """The partition's earliest offset still in the log."""
+        ...
+
+    def membership_lost(self) -> bool:
+        """The group no longer knows this worker (its session expired, or the broker came
+        back without the group): its partitions are lost, not handed over."""
+        ...
+
+
+class StateStore(Protocol):
+    """The group's state table (streams/faust_app.py: StateTable)."""
+
+    async def write(self, records: list[tuple[bytes, bytes]]) -> None: ...
+
+    async def delete(self, keys: list[bytes]) -> None: ...
+
+    def records(self, shard: str) -> list[tuple[bytes, bytes]]: ...
+
+    def forget(self, shard: str) -> None:
+        """Drop the shard's records held in memory, not in the changelog: the next
+        recovery reads them back from the changelog alone."""
+        ...
+
+
+class History(Protocol):
+    def add(self, records: list[dict[str, Any]]) -> None: ...
+
+
+@dataclass
+class Outputs:
+    """Where a shard's records go, and what watches them."""
+
+    topic_windows: str
+    topic_updates: str
+    topic_dlq: str
+    topic_late: str
+    history: History
+    emit_latency: Callable[[float], None]
+    topic_alerts: str = "kpi-alerts"
