@@ -157,9 +157,13 @@ def judge_held(held: list[tuple[Event, Any, int | None]], reach_ms: int
     """The events held before a family started, (event, ref, arrival), split as replay
     would: taken in the order they reached the broker (else as they came), each is late
     when it is older than the furthest event time before it by more than ``reach_ms`` (the
-    longest window + grace). Same-millisecond arrivals go newest event time first.
-    Returns the counted events and the late ones with their refs."""
-    held = sorted(held, key=lambda h: (0, 0) if h[2] is None else (h[2], -h[0].ts_ms))
+    longest window + grace). The order of same-millisecond arrivals is unknown (a producer
+    sends thousands in one): they go oldest event time first, so an event is late only
+    behind one that provably reached the broker before it. (Newest first, a partition's
+    last event a day ahead, read while the family is held, made its same-millisecond
+    neighbours on other partitions late.) Returns the counted events and the late ones
+    with their refs."""
+    held = sorted(held, key=lambda h: (0, 0) if h[2] is None else (h[2], h[0].ts_ms))
     furthest = NEVER
     counted: list[Event] = []
     late: list[tuple[Event, Any]] = []

@@ -308,3 +308,24 @@ def test_a_won_deal_resent_ten_days_on_counts_once_whatever_the_partition_order(
         status = e.ingest(resent, order[1])
         results.append((status, e.duplicates_total, e.events_total["deal.stage_changed"]))
     assert results[0] == results[1] == ("duplicate", 1, 21)
+
+
+def test_same_millisecond_arrivals_are_not_late_behind_each_other() -> None:
+    """A producer sends thousands of records in one millisecond. While the family is held,
+    one partition is read to its end, a sentinel a day ahead, and its same-millisecond
+    neighbours on the silent partitions come after it: order unknown, so none is late
+    behind it (each was counted by replay, which read them above the sentinel)."""
+    day = 86_400_000
+    for order in itertools.permutations(range(3)):
+        e = engine()
+        for p in range(3):
+            e.assign_source("email", p)
+        ahead = (sent(T0 + day + 5 * MIN, eid="ahead"), 0, 7)
+        normal = [(sent(T0 + p * MIN, eid=f"n{p}"), p, 7) for p in range(1, 3)]
+        by_source = {0: [(sent(T0, eid="n0"), 0, 6), ahead], 1: [normal[0]], 2: [normal[1]]}
+        for p in order:
+            for ev, src, arrival in by_source[p]:
+                e.ingest(ev, source=src, arrival=arrival)
+        e.advance()
+        assert e.late_total["email"] == 0, order
+        assert e.events_total == {"email.sent": 4}, order
