@@ -166,8 +166,11 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
              worker: WorkerProc | Group | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        try:
+            if predicate():
+                return
+        except TimeoutError:  # a worker busy with a large batch answers late: ask again
+            pass
         time.sleep(0.25)
     detail = "" if worker is None else "\n" + worker.detail()
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
