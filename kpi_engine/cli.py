@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import click
 import orjson
 
 from metrics.catalog import load_catalog
@@ -21,54 +21,60 @@ KAFKA_FLAGS = ("broker", "topic_prefix", "security_protocol", "sasl_mechanism",
                "sasl_username", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
                "ssl_check_hostname", "replication_factor", "min_insync_replicas")
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def _broker_flags(p: argparse.ArgumentParser, *, required: bool = False,
-                  broker: bool = True) -> None:
+
+def kafka_options(*, broker: bool = True) -> Callable[[F], F]:
+    """The Kafka connection flags of the commands that talk to a cluster."""
+    opts = [
+        click.option("--topic-prefix", help="prefix of every topic name (KPI_TOPIC_PREFIX, "
+                     "default none)"),
+        click.option("--security-protocol",
+                     type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+                     help="(KPI_SECURITY_PROTOCOL, default PLAINTEXT)"),
+        click.option("--sasl-mechanism",
+                     type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+                     help="(KPI_SASL_MECHANISM, default PLAIN); the password is read from "
+                          "KPI_SASL_PASSWORD only"),
+        click.option("--sasl-username", help="(KPI_SASL_USERNAME)"),
+        click.option("--ssl-cafile", help="CA bundle the brokers' certificates are checked "
+                     "against (KPI_SSL_CAFILE, default: the system's)"),
+        click.option("--ssl-certfile", help="client certificate for mutual TLS "
+                     "(KPI_SSL_CERTFILE)"),
+        click.option("--ssl-keyfile", help="its private key (KPI_SSL_KEYFILE; a passphrase "
+                     "from KPI_SSL_KEY_PASSWORD)"),
+        click.option("--no-ssl-check-hostname", "ssl_check_hostname", flag_value=False,
+                     default=None, help="do not check the broker's hostname against its "
+                     "certificate (KPI_SSL_CHECK_HOSTNAME=false)"),
+        click.option("--replication-factor", type=int,
+                     help="copies of each topic the engine creates (KPI_REPLICATION_FACTOR, "
+                          "default 1; 3 on a production cluster)"),
+        click.option("--min-insync-replicas", type=int,
+                     help="min.insync.replicas of the topics it creates "
+                          "(KPI_MIN_INSYNC_REPLICAS, default: the broker's)"),
+    ]
     if broker:
-        p.add_argument("--broker", required=required,
-                       help="Kafka bootstrap URL, e.g. kafka://localhost:9092 (KPI_BROKER)")
-    p.add_argument("--topic-prefix", dest="topic_prefix",
-                   help="prefix of every topic name (KPI_TOPIC_PREFIX, default none)")
-    g = p.add_argument_group("Kafka security and topic durability")
-    g.add_argument("--security-protocol", dest="security_protocol",
-                   choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
-                   help="(KPI_SECURITY_PROTOCOL, default PLAINTEXT)")
-    g.add_argument("--sasl-mechanism", dest="sasl_mechanism",
-                   choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
-                   help="(KPI_SASL_MECHANISM, default PLAIN); the password is read from "
-                        "KPI_SASL_PASSWORD only")
-    g.add_argument("--sasl-username", dest="sasl_username", help="(KPI_SASL_USERNAME)")
-    g.add_argument("--ssl-cafile", dest="ssl_cafile",
-                   help="CA bundle the brokers' certificates are checked against "
-                        "(KPI_SSL_CAFILE, default: the system's)")
-    g.add_argument("--ssl-certfile", dest="ssl_certfile",
-                   help="client certificate for mutual TLS (KPI_SSL_CERTFILE)")
-    g.add_argument("--ssl-keyfile", dest="ssl_keyfile",
-                   help="its private key (KPI_SSL_KEYFILE; a passphrase from "
-                        "KPI_SSL_KEY_PASSWORD)")
-    g.add_argument("--no-ssl-check-hostname", dest="ssl_check_hostname",
-                   action="store_const", const=False,
-                   help="do not check the broker's hostname against its certificate "
-                        "(KPI_SSL_CHECK_HOSTNAME=false)")
-    g.add_argument("--replication-factor", dest="replication_factor", type=int,
-                   help="copies of each topic the engine creates (KPI_REPLICATION_FACTOR, "
-                        "default 1; 3 on a production cluster)")
-    g.add_argument("--min-insync-replicas", dest="min_insync_replicas", type=int,
-                   help="min.insync.replicas of the topics it creates "
-                        "(KPI_MIN_INSYNC_REPLICAS, default: the broker's)")
+        opts.insert(0, click.option(
+            "--broker", help="Kafka bootstrap URL, e.g. kafka://localhost:9092 (KPI_BROKER)"))
+    return _apply(opts)
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+def _apply(opts: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def decorate(f: F) -> F:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return decorate
+
+
+def _positive(_ctx: click.Context, _param: click.Parameter, value: float | None) -> Any:
+    if value is not None and not value > 0:
+        raise click.BadParameter(f"must be more than 0, got {value:g}")
     return value
 
 
 CATALOG_HELP = "KPI catalog file (KPI_CATALOG, default: the shipped metrics/catalog.yaml)"
+catalog_option = click.option("--catalog", help=CATALOG_HELP)
 
 
 def _version() -> str:
@@ -80,110 +86,209 @@ def _version() -> str:
         return "unknown"
 
 
-def _web_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--web-host", dest="web_host", help="HTTP bind address (KPI_WEB_HOST)")
-    p.add_argument("--web-port", dest="web_port", type=int, help="HTTP port (KPI_WEB_PORT)")
+web_options = _apply([
+    click.option("--web-host", help="HTTP bind address (KPI_WEB_HOST, default 127.0.0.1)"),
+    click.option("--web-port", type=int, help="HTTP port (KPI_WEB_PORT, default 6066)"),
+])
+
+generator_options = _apply([
+    click.option("--rate", type=float, default=200.0, show_default=True, callback=_positive,
+                 help="events per second"),
+    click.option("--seed", type=int, default=1, show_default=True,
+                 help="random seed: the same seed and start give the same traffic"),
+    click.option("--incident", type=click.Choice(["open-rate-drop", "bounce-spike"]),
+                 help="inject an incident that the default alerts catch"),
+    click.option("--incident-at", type=float, default=0.0, show_default=True,
+                 help="seconds after start when the incident begins"),
+    click.option("--incident-for", type=float,
+                 help="incident length in seconds (default: until the end)"),
+    click.option("--history-days", type=int, default=30, show_default=True,
+                 help="days of CRM and spend history emitted first"),
+])
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _gen_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rate", type=_positive, default=200.0,
-                   help="events per second (default 200)")
-    p.add_argument("--seed", type=int, default=1,
-                   help="random seed: the same seed and start give the same traffic "
-                        "(default 1)")
-    p.add_argument("--incident", choices=["open-rate-drop", "bounce-spike"],
-                   help="inject an incident that the default alerts catch")
-    p.add_argument("--incident-at", dest="incident_at", type=float, default=0.0,
-                   help="seconds after start when the incident begins (default 0)")
-    p.add_argument("--incident-for", dest="incident_for", type=float,
-                   help="incident length in seconds (default: until the end)")
-    p.add_argument("--history-days", dest="history_days", type=int, default=30,
-                   help="days of CRM and spend history emitted first (default 30)")
+@click.group(context_settings=CONTEXT)
+@click.version_option(_version(), "--version", prog_name="kpi-engine",
+                      message="%(prog)s %(version)s", help="print the version and exit")
+def cli() -> None:
+    """Streaming KPI engine for B2B marketing."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kpi-engine", description="Streaming KPI engine for B2B marketing.")
-    parser.add_argument("--version", action="version", version=f"kpi-engine {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+@cli.command()
+@click.option("--duration", type=float, callback=_positive,
+              help="stop after this many seconds (default: until Ctrl-C)")
+@generator_options
+@web_options
+@catalog_option
+def demo(**o: Any) -> int:
+    """Embedded broker + worker + generator + web, no setup."""
+    from kpi_engine.demo import run_demo
+    from streams.settings import load_settings
 
-    p = sub.add_parser("demo", help="embedded broker + worker + generator + web, no setup")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    _gen_flags(p)
-    _web_flags(p)
-    p.add_argument("--catalog", help=CATALOG_HELP)
+    settings = load_settings(_pick(o, "web_host", "web_port", "catalog"))
+    return run_demo(settings, _gen_config(o, start_ms=None), duration_s=o["duration"])
 
-    p = sub.add_parser("worker", help="a production worker on a Kafka cluster")
-    _broker_flags(p)
-    _web_flags(p)
-    p.add_argument("--catalog", help=CATALOG_HELP)
-    p.add_argument("--group-id", dest="group_id",
-                   help="consumer group: workers with the same one share the partitions and "
-                        "the state (KPI_GROUP_ID, default kpi-engine)")
-    p.add_argument("--partitions", type=int,
-                   help="partitions when creating topics (KPI_PARTITIONS, default 4)")
-    p.add_argument("--data-dir", dest="data_dir",
-                   help="where local state (event ids, RocksDB) survives restarts "
-                        "(KPI_DATA_DIR, default: a temporary folder, rebuilt from Kafka on "
-                        "restart)")
-    p.add_argument("--log-level", dest="log_level",
-                   choices=["debug", "info", "warning", "error", "critical"],
-                   help="(KPI_LOG_LEVEL, default warning)")
 
-    p = sub.add_parser("generate", help="synthetic B2B traffic to a file or a broker")
-    _gen_flags(p)
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")
-    p.add_argument("--start", help="event time of the live span (ISO-8601 or epoch ms); "
-                   "default 2026-11-01T00:00:00Z for --out, now for --broker")
-    p.add_argument("--invalid", type=float, default=0.0, help="share of invalid messages")
-    p.add_argument("--duplicates", type=float, default=0.0, help="share sent twice")
-    p.add_argument("--late", type=float, default=0.0, help="share of far-late extras")
-    p.add_argument("--disorder", type=float, default=0.0, help="shuffle within N seconds")
-    p.add_argument("--stats", help="write the ground-truth counts as JSON to this file")
-    dest = p.add_mutually_exclusive_group(required=True)
-    dest.add_argument("--out", help="JSONL file ('-' for stdout)")
-    dest.add_argument("--broker", help="Kafka bootstrap URL: send the traffic live, in real "
-                                       "time from --start (default now)")
-    _broker_flags(p, broker=False)
+@cli.command()
+@kafka_options()
+@web_options
+@catalog_option
+@click.option("--group-id", help="consumer group: workers with the same one share the "
+              "partitions and the state (KPI_GROUP_ID, default kpi-engine)")
+@click.option("--partitions", type=int,
+              help="partitions when creating topics (KPI_PARTITIONS, default 4)")
+@click.option("--data-dir", help="where local state (event ids, RocksDB) survives restarts "
+              "(KPI_DATA_DIR, default: a temporary folder, rebuilt from Kafka on restart)")
+@click.option("--log-level",
+              type=click.Choice(["debug", "info", "warning", "error", "critical"]),
+              help="(KPI_LOG_LEVEL, default warning)")
+def worker(**o: Any) -> int:
+    """A production worker on a Kafka cluster."""
+    from streams.faust_app import run_worker
+    from streams.settings import load_settings
 
-    p = sub.add_parser("produce", help="load JSONL events into their topics")
-    p.add_argument("files", nargs="+")
-    _broker_flags(p)
-    p.add_argument("--invalid-topic", dest="invalid_topic", default="email-events",
-                   help="topic for lines whose type can't be read (default email-events)")
+    return run_worker(load_settings(_pick(o, *KAFKA_FLAGS, "web_host", "web_port", "catalog",
+                                          "group_id", "partitions", "data_dir", "log_level")))
 
-    p = sub.add_parser("replay", help="offline: JSONL events in, KPI records out")
-    p.add_argument("files", nargs="*", help="JSONL files, or - for stdin (default)")
-    p.add_argument("--catalog", help=CATALOG_HELP)
 
-    p = sub.add_parser("rules", help="generate the Prometheus alert rules and their tests")
-    p.add_argument("--catalog", help=CATALOG_HELP)
-    p.add_argument("--out", default="prometheus",
-                   help="folder for rules/ and tests/ (default ./prometheus)")
-    p.add_argument("--grafana-url", dest="grafana_url", default=None,
-                   help="base of the dashboard_url annotations (default http://localhost:3000)")
+@cli.command()
+@generator_options
+@click.option("--duration", type=float, default=60.0, show_default=True, callback=_positive,
+              help="seconds of traffic")
+@click.option("--start", help="event time of the live span (ISO-8601 or epoch ms); default "
+              "2026-11-01T00:00:00Z for --out, now for --broker")
+@click.option("--invalid", type=float, default=0.0, help="share of invalid messages")
+@click.option("--duplicates", type=float, default=0.0, help="share sent twice")
+@click.option("--late", type=float, default=0.0, help="share of far-late extras")
+@click.option("--disorder", type=float, default=0.0, help="shuffle within N seconds")
+@click.option("--stats", help="write the ground-truth counts as JSON to this file")
+@click.option("--out", help="JSONL file ('-' for stdout); this or --broker")
+@click.option("--broker", help="Kafka bootstrap URL: send the traffic live, in real time "
+              "from --start (default now); this or --out")
+@kafka_options(broker=False)
+def generate(**o: Any) -> int:
+    """Synthetic B2B traffic to a file or a broker."""
+    from streams.settings import load_settings
 
-    p = sub.add_parser("dashboards", help="generate the Grafana dashboards")
-    p.add_argument("--catalog", help=CATALOG_HELP)
-    p.add_argument("--out", default="grafana/dashboards",
-                   help="folder for the dashboard JSON files (default ./grafana/dashboards)")
+    if (o["out"] is None) == (o["broker"] is None):
+        raise click.UsageError("give one of --out or --broker")
+    return _generate(o, load_settings(_pick(o, *KAFKA_FLAGS)))
 
-    p = sub.add_parser("provisioning", help="write Prometheus, Alertmanager and Grafana "
-                       "configuration, rules and dashboards for a catalog")
-    p.add_argument("--catalog", help=CATALOG_HELP)
-    p.add_argument("--out", required=True,
-                   help="folder to write prometheus/, alertmanager/ and grafana/ into")
-    p.add_argument("--grafana-url", dest="grafana_url", default=None,
-                   help="base of the dashboard_url annotations (default http://localhost:3000)")
 
-    p = sub.add_parser("catalog", help="catalog tools")
-    csub = p.add_subparsers(dest="catalog_command", required=True)
-    c = csub.add_parser("check", help="validate a catalog file")
-    c.add_argument("file")
-    c = csub.add_parser("codegen", help="write the code generated for a catalog, for debugging")
-    c.add_argument("--catalog", help="catalog file (default: the shipped one)")
-    c.add_argument("--out", required=True, help="folder for one .py file per function")
-    return parser
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@kafka_options()
+@click.option("--invalid-topic", default="email-events", show_default=True,
+              help="topic for lines whose type can't be read")
+def produce(**o: Any) -> int:
+    """Load JSONL events into their topics."""
+    from streams.produce import produce_files
+    from streams.settings import load_settings
+
+    missing = [f for f in o["files"] if not os.path.isfile(f)]
+    if missing:  # before connecting: a typo should not wait for a broker
+        raise KpiEngineError(f"no such file: {', '.join(missing)}")
+    settings = load_settings(_pick(o, *KAFKA_FLAGS))
+    n = produce_files(settings, list(o["files"]), invalid_topic=o["invalid_topic"])
+    print(f"produced {n} messages", file=sys.stderr)
+    return 0
+
+
+@cli.command()
+@click.argument("files", nargs=-1)
+@catalog_option
+def replay(files: tuple[str, ...], catalog: str | None) -> int:
+    """Offline: JSONL events in, KPI records out.
+
+    FILES are JSONL files, or - for stdin (the default)."""
+    from kpi_engine.replay import run_replay
+
+    return run_replay(list(files), load_catalog(catalog), sys.stdout.buffer, sys.stderr,
+                      exit_when_done=True)
+
+
+GRAFANA_URL_HELP = "base of the dashboard_url annotations (default http://localhost:3000)"
+
+
+@cli.command()
+@catalog_option
+@click.option("--out", default="prometheus", show_default=True,
+              help="folder for rules/ and tests/")
+@click.option("--grafana-url", help=GRAFANA_URL_HELP)
+def rules(catalog: str | None, out: str, grafana_url: str | None) -> int:
+    """Generate the Prometheus alert rules and their tests."""
+    from kpi_engine import alerting
+
+    files = alerting.generated_files(load_catalog(catalog),
+                                     grafana_url or alerting.DEFAULT_GRAFANA_URL)
+    return _write(files, out)
+
+
+@cli.command()
+@catalog_option
+@click.option("--out", default="grafana/dashboards", show_default=True,
+              help="folder for the dashboard JSON files")
+def dashboards(catalog: str | None, out: str) -> int:
+    """Generate the Grafana dashboards."""
+    from kpi_engine import dashboards as boards
+
+    return _write(boards.generated_files(load_catalog(catalog)), out)
+
+
+@cli.command()
+@catalog_option
+@click.option("--out", required=True,
+              help="folder to write prometheus/, alertmanager/ and grafana/ into")
+@click.option("--grafana-url", help=GRAFANA_URL_HELP)
+def provisioning(catalog: str | None, out: str, grafana_url: str | None) -> int:
+    """Write the Prometheus, Alertmanager and Grafana provisioning.
+
+    Their configuration, with the catalog's alert rules, dashboards and runbook."""
+    from pathlib import Path
+
+    from kpi_engine import provisioning as prov
+
+    written = prov.write(load_catalog(catalog), Path(out), grafana_url)
+    print(f"wrote {len(written)} files under {out}", file=sys.stderr)
+    return 0
+
+
+@cli.group("catalog")
+def catalog_group() -> None:
+    """Catalog tools."""
+
+
+@catalog_group.command()
+@click.argument("file")
+def check(file: str) -> int:
+    """Validate a catalog file: every problem is listed."""
+    catalog = load_catalog(file)
+    print(f"{file}: OK, {len(catalog.kpis)} KPIs, {len(catalog.aggregates)} aggregates")
+    return 0
+
+
+@catalog_group.command()
+@click.option("--catalog", help="catalog file (default: the shipped one)")
+@click.option("--out", required=True, help="folder for one .py file per function")
+def codegen(catalog: str | None, out: str) -> int:
+    """Write the code generated for a catalog, for debugging."""
+    return _dump_codegen(catalog, out)
+
+
+def _pick(options: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {n: options.get(n) for n in names}
+
+
+def _write(files: Any, out: str) -> int:
+    from pathlib import Path
+
+    from kpi_engine import alerting
+
+    for path in alerting.write_files(files, Path(out)):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def _parse_start(text: str | None) -> int | None:
@@ -208,17 +313,28 @@ EXIT_USAGE, EXIT_BROKER, EXIT_INTERRUPTED = 2, 3, 130
 def main(argv: Sequence[str] | None = None) -> int:
     from streams.errors import BrokerError
 
-    args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="kpi-engine",
+                      standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare command: its help
+        print(exc.format_message(), file=sys.stderr)
+        return EXIT_USAGE
+    except click.BadParameter as exc:
+        where = exc.param.opts[0] if exc.param is not None and exc.param.opts else ""
+        print(f"kpi-engine: {where + ': ' if where else ''}{exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except click.ClickException as exc:  # usage: an unknown flag, a missing argument
+        print(f"kpi-engine: {exc.format_message()} (see --help)", file=sys.stderr)
+        return EXIT_USAGE
     except BrokerError as exc:
         print(f"kpi-engine: {exc}", file=sys.stderr)
         return EXIT_BROKER
     except KpiEngineError as exc:
         print(f"kpi-engine: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except (click.Abort, KeyboardInterrupt):
         return EXIT_INTERRUPTED
+    return rv if isinstance(rv, int) else 0
 
 
 def _dump_codegen(catalog_path: str | None, out: str) -> int:
@@ -242,104 +358,32 @@ def _dump_codegen(catalog_path: str | None, out: str) -> int:
     return 0
 
 
-def _flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
-    return {n: getattr(args, n, None) for n in names}
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    from streams.settings import load_settings
-
-    if args.command == "replay":
-        from kpi_engine.replay import run_replay
-
-        catalog = load_catalog(args.catalog)
-        return run_replay(args.files, catalog, sys.stdout.buffer, sys.stderr,
-                          exit_when_done=True)
-    if args.command == "catalog" and args.catalog_command == "codegen":
-        return _dump_codegen(args.catalog, args.out)
-    if args.command == "catalog":
-        catalog = load_catalog(args.file)
-        print(f"{args.file}: OK, {len(catalog.kpis)} KPIs, {len(catalog.aggregates)} aggregates")
-        return 0
-    if args.command in ("rules", "dashboards"):
-        return _generate_files(args)
-    if args.command == "provisioning":
-        from pathlib import Path
-
-        from kpi_engine import provisioning
-
-        written = provisioning.write(load_catalog(args.catalog), Path(args.out),
-                                     args.grafana_url)
-        print(f"wrote {len(written)} files under {args.out}", file=sys.stderr)
-        return 0
-    if args.command == "generate":
-        return _generate(args, load_settings(_flags(args, *KAFKA_FLAGS)))
-    if args.command == "produce":
-        from streams.produce import produce_files
-
-        missing = [f for f in args.files if not os.path.isfile(f)]
-        if missing:  # before connecting: a typo should not wait for a broker
-            raise KpiEngineError(f"no such file: {', '.join(missing)}")
-        settings = load_settings(_flags(args, *KAFKA_FLAGS))
-        n = produce_files(settings, args.files, invalid_topic=args.invalid_topic)
-        print(f"produced {n} messages", file=sys.stderr)
-        return 0
-    if args.command == "worker":
-        from streams.faust_app import run_worker
-
-        settings = load_settings(_flags(args, *KAFKA_FLAGS, "web_host", "web_port", "catalog",
-                                        "group_id", "partitions", "data_dir", "log_level"))
-        return run_worker(settings)
-    if args.command == "demo":
-        from kpi_engine.demo import run_demo
-
-        settings = load_settings(_flags(args, "web_host", "web_port", "catalog"))
-        return run_demo(settings, _gen_config(args, start_ms=None), duration_s=args.duration)
-    raise AssertionError(args.command)
-
-
-def _generate_files(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from kpi_engine import alerting, dashboards
-
-    catalog = load_catalog(args.catalog)
-    if args.command == "rules":
-        files = alerting.generated_files(catalog, args.grafana_url or
-                                         alerting.DEFAULT_GRAFANA_URL)
-    else:
-        files = dashboards.generated_files(catalog)
-    for path in alerting.write_files(files, Path(args.out)):
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
-
-
-def _gen_config(args: argparse.Namespace, start_ms: int | None) -> Any:
+def _gen_config(o: dict[str, Any], start_ms: int | None) -> Any:
     from kpi_engine.generator import GeneratorConfig
 
     cfg = GeneratorConfig(
-        rate=args.rate, duration_s=getattr(args, "duration", None) or 10 * 365 * 86_400.0,
-        seed=args.seed, incident=args.incident, incident_at_s=args.incident_at,
-        incident_for_s=args.incident_for, history_days=args.history_days,
-        invalid=getattr(args, "invalid", 0.0), duplicates=getattr(args, "duplicates", 0.0),
-        late=getattr(args, "late", 0.0), disorder_s=getattr(args, "disorder", 0.0))
+        rate=o["rate"], duration_s=o.get("duration") or 10 * 365 * 86_400.0,
+        seed=o["seed"], incident=o["incident"], incident_at_s=o["incident_at"],
+        incident_for_s=o["incident_for"], history_days=o["history_days"],
+        invalid=o.get("invalid", 0.0), duplicates=o.get("duplicates", 0.0),
+        late=o.get("late", 0.0), disorder_s=o.get("disorder", 0.0))
     if start_ms is not None:
         cfg.start_ms = start_ms
     return cfg
 
 
-def _generate(args: argparse.Namespace, settings: Any) -> int:
+def _generate(o: dict[str, Any], settings: Any) -> int:
     from kpi_engine.generator import Generator
     from streams.progress import Progress
 
-    start = _parse_start(args.start)
-    if args.out not in (None, "-"):
-        folder = os.path.dirname(os.path.abspath(args.out))
+    start = _parse_start(o["start"])
+    if o["out"] not in (None, "-"):
+        folder = os.path.dirname(os.path.abspath(o["out"]))
         if not os.path.isdir(folder):
-            raise KpiEngineError(f"--out {args.out}: no such folder {folder}")
-    if args.out is not None:
-        gen = Generator(_gen_config(args, start))
-        out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
+            raise KpiEngineError(f"--out {o['out']}: no such folder {folder}")
+    if o["out"] is not None:
+        gen = Generator(_gen_config(o, start))
+        out = sys.stdout.buffer if o["out"] == "-" else open(o["out"], "wb")  # noqa: SIM115
         progress = Progress("generate", "messages")
         try:
             for _, (_topic, raw) in progress.wrap(gen.messages()):
@@ -354,11 +398,11 @@ def _generate(args: argparse.Namespace, settings: Any) -> int:
         realtime = start is None
         if realtime:  # live traffic: event time is now
             start = time.time_ns() // 1_000_000
-        gen = Generator(_gen_config(args, start))
+        gen = Generator(_gen_config(o, start))
         produce_live(settings, gen.messages(), realtime=realtime)
     stats = orjson.dumps(gen.stats.as_dict(), option=orjson.OPT_INDENT_2)
-    if args.stats:
-        with open(args.stats, "wb") as fh:
+    if o["stats"]:
+        with open(o["stats"], "wb") as fh:
             fh.write(stats)
     total = gen.stats.as_dict()["total_valid"]
     print(f"generated {total} valid events, {sum(gen.stats.invalid.values())} invalid, "

@@ -171,22 +171,34 @@ def test_version() -> None:
 
 
 def test_every_flag_has_help() -> None:
-    import argparse
+    import click
 
-    from kpi_engine.cli import build_parser
+    from kpi_engine.cli import cli
 
-    def walk(p: argparse.ArgumentParser) -> list[tuple[str, argparse.Action]]:
-        out = []
-        for a in p._actions:
-            if isinstance(a, argparse._SubParsersAction):
-                for sub in a.choices.values():
-                    out += walk(sub)
-            elif a.option_strings and a.dest not in ("help", "version"):
-                out.append((p.prog, a))
+    def walk(cmd: click.Command, prog: str) -> list[tuple[str, click.Option]]:
+        out = [(prog, p) for p in cmd.params if isinstance(p, click.Option)]
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                out += walk(sub, f"{prog} {name}")
         return out
 
-    bare = [f"{prog} {a.option_strings[0]}" for prog, a in walk(build_parser()) if not a.help]
+    flags = walk(cli, "kpi-engine")
+    assert len(flags) > 60  # every command's options were found
+    bare = [f"{prog} {opt.opts[0]}" for prog, opt in flags if not opt.help]
     assert not bare, bare
+
+
+def test_usage_mistakes_name_the_flag_and_exit_2() -> None:
+    for args, words in ((["generate", "--out", "x", "--broker", "kafka://h:1"],
+                         "give one of --out or --broker"),
+                        (["generate"], "give one of --out or --broker"),
+                        (["worker", "--log-level", "loud"], "--log-level"),
+                        (["demo", "--duration", "0"], "--duration: must be more than 0"),
+                        (["nonsense"], "No such command")):
+        res = run(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert words in res.stderr.decode(), (args, res.stderr)
+        assert b"Traceback" not in res.stderr
 
 
 def test_catalog_check_reports_an_alert_problem_beside_broken_formulas(tmp_path: Path) -> None:
