@@ -67,6 +67,9 @@ P_WON_OF_PROPOSAL: Final = 0.4
 LEADS_PER_DAY: Final = 120
 SURVEYS_PER_DAY: Final = 24
 SPEND_PER_LEAD: Final = 70.0
+#: budget categories (seed 000: content 26 %, analytics 8 % of the marketing budget)
+SPEND_CATEGORY_SHARES: Final = (("content", 0.26), ("analytics", 0.08), ("paid_media", 0.40),
+                                ("events", 0.12), ("tools", 0.08), ("other", 0.06))
 
 #: (reason it must get, how to make it) for injected invalid input
 INVALID_KINDS: Final = (
@@ -115,6 +118,8 @@ class Generator:
             raise ValueError(f"unknown incident {cfg.incident!r} (known: {', '.join(INCIDENTS)})")
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
+        #: its own stream, so the budget categories leave every other draw as it was
+        self._categories = random.Random(cfg.seed + 7919)
         self.stats = Stats()
         self._heap: list[tuple[int, int, dict[str, Any]]] = []
         self._seq = 0
@@ -365,7 +370,8 @@ class Generator:
             n_camps = sum(1 for _, ch in CAMPAIGNS if ch == channel)
             amount = round(per_hour * share / n_camps * rng.uniform(0.8, 1.2), 2)
             self._event("spend.recorded", start + rng.randrange(span), amount=amount,
-                        channel=channel, campaign_id=camp, currency="EUR")
+                        channel=channel, campaign_id=camp, currency="EUR",
+                        category=_pick(self._categories, SPEND_CATEGORY_SHARES))
 
     def _lead(self, ts: int) -> None:
         rng = self.rng

@@ -161,6 +161,9 @@ class TypeSpec(NamedTuple):
 
 _EMAIL_REQ = (("campaign_id", _S128), ("contact_id", _S128))
 
+#: a spend's budget category (seed 000: content 26 %, analytics 8 % of the budget)
+SPEND_CATEGORIES: Final = ("content", "analytics", "paid_media", "events", "tools", "other")
+
 TYPES: Final[dict[str, TypeSpec]] = {
     "email.sent": TypeSpec("email", _EMAIL_REQ),
     "email.delivered": TypeSpec("email", _EMAIL_REQ),
@@ -193,7 +196,8 @@ TYPES: Final[dict[str, TypeSpec]] = {
         (("count", 1),),
     ),
     "spend.recorded": TypeSpec(
-        "spend", (("amount", Number(strictly_positive=True)),), (("currency", _S64),)
+        "spend", (("amount", Number(strictly_positive=True)),),
+        (("currency", _S64), ("category", OneOf(*SPEND_CATEGORIES))),
     ),
 }
 

@@ -159,8 +159,10 @@ def crm_events() -> list[dict[str, Any]]:
         ev("lead.created", T0, lead_id="l2", channel="email", campaign_id="c1"),
         ev("lead.created", T0, lead_id="l3", channel="events", campaign_id="c2"),
         ev("lead.created", T0, lead_id="l4", channel="events", campaign_id="c2"),
-        ev("spend.recorded", T0, amount=500, channel="email", campaign_id="c1"),
-        ev("spend.recorded", T0, amount=1000, channel="events", campaign_id="c2"),
+        ev("spend.recorded", T0, amount=500, channel="email", campaign_id="c1",
+           category="content"),
+        ev("spend.recorded", T0, amount=1000, channel="events", campaign_id="c2",
+           category="events"),
     ]
     # d1 (l1, email) wins 1000 after 10 days; d3 (l3, events) wins 3000 after 20 days
     for deal, lead, won_day, amount in (("d1", "l1", 10, 1000), ("d3", "l3", 20, 3000)):
@@ -213,6 +215,9 @@ def crm_records() -> list[dict[str, Any]]:
     ("funnel_stage_conversion_rate", {"stage": "mql"}, 2, 3, 2 / 3),
     ("funnel_stage_conversion_rate", {"stage": "proposal"}, 2, 2, 1.0),
     ("nps", {}, 2, 4, 50.0),
+    ("spend_category_share", {"category": "content"}, 500, 1500, 1 / 3),
+    ("spend_category_share", {"category": "events"}, 1000, 1500, 2 / 3),
+    ("spend_category_share", {}, 1500, 1500, 1.0),
 ])
 def test_pipeline_and_roi_kpis(crm_records: list[dict[str, Any]], kpi: str,
                                dims: dict[str, str], num: float, den: float,
@@ -330,3 +335,15 @@ def test_a_dimension_value_may_hold_any_character() -> None:
         if cat is not None:
             assert sent[(("campaign_id", "a\x1fb"), ("segment", "cfo"))] == 1
             assert sent[(("campaign_id", "a"), ("segment", "b\x1fcfo"))] == 1
+
+
+def test_spend_without_a_category_counts_under_unknown() -> None:
+    records = replay([ev("spend.recorded", T0, amount=300, channel="email", category="tools"),
+                      ev("spend.recorded", T0 + MIN, amount=100, channel="email")],
+                     now_ms=T0 + 40 * DAY)
+    tools = pick(records, "spend_category_share", "24h", "2026-11-02T00:00:00Z",
+                 category="tools")
+    unknown = pick(records, "spend_category_share", "24h", "2026-11-02T00:00:00Z",
+                   category="unknown")
+    assert (tools["numerator"], tools["denominator"], tools["value"]) == (300, 400, 0.75)
+    assert (unknown["numerator"], unknown["value"]) == (100, 0.25)
