@@ -284,10 +284,26 @@ def _kpis(
                        f"{list(windows)}")
             alert = replace(alert, window=chosen)
         counts = all(_counts(aggregates[a]) for a in kpi.aggregates())
-        interval = "wilson" if kpi.unit == "ratio" and den and counts else ""
+        interval = "wilson" if kpi.unit == "ratio" and den and counts else \
+            "poisson" if kpi.unit == "currency" and _cost_per_count(num, den, aggregates) \
+            else ""
         out[name] = Kpi(name, kpi.description, num, den, kpi.unit, kpi.scale, breakdowns,
                         by_dim, windows, tuple(fams), alert, interval)
     return out
+
+
+def _cost_per_count(num: Formula, den: Formula, aggregates: dict[str, Aggregate]) -> bool:
+    """A cost per counted thing (spend / leads): the denominator one count, the numerator
+    amounts of other families, known exactly. Its interval comes from the count's (Poisson);
+    a mean (won amount / won deals) is not one: its amounts vary with the count."""
+    if len(den) != 1 or len(den[0]) != 1:
+        return False
+    term = den[0][0]
+    counted = aggregates[term.aggregate]
+    if term.total or term.sign != 1 or not _counts(counted):
+        return False
+    return all(aggregates[t.aggregate].family != counted.family and t.sign == 1
+               for factor in num for t in factor)
 
 
 def _counts(agg: Aggregate) -> bool:

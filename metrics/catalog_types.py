@@ -94,7 +94,8 @@ class Kpi:
     families: tuple[str, ...] = ()
     alert: Alert | None = None
     #: the 95 % interval its records carry: "wilson" for a proportion of counts (a ratio
-    #: of event or builtin counts), "" where no interval applies (money, durations)
+    #: of event or builtin counts), "poisson" for a cost per counted thing (spend /
+    #: leads: the count's interval), "" where none applies (means, durations, ROMI)
     interval: str = ""
 
     def formulas(self, breakdown: str) -> tuple[Formula, Formula]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -49,8 +51,8 @@ def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: di
                 ) -> dict[str, Any]:
     """A CONTRACT.md §3 record; ``start`` and ``end`` already in ISO form (iso_boundary).
     Whole numbers are written as ints (exact below 2**53; infinities and NaN stay floats).
-    Runs for every output record: positional arguments, nothing called but for ratios,
-    which carry their 95 % interval (``lower``, ``upper``: ``interval``)."""
+    Runs for every output record: positional arguments, nothing called but for ratios and
+    costs per count, which carry their 95 % interval (``lower``, ``upper``: ``interval``)."""
     rec = {
         "kpi": kpi.name,
         "window": window,
@@ -65,7 +67,7 @@ def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: di
         "revision": revision,
         "emitted_at": emitted_at,
     }
-    if unit == "ratio":
+    if unit == "ratio" or kpi.interval:
         rec["lower"], rec["upper"] = interval(kpi, num, den)
     return rec
 
@@ -75,9 +77,13 @@ Z95: Final = 1.959963984540054  # the normal quantile of a two-sided 95 % interv
 
 def interval(kpi: Kpi, num: float, den: float) -> tuple[float | None, float | None]:
     """The KPI's 95 % confidence interval: Wilson score for a proportion of counts (exact
-    at 0 and 1, never outside [0, 1], sound on small counts), None where the KPI is not a
-    proportion, the denominator is 0 or the counts are not one (more successes than
-    trials: a stateful count corrected later)."""
+    at 0 and 1, never outside [0, 1], sound on small counts); for a cost per counted thing
+    (``poisson``: spend / leads), the known cost over the count's Poisson interval. None
+    where neither applies, the denominator is 0 or the counts are not a proportion (more
+    successes than trials: a stateful count corrected later)."""
+    if kpi.interval == "poisson" and den > 0 and num >= 0:
+        low, high = poisson_interval(den)
+        return num / high * kpi.scale, num / low * kpi.scale
     if kpi.interval != "wilson" or den <= 0 or not 0 <= num <= den:
         return None, None
     z2 = Z95 * Z95
@@ -85,6 +91,48 @@ def interval(kpi: Kpi, num: float, den: float) -> tuple[float | None, float | No
     center = (p + z2 / (2 * den)) / (1 + z2 / den)
     half = Z95 * math.sqrt(p * (1 - p) / den + z2 / (4 * den * den)) / (1 + z2 / den)
     return max(0.0, center - half) * kpi.scale, min(1.0, center + half) * kpi.scale
+
+
+def poisson_interval(count: float) -> tuple[float, float]:
+    """95 % interval of a Poisson mean from one observed count > 0: exact (Garwood) up to
+    100, Byar's approximation beyond (within 0.1 % of exact there)."""
+    n = round(count)
+    if n < 1:
+        return 0.0, _exact_upper(0)
+    if n <= 100:
+        return _exact_interval(n)
+    x, z, x1 = float(n), Z95, n + 1.0
+    return (x * (1 - 1 / (9 * x) - z / (3 * math.sqrt(x))) ** 3,
+            x1 * (1 - 1 / (9 * x1) + z / (3 * math.sqrt(x1))) ** 3)
+
+
+@lru_cache(maxsize=128)
+def _exact_interval(n: int) -> tuple[float, float]:
+    # the means at which seeing n or more (lower), n or fewer (upper) has 2.5 % chance
+    return _solve(lambda m: _poisson_cdf(n - 1, m) - 0.975, 0.0, float(n)), _exact_upper(n)
+
+
+def _exact_upper(n: int) -> float:
+    return _solve(lambda m: _poisson_cdf(n, m) - 0.025, float(n), n + 10 * math.sqrt(n) + 10)
+
+
+def _poisson_cdf(k: int, mean: float) -> float:
+    term = total = math.exp(-mean)
+    for i in range(1, k + 1):
+        term *= mean / i
+        total += term
+    return total
+
+
+def _solve(f: Callable[[float], float], lo: float, hi: float) -> float:
+    """The root of a decreasing ``f`` between ``lo`` and ``hi``, by bisection."""
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if f(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 _EXACT: Final = float(2**53)

@@ -45,7 +45,28 @@ def test_ratio_records_carry_a_wilson_interval() -> None:
     romi = DEFAULT_CATALOG.kpis["romi"]
     r = make_record(romi, "ratio", "30d", "a", "b", {}, 5.0, 2.0, True, 0, "t")
     assert r["lower"] is None and r["upper"] is None
-    cpl = DEFAULT_CATALOG.kpis["cost_per_lead"]
-    assert "lower" not in make_record(cpl, "EUR", "30d", "a", "b", {}, 5.0, 2.0, True, 0, "t")
+    deal = DEFAULT_CATALOG.kpis["avg_deal_size"]  # a mean: its amounts vary with the count
+    assert "lower" not in make_record(deal, "EUR", "30d", "a", "b", {}, 5.0, 2.0, True, 0, "t")
     social = DEFAULT_CATALOG.kpis["social_engagement_rate"]  # a sum of integer counts
     assert interval(social, 30.0, 1000.0)[0] is not None
+
+
+def test_a_cost_per_count_carries_the_counts_exact_poisson_interval() -> None:
+    """Spend is known, leads are counted: CPL's interval is the spend over the 95 % interval
+    of the lead count (exact Garwood values: 10 -> 4.7954..18.3904, 1 -> 0.0253..5.5716)."""
+    from metrics.records import poisson_interval
+
+    assert [round(v, 4) for v in poisson_interval(10)] == [4.7954, 18.3904]
+    assert [round(v, 4) for v in poisson_interval(1)] == [0.0253, 5.5716]
+    assert [round(v, 2) for v in poisson_interval(100)] == [81.36, 121.63]
+    lo, hi = poisson_interval(1000)  # beyond 100: Byar's approximation, continuous
+    assert 938.9 < lo < 939.1 and 1063.9 < hi < 1064.0
+    cpl = DEFAULT_CATALOG.kpis["cost_per_lead"]
+    rec = make_record(cpl, "EUR", "24h", "a", "b", {}, 5000.0, 10.0, True, 0, "t")
+    assert rec["value"] == 500
+    assert round(rec["lower"], 2) == round(5000 / 18.3904, 2)
+    assert round(rec["upper"], 2) == round(5000 / 4.7954, 2)
+    none = make_record(cpl, "EUR", "24h", "a", "b", {}, 5000.0, 0.0, True, 0, "t")
+    assert none["value"] is None and none["lower"] is None and none["upper"] is None
+    assert {k for k, v in DEFAULT_CATALOG.kpis.items() if v.interval == "poisson"} == {
+        "cost_per_lead", "cost_per_acquisition"}
