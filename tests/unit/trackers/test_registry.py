@@ -16,8 +16,14 @@ def test_the_catalog_knows_exactly_the_registered_builtins() -> None:
 
 
 def test_the_engine_runs_the_trackers_its_catalog_uses() -> None:
+    from metrics.trackers.registry import TRACKER_OF
+
     engine = KpiEngine(DEFAULT_CATALOG)
-    assert set(engine.trackers) == {t.name for t in TRACKERS}
+    used = {TRACKER_OF[a.builtin].name for a in DEFAULT_CATALOG.aggregates.values()
+            if a.builtin is not None}
+    assert set(engine.trackers) == used
+    # the default catalog counts email by send cohort: the unique-opener trackers are idle
+    assert used == {t.name for t in TRACKERS} - {"unique_opens", "unique_clicks"}
     email_only = KpiEngine(DEFAULT_CATALOG.restrict(("email",)))
-    assert set(email_only.trackers) == {"unique_opens", "unique_clicks"}
-    assert set(email_only.state_sizes()) >= {"unique_opens", "unique_clicks", "dedup_ids"}
+    assert set(email_only.trackers) == {"send_cohorts"}
+    assert set(email_only.state_sizes()) >= {"send_cohorts", "dedup_ids"}
