@@ -296,6 +296,12 @@ class KpiEngine:
             self._expire(fam, self.watermarks[fam].value)
         return out
 
+    @property
+    def revised(self) -> bool:
+        """Closed windows changed since the last advance() (a late event within grace, a
+        response to an earlier send): advance() republishes them."""
+        return any(fw.dirty for fw in self.windows.values())
+
     def flush(self) -> list[Record]:
         """End of input: close every window that holds data."""
         closed: dict[str, list[tuple[str, int]]] = {}

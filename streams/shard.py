@@ -182,6 +182,8 @@ class Shard:
         async with self._state_lock:
             # DLQ and late copies of the input this snapshot covers are out before it counts
             await self.io.flush()
+            if self.engine.revised:  # a commit carries the revisions of what it covers
+                await self.publish_finals(self.engine.advance(), time.perf_counter())
             applied = dict(self.applied)
             outbox, self.outbox = self.outbox, []
             # serialised under the lock: the state and the offsets agree
