@@ -11,12 +11,11 @@ It composes the parts along an event's path, each a module with a typed state:
     dedup.DedupStore        event ids counted, per shard (in memory, or on disk in a worker)
     clock.Watermark         event time per family (and the events held before it is known)
     windows.FamilyWindows   panes and rolling windows per family
-    trackers/               stateful aggregates (unique openers, sessions, pipeline), facts
-    publish.Publisher       finals, revisions, open values
+    trackers/               stateful aggregates (send cohorts, sessions, pipeline), facts
+    publish.Publisher       finals, revisions, open values (scorecards: campaigns' lifetime)
 
-A *source* is whatever orders events (a topic partition); a family's watermark is the
-minimum over its sources of the highest event time seen, so how partitions interleave never
-makes an event late.
+A *source* is whatever orders events (a topic partition); a family's watermark is the minimum
+over its sources of the highest event time seen: how partitions interleave makes none late.
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ from metrics.plans import (
 )
 from metrics.publish import Publisher
 from metrics.records import iso_ms
+from metrics.scorecards import Scorecards
 from metrics.snapshot import (
     ENGINE_STATE_VERSION,
     Counters,
@@ -117,6 +117,7 @@ class KpiEngine:
             if fam is not None and used & set(cls.builtins):
                 self.trackers[cls.name] = cls(fam.state_ms)
         self._facts = FactRouter(catalog)
+        self.scorecards = Scorecards(catalog, self._kpi_rows)
         #: event ids counted, per shard (Catalog.shards)
         shards = catalog.shards()
         self._shard_of = {f: name for name, fams in shards.items() for f in fams}
@@ -298,8 +299,7 @@ class KpiEngine:
 
     @property
     def revised(self) -> bool:
-        """Closed windows changed since the last advance() (a late event within grace, a
-        response to an earlier send): advance() republishes them."""
+        """Closed windows changed since advance() (a late event, a response to a send)."""
         return any(fw.dirty for fw in self.windows.values())
 
     def flush(self) -> list[Record]:
@@ -353,7 +353,9 @@ class KpiEngine:
         """Current values of the newest open window of every KPI and window (final: false)."""
         for fw in self.windows.values():
             fw.settle(self._expanders)
-        return self.publisher.open_records(self, iso_ms(self._clock()))
+        emitted_at = iso_ms(self._clock())
+        return (self.publisher.open_records(self, emitted_at)
+                + self.scorecards.records(self.trackers, emitted_at))
 
     # ---- durability ----------------------------------------------------------------------
 

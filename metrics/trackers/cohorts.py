@@ -8,6 +8,10 @@ kind of response (a send opened three times is one opened send). A response with
 before it (sent before the horizon, or not seen) counts in no cohort. A send arriving after
 its responses takes them over: the facts are a function of the set of events, whatever their
 order, and the send's closed windows are revised as its responses come.
+
+Per campaign it also keeps a lifetime tally (sent, and the sends answered per kind, since the
+campaign's first send): the campaign scorecard (metrics/scorecards.py). A campaign silent
+for ``SCORECARD_HORIZON_MS`` is forgotten.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, ClassVar, Final
 
 import msgspec
 
-from metrics.constants import UNKNOWN
+from metrics.constants import DAY_MS, UNKNOWN
 from metrics.events import Event
 from metrics.trackers.base import Dims, Fact, Keyed, net_change
 
@@ -32,6 +36,21 @@ _BUILTIN: Final = {"delivered": "cohort_delivered", "opened": "cohort_opened",
                    "unsubscribed": "cohort_unsubscribed"}
 
 
+#: tally slots: sent, then the sends answered per builtin
+SLOTS: Final = ("sent", *_BUILTIN.values())
+_SLOT: Final = {b: i for i, b in enumerate(SLOTS)}
+#: how long a silent campaign's scorecard is kept
+SCORECARD_HORIZON_MS: Final = 365 * DAY_MS
+
+
+class Tally(msgspec.Struct, array_like=True, gc=False):
+    """A campaign's lifetime: its first send (0: none yet), its latest event, and per slot
+    (``SLOTS``) its count."""
+    first: int
+    last: int
+    counts: list[int]
+
+
 class Cohort(msgspec.Struct, array_like=True, gc=False):
     #: (send time, its dims), in time order
     sends: list[tuple[int, Dims]]
@@ -42,6 +61,7 @@ class Cohort(msgspec.Struct, array_like=True, gc=False):
 class CohortsState(msgspec.Struct, gc=False):
     version: int
     cohorts: dict[Key, Cohort]
+    campaigns: dict[str, Tally] = {}
 
 
 class SendCohorts:
@@ -56,13 +76,16 @@ class SendCohorts:
     micro: ClassVar[frozenset[str]] = frozenset()
     settles: ClassVar[bool] = False
     state_type: ClassVar[type[msgspec.Struct]] = CohortsState
-    part_types: ClassVar[dict[str, Any]] = {"cohorts": dict[Key, Cohort]}
+    part_types: ClassVar[dict[str, Any]] = {"cohorts": dict[Key, Cohort],
+                                            "campaigns": dict[str, Tally]}
     VERSION: ClassVar[int] = 1
 
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
         #: (campaign, contact) -> its sends and responses, filed by the latest of them
         self.cohorts: Keyed[Key, Cohort] = Keyed(_latest)
+        #: campaign -> its lifetime tally, filed by its latest event
+        self.campaigns: Keyed[str, Tally] = Keyed(_tally_last)
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -85,7 +108,26 @@ class SendCohorts:
                 insort(c.responses, (ts, "hard"))
         self.cohorts.touch(key)
         after = _facts(c)
-        return net_change(before, after) if after != before else []
+        changes = net_change(before, after) if after != before else []
+        self._tally(d.campaign_id, ts, ev.type == "email.sent", changes)
+        return changes
+
+    def _tally(self, campaign: str, ts: int, sent: bool, changes: list[Fact]) -> None:
+        t = self.campaigns.get(campaign)
+        if t is None:
+            t = Tally(0, ts, [0] * len(SLOTS))
+            self.campaigns.put(campaign, t)
+        t.last = max(t.last, ts)
+        if sent:
+            t.first = ts if not t.first else min(t.first, ts)
+            t.counts[0] += 1
+        for _, builtin, _, delta in changes:
+            t.counts[_SLOT[builtin]] += delta
+        self.campaigns.touch(campaign)
+
+    def scorecards(self) -> dict[str, Tally]:
+        """Campaign -> its lifetime tally (live: read it before the next event)."""
+        return self.campaigns.data
 
     def _prune(self, c: Cohort, latest: int) -> None:
         """Forget what lies beyond the horizon behind the latest event of its key (before
@@ -101,15 +143,17 @@ class SendCohorts:
 
     def expire(self, watermark: int) -> None:
         self.cohorts.sweep(watermark - self.horizon_ms)
+        self.campaigns.sweep(watermark - SCORECARD_HORIZON_MS)
 
     def snapshot(self) -> CohortsState:
-        return CohortsState(self.VERSION, self.cohorts.data)
+        return CohortsState(self.VERSION, self.cohorts.data, self.campaigns.data)
 
     def restore(self, state: CohortsState) -> None:
         self.cohorts.replace(state.cohorts)
+        self.campaigns.replace(state.campaigns)
 
     def tables(self) -> dict[str, Keyed[Any, Any]]:
-        return {"cohorts": self.cohorts}
+        return {"cohorts": self.cohorts, "campaigns": self.campaigns}
 
     def loaded(self) -> None:
         pass
@@ -120,6 +164,10 @@ class SendCohorts:
 
 def _latest(c: Cohort) -> int:
     return max(c.sends[-1][0] if c.sends else 0, c.responses[-1][0] if c.responses else 0)
+
+
+def _tally_last(t: Tally) -> int:
+    return t.last
 
 
 def _facts(c: Cohort) -> list[Fact]:
