@@ -13,6 +13,7 @@ import json
 from typing import Any, Final
 
 from metrics.catalog import Catalog, Kpi, metric_name, parse_duration_ms
+from metrics.scorecards import Scorecards
 
 #: panels query the data source the `datasource` variable names (default: the provisioned
 #: Prometheus, uid ``DEFAULT_DATASOURCE_UID``)
@@ -315,6 +316,41 @@ def _firing_alerts() -> dict[str, Any]:
     }
 
 
+def _scorecards(catalog: Catalog) -> dict[str, Any] | None:
+    """Per campaign, its lifetime email rates (the scorecards, window="lifetime") and sends:
+    one row per campaign, one column per KPI."""
+    kpis = Scorecards(catalog, {}).kpis
+    if not kpis:
+        return None
+    sel = 'window="lifetime", campaign_id=~"$campaign"'
+    first = metric_name(catalog, kpis[0])
+    columns = [("sent", f"max by (campaign_id) ({first}_denominator{{{sel}}})", "short")]
+    columns += [(k.name, f"max by (campaign_id) ({metric_name(catalog, k)}{{{sel}}})",
+                 grafana_unit(catalog, k)) for k in kpis]
+    targets, rename, overrides = [], {}, []
+    for i, (title, expr, unit) in enumerate(columns):
+        ref = chr(ord("A") + i)
+        target = _target(expr, title, ref)
+        target.update(instant=True, format="table")
+        targets.append(target)
+        rename[f"Value #{ref}"] = title
+        overrides.append({"matcher": {"id": "byName", "options": title},
+                          "properties": [{"id": "unit", "value": unit}]})
+    return {
+        "type": "table", "title": "Campaign scorecards (since each campaign's first send)",
+        "datasource": DATASOURCE,
+        "description": "Per campaign, every email rate over its lifetime, each response "
+                       "counted at the send it answers (docs/catalog.md).",
+        "targets": targets,
+        "transformations": [{"id": "merge", "options": {}},
+                            {"id": "organize", "options": {"excludeByName": {"Time": True},
+                                                           "renameByName": rename}}],
+        "fieldConfig": {"defaults": {}, "overrides": overrides},
+        "options": {"showHeader": True, "footer": {"show": False, "reducer": ["count"],
+                                                     "fields": ""}},
+    }
+
+
 def overview(catalog: Catalog) -> dict[str, Any]:
     grid = _Grid()
     panels: list[dict[str, Any]] = []
@@ -345,6 +381,9 @@ def detail(catalog: Catalog, uid: str) -> dict[str, Any]:
         if not kpis:
             continue
         panels.append(grid.row(f"{fam} KPIs"))
+        card = _scorecards(catalog) if fam == "email" else None
+        if card is not None:
+            panels.append(grid.place(card, 24, 6))
         for kpi in kpis:
             dims = dims_of(kpi)
             for dim in ([*dims] if dims else [None]):

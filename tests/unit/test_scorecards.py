@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, parse_event
 from metrics.snapshot import decode_state, encode_state
+from streams.exporter import ShellStats, make_registry
 from tests.helpers import DEFAULT_CATALOG, ms
 from tests.unit.trackers.test_cohorts import HOUR, MIN, T10, blast
 
@@ -144,3 +147,15 @@ def test_scorecards_go_out_on_kpi_updates_and_survive_a_takeover() -> None:
     want, got = cards(arun(once())), cards(arun(taken_over()))
     assert b"email_open_rate|lifetime|campaign_id=spring-webinar" in want
     assert got == want
+
+
+def test_scorecards_are_exported_as_gauges_with_window_lifetime() -> None:
+    engine = run(blast())
+    stats = ShellStats()
+    stats.kpis = engine.open_records()
+    registry, _ = make_registry(DEFAULT_CATALOG, lambda: [(engine, stats)])
+    text = generate_latest(registry).decode()
+    got = {(s.name, s.labels.get("window"), s.labels.get("campaign_id")): s.value
+           for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert got[("kpi_email_open_rate", "lifetime", "blast")] == 0.6
+    assert got[("kpi_email_open_rate_denominator", "lifetime", "blast")] == 100

@@ -225,7 +225,7 @@ def test_a_format_3_state_is_migrated(tmp_path: Path) -> None:
     inside the pickle-free snapshot), after the first half of the traffic, with the catalog
     of that release (tests/fixtures/state_format3_catalog.yaml): continued with that
     catalog, every window equals replay's."""
-    sh, io, _ = _migrate(tmp_path, FIXTURE_CATALOG)
+    _, io, _ = _migrate(tmp_path, FIXTURE_CATALOG)
     want = final_values(replay(traffic(), FIXTURE_CATALOG, now_ms=GEN.end_ms + 60_000))
     got = final_values(io.windows())
     assert got and all(got[k] == want[k] for k in got)
@@ -235,7 +235,7 @@ def test_a_format_3_state_continues_under_the_current_catalog(tmp_path: Path) ->
     """Upgraded to the current catalog, the migrated state keeps what both define (the sends
     counted before the restart); the send cohorts, new since, count from the restart on:
     their numerators can only fall short of a replay of the whole history."""
-    sh, io, fixture = _migrate(tmp_path, EMAIL)
+    _, io, fixture = _migrate(tmp_path, EMAIL)
     want, got = oracle(traffic()), final_values(io.windows())
     rates = [k for k, r in got.items() if r["kpi"] == "email_open_rate"]
     assert rates and all(got[k]["denominator"] == want[k]["denominator"] for k in rates)
