@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, parse_event
 from metrics.snapshot import decode_state, encode_state
+from metrics.trackers.cohorts import SendCohorts
 from streams.exporter import ShellStats, make_registry
 from tests.helpers import DEFAULT_CATALOG, ms
 from tests.unit.trackers.test_cohorts import HOUR, MIN, T10, blast
@@ -83,7 +84,8 @@ def test_a_scorecard_outlives_the_windows_and_ignores_campaigns_never_sent() -> 
     e = run(blast() + strays + later_wave(3) + later_wave(9))
     cards = lifetime(e)
     # the blast's day is 9 days behind, beyond every email window and cohort horizon
-    assert e.trackers["send_cohorts"].cohorts.get(("blast", "p1")) is None
+    cohorts = e.trackers["send_cohorts"]
+    assert isinstance(cohorts, SendCohorts) and cohorts.cohorts.get(("blast", "p1")) is None
     assert cards[("email_open_rate", "blast")]["numerator"] == 60 + 4 + 4
     assert cards[("email_open_rate", "blast")]["denominator"] == 120
     assert cards[("email_bounce_rate", "blast")]["numerator"] == 5 + 1 + 1
