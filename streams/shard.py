@@ -108,6 +108,7 @@ class Shard:
         self.applied = dict(snap.applied) if snap else {}
         self._snapshot_applied = dict(self.applied)
         self.stats.invalid = dict(snap.invalid) if snap else {}
+        self.alerts.restore(snap.alerts if snap else [])
         # this worker's tenure of the shard: snapshots numbered in a fresh epoch, the
         # previous owner's keys deleted once the first is durable (streams/state.py)
         self.snapshot_seq = epoch * EPOCH
@@ -188,7 +189,8 @@ class Shard:
             outbox, self.outbox = self.outbox, []
             # serialised under the lock: the state and the offsets agree
             commit = self.durable.prepare(self.engine, self.snapshot_seq + 1, applied,
-                                          dict(self.stats.invalid), [r for _, r in outbox])
+                                          dict(self.stats.invalid), [r for _, r in outbox],
+                                          self.alerts.snapshot())
         try:
             await self.durable.write(commit)
         except (KafkaError, OSError, TimeoutError) as exc:
