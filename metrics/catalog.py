@@ -170,7 +170,7 @@ def _aggregates(
         if not isinstance(raw, dict):
             c.fail(where, "must be a mapping like {event: email.sent}")
             continue
-        unknown = set(raw) - {"event", "builtin", "sum", "has", "where"}
+        unknown = set(raw) - {"event", "builtin", "sum", "sum_squares", "has", "where"}
         if unknown:
             c.fail(where, f"unknown keys {sorted(unknown)}")
         if "builtin" in raw:
@@ -186,7 +186,9 @@ def _aggregates(
             c.fail(where, f"unknown event type {etype!r}")
             continue
         fields = _event_fields(etype)
-        for key in ("sum", "has"):
+        if "sum" in raw and "sum_squares" in raw:
+            c.fail(where, "give one of sum or sum_squares")
+        for key in ("sum", "has", "sum_squares"):
             if key in raw and raw[key] not in fields:
                 c.fail(where, f"{key}: {raw[key]!r} is not a field of {etype}")
         where_raw = raw.get("where") or {}
@@ -203,8 +205,9 @@ def _aggregates(
             name,
             TYPES[etype].family,
             event=etype,
-            sum_field=raw.get("sum"),
+            sum_field=raw.get("sum", raw.get("sum_squares")),
             has_field=raw.get("has"),
+            square="sum_squares" in raw,
             where=tuple(filters),
             supported_dims=fields - {"event_id", "url", "visitor_id", "duration_s", "amount"},
         )
@@ -227,7 +230,8 @@ def _kpis(
         if not NAME_RE.match(str(name)) or not isinstance(raw, dict):
             c.fail(where, "must be a lower_snake_case name mapping to a KPI definition")
             continue
-        known = {"description", "numerator", "denominator", "unit", "scale", "dims", "by_dim"}
+        known = {"description", "numerator", "denominator", "unit", "scale", "dims", "by_dim",
+                 "spread"}
         unknown = set(raw) - known - {"alert", "windows"}
         if unknown:
             c.fail(where, f"unknown keys {sorted(unknown)}")
@@ -287,9 +291,29 @@ def _kpis(
         interval = "wilson" if kpi.unit == "ratio" and den and counts else \
             "poisson" if kpi.unit == "currency" and _cost_per_count(num, den, aggregates) \
             else ""
+        spread = str(raw.get("spread") or "")
+        if spread:
+            if by_dim or not _is_mean(num, den, spread, aggregates):
+                c.fail(f"{where}.spread", f"{spread!r}: a spread needs a mean (one sum over "
+                       "one count, no by_dim) and an aggregate of the same family summing "
+                       "the squares of what it averages")
+                continue
+            interval = "normal"
         out[name] = Kpi(name, kpi.description, num, den, kpi.unit, kpi.scale, breakdowns,
-                        by_dim, windows, tuple(fams), alert, interval)
+                        by_dim, windows, tuple(fams), alert, interval, spread)
     return out
+
+
+def _is_mean(num: Formula, den: Formula, spread: str, aggregates: dict[str, Aggregate]) -> bool:
+    """One summed term over one counted term, and ``spread`` an aggregate of their family
+    (a sum of squares, event or builtin)."""
+    single = [f for f in (num, den) if len(f) == 1 and len(f[0]) == 1]
+    if len(single) != 2 or spread not in aggregates:
+        return False
+    n, d = num[0][0], den[0][0]
+    fams = {aggregates[n.aggregate].family, aggregates[d.aggregate].family,
+            aggregates[spread].family}
+    return len(fams) == 1 and not n.total and not d.total and n.sign == d.sign == 1
 
 
 def _cost_per_count(num: Formula, den: Formula, aggregates: dict[str, Aggregate]) -> bool:

@@ -55,6 +55,8 @@ class Aggregate:
     has_field: str | None = None
     where: tuple[tuple[str, frozenset[Any]], ...] = ()
     supported_dims: frozenset[str] = frozenset()
+    #: sums the square of ``sum_field`` (a mean's spread: its interval)
+    square: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,11 @@ class Kpi:
     alert: Alert | None = None
     #: the 95 % interval its records carry: "wilson" for a proportion of counts (a ratio
     #: of event or builtin counts), "poisson" for a cost per counted thing (spend /
-    #: leads: the count's interval), "" where none applies (means, durations, ROMI)
+    #: leads: the count's interval), "normal" for a mean with a ``spread``, "" where none
+    #: applies (ROMI, shares of money)
     interval: str = ""
+    #: for a mean (sum / count): the aggregate summing the squares of what it averages
+    spread: str = ""
 
     def formulas(self, breakdown: str) -> tuple[Formula, Formula]:
         return self.by_dim.get(breakdown, (self.numerator, self.denominator))
@@ -105,6 +110,8 @@ class Kpi:
         names: set[str] = set()
         for num, den in [(self.numerator, self.denominator), *self.by_dim.values()]:
             names.update(t.aggregate for f in num + den for t in f)
+        if self.spread:
+            names.add(self.spread)
         return names
 
 

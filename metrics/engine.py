@@ -33,7 +33,7 @@ from metrics.dedup import DedupStore, MemoryDedup
 from metrics.errors import StateError
 from metrics.events import TYPES, Event, event_fields
 from metrics.facts import FactRouter
-from metrics.formulas import compile_kpi, compute_kpi, micro_aggregates, plan_kpi
+from metrics.formulas import row_functions
 from metrics.plans import (
     Expand,
     Update,
@@ -103,11 +103,7 @@ class KpiEngine:
             else:
                 self._updates[t] = partial(apply_update, aggs, bds)
                 self._expanders[t] = partial(apply_expand, aggs, bds)
-        micro = micro_aggregates(catalog)
-        self._kpi_rows = {k.name: (compile_kpi(plan_kpi(catalog, k, micro), k.name)
-                                   if config.generated else
-                                   partial(compute_kpi, plan_kpi(catalog, k, micro)))
-                          for k in catalog.kpis.values()}
+        self._kpi_rows = row_functions(catalog, config.generated)
         # a tracker runs when the catalog uses one of its builtins (a shard's catalog,
         # Catalog.restrict, lacks the other families' aggregates)
         used = {a.builtin for a in catalog.aggregates.values() if a.builtin is not None}
