@@ -15,6 +15,7 @@ from metrics.catalog_types import (
     NAME_RE,
     Aggregate,
     Alert,
+    Anomaly,
     Catalog,
     FamilyConfig,
     Formula,
@@ -232,7 +233,7 @@ def _kpis(
             continue
         known = {"description", "numerator", "denominator", "unit", "scale", "dims", "by_dim",
                  "spread"}
-        unknown = set(raw) - known - {"alert", "windows"}
+        unknown = set(raw) - known - {"alert", "windows", "anomaly"}
         if unknown:
             c.fail(where, f"unknown keys {sorted(unknown)}")
         n_problems = len(c.problems)
@@ -299,8 +300,9 @@ def _kpis(
                        "the squares of what it averages")
                 continue
             interval = "normal"
+        anomaly = _anomaly(raw.get("anomaly"), f"{where}.anomaly", windows, c)
         out[name] = Kpi(name, kpi.description, num, den, kpi.unit, kpi.scale, breakdowns,
-                        by_dim, windows, tuple(fams), alert, interval, spread)
+                        by_dim, windows, tuple(fams), alert, interval, spread, anomaly)
     return out
 
 
@@ -372,6 +374,46 @@ def _kpi_windows(
         if w not in common:
             c.fail(f"{where}.windows", f"{w!r} is not a window of every family in {fams}")
     return chosen
+
+
+def _anomaly(raw: Any, where: str, windows: tuple[str, ...], c: _Checker) -> Anomaly | None:
+    """`anomaly: {window, band, alpha, min_samples, min_denominator, for, severity, by_dims}`,
+    each optional (window: the KPI's shortest)."""
+    if raw is None or not windows:
+        return None
+    if not isinstance(raw, dict):
+        c.fail(where, "must be a mapping")
+        return None
+    unknown = set(raw) - {"window", "band", "alpha", "min_samples", "min_denominator", "for",
+                          "severity", "by_dims"}
+    if unknown:
+        c.fail(where, f"unknown keys {sorted(unknown)}")
+    window = raw.get("window", min(windows, key=parse_duration_ms))
+    if window not in windows:
+        c.fail(where, f"window {window!r} is not one of the KPI's windows {list(windows)}")
+    band, alpha = raw.get("band", 4.0), raw.get("alpha", 0.2)
+    samples, min_den = raw.get("min_samples", 4), raw.get("min_denominator", 0)
+    if not isinstance(band, int | float) or band <= 0:
+        c.fail(where, "band must be a number > 0 (standard deviations)")
+    if not isinstance(alpha, int | float) or not 0 < alpha <= 1:
+        c.fail(where, "alpha must be a number in (0, 1]")
+    if not isinstance(samples, int) or samples < 2:
+        c.fail(where, "min_samples must be an integer >= 2")
+    if not isinstance(min_den, int | float) or min_den < 0:
+        c.fail(where, "min_denominator must be a number >= 0")
+    for_ = str(raw.get("for", "0m"))
+    try:
+        parse_duration_ms(for_)
+    except ValueError as exc:
+        c.fail(where, f"for: {exc}")
+    severity = raw.get("severity", "warning")
+    if severity not in SEVERITIES:
+        c.fail(where, f"severity must be one of {sorted(SEVERITIES)}")
+    try:
+        return Anomaly(str(window), float(band), float(alpha), int(samples), float(min_den),
+                       for_, str(severity), bool(raw.get("by_dims", False)))
+    except (TypeError, ValueError):
+        return None
 
 
 def _alert(raw: Any, where: str, c: _Checker) -> Alert | None:

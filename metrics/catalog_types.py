@@ -83,6 +83,21 @@ class Alert:
 
 
 @dataclass(frozen=True)
+class Anomaly:
+    """An anomaly alert: the window it watches leaving its seasonal baseline's band
+    (metrics/baselines.py)."""
+    window: str
+    band: float = 4.0  # half-width, in the baseline's standard deviations
+    alpha: float = 0.2  # weight of each new week in its slot's mean and variance
+    min_samples: int = 4  # weeks a slot needs before it judges
+    min_denominator: float = 0
+    for_: str = "0m"
+    severity: str = "warning"
+    #: also per breakdown value (default: the total only; thin series are noisy)
+    by_dims: bool = False
+
+
+@dataclass(frozen=True)
 class Kpi:
     name: str
     description: str
@@ -102,6 +117,7 @@ class Kpi:
     interval: str = ""
     #: for a mean (sum / count): the aggregate summing the squares of what it averages
     spread: str = ""
+    anomaly: Anomaly | None = None
 
     def formulas(self, breakdown: str) -> tuple[Formula, Formula]:
         return self.by_dim.get(breakdown, (self.numerator, self.denominator))
