@@ -115,3 +115,57 @@ def _ts(raw: bytes) -> int:
         return ms(str(value).replace("Z", "+00:00"))
     except ValueError:
         return 0
+
+
+def test_a_worker_taking_over_keeps_the_baselines_and_reports_on_kpi_alerts() -> None:
+    """Through the shard: anomalies go out on `kpi-alerts`, and the baselines are committed:
+    the worker taking over 13 days before the leads stop (far less than the 4 weeks a slot
+    needs) still knows the usual weekdays and fires."""
+    from dataclasses import replace
+
+    from streams.shard import Shard
+    from streams.shard_ports import Outputs
+    from tests.unit.test_shard import SETTINGS, FakeIO, FakeTable, History, Msg, run
+
+    cfg = replace(CFG, history_days=60)
+    gen = Generator(cfg)
+    stop = gen.end_ms - 10 * DAY
+    topics = ("crm-events", "spend-events")
+    msgs: list[Msg] = []
+    offsets = dict.fromkeys(topics, 0)
+    handover = 0
+    for ts, (topic, raw) in gen.messages():
+        if topic not in topics or (b'"lead.created"' in raw and stop <= ts < stop + 2 * DAY):
+            continue
+        msgs.append(Msg(topic, 0, offsets[topic], raw))
+        offsets[topic] += 1
+        if ts < stop - 13 * DAY:
+            handover = len(msgs)
+    catalog = DEFAULT_CATALOG.restrict(("crm", "spend"))
+    table = FakeTable()
+
+    def shard(io: FakeIO) -> Shard:
+        io.tps = {(t, 0) for t in topics}
+        out = Outputs("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", History(),
+                      lambda s: None)
+        return Shard("crm+spend", catalog, set(topics), SETTINGS, io, table, out)
+
+    io1, io2 = FakeIO(), FakeIO()
+
+    async def go() -> None:
+        first = shard(io1)
+        await first.activate([], 0.0)
+        for i in range(0, handover, 500):
+            await first.handle(msgs[i:min(i + 500, handover)])
+        await first.snapshot(force=True)
+        second = shard(io2)
+        await second.activate(table.records("crm+spend"), 0.0)
+        for i in range(0, len(msgs), 500):
+            await second.handle(msgs[i:i + 500])
+
+    run(go())
+    sent = [orjson.loads(v) for t, _, v in io1.sent + io2.sent if t == "kpi-alerts"]
+    assert [(e["alert"], e["state"]) for e in sent] == [("LeadsAnomaly", "firing"),
+                                                        ("LeadsAnomaly", "resolved")]
+    assert all(any(t == "kpi-alerts" for t, _, _ in io.sent) is (io is io2)
+               for io in (io1, io2))
