@@ -1,4 +1,5 @@
-"""Grafana dashboards generated from the KPI catalog (`kpi-engine dashboards`).
+"""Grafana dashboards generated from the KPI catalog (`kpi-engine dashboards`), built with
+grafana-foundation-sdk, Grafana's typed builders (a misspelt option fails here, not in Grafana).
 
 Three dashboards with fixed uids, the Prometheus datasource referenced by uid:
 - overview: for ops, every KPI's current total against its alert threshold, and engine health;
@@ -12,11 +13,20 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
+
 from metrics.catalog import Catalog, Kpi, metric_name, parse_duration_ms
+from metrics.scorecards import Scorecards
 
 #: panels query the data source the `datasource` variable names (default: the provisioned
 #: Prometheus, uid ``DEFAULT_DATASOURCE_UID``)
-DATASOURCE: Final = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE: Final = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 DEFAULT_DATASOURCE_UID: Final = "kpi-prometheus"
 OVERVIEW_UID: Final = "kpi-overview"
 OVERVIEW_SLUG: Final = "kpi-engine-overview"
@@ -66,24 +76,34 @@ def detail_uid(kpi: Kpi) -> str:
     raise AssertionError(kpi.name)
 
 
-def _thresholds(kpi: Kpi) -> dict[str, Any]:
+Panel = stat.Panel | timeseries.Panel | table.Panel
+
+
+def _thresholds(kpi: Kpi) -> db.ThresholdsConfig:
     alert = kpi.alert
     if alert is None:
-        return {"mode": "absolute", "steps": [{"color": "blue", "value": None}]}
-    low, high = ("red", "green") if alert.op == "below" else ("green", "red")
-    return {"mode": "absolute", "steps": [{"color": low, "value": None},
-                                          {"color": high, "value": alert.threshold}]}
+        steps = [dm.Threshold(None, "blue")]
+    else:
+        low, high = ("red", "green") if alert.op == "below" else ("green", "red")
+        steps = [dm.Threshold(None, low), dm.Threshold(alert.threshold, high)]
+    return db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(steps)
 
 
-def _target(expr: str, legend: str, ref: str = "A") -> dict[str, Any]:
-    return {"refId": ref, "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+def _target(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
+    return (prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref)
+            .datasource(DATASOURCE))
 
 
-def _link(title: str, uid: str, slug: str) -> dict[str, Any]:
+def _table_target(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
+    """An instant query read as a table (one row per series)."""
+    return _target(expr, legend, ref).instant().format(pm.PromQueryFormat.TABLE)
+
+
+def _link(title: str, uid: str, slug: str) -> db.DashboardLink:
     """A link to another dashboard that carries the time range and the variables."""
-    return {"title": title, "type": "link", "url": f"/d/{uid}/{slug}", "tooltip": title,
-            "icon": "dashboard", "tags": [], "asDropdown": False, "includeVars": True,
-            "keepTime": True, "targetBlank": False}
+    return (db.DashboardLink(title).type(dm.DashboardLinkType.LINK).url(f"/d/{uid}/{slug}")
+            .tooltip(title).icon("dashboard").tags([]).as_dropdown(False).include_vars(True)
+            .keep_time(True).target_blank(False))
 
 
 def _slug(title: str) -> str:
@@ -101,7 +121,7 @@ def _description(kpi: Kpi) -> str:
 
 
 class _Grid:
-    """Lays panels left to right on Grafana's 24-column grid."""
+    """Lays panels left to right on Grafana's 24-column grid, and numbers them."""
 
     def __init__(self) -> None:
         self.x = 0
@@ -109,11 +129,10 @@ class _Grid:
         self.row_h = 0
         self.next_id = 1
 
-    def place(self, panel: dict[str, Any], w: int, h: int) -> dict[str, Any]:
+    def place(self, panel: Panel, w: int, h: int) -> Panel:
         if self.x + w > 24:
             self.newline()
-        panel["gridPos"] = {"h": h, "w": w, "x": self.x, "y": self.y}
-        panel["id"] = self.next_id
+        panel.grid_pos(dm.GridPos(h=h, w=w, x=self.x, y=self.y)).id(self.next_id)
         self.next_id += 1
         self.x += w
         self.row_h = max(self.row_h, h)
@@ -125,37 +144,37 @@ class _Grid:
         self.x = 0
         self.row_h = 0
 
-    def row(self, title: str) -> dict[str, Any]:
+    def row(self, title: str) -> db.Row:
         self.newline()
-        panel = {"type": "row", "title": title, "collapsed": False, "panels": [],
-                 "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}, "id": self.next_id}
+        row = (db.Row(title).collapsed(False).id(self.next_id)
+               .grid_pos(dm.GridPos(h=1, w=24, x=0, y=self.y)))
         self.next_id += 1
         self.y += 1
-        return panel
+        return row
 
 
-def _stat(catalog: Catalog, kpi: Kpi, link: dict[str, Any] | None) -> dict[str, Any]:
-    panel: dict[str, Any] = {
-        "type": "stat",
-        "title": kpi.name,
-        "description": _description(kpi),
-        "datasource": DATASOURCE,
-        "targets": [_target(f"{metric_name(catalog, kpi)}{{{total_selector(kpi)}}}",
-                            kpi.name)],
-        "fieldConfig": {"defaults": {"unit": grafana_unit(catalog, kpi),
-                                     "thresholds": _thresholds(kpi),
-                                     "color": {"mode": "thresholds"}},
-                        "overrides": []},
-        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "colorMode": "background", "graphMode": "area", "textMode": "value_and_name",
-                    "justifyMode": "auto", "orientation": "auto"},
-    }
+def _stat(catalog: Catalog, kpi: Kpi, link: db.DashboardLink | None) -> stat.Panel:
+    panel = (stat.Panel().title(kpi.name).description(_description(kpi)).datasource(DATASOURCE)
+             .with_target(_target(f"{metric_name(catalog, kpi)}{{{total_selector(kpi)}}}",
+                                  kpi.name))
+             .unit(grafana_unit(catalog, kpi)).thresholds(_thresholds(kpi))
+             .color_scheme(db.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+             .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).fields("")
+                             .values(False))
+             .color_mode(cm.BigValueColorMode.BACKGROUND).graph_mode(cm.BigValueGraphMode.AREA)
+             .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+             .justify_mode(cm.BigValueJustifyMode.AUTO).orientation(cm.VizOrientation.AUTO))
     if link is not None:
-        panel["links"] = [link]
+        panel.links([link])
     return panel
 
 
-def _timeseries(catalog: Catalog, kpi: Kpi, dim: str | None) -> dict[str, Any]:
+def _gray(*more: dm.DynamicConfigValue) -> list[dm.DynamicConfigValue]:
+    return [*more, dm.DynamicConfigValue("custom.lineWidth", 0),
+            dm.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "gray"})]
+
+
+def _timeseries(catalog: Catalog, kpi: Kpi, dim: str | None) -> timeseries.Panel:
     name = metric_name(catalog, kpi)
     if dim is None:
         targets = [_target(f"{name}{{{total_selector(kpi)}}}", "total")]
@@ -164,36 +183,30 @@ def _timeseries(catalog: Catalog, kpi: Kpi, dim: str | None) -> dict[str, Any]:
         targets = [_target(f"{name}{{{breakdown_selector(kpi, dim)}}}", f"{{{{{dim}}}}}"),
                    _target(f"{name}{{{total_selector(kpi)}}}", "total", "B")]
         title = f"{kpi.name} by {dim}"
-    overrides: list[dict[str, Any]] = []
+    panel = (timeseries.Panel().title(title).description(_description(kpi))
+             .datasource(DATASOURCE)
+             .unit(grafana_unit(catalog, kpi)).thresholds(_thresholds(kpi))
+             .color_scheme(db.FieldColor().mode(dm.FieldColorModeId.PALETTE_CLASSIC))
+             .thresholds_style(cb.GraphThresholdsStyleConfig().mode(
+                 cm.GraphThresholdsStyleMode.LINE if kpi.alert
+                 else cm.GraphThresholdsStyleMode.OFF))
+             .line_width(2).fill_opacity(5).span_nulls(True)
+             .legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.TABLE)
+                     .placement(cm.LegendPlacement.RIGHT).calcs(["lastNotNull"])
+                     .show_legend(True))
+             .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI)
+                      .sort(cm.SortOrder.DESCENDING)))
+    for target in targets:
+        panel.with_target(target)
     if kpi.interval:  # the total's 95 % interval, drawn as a band
-        targets += [_target(f"{name}_lower{{{total_selector(kpi)}}}", BAND_LOW, "C"),
-                    _target(f"{name}_upper{{{total_selector(kpi)}}}", BAND_HIGH, "D")]
-        overrides = [
-            {"matcher": {"id": "byName", "options": BAND_HIGH},
-             "properties": [{"id": "custom.fillBelowTo", "value": BAND_LOW},
-                            {"id": "custom.lineWidth", "value": 0},
-                            {"id": "custom.fillOpacity", "value": 20},
-                            {"id": "color", "value": {"mode": "fixed", "fixedColor": "gray"}}]},
-            {"matcher": {"id": "byName", "options": BAND_LOW},
-             "properties": [{"id": "custom.lineWidth", "value": 0},
-                            {"id": "color", "value": {"mode": "fixed", "fixedColor": "gray"}}]}]
-    thresholds = _thresholds(kpi)
-    return {
-        "type": "timeseries",
-        "title": title,
-        "description": _description(kpi),
-        "datasource": DATASOURCE,
-        "targets": targets,
-        "fieldConfig": {"defaults": {
-            "unit": grafana_unit(catalog, kpi), "thresholds": thresholds,
-            "color": {"mode": "palette-classic"},
-            "custom": {"thresholdsStyle": {"mode": "line" if kpi.alert else "off"},
-                       "lineWidth": 2, "fillOpacity": 5, "spanNulls": True}},
-            "overrides": overrides},
-        "options": {"legend": {"displayMode": "table", "placement": "right",
-                               "calcs": ["lastNotNull"], "showLegend": True},
-                    "tooltip": {"mode": "multi", "sort": "desc"}},
-    }
+        total = total_selector(kpi)
+        panel.with_target(_target(f"{name}_lower{{{total}}}", BAND_LOW, "C"))
+        panel.with_target(_target(f"{name}_upper{{{total}}}", BAND_HIGH, "D"))
+        panel.override_by_name(BAND_HIGH, _gray(
+            dm.DynamicConfigValue("custom.fillBelowTo", BAND_LOW),
+            dm.DynamicConfigValue("custom.fillOpacity", 20)))
+        panel.override_by_name(BAND_LOW, _gray())
+    return panel
 
 
 #: rates over Grafana's interval: at least four scrapes, whatever the zoom
@@ -203,66 +216,68 @@ BAND_HIGH: Final = "total, 95 % high"
 
 
 def _variables(catalog: Catalog, default_window: str, filters: bool = True
-               ) -> list[dict[str, Any]]:
+               ) -> list[Any]:
     """The data source, the window, and (``filters``) the campaign and channel the
     breakdown panels filter by."""
     windows = sorted({w.name for f in catalog.families.values() for w in f.windows},
                      key=parse_duration_ms)
-    out: list[dict[str, Any]] = [{
-        "type": "datasource", "name": "datasource", "label": "Data source",
-        "query": "prometheus", "refresh": 1, "regex": "", "options": [],
-        "current": {"text": "Prometheus", "value": DEFAULT_DATASOURCE_UID},
-    }, {
-        "type": "custom", "name": "window", "label": "Window",
-        "description": "Rolling window of the KPIs (each KPI has the windows of its topic "
-                       "family: 5m/1h/24h for email, web and social; 24h/7d/30d for CRM "
-                       "and spend).",
-        "query": ",".join(windows),
-        "current": {"text": default_window, "value": default_window},
-        "options": [{"text": w, "value": w, "selected": w == default_window}
-                    for w in windows],
-    }]
+    out: list[Any] = [
+        db.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        .regex("").current(dm.VariableOption(text="Prometheus", value=DEFAULT_DATASOURCE_UID)),
+        db.CustomVariable("window").label("Window")
+        .description("Rolling window of the KPIs (each KPI has the windows of its topic "
+                     "family: 5m/1h/24h for email, web and social; 24h/7d/30d for CRM "
+                     "and spend).")
+        .values(",".join(windows))
+        .current(dm.VariableOption(text=default_window, value=default_window))
+        .options([dm.VariableOption(selected=w == default_window, text=w, value=w)
+                  for w in windows]),
+    ]
     for var, dim in (("campaign", "campaign_id"), ("channel", "channel")):
         if not filters or not any(dim in dims_of(k) for k in catalog.kpis.values()):
             continue
         # the values any KPI carries (CRM- and spend-only campaigns included); "All" is
         # `.+`: a breakdown series has the label, the total has it empty and stays out
         query = f'label_values({{__name__=~"kpi_.+", {dim}!=""}}, {dim})'
-        out.append({
-            "type": "query", "name": var, "label": dim, "datasource": DATASOURCE,
-            "query": {"query": query, "refId": f"{var}-values"},
-            "includeAll": True, "multi": True, "allValue": ".+", "refresh": 2, "sort": 1,
-            "current": {"text": "All", "value": "$__all"}, "options": [],
-        })
+        out.append(
+            db.QueryVariable(var).label(dim).datasource(DATASOURCE)
+            .query({"query": query, "refId": f"{var}-values"})
+            .include_all(True).multi(True).all_value(".+")
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+            .current(dm.VariableOption(text="All", value="$__all")).options([]))
     return out
 
 
-def _dashboard(uid: str, title: str, panels: list[dict[str, Any]],
-               variables: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "uid": uid,
-        "title": title,
-        "description": "Generated by `kpi-engine dashboards` from the KPI catalog.",
-        "tags": [TAG],
-        "timezone": "utc",
-        "editable": False,
-        "graphTooltip": 1,
-        "refresh": "10s",
-        "schemaVersion": SCHEMA_VERSION,
-        "version": 1,
-        "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": variables},
-        # a Prometheus annotation query (ALERTS) has no place in the dashboard schema of
-        # the pinned @grafana/schema: firing alerts are a panel of the overview instead
-        "annotations": {"list": []},
-        "links": [{"title": "KPI dashboards", "type": "dashboards", "tags": [TAG],
-                   "asDropdown": False, "icon": "external link", "includeVars": True,
-                   "keepTime": True, "targetBlank": False, "tooltip": "", "url": ""}],
-        "panels": panels,
-    }
+def _dashboard(uid: str, title: str, panels: list[Any], variables: list[Any]
+               ) -> dict[str, Any]:
+    board = (db.Dashboard(title).uid(uid)
+             .description("Generated by `kpi-engine dashboards` from the KPI catalog.")
+             .tags([TAG]).timezone("utc").readonly()
+             .tooltip(dm.DashboardCursorSync.CROSSHAIR).refresh("10s").version(1)
+             .time("now-6h", "now").variables(variables)
+             # a Prometheus annotation query (ALERTS) has no place in the dashboard schema
+             # of the pinned @grafana/schema: firing alerts are a panel of the overview
+             .link(db.DashboardLink("KPI dashboards").type(dm.DashboardLinkType.DASHBOARDS)
+                   .tags([TAG]).as_dropdown(False).icon("external link").include_vars(True)
+                   .keep_time(True).target_blank(False).tooltip("").url("")))
+    for p in panels:
+        if isinstance(p, db.Row):
+            board.with_row(p)
+        else:
+            board.with_panel(p)
+    doc: dict[str, Any] = json.loads(JSONEncoder().encode(board.build()))
+    # the builders write an older schema version and its `style`, gone from the pinned schema
+    doc["schemaVersion"] = SCHEMA_VERSION
+    doc.pop("style", None)
+    for var in doc["templating"]["list"]:  # ... and an interval variable's fields on all
+        for key in ("auto", "auto_count", "auto_min"):
+            var.pop(key, None)
+    doc["annotations"] = {"list": []}
+    return doc
 
 
-def _health_panels(grid: _Grid) -> list[dict[str, Any]]:
+def _health_panels(grid: _Grid) -> list[Panel]:
     specs = (
         ("Events counted per second, by topic",
          f"sum by (topic) (rate(kpi_engine_events_total{RATE}))", "{{topic}}", "short"),
@@ -283,41 +298,69 @@ def _health_panels(grid: _Grid) -> list[dict[str, Any]]:
          "p99", "s"),
         ("Workers up", 'sum(up{job="kpi-engine"})', "workers", "short"),
     )
-    out = []
+    out: list[Panel] = []
     for title, expr, legend, unit in specs:
-        out.append(grid.place({
-            "type": "timeseries", "title": title, "datasource": DATASOURCE,
-            "targets": [_target(expr, legend)],
-            "fieldConfig": {"defaults": {"unit": unit, "color": {"mode": "palette-classic"}},
-                            "overrides": []},
-            "options": {"legend": {"displayMode": "list", "placement": "bottom",
-                                   "calcs": [], "showLegend": True},
-                        "tooltip": {"mode": "multi", "sort": "none"}},
-        }, 6, 7))
+        out.append(grid.place(
+            timeseries.Panel().title(title).datasource(DATASOURCE)
+            .with_target(_target(expr, legend)).unit(unit)
+            .color_scheme(db.FieldColor().mode(dm.FieldColorModeId.PALETTE_CLASSIC))
+            .legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST)
+                    .placement(cm.LegendPlacement.BOTTOM).calcs([]).show_legend(True))
+            .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI)
+                     .sort(cm.SortOrder.NONE)), 6, 7))
     return out
 
 
-def _firing_alerts() -> dict[str, Any]:
+def _organize(exclude: list[str], rename: dict[str, str] | None = None
+              ) -> dm.DataTransformerConfig:
+    options: dict[str, Any] = {"excludeByName": dict.fromkeys(exclude, True)}
+    if rename:
+        options["renameByName"] = rename
+    return dm.DataTransformerConfig(id_val="organize", options=options)
+
+
+def _table(title: str, description: str) -> table.Panel:
+    return (table.Panel().title(title).datasource(DATASOURCE).description(description)
+            .show_header(True)
+            .footer(cb.TableFooterOptions().show(False).reducer(["count"]).fields([])))
+
+
+def _firing_alerts() -> table.Panel:
     """The alerts firing now (Prometheus' ALERTS series), KPI and engine ones."""
-    target = _target('ALERTS{alertstate="firing"}', "{{alertname}}")
-    target.update(instant=True, format="table")
-    return {
-        "type": "table", "title": "Firing alerts", "datasource": DATASOURCE,
-        "description": "Every alert firing now, with its labels (the KPI, window and "
-                       "campaign or channel of a breakdown alert). Runbook: docs/runbook.md.",
-        "targets": [target],
-        "transformations": [{"id": "organize", "options": {
-            "excludeByName": {"Time": True, "Value": True, "__name__": True,
-                              "alertstate": True, "job": True}}}],
-        "fieldConfig": {"defaults": {}, "overrides": []},
-        "options": {"showHeader": True, "footer": {"show": False, "reducer": ["count"],
-                                                     "fields": ""}},
-    }
+    return (_table("Firing alerts", "Every alert firing now, with its labels (the KPI, window "
+                   "and campaign or channel of a breakdown alert). Runbook: docs/runbook.md.")
+            .with_target(_table_target('ALERTS{alertstate="firing"}', "{{alertname}}", "A"))
+            .with_transformation(_organize(["Time", "Value", "__name__", "alertstate",
+                                            "job"])))
+
+
+def _scorecards(catalog: Catalog) -> table.Panel | None:
+    """Per campaign, its lifetime email rates (the scorecards, window="lifetime") and sends:
+    one row per campaign, one column per KPI."""
+    kpis = Scorecards(catalog, {}).kpis
+    if not kpis:
+        return None
+    sel = 'window="lifetime", campaign_id=~"$campaign"'
+    first = metric_name(catalog, kpis[0])
+    columns = [("sent", f"max by (campaign_id) ({first}_denominator{{{sel}}})", "short")]
+    columns += [(k.name, f"max by (campaign_id) ({metric_name(catalog, k)}{{{sel}}})",
+                 grafana_unit(catalog, k)) for k in kpis]
+    panel = _table("Campaign scorecards (since each campaign's first send)",
+                   "Per campaign, every email rate over its lifetime, each response counted "
+                   "at the send it answers (docs/catalog.md).")
+    rename = {}
+    for i, (title, expr, unit) in enumerate(columns):
+        ref = chr(ord("A") + i)
+        panel.with_target(_table_target(expr, title, ref))
+        rename[f"Value #{ref}"] = title
+        panel.override_by_name(title, [dm.DynamicConfigValue("unit", unit)])
+    panel.with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+    return panel.with_transformation(_organize(["Time"], rename))
 
 
 def overview(catalog: Catalog) -> dict[str, Any]:
     grid = _Grid()
-    panels: list[dict[str, Any]] = []
+    panels: list[Any] = []
     for uid, (_, title, fams) in DETAIL.items():
         kpis = [k for k in catalog.kpis.values() if k.families[0] in fams]
         if not kpis:
@@ -338,18 +381,21 @@ def overview(catalog: Catalog) -> dict[str, Any]:
 def detail(catalog: Catalog, uid: str) -> dict[str, Any]:
     _, title, fams = DETAIL[uid]
     grid = _Grid()
-    panels: list[dict[str, Any]] = []
+    panels: list[Any] = []
     back = _link("Overview", OVERVIEW_UID, OVERVIEW_SLUG)
     for fam in fams:
         kpis = [k for k in catalog.kpis.values() if k.families[0] == fam]
         if not kpis:
             continue
         panels.append(grid.row(f"{fam} KPIs"))
+        card = _scorecards(catalog) if fam == "email" else None
+        if card is not None:
+            panels.append(grid.place(card, 24, 6))
         for kpi in kpis:
             dims = dims_of(kpi)
             for dim in ([*dims] if dims else [None]):
                 panel = _timeseries(catalog, kpi, dim)
-                panel["links"] = [back]
+                panel.links([back])
                 panels.append(grid.place(panel, 12, 8))
     default = "1h" if "email" in fams else "30d"
     return _dashboard(uid, title, panels, _variables(catalog, default))

@@ -8,12 +8,18 @@ is pending from the first significant record, firing once it has lasted the aler
 in event time (the family's watermark), and resolved when the value is back on the healthy side
 of the threshold: the gap between "the interval beyond" and "the value back" is the
 hysteresis that keeps a KPI hovering at its threshold from flapping.
+
+The breaches under way are part of the shard's committed state (``snapshot``/``restore``):
+after a restart or a takeover a firing breach is resolved once, not forgotten, and a
+pending one keeps its start.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Final
+
+import msgspec
 
 from metrics.catalog import Catalog, Kpi, parse_duration_ms
 from metrics.records import dims_text, iso_ms
@@ -38,9 +44,17 @@ class Breach:
     since_text: str
 
 
+class HeldBreach(msgspec.Struct, array_like=True, gc=False):
+    """A breach under way, as committed: its alert, dims text, state and start."""
+    alert: str
+    dims: str
+    state: str
+    since: int
+    since_text: str
+
+
 class AlertEvaluator:
-    """Per (alert, dims): pending, firing, resolved. In memory: after a restart a breach
-    still under way fires again once it has lasted its `for`."""
+    """Per (alert, dims): pending, firing, resolved."""
 
     def __init__(self, catalog: Catalog):
         self.kpis = {k.name: k for k in catalog.kpis.values() if k.alert is not None}
@@ -92,6 +106,17 @@ class AlertEvaluator:
                 del self.breaches[key]
                 out.append(_event(kpi, name, rec, "resolved", held, emitted_at))
         return out
+
+    def snapshot(self) -> list[HeldBreach]:
+        return [HeldBreach(a, d, b.state, b.since, b.since_text)
+                for (a, d), b in sorted(self.breaches.items())]
+
+    def restore(self, held: list[HeldBreach]) -> None:
+        """Continue the breaches of a committed state; those of alerts the catalog no longer
+        has are dropped."""
+        names = {alert_name(k) for k in self.kpis.values()}
+        self.breaches = {(h.alert, h.dims): Breach(h.state, h.since, h.since_text)
+                         for h in held if h.alert in names}
 
     def firing(self) -> list[tuple[str, str]]:
         return sorted(k for k, b in self.breaches.items() if b.state == "firing")

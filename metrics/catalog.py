@@ -15,6 +15,7 @@ from metrics.catalog_types import (
     NAME_RE,
     Aggregate,
     Alert,
+    Anomaly,
     Catalog,
     FamilyConfig,
     Formula,
@@ -170,7 +171,7 @@ def _aggregates(
         if not isinstance(raw, dict):
             c.fail(where, "must be a mapping like {event: email.sent}")
             continue
-        unknown = set(raw) - {"event", "builtin", "sum", "has", "where"}
+        unknown = set(raw) - {"event", "builtin", "sum", "sum_squares", "has", "where"}
         if unknown:
             c.fail(where, f"unknown keys {sorted(unknown)}")
         if "builtin" in raw:
@@ -186,7 +187,9 @@ def _aggregates(
             c.fail(where, f"unknown event type {etype!r}")
             continue
         fields = _event_fields(etype)
-        for key in ("sum", "has"):
+        if "sum" in raw and "sum_squares" in raw:
+            c.fail(where, "give one of sum or sum_squares")
+        for key in ("sum", "has", "sum_squares"):
             if key in raw and raw[key] not in fields:
                 c.fail(where, f"{key}: {raw[key]!r} is not a field of {etype}")
         where_raw = raw.get("where") or {}
@@ -203,8 +206,9 @@ def _aggregates(
             name,
             TYPES[etype].family,
             event=etype,
-            sum_field=raw.get("sum"),
+            sum_field=raw.get("sum", raw.get("sum_squares")),
             has_field=raw.get("has"),
+            square="sum_squares" in raw,
             where=tuple(filters),
             supported_dims=fields - {"event_id", "url", "visitor_id", "duration_s", "amount"},
         )
@@ -227,8 +231,9 @@ def _kpis(
         if not NAME_RE.match(str(name)) or not isinstance(raw, dict):
             c.fail(where, "must be a lower_snake_case name mapping to a KPI definition")
             continue
-        known = {"description", "numerator", "denominator", "unit", "scale", "dims", "by_dim"}
-        unknown = set(raw) - known - {"alert", "windows"}
+        known = {"description", "numerator", "denominator", "unit", "scale", "dims", "by_dim",
+                 "spread"}
+        unknown = set(raw) - known - {"alert", "windows", "anomaly"}
         if unknown:
             c.fail(where, f"unknown keys {sorted(unknown)}")
         n_problems = len(c.problems)
@@ -287,9 +292,30 @@ def _kpis(
         interval = "wilson" if kpi.unit == "ratio" and den and counts else \
             "poisson" if kpi.unit == "currency" and _cost_per_count(num, den, aggregates) \
             else ""
+        spread = str(raw.get("spread") or "")
+        if spread:
+            if by_dim or not _is_mean(num, den, spread, aggregates):
+                c.fail(f"{where}.spread", f"{spread!r}: a spread needs a mean (one sum over "
+                       "one count, no by_dim) and an aggregate of the same family summing "
+                       "the squares of what it averages")
+                continue
+            interval = "normal"
+        anomaly = _anomaly(raw.get("anomaly"), f"{where}.anomaly", windows, c)
         out[name] = Kpi(name, kpi.description, num, den, kpi.unit, kpi.scale, breakdowns,
-                        by_dim, windows, tuple(fams), alert, interval)
+                        by_dim, windows, tuple(fams), alert, interval, spread, anomaly)
     return out
+
+
+def _is_mean(num: Formula, den: Formula, spread: str, aggregates: dict[str, Aggregate]) -> bool:
+    """One summed term over one counted term, and ``spread`` an aggregate of their family
+    (a sum of squares, event or builtin)."""
+    single = [f for f in (num, den) if len(f) == 1 and len(f[0]) == 1]
+    if len(single) != 2 or spread not in aggregates:
+        return False
+    n, d = num[0][0], den[0][0]
+    fams = {aggregates[n.aggregate].family, aggregates[d.aggregate].family,
+            aggregates[spread].family}
+    return len(fams) == 1 and not n.total and not d.total and n.sign == d.sign == 1
 
 
 def _cost_per_count(num: Formula, den: Formula, aggregates: dict[str, Aggregate]) -> bool:
@@ -348,6 +374,46 @@ def _kpi_windows(
         if w not in common:
             c.fail(f"{where}.windows", f"{w!r} is not a window of every family in {fams}")
     return chosen
+
+
+def _anomaly(raw: Any, where: str, windows: tuple[str, ...], c: _Checker) -> Anomaly | None:
+    """`anomaly: {window, band, alpha, min_samples, min_denominator, for, severity, by_dims}`,
+    each optional (window: the KPI's shortest)."""
+    if raw is None or not windows:
+        return None
+    if not isinstance(raw, dict):
+        c.fail(where, "must be a mapping")
+        return None
+    unknown = set(raw) - {"window", "band", "alpha", "min_samples", "min_denominator", "for",
+                          "severity", "by_dims"}
+    if unknown:
+        c.fail(where, f"unknown keys {sorted(unknown)}")
+    window = raw.get("window", min(windows, key=parse_duration_ms))
+    if window not in windows:
+        c.fail(where, f"window {window!r} is not one of the KPI's windows {list(windows)}")
+    band, alpha = raw.get("band", 4.0), raw.get("alpha", 0.2)
+    samples, min_den = raw.get("min_samples", 4), raw.get("min_denominator", 0)
+    if not isinstance(band, int | float) or band <= 0:
+        c.fail(where, "band must be a number > 0 (standard deviations)")
+    if not isinstance(alpha, int | float) or not 0 < alpha <= 1:
+        c.fail(where, "alpha must be a number in (0, 1]")
+    if not isinstance(samples, int) or samples < 2:
+        c.fail(where, "min_samples must be an integer >= 2")
+    if not isinstance(min_den, int | float) or min_den < 0:
+        c.fail(where, "min_denominator must be a number >= 0")
+    for_ = str(raw.get("for", "0m"))
+    try:
+        parse_duration_ms(for_)
+    except ValueError as exc:
+        c.fail(where, f"for: {exc}")
+    severity = raw.get("severity", "warning")
+    if severity not in SEVERITIES:
+        c.fail(where, f"severity must be one of {sorted(SEVERITIES)}")
+    try:
+        return Anomaly(str(window), float(band), float(alpha), int(samples), float(min_den),
+                       for_, str(severity), bool(raw.get("by_dims", False)))
+    except (TypeError, ValueError):
+        return None
 
 
 def _alert(raw: Any, where: str, c: _Checker) -> Alert | None:

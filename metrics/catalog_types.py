@@ -55,6 +55,8 @@ class Aggregate:
     has_field: str | None = None
     where: tuple[tuple[str, frozenset[Any]], ...] = ()
     supported_dims: frozenset[str] = frozenset()
+    #: sums the square of ``sum_field`` (a mean's spread: its interval)
+    square: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,21 @@ class Alert:
 
 
 @dataclass(frozen=True)
+class Anomaly:
+    """An anomaly alert: the window it watches leaving its seasonal baseline's band
+    (metrics/baselines.py)."""
+    window: str
+    band: float = 4.0  # half-width, in the baseline's standard deviations
+    alpha: float = 0.2  # weight of each new week in its slot's mean and variance
+    min_samples: int = 4  # weeks a slot needs before it judges
+    min_denominator: float = 0
+    for_: str = "0m"
+    severity: str = "warning"
+    #: also per breakdown value (default: the total only; thin series are noisy)
+    by_dims: bool = False
+
+
+@dataclass(frozen=True)
 class Kpi:
     name: str
     description: str
@@ -95,8 +112,12 @@ class Kpi:
     alert: Alert | None = None
     #: the 95 % interval its records carry: "wilson" for a proportion of counts (a ratio
     #: of event or builtin counts), "poisson" for a cost per counted thing (spend /
-    #: leads: the count's interval), "" where none applies (means, durations, ROMI)
+    #: leads: the count's interval), "normal" for a mean with a ``spread``, "" where none
+    #: applies (ROMI, shares of money)
     interval: str = ""
+    #: for a mean (sum / count): the aggregate summing the squares of what it averages
+    spread: str = ""
+    anomaly: Anomaly | None = None
 
     def formulas(self, breakdown: str) -> tuple[Formula, Formula]:
         return self.by_dim.get(breakdown, (self.numerator, self.denominator))
@@ -105,6 +126,8 @@ class Kpi:
         names: set[str] = set()
         for num, den in [(self.numerator, self.denominator), *self.by_dim.values()]:
             names.update(t.aggregate for f in num + den for t in f)
+        if self.spread:
+            names.add(self.spread)
         return names
 
 

@@ -124,7 +124,8 @@ def _update_body(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, .
             lines.append(f"{ind}raw = {get(agg.sum_field)}")
             lines.append(f"{ind}if raw is not None:")
             ind += "    "
-            lines.append(f"{ind}v = round(raw * MICRO)")
+            lines.append(f"{ind}v = round(raw * raw * MICRO)" if agg.square
+                         else f"{ind}v = round(raw * MICRO)")
             value = "v" if times is None else f"v * {times}"
         ns[f"T{i}"] = (agg.name, TOTAL, TOTAL)
         lines.append(f"{ind}pane[T{i}] = pane.get(T{i}, 0) + {value}")

@@ -11,12 +11,11 @@ It composes the parts along an event's path, each a module with a typed state:
     dedup.DedupStore        event ids counted, per shard (in memory, or on disk in a worker)
     clock.Watermark         event time per family (and the events held before it is known)
     windows.FamilyWindows   panes and rolling windows per family
-    trackers/               stateful aggregates (unique openers, sessions, pipeline), facts
-    publish.Publisher       finals, revisions, open values
+    trackers/               stateful aggregates (send cohorts, sessions, pipeline), facts
+    publish.Publisher       finals, revisions, open values (scorecards: campaigns' lifetime)
 
-A *source* is whatever orders events (a topic partition); a family's watermark is the
-minimum over its sources of the highest event time seen, so how partitions interleave never
-makes an event late.
+A *source* is whatever orders events (a topic partition); a family's watermark is the minimum
+over its sources of the highest event time seen: how partitions interleave makes none late.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from metrics.dedup import DedupStore, MemoryDedup
 from metrics.errors import StateError
 from metrics.events import TYPES, Event, event_fields
 from metrics.facts import FactRouter
-from metrics.formulas import compile_kpi, compute_kpi, micro_aggregates, plan_kpi
+from metrics.formulas import row_functions
 from metrics.plans import (
     Expand,
     Update,
@@ -46,6 +45,7 @@ from metrics.plans import (
 )
 from metrics.publish import Publisher
 from metrics.records import iso_ms
+from metrics.scorecards import Scorecards
 from metrics.snapshot import (
     ENGINE_STATE_VERSION,
     Counters,
@@ -103,11 +103,7 @@ class KpiEngine:
             else:
                 self._updates[t] = partial(apply_update, aggs, bds)
                 self._expanders[t] = partial(apply_expand, aggs, bds)
-        micro = micro_aggregates(catalog)
-        self._kpi_rows = {k.name: (compile_kpi(plan_kpi(catalog, k, micro), k.name)
-                                   if config.generated else
-                                   partial(compute_kpi, plan_kpi(catalog, k, micro)))
-                          for k in catalog.kpis.values()}
+        self._kpi_rows = row_functions(catalog, config.generated)
         # a tracker runs when the catalog uses one of its builtins (a shard's catalog,
         # Catalog.restrict, lacks the other families' aggregates)
         used = {a.builtin for a in catalog.aggregates.values() if a.builtin is not None}
@@ -117,6 +113,7 @@ class KpiEngine:
             if fam is not None and used & set(cls.builtins):
                 self.trackers[cls.name] = cls(fam.state_ms)
         self._facts = FactRouter(catalog)
+        self.scorecards = Scorecards(catalog, self._kpi_rows)
         #: event ids counted, per shard (Catalog.shards)
         shards = catalog.shards()
         self._shard_of = {f: name for name, fams in shards.items() for f in fams}
@@ -296,6 +293,11 @@ class KpiEngine:
             self._expire(fam, self.watermarks[fam].value)
         return out
 
+    @property
+    def revised(self) -> bool:
+        """Closed windows changed since advance() (a late event, a response to a send)."""
+        return any(fw.dirty for fw in self.windows.values())
+
     def flush(self) -> list[Record]:
         """End of input: close every window that holds data."""
         closed: dict[str, list[tuple[str, int]]] = {}
@@ -347,7 +349,9 @@ class KpiEngine:
         """Current values of the newest open window of every KPI and window (final: false)."""
         for fw in self.windows.values():
             fw.settle(self._expanders)
-        return self.publisher.open_records(self, iso_ms(self._clock()))
+        emitted_at = iso_ms(self._clock())
+        return (self.publisher.open_records(self, emitted_at)
+                + self.scorecards.records(self.trackers, emitted_at))
 
     # ---- durability ----------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ a plan as data (the interpreted twin), ``compile_kpi`` is the same as straight-l
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
+from functools import partial
+from typing import Final
 
 from metrics import codegen
 from metrics.catalog import Catalog, Formula, Kpi, Term
@@ -157,6 +160,31 @@ def compute_kpi(plan: KpiPlan, idx: Index) -> Rows:
                 continue  # a window without input for this KPI publishes nothing
             rows[dims_of(fields, v)] = (num, den)
     return rows
+
+
+#: suffix of a mean's companion rows: its sums of squares over the same count
+SQUARES: Final = "|squares"
+
+
+def row_functions(catalog: Catalog, generated: bool = True
+                  ) -> dict[str, Callable[[Index], Rows]]:
+    """Per KPI, what turns a window's index into its rows (generated code, or the
+    interpreted twin); for a mean with a ``spread``, also ``{name}|squares``: the rows of
+    its sum of squares over the same count, which its interval needs."""
+    micro = micro_aggregates(catalog)
+
+    def rows_of(kpi: Kpi) -> Callable[[Index], Rows]:
+        plan = plan_kpi(catalog, kpi, micro)
+        return compile_kpi(plan, kpi.name) if generated else partial(compute_kpi, plan)
+
+    out: dict[str, Callable[[Index], Rows]] = {}
+    for kpi in catalog.kpis.values():
+        out[kpi.name] = rows_of(kpi)
+        if kpi.spread:
+            out[kpi.name + SQUARES] = rows_of(replace(
+                kpi, name=f"{kpi.name}_squares", numerator=((Term(1, kpi.spread),),),
+                by_dim={}))
+    return out
 
 
 def compile_kpi(plan: KpiPlan, label: str = "kpi") -> Callable[[Index], Rows]:

@@ -88,7 +88,7 @@ def _apply(aggregates: list[Aggregate], breakdowns: dict[str, tuple[str, ...]], 
             raw = get(agg.sum_field)
             if raw is None:
                 continue
-            value = round(raw * MICRO) * times
+            value = round((raw * raw if agg.square else raw) * MICRO) * times
         else:
             value = times
         total = (agg.name, TOTAL, TOTAL)

@@ -15,7 +15,7 @@ import msgspec
 
 from metrics.catalog import Catalog, Kpi, WindowSpec
 from metrics.constants import NEVER
-from metrics.formulas import Dims, Index, Rows, index_snapshot, merge_indexes
+from metrics.formulas import SQUARES, Dims, Index, Rows, index_snapshot, merge_indexes
 from metrics.records import iso_boundary, make_record
 from metrics.windows import FamilyWindows
 
@@ -136,6 +136,7 @@ class Publisher:
         filed = self.published.setdefault(key, {})
         self.changed.add(key)
         rows = self._kpi_rows[kpi.name](idx)
+        sq = self._squares(kpi, idx)
         size = self._window_spec(kpi, wname).size_ms
         start_s, end_s = iso_boundary(end - size), iso_boundary(end)
         unit = self.catalog.unit_label(kpi)
@@ -146,7 +147,7 @@ class Publisher:
             for dkey in sorted(rows):
                 num, den = rows[dkey]
                 first.append(make_record(kpi, unit, wname, start_s, end_s, dict(dkey), num, den,
-                                         True, 0, emitted_at))
+                                         True, 0, emitted_at, sq.get(dkey)))
             return first
         published, revisions = before
         for dkey in published:
@@ -163,9 +164,15 @@ class Publisher:
             else:
                 revision = revisions[dkey] = revisions.get(dkey, 0) + 1
             out.append(make_record(kpi, unit, wname, start_s, end_s, dict(dkey), num, den, True,
-                                   revision, emitted_at))
+                                   revision, emitted_at, sq.get(dkey)))
         filed[kpi.name] = (rows, revisions)
         return out
+
+    def _squares(self, kpi: Kpi, idx: Index) -> dict[Dims, float]:
+        """A mean's sums of squares per row (its interval), none for other KPIs."""
+        if not kpi.spread:
+            return {}
+        return {d: n for d, (n, _) in self._kpi_rows[kpi.name + SQUARES](idx).items()}
 
     def _window_spec(self, kpi: Kpi, wname: str) -> WindowSpec:
         return self.catalog.window(kpi.families[0], wname)
@@ -188,6 +195,7 @@ class Publisher:
                 idx = merge_indexes([index_snapshot(fams.windows[f].open_snapshot(spec, end))
                                      for f in started])
                 rows = self._kpi_rows[kpi.name](idx)
+                sq = self._squares(kpi, idx)
                 start_s, end_s = iso_boundary(end - spec.size_ms), iso_boundary(end)
                 # a window that began before its data did (the family started inside it)
                 first = [t for f in started if (t := fams.windows[f].first_ts) is not None]
@@ -196,7 +204,8 @@ class Publisher:
                 for dkey in sorted(rows):
                     num, den = rows[dkey]
                     out.append(make_record(kpi, self.catalog.unit_label(kpi), wname, start_s,
-                                           end_s, dict(dkey), num, den, False, 0, emitted_at))
+                                           end_s, dict(dkey), num, den, False, 0, emitted_at,
+                                           sq.get(dkey)))
         self.partial_open = partial
         return out
 

@@ -47,8 +47,8 @@ def update_key(rec: dict[str, Any]) -> str:
 
 
 def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: dict[str, str],
-                num: float, den: float, final: bool, revision: int, emitted_at: str
-                ) -> dict[str, Any]:
+                num: float, den: float, final: bool, revision: int, emitted_at: str,
+                squares: float | None = None) -> dict[str, Any]:
     """A CONTRACT.md §3 record; ``start`` and ``end`` already in ISO form (iso_boundary).
     Whole numbers are written as ints (exact below 2**53; infinities and NaN stay floats).
     Runs for every output record: positional arguments, nothing called but for ratios and
@@ -67,7 +67,9 @@ def make_record(kpi: Kpi, unit: str, window: str, start: str, end: str, dims: di
         "revision": revision,
         "emitted_at": emitted_at,
     }
-    if unit == "ratio" or kpi.interval:
+    if kpi.interval == "normal":
+        rec["lower"], rec["upper"] = mean_interval(num, den, squares, kpi.scale)
+    elif unit == "ratio" or kpi.interval:
         rec["lower"], rec["upper"] = interval(kpi, num, den)
     return rec
 
@@ -91,6 +93,18 @@ def interval(kpi: Kpi, num: float, den: float) -> tuple[float | None, float | No
     center = (p + z2 / (2 * den)) / (1 + z2 / den)
     half = Z95 * math.sqrt(p * (1 - p) / den + z2 / (4 * den * den)) / (1 + z2 / den)
     return max(0.0, center - half) * kpi.scale, min(1.0, center + half) * kpi.scale
+
+
+def mean_interval(total: float, n: float, squares: float | None, scale: float = 1.0
+                  ) -> tuple[float | None, float | None]:
+    """95 % interval of a mean from the sum, count and sum of squares of what it averages:
+    mean ± z·s/√n with s² the sample variance. None below two values or without squares."""
+    if squares is None or n < 2:
+        return None, None
+    mean = total / n
+    var = max(0.0, (squares - total * mean) / (n - 1))  # rounding can dip below 0
+    half = Z95 * math.sqrt(var / n)
+    return (mean - half) * scale, (mean + half) * scale
 
 
 def poisson_interval(count: float) -> tuple[float, float]:

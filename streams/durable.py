@@ -30,6 +30,8 @@ from typing import Any, Final
 
 import msgspec
 
+from metrics.alerts import HeldBreach
+from metrics.baselines import BaselineState
 from metrics.catalog import Catalog
 from metrics.engine import KpiEngine
 from streams.dedup_disk import Changes, DiskDedup
@@ -88,7 +90,8 @@ class Durable:
     # ---- commit ---------------------------------------------------------------------------
 
     def prepare(self, engine: KpiEngine, seq: int, applied: Offsets, invalid: dict[str, int],
-                outbox: list[dict[str, Any]]) -> Commit:
+                outbox: list[dict[str, Any]], alerts: list[HeldBreach],
+                baselines: BaselineState) -> Commit:
         """Encode a commit; under the shard's lock (the engine's state is read live)."""
         changes = self.dedup.drain()
         core, changed, names = engine.durable(source_ref, self.full_next)
@@ -101,7 +104,8 @@ class Durable:
             extra.append((part_key(self.name, seq, name), value))
             parts[name] = (seq, zlib.crc32(value))
         chain = {**self.chain, seq // EPOCH: seq}
-        snap = Snapshot(seq, core, applied, invalid, outbox, chain, self.lineage, parts=parts)
+        snap = Snapshot(seq, core, applied, invalid, outbox, chain, self.lineage, parts=parts,
+                        alerts=alerts, baselines=baselines)
         return Commit(seq, changes, encode(snap, self.name, self.catalog), extra, new_segments,
                       parts, chain)
 

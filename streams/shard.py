@@ -23,6 +23,7 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from metrics.alerts import AlertEvaluator, alert_key
+from metrics.baselines import Baselines, BaselineState
 from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, Parser, event_parser
@@ -73,6 +74,8 @@ class Shard:
         self.durable = Durable(name, catalog, state, self.dedup)
         #: breaches of the catalog's alerts, on the open values it emits (`kpi-alerts`)
         self.alerts = AlertEvaluator(catalog)
+        #: seasonal baselines of the KPIs with an `anomaly:`, on the closed windows
+        self.baselines = Baselines(catalog)
         self.stats = ShellStats()
         self._lag_by_tp: dict[tuple[str, int], int] = {}
         # durability (streams/state.py): what the engine applied, what a snapshot made durable
@@ -108,6 +111,8 @@ class Shard:
         self.applied = dict(snap.applied) if snap else {}
         self._snapshot_applied = dict(self.applied)
         self.stats.invalid = dict(snap.invalid) if snap else {}
+        self.alerts.restore(snap.alerts if snap else [])
+        self.baselines.restore(snap.baselines if snap else BaselineState())
         # this worker's tenure of the shard: snapshots numbered in a fresh epoch, the
         # previous owner's keys deleted once the first is durable (streams/state.py)
         self.snapshot_seq = epoch * EPOCH
@@ -182,11 +187,14 @@ class Shard:
         async with self._state_lock:
             # DLQ and late copies of the input this snapshot covers are out before it counts
             await self.io.flush()
+            if self.engine.revised:  # a commit carries the revisions of what it covers
+                await self.publish_finals(self.engine.advance(), time.perf_counter())
             applied = dict(self.applied)
             outbox, self.outbox = self.outbox, []
             # serialised under the lock: the state and the offsets agree
             commit = self.durable.prepare(self.engine, self.snapshot_seq + 1, applied,
-                                          dict(self.stats.invalid), [r for _, r in outbox])
+                                          dict(self.stats.invalid), [r for _, r in outbox],
+                                          self.alerts.snapshot(), self.baselines.snapshot())
         try:
             await self.durable.write(commit)
         except (KafkaError, OSError, TimeoutError) as exc:
@@ -363,9 +371,14 @@ class Shard:
         return before
 
     async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
-        """Closed windows wait in the outbox for the snapshot that makes them durable."""
+        """Closed windows wait in the outbox for the snapshot that makes them durable; their
+        anomalies go out on `kpi-alerts` now."""
         self.outbox += [(t0, rec) for rec in records]
         self.out.history.add(records)
+        if records and self.baselines.kpis:
+            for event in self.baselines.observe(records, records[0]["emitted_at"]):
+                await self.io.send(self.out.topic_alerts, alert_key(event).encode(),
+                                   orjson.dumps(event))
 
     async def _send_finals(self, outbox: list[tuple[float, dict[str, Any]]]) -> None:
         send = self.io.send

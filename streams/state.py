@@ -33,6 +33,8 @@ from typing import Any, Final, NamedTuple
 import msgspec
 import orjson
 
+from metrics.alerts import HeldBreach
+from metrics.baselines import BaselineState
 from metrics.catalog import Catalog
 from metrics.errors import StateError
 from metrics.snapshot import EngineState
@@ -91,6 +93,9 @@ class Snapshot:
     #: the engine's parts (metrics/snapshot.py): name -> (seq of the commit that wrote its
     #: current record, crc32 of it); the engine state above is the core without them
     parts: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    #: the alert breaches under way: kpi-alerts goes on from them after a restart
+    alerts: list[HeldBreach] = dataclasses.field(default_factory=list)
+    baselines: BaselineState = dataclasses.field(default_factory=BaselineState)
 
 
 class SourceRef(NamedTuple):
@@ -120,6 +125,10 @@ class StoredSnapshot(msgspec.Struct, gc=False):
     chain: dict[int, int] = {}
     lineage: str = ""
     parts: dict[str, tuple[int, int]] = {}
+    #: the alert breaches under way (metrics/alerts.py), the seasonal baselines and
+    #: anomalies under way (metrics/baselines.py)
+    alerts: list[HeldBreach] = []
+    baselines: BaselineState = msgspec.field(default_factory=BaselineState)
 
 
 _ENCODE: Final = msgspec.msgpack.Encoder().encode
@@ -320,7 +329,8 @@ def encode(snap: Snapshot, group: str, catalog: Catalog) -> list[tuple[bytes, by
     """(key, value) records: the chunks, then the manifest last; keys start ``{group}|``."""
     blob = zlib.compress(_ENCODE(StoredSnapshot(snap.engine, snap.applied, snap.invalid,
                                                 snap.outbox, snap.chain, snap.lineage,
-                                                snap.parts)), 1)
+                                                snap.parts, snap.alerts,
+                                                snap.baselines)), 1)
     seq = _SEQ.pack(snap.seq)
     slot = slot_of(snap.seq)
     chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
@@ -446,4 +456,5 @@ def _assemble(manifest: Manifest, chunks: dict[tuple[str, int], bytes]) -> Snaps
     except (zlib.error, msgspec.DecodeError, ValueError) as exc:
         raise StateError(f"snapshot {manifest.seq} is unreadable: {exc}") from None
     return Snapshot(manifest.seq, data.engine, data.applied, data.invalid, data.outbox,
-                    data.chain, data.lineage, manifest.format, manifest.aggregates, data.parts)
+                    data.chain, data.lineage, manifest.format, manifest.aggregates, data.parts,
+                    data.alerts, data.baselines)

@@ -80,12 +80,16 @@ class Pipeline:
         "deals_won": _DEAL_DIMS,
         "deals_lost": _DEAL_DIMS,
         "won_amount": _DEAL_DIMS,
+        "won_amount_sq": _DEAL_DIMS,
         "cycle_days_sum": _DEAL_DIMS,
+        "cycle_days_sq": _DEAL_DIMS,
         "cycle_deals": _DEAL_DIMS,
         "new_customers": _DEAL_DIMS,
     }
     consumes: ClassVar[frozenset[str]] = frozenset({"lead.created", "deal.stage_changed"})
-    micro: ClassVar[frozenset[str]] = frozenset({"won_amount", "cycle_days_sum"})
+    #: sums in millionths; ``_sq``: of the squares (a mean's interval)
+    micro: ClassVar[frozenset[str]] = frozenset({"won_amount", "won_amount_sq", "cycle_days_sum",
+                                                 "cycle_days_sq"})
     settles: ClassVar[bool] = False
     state_type: ClassVar[type[msgspec.Struct]] = PipelineState
     part_types: ClassVar[dict[str, Any]] = {
@@ -223,12 +227,16 @@ class Pipeline:
                 facts.append((since, "deals_advanced", (*dims, ("stage", _OPEN[-1])), 1))
             facts.append((since, "deals_entered", (*dims, ("stage", "won")), 1))
             facts.append((since, "deals_won", dims, 1))
-            facts.append((since, "won_amount", dims, d.history[-1][2]))
+            amount = d.history[-1][2]
+            facts.append((since, "won_amount", dims, amount))
+            facts.append((since, "won_amount_sq", dims, round(amount * amount / MICRO)))
             lead_ts = lead[0] if lead is not None else next(
                 (ts for ts, stage, _ in d.history if stage == 0), None)
             if lead_ts is not None and lead_ts <= since:
                 facts.append((since, "cycle_days_sum", dims,
                               round((since - lead_ts) * MICRO / DAY_MS)))
+                days = (since - lead_ts) / DAY_MS
+                facts.append((since, "cycle_days_sq", dims, round(days * days * MICRO)))
                 facts.append((since, "cycle_deals", dims, 1))
             win = (since, dims)
         elif last_stage == _LOST:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Final
 
 from metrics.trackers.base import Tracker
+from metrics.trackers.cohorts import SendCohorts
 from metrics.trackers.first_seen import UniqueClickers, UniqueOpeners
 from metrics.trackers.pipeline import Pipeline
 from metrics.trackers.sessions import Sessions
 from metrics.trackers.visitors import Visitors
 
-TRACKERS: Final[tuple[type[Tracker], ...]] = (UniqueOpeners, UniqueClickers, Sessions, Visitors,
-                                              Pipeline)
+TRACKERS: Final[tuple[type[Tracker], ...]] = (UniqueOpeners, UniqueClickers, SendCohorts,
+                                              Sessions, Visitors, Pipeline)
 
 #: builtin aggregate -> (the family of the tracker that makes it, the dims its facts carry)
 BUILTINS: Final[dict[str, tuple[str, frozenset[str]]]] = {

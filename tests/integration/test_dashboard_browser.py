@@ -99,6 +99,28 @@ def test_dashboard_shows_the_open_rate_warning_in_a_real_browser(tmp_path: Path)
                 page.locator("#breakdown tbody tr").first.wait_for(timeout=20_000)
                 assert "events/s" in page.locator("#health").inner_text()
 
+                # the campaign scorecards: a row per campaign, its lifetime open rate the
+                # one /kpis serves (window "lifetime")
+                page.locator("#scorecards tbody tr").first.wait_for(timeout=20_000)
+                served_cards: dict[str, set[float]] = {}  # every value /kpis served lately
+                deadline = time.monotonic() + 30
+                while True:
+                    cards = {r["dims"]["campaign_id"]: r["value"]
+                             for r in kpis(port, kpi="email_open_rate", window="lifetime")}
+                    for c, v in cards.items():
+                        served_cards.setdefault(c, set()).add(v)
+                    cells = page.eval_on_selector_all(
+                        '#scorecards tbody tr td[data-kpi="email_open_rate"]',
+                        "els => els.map(e => [e.parentElement.dataset.campaign, "
+                        "e.dataset.value])")
+                    shown_cards = {c: float(v) for c, v in cells if v}
+                    if set(shown_cards) == set(cards) and all(
+                            v in served_cards[c] for c, v in shown_cards.items()):
+                        break
+                    assert time.monotonic() < deadline, (shown_cards, cards)
+                    time.sleep(0.25)
+                assert len(cards) >= 3 and all(0 <= v <= 1 for v in cards.values())
+
                 # the window selector switches tiles to 1h
                 page.get_by_role("button", name="1h").click()
                 page.locator('article.tile[data-kpi="email_open_rate"][data-window="1h"]'

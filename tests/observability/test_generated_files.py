@@ -248,6 +248,14 @@ def test_dashboards_fixed_uids_datasource_by_uid_variables_and_links() -> None:
         "custom.fillBelowTo"
     assert any(p["type"] == "table" and "ALERTS" in p["targets"][0]["expr"]
                for p in boards["overview.json"]["panels"])
+    # the campaign scorecards: one row per campaign, a column per lifetime email rate
+    card = next(p for p in boards["email-web.json"]["panels"]
+                if p.get("title", "").startswith("Campaign scorecards"))
+    assert card["type"] == "table"
+    assert all('window="lifetime", campaign_id=~"$campaign"' in t["expr"]
+               for t in card["targets"])
+    columns = set(card["transformations"][1]["options"]["renameByName"].values())
+    assert {"sent", "email_open_rate", "email_bounce_rate", "email_unsubscribe_rate"} <= columns
     # every KPI has a tile on the overview, with its threshold, linking to its breakdowns
     tiles = {p["title"]: p for p in boards["overview.json"]["panels"] if p["type"] == "stat"}
     assert set(tiles) == set(DEFAULT_CATALOG.kpis)

@@ -51,40 +51,42 @@ def test_disorder_within_grace_gives_identical_finals(
     assert final_values(replay(shuffled, now_ms=NOW)) == in_order_finals
 
 
-email_event = st.tuples(
+social_event = st.tuples(
     st.integers(0, 3 * 3600),  # seconds after T0
-    st.sampled_from(["email.sent", "email.bounced"]),
-    st.sampled_from(["c1", "c2", "c3"]),
+    st.sampled_from(["social.impressions", "social.interaction"]),
+    st.sampled_from(["linkedin", "x", "youtube"]),
 )
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(email_event, min_size=1, max_size=60))
+@given(st.lists(social_event, min_size=1, max_size=60))
 def test_windows_from_panes_equal_direct_computation(events: list[tuple[int, str, str]]
                                                      ) -> None:
+    """Every window, read from its panes, equals the events it covers counted directly (an
+    event-time KPI: email rates count by send cohort, tests/unit/trackers/test_cohorts.py)."""
     raw: list[dict[str, Any]] = [
-        {"event_id": f"e{i}", "type": t, "ts": T0 + s * 1000, "campaign_id": c,
-         "contact_id": f"p{i}", "bounce": "soft"} for i, (s, t, c) in enumerate(events)]
+        {"event_id": f"e{i}", "type": t, "ts": T0 + s * 1000, "network": n, "count": 1,
+         "kind": "like"} for i, (s, t, n) in enumerate(events)]
     raw.sort(key=lambda e: e["ts"])
     recs = finals(replay(raw, now_ms=NOW))
     seen = 0
     for rec in recs.values():
-        if rec["kpi"] != "email_bounce_rate":
+        if rec["kpi"] != "social_engagement_rate":
             continue
         start, end = ms(rec["start"].replace("Z", "+00:00")), ms(rec["end"].replace("Z",
                                                                                      "+00:00"))
-        camp = rec["dims"].get("campaign_id")
+        net = rec["dims"].get("network")
         inside = [e for e in raw if start <= e["ts"] < end
-                  and (camp is None or e["campaign_id"] == camp)]
-        assert rec["numerator"] == sum(e["type"] == "email.bounced" for e in inside)
-        assert rec["denominator"] == sum(e["type"] == "email.sent" for e in inside)
+                  and (net is None or e["network"] == net)]
+        assert rec["numerator"] == sum(e["type"] == "social.interaction" for e in inside)
+        assert rec["denominator"] == sum(e["type"] == "social.impressions" for e in inside)
         seen += 1
     # every window that holds an event was published
     for size_s, hop_s, name in ((300, 60, "5m"), (3600, 300, "1h"), (86400, 3600, "24h")):
         ends = {((e["ts"] - T0) // 1000 // hop_s + k) * hop_s
                 for e in raw for k in range(1, size_s // hop_s + 1)}
         published = {r["end"] for r in recs.values()
-                     if r["kpi"] == "email_bounce_rate" and r["window"] == name
+                     if r["kpi"] == "social_engagement_rate" and r["window"] == name
                      and not r["dims"]}
         assert len(published) == len(ends)
     assert seen > 0

@@ -238,8 +238,10 @@ def test_units_and_currency(crm_records: list[dict[str, Any]]) -> None:
 
 
 def test_value_is_null_when_denominator_is_zero() -> None:
-    recs = replay([ev("email.opened", T0, campaign_id="c1", contact_id="p1")])
-    rec = pick(recs, "email_open_rate", "1h", END_1H)
+    # a send clicked without a tracked open (images blocked): click-to-open over no opens
+    recs = replay([ev("email.sent", T0, campaign_id="c1", contact_id="p1"),
+                   ev("email.clicked", T0 + MIN, campaign_id="c1", contact_id="p1")])
+    rec = pick(recs, "email_click_rate", "1h", END_1H)
     assert (rec["numerator"], rec["denominator"], rec["value"]) == (1, 0, None)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from metrics.records import iso_ms, make_record, update_key, window_key
 from tests.helpers import DEFAULT_CATALOG
 
@@ -45,8 +47,12 @@ def test_ratio_records_carry_a_wilson_interval() -> None:
     romi = DEFAULT_CATALOG.kpis["romi"]
     r = make_record(romi, "ratio", "30d", "a", "b", {}, 5.0, 2.0, True, 0, "t")
     assert r["lower"] is None and r["upper"] is None
-    deal = DEFAULT_CATALOG.kpis["avg_deal_size"]  # a mean: its amounts vary with the count
-    assert "lower" not in make_record(deal, "EUR", "30d", "a", "b", {}, 5.0, 2.0, True, 0, "t")
+    deal = DEFAULT_CATALOG.kpis["avg_deal_size"]  # a mean: its interval from its squares
+    r = make_record(deal, "EUR", "30d", "a", "b", {}, 5.0, 2.0, True, 0, "t")
+    assert r["lower"] is None and r["upper"] is None  # no squares given
+    r = make_record(deal, "EUR", "30d", "a", "b", {}, 5.0, 2.0, True, 0, "t", 13.0)
+    # 2 and 3: mean 2.5, s² = 0.5, half-width 1.96 · 0.5
+    assert r["lower"] == pytest.approx(2.5 - 0.979981992) and r["upper"] > 2.5
     social = DEFAULT_CATALOG.kpis["social_engagement_rate"]  # a sum of integer counts
     assert interval(social, 30.0, 1000.0)[0] is not None
 

@@ -24,10 +24,11 @@ from metrics.errors import StateError
 from streams.shard import Shard
 from streams.shard_ports import Outputs
 from streams.state import decode_segment, segment_of
-from tests.helpers import final_values
+from tests.helpers import final_values, ms, replay
 from tests.tools import ROOT
 from tests.unit.test_shard import (
     EMAIL,
+    GEN,
     SETTINGS,
     TOPIC,
     FakeIO,
@@ -186,35 +187,71 @@ def test_a_local_store_ahead_of_the_history_is_rebuilt(tmp_path: Path) -> None:
     assert back.engine.events_total == first_run_counts(lines)
 
 
-def test_a_format_3_state_is_migrated(tmp_path: Path) -> None:
-    """The fixture is a shard's state table as the previous format wrote it (every event id
-    inside the pickled-free snapshot), after the first half of the traffic."""
+FIXTURE_CATALOG = build_catalog(yaml.safe_load(
+    (ROOT / "tests" / "fixtures" / "state_format3_catalog.yaml").read_text())).restrict(("email",))
+
+
+def _migrate(tmp_path: Path, catalog: Catalog) -> tuple[Shard, FakeIO, dict[str, Any]]:
+    """The format 3 fixture restored by a shard with ``catalog``, which then reads the whole
+    traffic (its first half again: skipped)."""
     fixture = msgspec.msgpack.decode(FIXTURE.read_bytes())
     records = [(bytes(k), bytes(v)) for k, v in fixture["records"]]
     assert not any(b"|dd|" in k for k, _ in records)
-    lines = traffic()
     io, table = FakeIO(), FakeTable()
     table.data.update(records)
-    sh = shard(io, table, tmp_path)
+    sh = shard(io, table, tmp_path, catalog)
 
     async def go() -> None:
         await sh.activate(table.records("email"), 0.0)
         assert sh.durable.ids_loaded["from"] == "format 3 snapshot"
         assert sum(sh.applied.values()) + len(sh.applied) == fixture["messages"]
-        for b in batches(lines):
+        for b in batches(traffic()):
             await sh.handle(b)
         await sh.snapshot(force=True)
 
     run(go())
     assert sh.replayed_skipped == fixture["messages"]
-    assert sh.engine.events_total == first_run_counts(lines)
-    got, want = final_values(io.windows()), oracle(lines)
-    assert got and all(got[k] == want[k] for k in got)
+    assert sh.engine.events_total == first_run_counts(traffic())
     # once migrated, the table holds the new format only: segments, no format 3 manifest
     keys = [k for k, _ in table.records("email")]
     assert any(b"|dd|" in k for k in keys)
     assert all(orjson.loads(v).get("format") == 4 for k, v in table.records("email")
                if b"|manifest|" in k)
+    return sh, io, fixture
+
+
+def test_a_format_3_state_is_migrated(tmp_path: Path) -> None:
+    """The fixture is a shard's state table as the previous format wrote it (every event id
+    inside the pickle-free snapshot), after the first half of the traffic, with the catalog
+    of that release (tests/fixtures/state_format3_catalog.yaml): continued with that
+    catalog, every window equals replay's."""
+    _, io, _ = _migrate(tmp_path, FIXTURE_CATALOG)
+    want = final_values(replay(traffic(), FIXTURE_CATALOG, now_ms=GEN.end_ms + 60_000))
+    got = final_values(io.windows())
+    assert got and all(got[k] == want[k] for k in got)
+
+
+def test_a_format_3_state_continues_under_the_current_catalog(tmp_path: Path) -> None:
+    """Upgraded to the current catalog, the migrated state keeps what both define (the sends
+    counted before the restart); the send cohorts, new since, count from the restart on:
+    their numerators can only fall short of a replay of the whole history."""
+    _, io, fixture = _migrate(tmp_path, EMAIL)
+    want, got = oracle(traffic()), final_values(io.windows())
+    rates = [k for k, r in got.items() if r["kpi"] == "email_open_rate"]
+    assert rates and all(got[k]["denominator"] == want[k]["denominator"] for k in rates)
+    assert all(got[k]["numerator"] <= want[k]["numerator"] for k in rates)
+    assert any(got[k]["numerator"] < want[k]["numerator"] for k in rates)
+    # a window of sends all made after the restart has all their responses too
+    stamps = []
+    for raw in traffic()[:fixture["messages"]]:
+        try:
+            ts = orjson.loads(raw)["ts"]
+            stamps.append(ms(ts.replace("Z", "+00:00")) if isinstance(ts, str) else int(ts))
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+            pass  # the traffic's invalid lines
+    restart = max(t for t in stamps if t <= GEN.end_ms)  # not the invalid far-future ones
+    after = [k for k in rates if ms(got[k]["start"].replace("Z", "+00:00")) > restart]
+    assert after and all(got[k] == want[k] for k in after)
 
 
 def _attack(tmp_path: Path) -> tuple[bytes, Path]:
@@ -332,7 +369,7 @@ def test_a_kpi_added_keeps_every_other_kpis_state(tmp_path: Path) -> None:
     def edit(raw: dict[str, Any]) -> None:
         raw["kpis"]["email_sent_per_open"] = {
             "description": "Emails sent per unique open.", "numerator": "email_sent",
-            "denominator": "email_unique_opens", "unit": "ratio", "dims": ["campaign_id"]}
+            "denominator": "email_opened_sends", "unit": "ratio", "dims": ["campaign_id"]}
 
     catalog = edited(edit)
     assert "email_sent_per_open" in catalog.kpis
@@ -347,7 +384,7 @@ def test_a_kpi_added_keeps_every_other_kpis_state(tmp_path: Path) -> None:
 
 def test_a_redefined_aggregate_drops_its_values_only(tmp_path: Path) -> None:
     def edit(raw: dict[str, Any]) -> None:
-        raw["aggregates"]["email_delivered"]["event"] = "email.sent"  # another definition
+        raw["aggregates"]["email_opens"]["where"] = {"segment": ["cfo"]}  # another definition
 
     catalog = edited(edit)
     lines = traffic()
@@ -364,8 +401,8 @@ def test_a_redefined_aggregate_drops_its_values_only(tmp_path: Path) -> None:
     second = run(go())
     fw = second.engine.windows["email"]
     keys = {k[0] for pane in fw.panes.values() for k in pane}
-    assert "email_delivered" not in keys
-    assert {"email_sent", "email_opens"} <= keys  # the others kept their values
+    assert "email_opens" not in keys
+    assert {"email_sent", "email_opened_sends"} <= keys  # the others kept their values
 
 
 def test_a_million_ids_held_survive_a_crash_without_loss_or_double_count(
@@ -429,7 +466,7 @@ def test_the_fixture_is_the_previous_format() -> None:
 def test_a_crafted_pickle_as_a_part_fails_by_name_and_runs_nothing(tmp_path: Path) -> None:
     payload, target = _attack(tmp_path)
     engine = shard(FakeIO(), FakeTable(), tmp_path / "a").engine
-    for name in ("w|email|p|0", "p|email|5m|0", "t|unique_opens|first|5"):
+    for name in ("w|email|p|0", "p|email|5m|0", "t|send_cohorts|cohorts|5"):
         with pytest.raises(StateError, match=name.replace("|", r"\|")):
             engine.load_parts([(name, payload)])
     table = FakeTable()

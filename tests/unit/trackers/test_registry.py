@@ -12,12 +12,18 @@ from tests.helpers import DEFAULT_CATALOG
 def test_the_catalog_knows_exactly_the_registered_builtins() -> None:
     assert catalog.BUILTINS is BUILTINS
     assert set(BUILTINS) == {b for t in TRACKERS for b in t.builtins}
-    assert {"won_amount", "cycle_days_sum"} == MICRO_BUILTINS
+    assert {"won_amount", "won_amount_sq", "cycle_days_sum", "cycle_days_sq"} == MICRO_BUILTINS
 
 
 def test_the_engine_runs_the_trackers_its_catalog_uses() -> None:
+    from metrics.trackers.registry import TRACKER_OF
+
     engine = KpiEngine(DEFAULT_CATALOG)
-    assert set(engine.trackers) == {t.name for t in TRACKERS}
+    used = {TRACKER_OF[a.builtin].name for a in DEFAULT_CATALOG.aggregates.values()
+            if a.builtin is not None}
+    assert set(engine.trackers) == used
+    # the default catalog counts email by send cohort: the unique-opener trackers are idle
+    assert used == {t.name for t in TRACKERS} - {"unique_opens", "unique_clicks"}
     email_only = KpiEngine(DEFAULT_CATALOG.restrict(("email",)))
-    assert set(email_only.trackers) == {"unique_opens", "unique_clicks"}
-    assert set(email_only.state_sizes()) >= {"unique_opens", "unique_clicks", "dedup_ids"}
+    assert set(email_only.trackers) == {"send_cohorts"}
+    assert set(email_only.state_sizes()) >= {"send_cohorts", "dedup_ids"}
