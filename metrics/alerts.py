@@ -30,11 +30,15 @@ Record = dict[str, Any]
 TOPIC: Final = "kpi-alerts"
 
 
+def camel(name: str) -> str:
+    """email_open_rate -> EmailOpenRate: a KPI's part of its alerts' names."""
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
 def alert_name(kpi: Kpi) -> str:
     """email_open_rate + below -> EmailOpenRateLow (the Prometheus rule's name too)."""
     assert kpi.alert is not None
-    camel = "".join(part.capitalize() for part in kpi.name.split("_"))
-    return f"{camel}{'Low' if kpi.alert.op == 'below' else 'High'}"
+    return f"{camel(kpi.name)}{'Low' if kpi.alert.op == 'below' else 'High'}"
 
 
 @dataclass

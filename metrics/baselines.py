@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
+from metrics.alerts import camel
 from metrics.catalog import Catalog, Kpi, parse_duration_ms
 from metrics.constants import DAY_MS, HOUR_MS
 from metrics.records import dims_text, iso_ms
@@ -37,7 +38,7 @@ WEEK_MS: Final = 7 * DAY_MS
 
 def anomaly_name(kpi: Kpi) -> str:
     """leads -> LeadsAnomaly."""
-    return "".join(part.capitalize() for part in kpi.name.split("_")) + "Anomaly"
+    return camel(kpi.name) + "Anomaly"
 
 
 def slot_of(end_ms: int) -> int:
@@ -153,7 +154,7 @@ def _event(kpi: Kpi, rec: Record, band: tuple[float, float, float] | None, state
     a = kpi.anomaly
     assert a is not None
     base, low, high = band if band is not None else (None, None, None)
-    below = held.below
+    below = held.below  # the side it left by, also when it resolves
     return {"alert": anomaly_name(kpi), "kind": "anomaly", "kpi": kpi.name,
             "window": rec["window"], "dims": rec["dims"], "value": rec["value"],
             "lower": rec.get("lower"), "upper": rec.get("upper"),

@@ -391,24 +391,14 @@ def _anomaly(raw: Any, where: str, windows: tuple[str, ...], c: _Checker) -> Ano
     window = raw.get("window", min(windows, key=parse_duration_ms))
     if window not in windows:
         c.fail(where, f"window {window!r} is not one of the KPI's windows {list(windows)}")
-    band, alpha = raw.get("band", 4.0), raw.get("alpha", 0.2)
-    samples, min_den = raw.get("min_samples", 4), raw.get("min_denominator", 0)
+    band, alpha, samples = raw.get("band", 4.0), raw.get("alpha", 0.2), raw.get("min_samples", 4)
     if not isinstance(band, int | float) or band <= 0:
         c.fail(where, "band must be a number > 0 (standard deviations)")
     if not isinstance(alpha, int | float) or not 0 < alpha <= 1:
         c.fail(where, "alpha must be a number in (0, 1]")
     if not isinstance(samples, int) or samples < 2:
         c.fail(where, "min_samples must be an integer >= 2")
-    if not isinstance(min_den, int | float) or min_den < 0:
-        c.fail(where, "min_denominator must be a number >= 0")
-    for_ = str(raw.get("for", "0m"))
-    try:
-        parse_duration_ms(for_)
-    except ValueError as exc:
-        c.fail(where, f"for: {exc}")
-    severity = raw.get("severity", "warning")
-    if severity not in SEVERITIES:
-        c.fail(where, f"severity must be one of {sorted(SEVERITIES)}")
+    severity, for_, min_den = _alert_common(raw, where, "0m", c)
     try:
         return Anomaly(str(window), float(band), float(alpha), int(samples), float(min_den),
                        for_, str(severity), bool(raw.get("by_dims", False)))
@@ -430,14 +420,7 @@ def _alert(raw: Any, where: str, c: _Checker) -> Alert | None:
     if not isinstance(threshold, int | float) or isinstance(threshold, bool):
         c.fail(where, f"{ops[0]} must be a number")
         return None
-    severity = raw.get("severity", "warning")
-    if severity not in SEVERITIES:
-        c.fail(where, f"severity must be one of {sorted(SEVERITIES)}")
-    for_ = str(raw.get("for", "5m"))
-    try:
-        parse_duration_ms(for_)
-    except ValueError as exc:
-        c.fail(where, f"for: {exc}")
+    severity, for_, min_den = _alert_common(raw, where, "5m", c)
     unknown = set(raw) - {"below", "above", "severity", "for", "min_denominator", "window"}
     if unknown:
         c.fail(where, f"unknown keys {sorted(unknown)}")
@@ -445,8 +428,23 @@ def _alert(raw: Any, where: str, c: _Checker) -> Alert | None:
     if not isinstance(window, str):
         c.fail(where, "window must be a window name such as 5m")
         window = ""
+    return Alert(ops[0], float(threshold), min_den, for_, severity, window)
+
+
+def _alert_common(raw: dict[str, Any], where: str, default_for: str, c: _Checker
+                  ) -> tuple[str, str, float]:
+    """The settings a threshold alert and an anomaly share, checked: severity, `for` and
+    the volume guard (an invalid one reads as 0)."""
+    severity = raw.get("severity", "warning")
+    if severity not in SEVERITIES:
+        c.fail(where, f"severity must be one of {sorted(SEVERITIES)}")
+    for_ = str(raw.get("for", default_for))
+    try:
+        parse_duration_ms(for_)
+    except ValueError as exc:
+        c.fail(where, f"for: {exc}")
     min_den = raw.get("min_denominator", 0)
     if not isinstance(min_den, int | float) or min_den < 0:
         c.fail(where, "min_denominator must be a number >= 0")
         min_den = 0
-    return Alert(ops[0], float(threshold), float(min_den), for_, str(severity), window)
+    return str(severity), for_, float(min_den)
