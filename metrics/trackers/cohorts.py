@@ -95,8 +95,15 @@ class SendCohorts:
         if c is None:
             c = Cohort([], [])
             self.cohorts.put(key, c)
+            latest = -1
         else:
-            self._prune(c, max(ts, _latest(c)))
+            latest = _latest(c)
+            self._prune(c, max(ts, latest))
+        if ts > latest or (ts == latest and ev.type != "email.sent"):
+            changes = self._in_order(c, ev, ts)  # the common case, without recounting
+            self.cohorts.touch(key)
+            self._tally(d.campaign_id, ts, ev.type == "email.sent", changes)
+            return changes
         before = _facts(c)
         if ev.type == "email.sent":
             insort(c.sends, (ts, (("campaign_id", d.campaign_id),
@@ -111,6 +118,29 @@ class SendCohorts:
         changes = net_change(before, after) if after != before else []
         self._tally(d.campaign_id, ts, ev.type == "email.sent", changes)
         return changes
+
+    def _in_order(self, c: Cohort, ev: Event, ts: int) -> list[Fact]:
+        """An event at or after everything its cohort holds: a send answers nothing yet; a
+        response answers the latest send, a new fact if that send had no such response."""
+        d = ev.data
+        if ev.type == "email.sent":
+            c.sends.append((ts, (("campaign_id", d.campaign_id),
+                                 ("segment", d.segment or UNKNOWN))))
+            return []
+        kind = ev.type.removeprefix("email.")
+        kinds = [kind, "hard"] if kind == "bounced" and d.bounce == "hard" else [kind]
+        out: list[Fact] = []
+        if c.sends:
+            send_ts, dims = c.sends[-1]
+            seen = set()
+            for r_ts, r_kind in reversed(c.responses):
+                if r_ts < send_ts:
+                    break
+                seen.add(r_kind)
+            out = [(send_ts, _BUILTIN[k], dims, 1) for k in kinds if k not in seen]
+        for k in kinds:
+            insort(c.responses, (ts, k))
+        return out
 
     def _tally(self, campaign: str, ts: int, sent: bool, changes: list[Fact]) -> None:
         t = self.campaigns.get(campaign)
