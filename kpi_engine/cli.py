@@ -137,6 +137,9 @@ def demo(**o: Any) -> int:
 @catalog_option
 @click.option("--group-id", help="consumer group: workers with the same one share the "
               "partitions and the state (KPI_GROUP_ID, default kpi-engine)")
+@click.option("--instance-id", help="static group membership: a stable name per worker (one "
+              "per host or pod), so a restarted worker takes its partitions back without "
+              "waiting for its old session to expire (KPI_INSTANCE_ID, default: none)")
 @click.option("--partitions", type=int,
               help="partitions when creating topics (KPI_PARTITIONS, default 4)")
 @click.option("--data-dir", help="where local state (event ids, RocksDB) survives restarts "
@@ -150,7 +153,8 @@ def worker(**o: Any) -> int:
     from streams.settings import load_settings
 
     return run_worker(load_settings(_pick(o, *KAFKA_FLAGS, "web_host", "web_port", "catalog",
-                                          "group_id", "partitions", "data_dir", "log_level")))
+                                          "group_id", "instance_id", "partitions", "data_dir",
+                                          "log_level")))
 
 
 @cli.command()

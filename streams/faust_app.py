@@ -371,6 +371,9 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit
         producer_max_request_size=4 * 1024 * 1024,
         consumer_max_fetch_size=4 * 1024 * 1024,
+        # static membership when named: a kill -9'd worker restarted under the same id is
+        # assigned again at once, not after its old session times out (ENGINEERING.md §2)
+        consumer_group_instance_id=settings.instance_id or None,
     )
     shells: list[KpiShell] = []  # the table's recovery callback needs the shell, made next
 

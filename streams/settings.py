@@ -42,6 +42,9 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: Port = 6066
     group_id: Annotated[str, msgspec.Meta(min_length=1)] = "kpi-engine"
+    #: static group membership (KIP-345): a worker restarted under the same id takes its
+    #: partitions back without waiting for its old session to expire; empty: dynamic
+    instance_id: Annotated[str, msgspec.Meta(max_length=249)] = ""
     idle_timeout: NonNegative = 30.0  # seconds; 0 turns idle watermark advance off
     emit_interval: Positive = 1.0  # seconds
     snapshot_interval: NonNegative = 5.0  # seconds between durable state snapshots

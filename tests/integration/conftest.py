@@ -104,6 +104,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProc]]:
         })
         if settings.catalog is not None:
             env["KPI_CATALOG"] = settings.catalog
+        if settings.instance_id:
+            env["KPI_INSTANCE_ID"] = settings.instance_id
         log_path = tmp_path / f"worker-{len(started)}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "worker"],

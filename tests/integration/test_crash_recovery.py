@@ -104,9 +104,12 @@ class Scenario:
                                    self.cutoff)
 
 
+@pytest.mark.parametrize("instance_id", ["", "worker-a"], ids=["dynamic", "static-membership"])
 def test_kill_9_mid_stream_and_restart_equals_replay(
         broker: EmbeddedBroker, isolated: Settings,
-        start_worker: Callable[[Settings], WorkerProc]) -> None:
+        start_worker: Callable[[Settings], WorkerProc], instance_id: str) -> None:
+    """Also under static membership (--instance-id): the restarted worker replaces its
+    killed self in the group, and nothing is lost or counted twice."""
     sc = Scenario.make(isolated, seed=23)
     n = len(sc.messages)
     # the stream arrives in three parts (60 %, 25 %, 15 %). The first is produced at a
@@ -114,7 +117,8 @@ def test_kill_9_mid_stream_and_restart_equals_replay(
     # second is produced while nobody consumes, and the worker is killed -9 again in it
     cuts = [0, int(n * 0.6), int(n * 0.85), n]
     parts = [sc.messages[a:b] for a, b in itertools.pairwise(cuts)]
-    settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2)
+    settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2,
+                       instance_id=instance_id)
     restored = 0
     recovery_s: list[float] = []
     worker = start_worker(settings)

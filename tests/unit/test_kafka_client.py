@@ -88,3 +88,31 @@ def test_topics_created_with_the_replication_and_min_insync_asked() -> None:
     s = load_settings({}, {"KPI_REPLICATION_FACTOR": "3", "KPI_MIN_INSYNC_REPLICAS": "2"})
     assert s.replication_factor == 3
     assert topic_configs(s) == {"min.insync.replicas": "2"}
+
+
+@pytest.mark.parametrize(("flag", "expected"), [(None, None), ("worker-a", "worker-a")])
+def test_instance_id_makes_the_group_membership_static(flag: str | None,
+                                                      expected: str | None) -> None:
+    """--instance-id reaches the aiokafka consumer Faust builds (group.instance.id): a worker
+    restarted under it takes its partitions back without waiting for its old session."""
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from kpi_engine.cli import cli
+    from metrics.catalog import load_catalog
+    from streams.faust_app import make_app
+
+    seen: dict[str, object] = {}
+
+    async def build() -> None:
+        settings = load_settings({"broker": "kafka://127.0.0.1:1", "instance_id": flag}, {})
+        app, _ = make_app(settings, load_catalog())
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        seen["id"] = consumer._group_instance_id
+        await consumer.stop()
+
+    asyncio.run(build())
+    assert seen["id"] == expected
+    # the flag is the worker's (and documented in its help)
+    assert "--instance-id" in CliRunner().invoke(cli, ["worker", "--help"]).output
