@@ -85,7 +85,7 @@ def test_replay_exits_2_when_input_cannot_be_read(tmp_path: Path) -> None:
 def test_catalog_check_accepts_the_default() -> None:
     res = run("catalog", "check", str(DEFAULT))
     assert res.returncode == 0
-    assert b"OK, 27 KPIs" in res.stdout
+    assert b"OK, 28 KPIs" in res.stdout
 
 
 def test_catalog_check_lists_every_problem(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_catalog_every_contract_kpi_is_present() -> None:
                 "cost_per_lead", "cost_per_acquisition", "romi", "nps",
                 # v2
                 "email_click_through_rate", "email_undelivered_rate",
-                "web_visitor_conversion_rate", "spend_category_share"}
+                "web_visitor_conversion_rate", "spend_category_share", "avg_order_value"}
     assert contract <= set(load_catalog().kpis)
 
 

@@ -92,6 +92,28 @@ def test_deal_size_and_cycle_intervals_follow_the_deals_last_stage() -> None:
     assert cycle["upper"] == pytest.approx(high, rel=1e-6)
 
 
+def test_average_order_value_is_revenue_per_order_with_its_interval() -> None:
+    """avg_order_value (issue 17): web order revenue / orders, a resent order counted once,
+    a cart without an order not at all."""
+    amounts = [120.0, 480.5, 2_999.99, 75.25]
+    events: list[dict[str, Any]] = [{"event_id": "cart-x", "type": "cart.created",
+                                     "ts": T0, "cart_id": "x"}]
+    for i, amount in enumerate(amounts):
+        order = {"event_id": f"o{i}", "type": "order.placed", "ts": T0 + i * 60_000,
+                 "cart_id": f"c{i}", "amount": amount, "account_id": f"acct-{i % 2}"}
+        events += [{"event_id": f"cart{i}", "type": "cart.created", "ts": T0 + i * 60_000 - 1,
+                    "cart_id": f"c{i}"}, order]
+    events.append(dict(events[-1]))  # the same event id again: a duplicate
+    events.sort(key=lambda e: e["ts"])
+    rec = total(replay(events, now_ms=T0 + DAY), "avg_order_value", "1h")
+    assert rec["denominator"] == 4 and rec["unit"] == "EUR"
+    assert rec["numerator"] == pytest.approx(3_675.74)
+    assert rec["value"] == pytest.approx(3_675.74 / 4)
+    low, high = normal(amounts)
+    assert rec["lower"] == pytest.approx(low, rel=1e-9)
+    assert rec["upper"] == pytest.approx(high, rel=1e-9)
+
+
 def test_a_spread_needs_a_mean() -> None:
     import yaml
 
