@@ -101,12 +101,18 @@ class Shard:
         #: their first message must follow (``_before_start``)
         self._before: dict[tuple[str, int], int] = {}
         self._positions: dict[tuple[str, int], int | None] = {}  # at the last tick
+        #: the open records as of the engine's change mark (an idle shard reuses them), and
+        #: per `kpi-updates` key what was last sent: only changed values go out again
+        self._open_mark: tuple[Any, ...] | None = None
+        self._open: list[dict[str, Any]] = []
+        self._open_sent: dict[str, tuple[Any, ...]] = {}
 
     def restore(self, records: list[tuple[bytes, bytes]], snap: Snapshot | None,
                 epoch: int) -> None:
         self._before = {}  # read again: the log may have moved on since the last tenure
         self._positions = {}
         self.durable.restore(self.engine, records, snap)
+        self._open_mark = None
         self.resend = snap.outbox if snap else []  # it may not have gone out before the crash
         self.applied = dict(snap.applied) if snap else {}
         self._snapshot_applied = dict(self.applied)
@@ -401,11 +407,20 @@ class Shard:
             await self.publish_finals(self.engine.advance(), t0)
             await self._find_skipped()
         await self.snapshot()
-        current = self.engine.open_records()
+        mark = self.engine.change_mark()
+        if mark != self._open_mark:  # at rest nothing is recomputed (the idle worker's CPU)
+            self._open_mark, self._open = mark, self.engine.open_records()
+        current = self._open
         self.stats.kpis = current
         send = self.io.send
+        sent, self._open_sent = self._open_sent, {}
         for rec in current:
-            await send(self.out.topic_updates, update_key(rec).encode(), orjson.dumps(rec))
+            key = update_key(rec)
+            sig = (rec["start"], rec["end"], rec["numerator"], rec["denominator"],
+                   rec.get("lower"), rec.get("upper"))
+            self._open_sent[key] = sig
+            if sent.get(key) != sig:  # unchanged since it was last sent: not again
+                await send(self.out.topic_updates, key.encode(), orjson.dumps(rec))
         emitted_at = current[0]["emitted_at"] if current else ""
         now = {f: self.engine.watermark(f) for f in self.catalog.families}
         for event in self.alerts.observe(current, emitted_at, now,

@@ -357,3 +357,55 @@ def test_a_standby_counts_nothing() -> None:
     shard = new_shard(io, table)
     run(shard.handle(batches(traffic())[0]))
     assert shard.stale_skipped == 200 and not shard.engine.events_total
+
+
+def test_open_values_go_out_when_they_change_and_an_idle_shard_sends_none() -> None:
+    """`kpi-updates`: each tick sends the open values that changed since last sent. An
+    idle shard neither recomputes nor sends them (its CPU at rest), and /kpis still shows
+    every open value."""
+    lines = traffic()[:2000]
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table)
+    computed = 0
+    real = shard.engine.open_records
+
+    def open_records() -> list[dict[str, Any]]:
+        nonlocal computed
+        computed += 1
+        return real()
+
+    shard.engine.open_records = open_records  # type: ignore[method-assign]
+
+    def updates() -> dict[bytes, dict[str, Any]]:
+        out = [(k, orjson.loads(v)) for t, k, v in io.sent if t == "kpi-updates"]
+        assert len({k for k, _ in out}) == len(out), "one record per key per tick"
+        io.sent.clear()
+        return {k: v for k, v in out if k is not None}
+
+    sent = orjson.dumps({"event_id": "one-more", "type": "email.sent",
+                         "ts": orjson.loads(lines[-1])["ts"],
+                         "campaign_id": "fresh-campaign", "contact_id": "k1"})
+
+    async def go() -> None:
+        await shard.activate(table.records("email"), 0.0)
+        for b in batches(lines):
+            await shard.handle(b)
+        await shard.tick()
+        first = updates()
+        assert first and len(shard.stats.kpis) == len(first) and computed == 1
+        await shard.tick()
+        await shard.tick()
+        assert updates() == {} and computed == 1  # idle: nothing recomputed, nothing sent
+        assert len(shard.stats.kpis) == len(first)
+        # one more send: only the series it changes go out again
+        await shard.handle([Msg(TOPIC, 0, len(lines) // 2, sent)])
+        await shard.tick()
+        again = updates()
+        assert computed == 2 and 0 < len(again) < len(first)
+        assert any(b"campaign_id=fresh-campaign" in k for k in again)
+        for key, rec in again.items():
+            if key in first:
+                assert (rec["numerator"], rec["denominator"]) != (
+                    first[key]["numerator"], first[key]["denominator"]), key
+
+    run(go())
