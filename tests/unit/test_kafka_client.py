@@ -6,6 +6,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faust.auth import SASLCredentials, SSLCredentials
@@ -108,7 +109,8 @@ def test_instance_id_makes_the_group_membership_static(flag: str | None,
     async def build() -> None:
         settings = load_settings({"broker": "kafka://127.0.0.1:1", "instance_id": flag}, {})
         app, _ = make_app(settings, load_catalog())
-        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        faust_consumer: Any = app.consumer
+        consumer = faust_consumer._thread._create_worker_consumer(app.transport)
         seen["id"] = consumer._group_instance_id
         await consumer.stop()
 
