@@ -346,11 +346,7 @@ class KpiEngine:
     # ---- output --------------------------------------------------------------------------
 
     def change_mark(self) -> tuple[int, tuple[int, ...], tuple[bool, ...]]:
-        """What the open windows' values follow: the events counted and the watermarks
-        (closes, settling sessions and expiry move only with them). Two equal marks:
-        ``open_records`` would return the same values, only ``emitted_at`` differing."""
-        return (sum(self.events_total.values()),
-                tuple(wm.value for wm in self.watermarks.values()),
+        return (sum(self.events_total.values()), tuple(w.value for w in self.watermarks.values()),
                 tuple(fw.started for fw in self.windows.values()))
 
     def open_records(self) -> list[Record]:

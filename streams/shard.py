@@ -407,6 +407,8 @@ class Shard:
             await self.publish_finals(self.engine.advance(), t0)
             await self._find_skipped()
         await self.snapshot()
+        # the open values follow only the events counted and the watermarks (closes, settling
+        # and expiry move with them): an unchanged mark means unchanged values
         mark = self.engine.change_mark()
         if mark != self._open_mark:  # at rest nothing is recomputed (the idle worker's CPU)
             self._open_mark, self._open = mark, self.engine.open_records()
