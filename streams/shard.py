@@ -112,7 +112,8 @@ class Shard:
         self._before = {}  # read again: the log may have moved on since the last tenure
         self._positions = {}
         self.durable.restore(self.engine, records, snap)
-        self._open_mark = None
+        # another owner may have sent newer values since this worker last did: send all
+        self._open_mark, self._open_sent = None, {}
         self.resend = snap.outbox if snap else []  # it may not have gone out before the crash
         self.applied = dict(snap.applied) if snap else {}
         self._snapshot_applied = dict(self.applied)
@@ -410,19 +411,18 @@ class Shard:
         # the open values follow only the events counted and the watermarks (closes, settling
         # and expiry move with them): an unchanged mark means unchanged values
         mark = self.engine.change_mark()
+        send = self.io.send
         if mark != self._open_mark:  # at rest nothing is recomputed (the idle worker's CPU)
             self._open_mark, self._open = mark, self.engine.open_records()
-        current = self._open
-        self.stats.kpis = current
-        send = self.io.send
-        sent, self._open_sent = self._open_sent, {}
-        for rec in current:
-            key = update_key(rec)
-            sig = (rec["start"], rec["end"], rec["numerator"], rec["denominator"],
-                   rec.get("lower"), rec.get("upper"))
-            self._open_sent[key] = sig
-            if sent.get(key) != sig:  # unchanged since it was last sent: not again
-                await send(self.out.topic_updates, key.encode(), orjson.dumps(rec))
+            sent, self._open_sent = self._open_sent, {}
+            for rec in self._open:
+                key = update_key(rec)
+                sig = (rec["start"], rec["end"], rec["numerator"], rec["denominator"],
+                       rec.get("lower"), rec.get("upper"))
+                self._open_sent[key] = sig
+                if sent.get(key) != sig:  # unchanged since it was last sent: not again
+                    await send(self.out.topic_updates, key.encode(), orjson.dumps(rec))
+        current = self.stats.kpis = self._open
         emitted_at = current[0]["emitted_at"] if current else ""
         now = {f: self.engine.watermark(f) for f in self.catalog.families}
         for event in self.alerts.observe(current, emitted_at, now,

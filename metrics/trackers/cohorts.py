@@ -106,8 +106,7 @@ class SendCohorts:
             return changes
         before = _facts(c)
         if ev.type == "email.sent":
-            insort(c.sends, (ts, (("campaign_id", d.campaign_id),
-                                  ("segment", d.segment or UNKNOWN))))
+            insort(c.sends, (ts, _send_dims(d)))
         else:
             kind = ev.type.removeprefix("email.")
             insort(c.responses, (ts, kind))
@@ -124,8 +123,7 @@ class SendCohorts:
         response answers the latest send, a new fact if that send had no such response."""
         d = ev.data
         if ev.type == "email.sent":
-            c.sends.append((ts, (("campaign_id", d.campaign_id),
-                                 ("segment", d.segment or UNKNOWN))))
+            c.sends.append((ts, _send_dims(d)))
             return []
         kind = ev.type.removeprefix("email.")
         kinds = [kind, "hard"] if kind == "bounced" and d.bounce == "hard" else [kind]
@@ -190,6 +188,11 @@ class SendCohorts:
 
     def __len__(self) -> int:
         return len(self.cohorts)
+
+
+def _send_dims(d: Any) -> Dims:
+    """A send's dims (``d``: an email.sent event's struct)."""
+    return (("campaign_id", d.campaign_id), ("segment", d.segment or UNKNOWN))
 
 
 def _latest(c: Cohort) -> int:
