@@ -215,6 +215,10 @@ class DiskDedup:
     def __len__(self) -> int:
         return self._count + len(self.pending) + len(self.flushing)
 
+    def uncommitted(self) -> int:
+        """Ids held in memory until a commit persists them."""
+        return len(self.pending) + len(self.flushing)
+
     # ---- durability -----------------------------------------------------------------------
 
     def drain(self) -> Changes:

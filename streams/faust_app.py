@@ -58,6 +58,8 @@ log = logging.getLogger("kpi_engine.worker")
 AUTO_OFFSET_RESET: Final = "earliest"
 #: seconds between probes of the broker for /health
 PROBE_EVERY_S: Final = 2.0
+#: the most messages one fetch hands the shell
+MAX_POLL_RECORDS: Final = 2000
 
 
 class FaustIO:
@@ -213,7 +215,6 @@ class StateTable(faust.Table[bytes, bytes]):
         self._topic = topic
         self._on_recovered = on_recovered
         self._on_skip = on_skip
-        self._sent: list[asyncio.Future[Any]] = []
         # recovery applies its buffer every 64 records: chunks are up to 512 KiB each
         super().__init__(app, name="kpi-state", key_type=bytes, value_type=bytes,
                          partitions=len(self.partition_of), beacon=app.tables.beacon,
@@ -243,29 +244,27 @@ class StateTable(faust.Table[bytes, bytes]):
         """A record's key starts with its shard's name (``{shard}|...``)."""
         return self.partition_of[bytes(key).split(b"|", 1)[0].decode()]
 
-    def on_key_set(self, key: Any, value: Any) -> None:
-        # keep the send's future: a snapshot counts only once the cluster has it
-        self._sent.append(self.send_changelog(self.partition_for_key(key), key, value))
-
-    def on_key_del(self, key: Any) -> None:
-        self._sent.append(self.send_changelog(self.partition_for_key(key), key, None,
-                                              value_serializer="raw"))
-
     async def write(self, records: list[tuple[bytes, bytes]]) -> None:
         """Set the records in order and return once the changelog holds them all (raises
         if the cluster refused one)."""
-        for key, value in records:
-            self[key] = value
-        await self._sent_out()
+        await self._send([(key, value) for key, value in records])
 
     async def delete(self, keys: list[bytes]) -> None:
-        for key in keys:
-            if key in self.data:  # gone already: no tombstone needed
-                del self[key]
-        await self._sent_out()
+        await self._send([(key, None) for key in keys if key in self.data])  # else gone
 
-    async def _sent_out(self) -> None:
-        sent, self._sent = self._sent, []
+    async def _send(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        # straight to the producer, not through the table's per-key send: Faust's buffer
+        # hands the producer one record per event-loop turn, and a commit's thousands of
+        # records then took ~40 s behind a backlog's batches (state_bench, 3 days); the
+        # producer batches them here, and the store follows what is sent
+        send, data, sent = self.app.producer.send, self.data, []
+        for key, value in records:
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+            sent.append(await send(self._topic, key, value, self.partition_for_key(key),
+                                   None, None))
         await asyncio.gather(*sent)
 
     def records(self, shard: str) -> list[tuple[bytes, bytes]]:
@@ -370,6 +369,12 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
         producer_acks=-1,  # all in-sync replicas: an output record survives its leader
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit
         producer_max_request_size=4 * 1024 * 1024,
+        # one batch in flight per partition: a shard's state partition takes a commit's
+        # records 512 KiB at a time, not 16 KiB (aiokafka's default)
+        producer_max_batch_size=512 * 1024,
+        # a backlog's batches stay small, parsed and applied a few thousand at a time
+        # (Faust's default, no limit, handed over up to 50 MB of fetched records at once)
+        broker_max_poll_records=MAX_POLL_RECORDS,
         consumer_max_fetch_size=4 * 1024 * 1024,
         # static membership when named: a kill -9'd worker restarted under the same id is
         # assigned again at once, not after its old session times out (ENGINEERING.md §2)

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -46,6 +46,10 @@ from streams.state import (
 from streams.topics import family_of
 
 log = logging.getLogger("kpi_engine.worker")
+
+#: closed-window records and event ids a shard holds for its next commit before the
+#: consumer waits for one (~50 MB at most; a commit every 5 s holds far fewer in steady flow)
+MAX_UNCOMMITTED: Final = 50_000
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -86,6 +90,8 @@ class Shard:
         self.replayed_skipped = 0
         self.outbox: list[tuple[float, dict[str, Any]]] = []  # (batch start, record)
         self.resend: list[dict[str, Any]] = []
+        #: closed-window records and event ids waiting for a commit, at most (about)
+        self.max_uncommitted = MAX_UNCOMMITTED
         #: one batch, one emit or one snapshot at a time: a snapshot sees whole batches only
         self._state_lock = asyncio.Lock()
         #: input partitions registered as watermark sources, and those Faust revoked that
@@ -281,6 +287,10 @@ class Shard:
                     log.warning("re-reading %s[%d] from %d", *tp, offset)
                     self._hole_at[tp] = offset
                     await self.io.seek(tp, offset)
+        if len(self.outbox) + self.dedup.uncommitted() > self.max_uncommitted:
+            # a backlog read faster than commits are written would hold ever more closed
+            # windows and ids in memory: the consumer waits for a commit instead
+            await self.snapshot(force=True)
 
     async def _handle(self, batch: list[Any]) -> dict[tuple[str, int], int]:
         """Apply one batch. Per partition the state holds a gapless prefix of the log: a

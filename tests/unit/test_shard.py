@@ -415,3 +415,39 @@ def test_open_values_go_out_when_they_change_and_an_idle_shard_sends_none() -> N
         assert len(updates()) == len(shard.stats.kpis) > 0
 
     run(go())
+
+
+def test_a_backlog_read_faster_than_commits_waits_for_one_past_the_bound() -> None:
+    """A backlog must not hold its closed windows and event ids in memory until the next
+    timed commit: once they pass ``max_uncommitted``, the batch waits for a commit. The
+    counts are the same as replay's."""
+    lines = traffic()
+
+    def backlog(bound: int | None) -> tuple[FakeIO, Shard, list[int]]:
+        io, table = FakeIO(), FakeTable()
+        out = Outputs("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", History(),
+                      lambda s: None)
+        # no timed commit within the run: only the bound can cause one
+        shard = Shard("email", EMAIL, {TOPIC}, replace(SETTINGS, snapshot_interval=3600.0),
+                      io, table, out)
+        if bound is not None:
+            shard.max_uncommitted = bound
+        held = []
+
+        async def go() -> None:
+            await shard.activate(table.records("email"), 0.0)
+            for b in batches(lines):
+                await shard.handle(b)
+                held.append(len(shard.outbox) + shard.dedup.uncommitted())
+            await shard.snapshot(force=True)
+
+        run(go())
+        return io, shard, held
+
+    io, _, held = backlog(None)
+    assert len(io.commits) == 1 and max(held) > 2000  # the default bound: one final commit
+    io, shard, held = backlog(500)
+    assert max(held) <= 500 and len(io.commits) > 5
+    assert io.commits[-1] == {tp: off + 1 for tp, off in shard.applied.items()}
+    want = {k: v for k, v in oracle(lines).items() if k in final_values(io.windows())}
+    assert want and final_values(io.windows()) == want
