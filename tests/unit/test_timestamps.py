@@ -27,3 +27,17 @@ def test_malformed_utc_times_are_rejected(text: str) -> None:
     from metrics.timestamps import parse_ts
 
     assert parse_ts(text) is None
+
+
+def test_the_fast_paths_caches_stay_bounded_and_right_across_a_reset() -> None:
+    """Months of event time pass through the second and minute caches: they start over at
+    their bound (a worker's memory), and times read after a reset are still right."""
+    from datetime import UTC, datetime, timedelta
+
+    from metrics.timestamps import _MINUTE_MS, CACHE_MAX, SECOND_MS, parse_ts
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(0, 3 * CACHE_MAX):
+        t = t0 + timedelta(seconds=61 * i)  # a new minute and a new second every time
+        assert parse_ts(t.strftime("%Y-%m-%dT%H:%M:%S.250Z")) == int(t.timestamp()) * 1000 + 250
+        assert len(SECOND_MS) <= CACHE_MAX + 1 and len(_MINUTE_MS) <= CACHE_MAX + 1
