@@ -451,3 +451,29 @@ def test_a_backlog_read_faster_than_commits_waits_for_one_past_the_bound() -> No
     assert io.commits[-1] == {tp: off + 1 for tp, off in shard.applied.items()}
     want = {k: v for k, v in oracle(lines).items() if k in final_values(io.windows())}
     assert want and final_values(io.windows()) == want
+
+
+def test_timed_commits_wait_while_a_backlog_is_read_and_resume_after() -> None:
+    """Behind a backlog (the partitions' lag above a quarter of the bound) the clock
+    commits nothing: the bound does. Once caught up, timed commits resume."""
+    *backlog, last = batches(traffic()[:3200])
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table)  # a timed commit is due at every tick (interval 0)
+    lag = {"n": 10**6}
+    io.highwater = lambda tp: shard.applied.get(tp, 0) + lag["n"]  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await shard.activate(table.records("email"), 0.0)
+        for b in backlog:
+            await shard.handle(b)
+        before = len(io.commits)
+        assert shard.catching_up()
+        await shard.tick()
+        assert len(io.commits) == before and shard.outbox  # no timed commit behind a backlog
+        lag["n"] = 1
+        await shard.handle(last)
+        assert not shard.catching_up()
+        await shard.tick()
+        assert len(io.commits) == before + 1 and not shard.outbox
+
+    run(go())
