@@ -52,6 +52,7 @@ log = logging.getLogger("kpi_engine.worker")
 #: flow: at 50,000 the early commits cost a quarter of stream_bench's throughput)
 MAX_UNCOMMITTED: Final = 200_000
 
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -91,7 +92,7 @@ class Shard:
         self.replayed_skipped = 0
         self.outbox: list[tuple[float, dict[str, Any]]] = []  # (batch start, record)
         self.resend: list[dict[str, Any]] = []
-        #: closed-window records and event ids waiting for a commit, at most (about)
+        #: what may wait for a commit (``uncommitted``) before a batch waits for one
         self.max_uncommitted = MAX_UNCOMMITTED
         #: one batch, one emit or one snapshot at a time: a snapshot sees whole batches only
         self._state_lock = asyncio.Lock()

@@ -110,10 +110,10 @@ class History:
         self.records += records
 
 
-def new_shard(io: FakeIO, table: FakeTable) -> Shard:
+def new_shard(io: FakeIO, table: FakeTable, settings: Settings = SETTINGS) -> Shard:
     out = Outputs("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", History(),
                   lambda s: None)
-    return Shard("email", EMAIL, {TOPIC}, SETTINGS, io, table, out)
+    return Shard("email", EMAIL, {TOPIC}, settings, io, table, out)
 
 
 GEN = Generator(GeneratorConfig(rate=30, duration_s=1200, seed=9, history_days=0,
@@ -425,11 +425,8 @@ def test_a_backlog_read_faster_than_commits_waits_for_one_past_the_bound() -> No
 
     def backlog(bound: int | None) -> tuple[FakeIO, Shard, list[int]]:
         io, table = FakeIO(), FakeTable()
-        out = Outputs("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", History(),
-                      lambda s: None)
         # no timed commit within the run: only the bound can cause one
-        shard = Shard("email", EMAIL, {TOPIC}, replace(SETTINGS, snapshot_interval=3600.0),
-                      io, table, out)
+        shard = new_shard(io, table, replace(SETTINGS, snapshot_interval=3600.0))
         if bound is not None:
             shard.max_uncommitted = bound
         held = []
