@@ -1,12 +1,14 @@
-"""The Faust seam: every use of Faust's API, private parts included, is in this module.
+"""The Faust seam: every use of Faust's API, private parts included, is in this module and
+streams/faust_table.py (the state table).
 
 faust-streaming is pinned to the versions this adapter is tested against (pyproject.toml).
 What it adapts, each through a seam Faust offers:
 
 - ``durable_consumer``: the consumer class. Fetched input batches go straight to the shell
   (streams/worker.py), whole; offsets are committed only as far as a durable snapshot covers.
-- ``StateTable``: a Faust table holding the shards' snapshots, recovered by Faust from its
-  changelog (one partition per shard).
+- ``StateTable`` (streams/faust_table.py, the seam's other module): a Faust table holding
+  the shards' snapshots, recovered by Faust from its changelog (one partition per shard)
+  and kept on local disk, so that a restart reads the changelog's tail only.
 - ``shard_assignor``: the partition assignor, handing whole shards (streams/assignor.py).
 - ``FaustIO``: the producer and consumer as a shard uses them (streams/shard.py: ShardIO).
 - ``make_app`` / ``run_worker``: the app, its agent, timer, signals and web pages.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 import faust
@@ -37,9 +39,11 @@ from streams.assignor import place
 from streams.broker import port_is_open
 from streams.dashboard import page
 from streams.errors import SettingsError
+from streams.faust_table import StateTable
 from streams.health import tame_client_logs
 from streams.kafka_client import client_kwargs, ssl_context
-from streams.settings import Settings, scratch_dir
+from streams.settings import Settings, local_state_dir, scratch_dir
+from streams.table_copy import LocalCopy, log_matches
 from streams.tansu import is_tansu, log_ends
 from streams.topics import (
     create_topics,
@@ -199,88 +203,6 @@ def durable_consumer(shell: KpiShell, tansu: bool = False) -> type:
     return DurableConsumer
 
 
-#: called once recovery is complete, with the shards whose partitions this worker holds
-Recovered = Callable[[set[str]], Awaitable[None]]
-
-
-#: told of a changelog record the table cannot hold (no key): (shard, key, why)
-OnSkip = Callable[[str, bytes | None, str], None]
-
-
-class StateTable(faust.Table[bytes, bytes]):
-    def __init__(self, app: faust.App, *, topic: str, partitions: Mapping[str, int],
-                 on_recovered: Recovered, on_skip: OnSkip, **kwargs: Any) -> None:
-        self.partition_of = dict(partitions)  # shard -> its changelog partition
-        self.shard_at = {p: name for name, p in partitions.items()}
-        self._topic = topic
-        self._on_recovered = on_recovered
-        self._on_skip = on_skip
-        # recovery applies its buffer every 64 records: chunks are up to 512 KiB each
-        super().__init__(app, name="kpi-state", key_type=bytes, value_type=bytes,
-                         partitions=len(self.partition_of), beacon=app.tables.beacon,
-                         recovery_buffer_size=64, **kwargs)
-
-    def _changelog_topic_name(self) -> str:
-        return self._topic  # created beforehand with one partition per shard
-
-    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
-        # a record without a bytes key is none of ours: pass it over, said and counted
-        # (left in, it would break every read of the table)
-        good = []
-        for event in batch:
-            if isinstance(event.key, bytes):
-                good.append(event)
-                continue
-            msg = event.message
-            shard = self.shard_at.get(msg.partition)
-            why = f"no key, at {msg.topic}[{msg.partition}]@{msg.offset}"
-            if shard is None:
-                log.error("state record skipped: %s", why)
-            else:
-                self._on_skip(shard, None, why)
-        super().apply_changelog_batch(good)
-
-    def partition_for_key(self, key: Any) -> int:
-        """A record's key starts with its shard's name (``{shard}|...``)."""
-        return self.partition_of[bytes(key).split(b"|", 1)[0].decode()]
-
-    async def write(self, records: list[tuple[bytes, bytes]]) -> None:
-        """Set the records in order and return once the changelog holds them all (raises
-        if the cluster refused one)."""
-        await self._send(records)
-
-    async def delete(self, keys: list[bytes]) -> None:
-        await self._send([(key, None) for key in keys if key in self.data])  # else gone
-
-    async def _send(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
-        # straight to the producer, not through the table's per-key send: Faust's buffer
-        # hands the producer one record per event-loop turn, and a commit's thousands of
-        # records then took ~40 s behind a backlog's batches (state_bench, 3 days); the
-        # producer batches them here, and the store follows what is sent
-        send, data, sent = self.app.producer.send, self.data, []
-        for key, value in records:
-            if value is None:
-                data.pop(key, None)
-            else:
-                data[key] = value
-            sent.append(await send(self._topic, key, value, self.partition_for_key(key),
-                                   None, None))
-        await asyncio.gather(*sent)
-
-    def records(self, shard: str) -> list[tuple[bytes, bytes]]:
-        prefix = f"{shard}|".encode()
-        return [(k, v) for k, v in self.data.items() if k.startswith(prefix)]
-
-    def forget(self, shard: str) -> None:
-        # the store itself, not the table: deleting through the table would write tombstones
-        for key, _ in self.records(shard):
-            self.data.pop(key, None)
-
-    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
-        await super().on_recovery_completed(active_tps, standby_tps)
-        await self._on_recovered({self.shard_at[tp.partition] for tp in active_tps})
-
-
 def shard_assignor(shard_of_topic: Mapping[str, str],
                    weights: Mapping[str, float] | None = None,
                    state_topic: str | None = None,
@@ -397,8 +319,13 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
     def on_skip(shard: str, key: bytes | None, why: str) -> None:
         shells[0].shards[shard].skip_record(key, why)
 
+    async def check(marks: Mapping[int, tuple[int, int]]) -> set[int]:
+        return await log_matches(settings.bootstrap, state_topic(settings), marks,
+                                 client_kwargs(settings))
+
     table = StateTable(app, topic=state_topic(settings), partitions=state_partitions(catalog),
-                       on_recovered=on_recovered, on_skip=on_skip)
+                       on_recovered=on_recovered, on_skip=on_skip, check=check,
+                       copy=LocalCopy(local_state_dir(settings) / "state-table"))
     app.tables.add(table)
     shell = KpiShell(settings, catalog, FaustIO(app), table, traffic)
     shells.append(shell)
