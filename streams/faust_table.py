@@ -67,6 +67,12 @@ class StateTable(faust.Table[bytes, bytes]):
             self.forget(shard, keep_copy=p in good)
             if p in good:
                 self.data.update(self.local.records(f"{shard}|".encode()))
+                log.warning("%s: state table from its local copy, the changelog read from "
+                            "offset %d on", shard, marks[p][0])
+            elif p in marks:
+                log.warning("%s: the local copy of the state table is not of this changelog "
+                            "(its record at offset %d differs): dropped, the changelog read "
+                            "whole", shard, marks[p][0])
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:

@@ -42,6 +42,7 @@ class WorkerProc:
     settings: Settings
     base_url: str
     log_path: Path
+    data_dir: Path
 
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(self.base_url + path, timeout=5) as resp:
@@ -86,10 +87,13 @@ def isolated(broker: EmbeddedBroker) -> Settings:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProc]]:
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProc]]:
     started: list[WorkerProc] = []
 
-    def start(settings: Settings) -> WorkerProc:
+    def start(settings: Settings, data_dir: Path | None = None) -> WorkerProc:
+        """A worker process; on a data directory of its own unless given one (a restart
+        on the same machine: its local state is there)."""
+        data_dir = data_dir or tmp_path / f"data-{len(started)}"
         env = dict(os.environ)
         env.update({
             "KPI_BROKER": settings.broker or "", "KPI_TOPIC_PREFIX": settings.topic_prefix,
@@ -98,7 +102,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProc]]:
             "KPI_PARTITIONS": str(settings.partitions),
             "KPI_IDLE_TIMEOUT": str(settings.idle_timeout),
             "KPI_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
-            "KPI_DATA_DIR": str(tmp_path / f"data-{len(started)}"),
+            "KPI_DATA_DIR": str(data_dir),
             "KPI_EMIT_INTERVAL": str(settings.emit_interval),
             "KPI_SNAPSHOT_INTERVAL": str(settings.snapshot_interval),
         })
@@ -110,7 +114,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProc]]:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "worker"],
                                     env=env, stdout=log, stderr=subprocess.STDOUT)
-        w = WorkerProc(proc, settings, f"http://127.0.0.1:{settings.web_port}", log_path)
+        w = WorkerProc(proc, settings, f"http://127.0.0.1:{settings.web_port}", log_path,
+                       data_dir)
         started.append(w)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -159,11 +159,13 @@ def test_kill_9_mid_stream_and_restart_equals_replay(
 
 def test_state_is_a_faust_table_each_shard_recovered_from_its_changelog_partition(
         broker: EmbeddedBroker, isolated: Settings,
-        start_worker: Callable[[Settings], WorkerProc]) -> None:
+        start_worker: Callable[..., WorkerProc]) -> None:
     """Each shard's snapshots go to its own partition of the group's state-table changelog.
-    A worker killed -9 once its state is durable, then restarted, gets every shard back from
-    the newest manifest in that shard's partition (Faust's table recovery), and counts on:
-    the finals equal replay's, nothing counted twice."""
+    A worker killed -9 once its state is durable, then restarted on the same machine, gets
+    every shard back from the newest manifest in that shard's partition: the table from its
+    local copy, the changelog read from the offset the copy covers on (Faust's recovery).
+    It counts on: the finals equal replay's, nothing counted twice. Later tenures, each on
+    a machine of its own, read the changelog whole."""
     sc = Scenario.make(isolated, seed=41)
     half = len(sc.messages) // 2
     settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2)
@@ -175,25 +177,35 @@ def test_state_is_a_faust_table_each_shard_recovered_from_its_changelog_partitio
 
     shards = sorted(DEFAULT_CATALOG.shards())
     newest: dict[str, int] = {}
+    last: dict[str, int] = {}  # shard -> the last offset of its changelog partition
     for m in asyncio.run(drain(broker.bootstrap, state_topic(settings), quiet_s=2.0)):
         shard, _, rest = m.key.decode().partition("|")
+        last[shard] = max(last.get(shard, 0), m.offset)
         assert shards.index(shard) == m.partition, f"{m.key!r} in partition {m.partition}"
         if rest.startswith("manifest|"):
             newest[shard] = max(newest.get(shard, 0), orjson.loads(m.value)["seq"])
     assert set(newest) == set(shards) and all(seq >= 1 for seq in newest.values()), newest
 
-    worker = start_worker(replace(settings, web_port=free_port()))
+    worker = start_worker(replace(settings, web_port=free_port()), data_dir=worker.data_dir)
     restored: dict[str, int] = {}
+    read_from: dict[str, int] = {}
 
     def all_restored() -> bool:
         for line in worker.log_path.read_text().splitlines():
+            line = line.split("] ")[-1]
             if ": restored snapshot " in line:
-                shard, _, rest = line.split("] ")[-1].partition(": restored snapshot ")
+                shard, _, rest = line.partition(": restored snapshot ")
                 restored[shard] = int(rest.split()[0])
+            if ": state table from its local copy, the changelog read from offset " in line:
+                read_from[line.split(":")[0]] = int(line.split()[-2])
         return len(restored) == len(shards)
 
     wait_for(all_restored, 60, "every shard restored", worker)
     assert restored == newest
+    # every shard's table came from the copy, which covered its changelog partition up to
+    # a record the first worker wrote: the changelog was read from there on, not whole
+    assert set(read_from) == set(shards), read_from
+    assert all(0 < read_from[s] <= last[s] for s in shards), (read_from, last)
     asyncio.run(produce(broker.bootstrap, sc.messages[half:]))
     windows = sc.check(worker, broker.bootstrap)
     # the restarted worker's tenure is a fresh epoch; once it was durable, the keys the

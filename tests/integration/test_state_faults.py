@@ -16,7 +16,8 @@ import yaml
 from kpi_engine.generator import Generator, GeneratorConfig
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
-from streams.topics import state_partitions, state_topic
+from streams.table_copy import checksum, log_matches
+from streams.topics import all_topics, ensure_topics, state_partitions, state_topic
 from tests.helpers import DEFAULT_CATALOG
 from tests.integration.conftest import WorkerProc, consumed, wait_for
 from tests.integration.test_streaming_equals_replay import START, produce
@@ -71,7 +72,7 @@ def test_a_junk_state_record_is_skipped_and_counted_and_the_shard_counts_on(
 
 
 async def _produce_keyed(bootstrap: str, topic: str, partition: int,
-                         records: list[tuple[bytes, bytes]]) -> None:
+                         records: list[tuple[bytes, bytes | None]]) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
@@ -109,3 +110,51 @@ def test_state_built_with_another_catalog_stops_the_worker_loudly(
                              + worker.detail()) from None
     assert code != 0
     assert "other windows, grace or currency" in worker.log_path.read_text()
+
+
+def test_a_local_copy_of_another_changelog_is_dropped_and_nothing_is_skipped(
+        broker: EmbeddedBroker, isolated: Settings, tmp_path: Path,
+        start_worker: Callable[..., WorkerProc]) -> None:
+    """A worker restarts on its data directory against a broker that does not have the
+    state it copied (the broker came back without its data, or another cluster with the
+    same names). Its copy of the state table covers an offset this changelog lacks: the
+    copy is dropped, the changelog read whole, and the new broker's events are all counted
+    once. Used as it was, the copied snapshot's offsets would skip them as already read."""
+    settings = replace(isolated, snapshot_interval=0.2, emit_interval=0.2)
+    msgs, _ = messages(settings)
+    worker = start_worker(settings)
+    asyncio.run(produce(broker.bootstrap, msgs))
+    wait_for(lambda: taken(worker) == len(msgs) and worker.health()["durable"], 120,
+             "everything counted and durable", worker)
+    worker.proc.kill()
+    worker.proc.wait()
+    with EmbeddedBroker(log_path=str(tmp_path / "other-broker.log")) as other:
+        moved = replace(settings, broker=other.url, web_port=free_port())
+        asyncio.run(ensure_topics(other.bootstrap, all_topics(moved), moved.partitions))
+        half = len(msgs) // 2
+        asyncio.run(produce(other.bootstrap, msgs[:half]))
+        worker = start_worker(moved, data_dir=worker.data_dir)
+        wait_for(lambda: taken(worker) == half and worker.health()["durable"], 120,
+                 "the new broker's events counted", worker)
+        health = worker.health()
+        assert health["replayed_skipped"] == 0, health
+        assert "local copy of the state table is not of this changelog" in \
+            worker.log_path.read_text()
+        worker.stop()
+
+
+def test_the_changelog_confirms_only_the_record_a_copy_names(
+        broker: EmbeddedBroker, isolated: Settings) -> None:
+    topic = state_topic(isolated)
+    asyncio.run(_produce_keyed(broker.bootstrap, topic, 0,
+                               [(b"a|1", b"x"), (b"a|2", b"y"), (b"a|3", None)]))
+
+    def matches(marks: dict[int, tuple[int, int]]) -> set[int]:
+        return asyncio.run(log_matches(broker.bootstrap, topic, marks, {}, timeout_s=5))
+
+    assert matches({0: (1, checksum(b"a|2", b"y"))}) == {0}
+    assert matches({0: (2, checksum(b"a|3", None))}) == {0}  # a delete
+    assert matches({0: (1, checksum(b"a|2", b"z"))}) == set()  # another value
+    assert matches({0: (0, checksum(b"a|2", b"y"))}) == set()  # another offset
+    assert matches({0: (3, checksum(b"a|3", None))}) == set()  # past the log's end
+    assert matches({1: (0, checksum(b"a|1", b"x"))}) == set()  # an empty partition
