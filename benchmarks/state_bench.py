@@ -15,6 +15,8 @@ directory) consumes it all; then
   rebuilt from the changelog).
 
 ``--ids N`` adds a run holding N event ids: N minimal ``email.sent`` events over 6 days.
+``--instance-id NAME`` starts every worker under that static group membership name, so a
+restarted worker is assigned its shards without waiting for the killed one's session.
 """
 
 from __future__ import annotations
@@ -79,10 +81,16 @@ class Worker:
         self.log.close()
 
 
+#: ``--instance-id``: every worker started under this name (static group membership)
+INSTANCE_ID: list[str] = []
+
+
 def start_worker(broker: EmbeddedBroker, data_dir: Path, log_path: Path) -> Worker:
     port = free_port()
     env = dict(os.environ, KPI_BROKER=broker.url, KPI_WEB_PORT=str(port),
                KPI_IDLE_TIMEOUT="0", KPI_DATA_DIR=str(data_dir))
+    if INSTANCE_ID:
+        env["KPI_INSTANCE_ID"] = INSTANCE_ID[0]
     log = open(log_path, "ab")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "worker"], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -212,7 +220,10 @@ def main() -> None:
     ap.add_argument("--days", type=float, nargs="*", default=[1, 3, 6])
     ap.add_argument("--ids", type=int, default=0, help="also a run holding this many ids")
     ap.add_argument("--trickle-s", type=float, default=30)
+    ap.add_argument("--instance-id", default="",
+                    help="static group membership: the workers' KPI_INSTANCE_ID")
     args = ap.parse_args()
+    INSTANCE_ID[:] = [args.instance_id] if args.instance_id else []
     with tempfile.TemporaryDirectory() as tmp:
         for days in args.days:
             gen = Generator(GeneratorConfig(rate=4, duration_s=days * DAY_S, seed=1,

@@ -45,6 +45,7 @@ from streams.state import (
     encode,
     encode_segments,
     in_chain,
+    key_epoch,
     part_key,
     parts_of,
     segment_key,
@@ -86,6 +87,9 @@ class Durable:
         self.full_next = True
         self.epoch_clean = True  # the former owners' keys are gone
         self.ids_loaded: dict[str, Any] = {}  # how the last takeover loaded the ids
+        #: the epochs whose snapshots (chunks, manifests) the table holds for the shard: kept
+        #: as written, for /health, rather than found in every record on each call
+        self.epochs: set[int] = set()
 
     # ---- commit ---------------------------------------------------------------------------
 
@@ -133,6 +137,7 @@ class Durable:
                       if e in live or e == seq // EPOCH}
         self.parts = commit.parts
         self.epoch_clean = True
+        self.epochs = {seq // EPOCH}  # the earlier epochs' snapshots went (``superseded``)
         self.full_next = False
         # the local store follows the changelog, never leads it (DiskDedup.marker)
         self.dedup.persist(commit.changes, (self.lineage, seq))
@@ -151,6 +156,7 @@ class Durable:
         self.parts = dict(snap.parts) if snap else {}
         self.full_next = snap is None or snap.format == 3
         self.epoch_clean = False
+        self.epochs = {e for k, _ in records if (e := key_epoch(k, self.name)) is not None}
         values = dict(records)
         if self.parts:
             engine.load_parts(parts_of(self.name, self.parts, values))

@@ -40,7 +40,6 @@ from streams.state import (
     claim_key,
     decode,
     follows,
-    key_epoch,
     owner_epoch,
 )
 from streams.topics import family_of
@@ -482,6 +481,5 @@ class Shard:
             "ids_loaded": self.durable.ids_loaded,
             # the epochs whose snapshots the state table holds for this shard: one, once
             # this owner's first snapshot is durable (streams/state.py)
-            "state_epochs": sorted({ep for k, _ in self.state.records(self.name)
-                                    if (ep := key_epoch(k, self.name)) is not None}),
+            "state_epochs": sorted(self.durable.epochs),
         }

@@ -65,6 +65,10 @@ class LocalCopy:
             self.path.mkdir(parents=True, exist_ok=True)
             opts = rocksdict.Options(raw_mode=True)
             opts.create_if_missing(True)
+            # written once per commit, read at a restart: small memtables (RocksDB's default,
+            # 2 x 64 MB, would count against the worker's memory bound)
+            opts.set_write_buffer_size(4 * 1024 * 1024)
+            opts.set_max_write_buffer_number(2)
             try:
                 self._db = rocksdict.Rdict(str(self.path), options=opts)
             except Exception as exc:  # damaged, or held by another process: start empty

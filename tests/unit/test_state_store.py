@@ -23,7 +23,7 @@ from metrics.catalog import Catalog, build_catalog
 from metrics.errors import StateError
 from streams.shard import Shard
 from streams.shard_ports import Outputs
-from streams.state import decode_segment, segment_of
+from streams.state import EPOCH, decode_segment, key_epoch, segment_of
 from tests.helpers import final_values, ms, replay
 from tests.tools import ROOT
 from tests.unit.test_shard import (
@@ -505,3 +505,28 @@ def test_events_held_across_a_takeover_keep_their_source_and_commit_again(
     second = run(go())
     refs = [ref for _, ref in second.engine.held("email")]
     assert refs and all(ref.topic == TOPIC and ref.partition == 0 for ref in refs)
+
+
+def test_the_epochs_held_are_known_as_written_not_read_from_the_table(tmp_path: Path) -> None:
+    """/health's ``state_epochs`` (read every 0.2 s by some monitors) comes from what the
+    shard wrote and restored, and equals what the table holds, through a takeover."""
+    table = FakeTable()
+
+    def held() -> list[int]:
+        return sorted({e for k, _ in table.records("email")
+                       if (e := key_epoch(k, "email")) is not None})
+
+    async def go() -> None:
+        first = await committed(table, tmp_path / "a")
+        epoch = first.snapshot_seq // EPOCH
+        assert first.health()["state_epochs"] == [epoch] == held()
+        first.dedup.close()
+        second = shard(FakeIO(), table, tmp_path / "b")
+        await second.activate(table.records("email"), 0.0)
+        assert second.health()["state_epochs"] == [epoch] == held()  # none of its own yet
+        for b in batches(traffic())[3:6]:
+            await second.handle(b)
+        await second.snapshot(force=True)
+        assert second.health()["state_epochs"] == [epoch + 1] == held()
+
+    run(go())
