@@ -22,6 +22,7 @@ from metrics.events import FAMILY_TOPIC
 from streams.dashboard import History, RateMeter, catalog_meta
 from streams.exporter import Exposition, ShellStats, make_registry
 from streams.health import BrokerWatch
+from streams.heap import HeapTrimmer
 from streams.kafka_client import client_kwargs
 from streams.settings import Settings, local_state_dir
 from streams.shard import Shard
@@ -56,6 +57,7 @@ class KpiShell:
         self.topic_late = settings.topic("kpi-late")
         self.history = History()
         self.event_rate = RateMeter()
+        self.heap = HeapTrimmer()  # freed memory back to the OS once a backlog is through
         self.catalog_meta = catalog_meta(catalog)
         self.registry, self.emit_latency = make_registry(catalog, self.owned_parts,
                                                          settings.topic)
@@ -202,8 +204,10 @@ class KpiShell:
                 self._traffic_task is None or self._traffic_task.done()):
             # beside the emits, not in their way: reading sizes can wait on the cluster
             self._traffic_task = asyncio.ensure_future(self.refresh_traffic())
-        self.event_rate.sample(time.monotonic(), sum(
-            sum(sh.engine.events_total.values()) for sh in self.active))
+        consumed = sum(sum(sh.engine.events_total.values()) for sh in self.active)
+        self.event_rate.sample(time.monotonic(), consumed)
+        self.heap.after(consumed, any(sh.catching_up() for sh in self.active),
+                        time.monotonic())
 
     def problems(self) -> list[str]:
         """Why this worker is not doing its job, if it is not: /health is 503 while any."""

@@ -1,0 +1,47 @@
+"""Freed memory handed back to the OS once a backlog is through.
+
+glibc's malloc keeps the memory a burst freed (a backlog's fetched batches, parsed events,
+closed windows waiting for a commit) mapped in the process: after catching up 6 days of
+traffic a worker held 871 MB where a fresh process restored with the same state held 611 MB
+(benchmarks/state_bench.py). ``malloc_trim`` returns the free pages; the worker calls it
+when its shards have caught up after a burst, at most once a minute.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+from typing import Any, Final
+
+#: events consumed since the last trim that make the next one worth it
+TRIM_AFTER_EVENTS: Final = 100_000
+TRIM_EVERY_S: Final = 60.0
+
+
+def malloc_trim() -> Callable[[int], Any] | None:
+    """glibc's ``malloc_trim``; None elsewhere (musl, macOS: nothing to trim with)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+class HeapTrimmer:
+    def __init__(self, trim: Callable[[int], Any] | None = None) -> None:
+        self._trim = trim or malloc_trim()
+        self._events = 0  # consumed at the last trim
+        self._at = float("-inf")
+        self.trims = 0
+
+    def after(self, events: int, busy: bool, now: float) -> bool:
+        """Trim if ``events`` (consumed so far) grew enough since the last trim, no shard
+        is still ``busy`` catching up, and the last trim is a minute old."""
+        if (self._trim is None or busy or events - self._events < TRIM_AFTER_EVENTS
+                or now - self._at < TRIM_EVERY_S):
+            return False
+        self._events, self._at = events, now
+        self._trim(0)
+        self.trims += 1
+        return True
