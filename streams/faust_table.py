@@ -2,7 +2,7 @@
 one changelog partition per shard. Part of the Faust seam with streams/faust_app.py: the two
 modules are the only ones using Faust's API.
 
-Its records are also kept on local disk with the changelog offset they cover
+Its records are kept on local disk, not in memory, with the changelog offset they cover
 (streams/table_copy.py), so that a restart reads only the changelog's tail.
 """
 
@@ -41,8 +41,9 @@ class StateTable(faust.Table[bytes, bytes]):
         self._topic = topic
         self._on_recovered = on_recovered
         self._on_skip = on_skip
-        #: the records on local disk, with the changelog offset they cover
-        #: (streams/table_copy.py); ``check`` reads that offset's record back from the log
+        #: the table's records, on local disk, with the changelog offset they cover
+        #: (streams/table_copy.py): Faust's in-memory store stays empty (the values are
+        #: read at a takeover only); ``check`` reads that offset's record back from the log
         self.local, self._check = copy, check
         # recovery applies its buffer every 64 records: chunks are up to 512 KiB each
         super().__init__(app, name="kpi-state", key_type=bytes, value_type=bytes,
@@ -57,22 +58,22 @@ class StateTable(faust.Table[bytes, bytes]):
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP],
                            newly_assigned: set[TP], generation_id: int = 0) -> None:
-        # before recovery asks where to read from: a partition's copy is the table's
-        # records again if the log still holds the record it covers, else it goes
+        # before recovery asks where to read from: a partition's copy stays the table's
+        # records if the log still holds the record it covers, else it goes
         mine = {tp.partition for tp in newly_assigned if tp.topic == self._topic}
         marks = {p: m for p in mine if (m := self.local.mark(p)) is not None and m[0] >= 0}
         good = await self._check(marks)
         for p in mine:
             shard = self.shard_at[p]
-            self.forget(shard, keep_copy=p in good)
             if p in good:
-                self.data.update(self.local.records(f"{shard}|".encode()))
                 log.warning("%s: state table from its local copy, the changelog read from "
                             "offset %d on", shard, marks[p][0])
-            elif p in marks:
+                continue
+            if p in marks:
                 log.warning("%s: the local copy of the state table is not of this changelog "
                             "(its record at offset %d differs): dropped, the changelog read "
                             "whole", shard, marks[p][0])
+            self.forget(shard)
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
@@ -80,12 +81,9 @@ class StateTable(faust.Table[bytes, bytes]):
         self.local.read_from_log((e.message.partition, e.message.offset,
                                  e.key if isinstance(e.key, bytes) else None,
                                  e.message.value) for e in batch)
-        # a record without a bytes key is none of ours: pass it over, said and counted
-        # (left in, it would break every read of the table)
-        good = []
+        # a record without a bytes key is none of ours: passed over, said and counted
         for event in batch:
             if isinstance(event.key, bytes):
-                good.append(event)
                 continue
             msg = event.message
             shard = self.shard_at.get(msg.partition)
@@ -94,7 +92,6 @@ class StateTable(faust.Table[bytes, bytes]):
                 log.error("state record skipped: %s", why)
             else:
                 self._on_skip(shard, None, why)
-        super().apply_changelog_batch(good)
 
     def partition_for_key(self, key: Any) -> int:
         """A record's key starts with its shard's name (``{shard}|...``)."""
@@ -106,20 +103,16 @@ class StateTable(faust.Table[bytes, bytes]):
         await self._send(records)
 
     async def delete(self, keys: list[bytes]) -> None:
-        await self._send([(key, None) for key in keys if key in self.data])  # else gone
+        await self._send([(key, None) for key in keys if self.local.has(key)])  # else gone
 
     async def _send(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
         # straight to the producer, not through the table's per-key send: Faust's buffer
         # hands the producer one record per event-loop turn, and a commit's thousands of
         # records then took ~40 s behind a backlog's batches (state_bench, 3 days); the
-        # producer batches them here, and the store follows what is sent
-        send, data, sent = self.app.producer.send, self.data, []
+        # producer batches them here; the local copy takes what the broker acknowledged
+        send, sent = self.app.producer.send, []
         records = list(records)
         for key, value in records:
-            if value is None:
-                data.pop(key, None)
-            else:
-                data[key] = value
             sent.append(await send(self._topic, key, value, self.partition_for_key(key),
                                    None, None))
         done = await asyncio.gather(*sent)
@@ -127,15 +120,11 @@ class StateTable(faust.Table[bytes, bytes]):
                           for m, (key, value) in zip(done, records, strict=True))
 
     def records(self, shard: str) -> list[tuple[bytes, bytes]]:
-        prefix = f"{shard}|".encode()
-        return [(k, v) for k, v in self.data.items() if k.startswith(prefix)]
+        return list(self.local.records(f"{shard}|".encode()))
 
-    def forget(self, shard: str, keep_copy: bool = False) -> None:
-        # the store itself, not the table: deleting through the table would write tombstones
-        for key, _ in self.records(shard):
-            self.data.pop(key, None)
-        if not keep_copy:
-            self.local.drop(self.partition_of[shard], f"{shard}|".encode())
+    def forget(self, shard: str) -> None:
+        # the copy only, not the table: deleting through the table would write tombstones
+        self.local.drop(self.partition_of[shard], f"{shard}|".encode())
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         for tp in active_tps:

@@ -59,7 +59,7 @@ class StateStore(Protocol):
     def records(self, shard: str) -> list[tuple[bytes, bytes]]: ...
 
     def forget(self, shard: str) -> None:
-        """Drop the shard's records held in memory, not in the changelog: the next
+        """Drop the shard's records held locally, not in the changelog: the next
         recovery reads them back from the changelog alone."""
         ...
 

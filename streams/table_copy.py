@@ -98,6 +98,9 @@ class LocalCopy:
                 break
             yield key, value
 
+    def has(self, key: bytes) -> bool:
+        return self.db.get(key) is not None
+
     def drop(self, partition: int, prefix: bytes) -> None:
         """Forget a partition: its records and what they cover."""
         batch = rocksdict.WriteBatch(raw_mode=True)
