@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -105,13 +105,12 @@ class StateTable(faust.Table[bytes, bytes]):
     async def delete(self, keys: list[bytes]) -> None:
         await self._send([(key, None) for key in keys if self.local.has(key)])  # else gone
 
-    async def _send(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
+    async def _send(self, records: Sequence[tuple[bytes, bytes | None]]) -> None:
         # straight to the producer, not through the table's per-key send: Faust's buffer
         # hands the producer one record per event-loop turn, and a commit's thousands of
         # records then took ~40 s behind a backlog's batches (state_bench, 3 days); the
         # producer batches them here; the local copy takes what the broker acknowledged
         send, sent = self.app.producer.send, []
-        records = list(records)
         for key, value in records:
             sent.append(await send(self._topic, key, value, self.partition_for_key(key),
                                    None, None))

@@ -128,12 +128,11 @@ class LocalCopy:
         batch = rocksdict.WriteBatch(raw_mode=True)
         marks: dict[int, tuple[int, int]] = {}
         for partition, offset, key, value in records:
-            if key is None:
-                pass
-            elif value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
+            if key is not None:  # else none of the table's: covered, not kept
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
             crc = checksum(key, value)
             if not contiguous:
                 marks[partition] = (offset, crc)

@@ -204,10 +204,10 @@ class KpiShell:
                 self._traffic_task is None or self._traffic_task.done()):
             # beside the emits, not in their way: reading sizes can wait on the cluster
             self._traffic_task = asyncio.ensure_future(self.refresh_traffic())
+        now = time.monotonic()
         consumed = sum(sum(sh.engine.events_total.values()) for sh in self.active)
-        self.event_rate.sample(time.monotonic(), consumed)
-        self.heap.after(consumed, any(sh.catching_up() for sh in self.active),
-                        time.monotonic())
+        self.event_rate.sample(now, consumed)
+        self.heap.after(consumed, any(sh.catching_up() for sh in self.active), now)
 
     def problems(self) -> list[str]:
         """Why this worker is not doing its job, if it is not: /health is 503 while any."""
