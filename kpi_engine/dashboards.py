@@ -38,7 +38,7 @@ DETAIL: Final = {
     "kpi-email-web": ("email-web.json", "KPI engine: email, web and social",
                       ("email", "web", "social")),
     "kpi-pipeline-roi": ("pipeline-roi.json", "KPI engine: pipeline and ROI",
-                         ("crm", "spend")),
+                         ("crm", "spend", "accounts")),
 }
 #: breakdown dimension -> dashboard variable that filters it
 FILTER_VARS: Final = {"campaign_id": "campaign", "channel": "channel"}

@@ -13,7 +13,7 @@ import orjson
 
 from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
-from metrics.events import Event, event_parser
+from metrics.events import ACCOUNTS, TYPES, Event, event_parser
 from metrics.runtime import tune_gc
 from streams.progress import Progress
 
@@ -128,8 +128,9 @@ def run_replay(paths: list[str], catalog: Catalog, out: IO[bytes], err: IO[str],
             fh.close()
     assert engine is not None
     progress.done()
-    counted = sum(engine.events_total.values())
-    late = sum(engine.late_total.values())
+    # the input's events (the accounts stage's copies are not more input)
+    counted = sum(n for t, n in engine.events_total.items() if t in TYPES)
+    late = sum(n for f, n in engine.late_total.items() if f != ACCOUNTS)
     err.write(f"summary: {counted} events counted, {invalid} invalid, "
               f"{engine.duplicates_total} duplicate, {late} late, {records} records\n")
     if exit_when_done:

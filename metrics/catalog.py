@@ -28,7 +28,7 @@ from metrics.catalog_types import (
 )
 from metrics.constants import TOTAL
 from metrics.errors import CatalogError
-from metrics.events import ENVELOPE_LEN, FAMILIES, TYPES, IntRange
+from metrics.events import ACCOUNTS, ENVELOPE_LEN, EVENT_TYPES, FAMILIES, IntRange
 from metrics.trackers.registry import BUILTINS, MICRO_BUILTINS
 
 DEFAULT_CATALOG: Final = "catalog.yaml"
@@ -42,7 +42,7 @@ __all__ = ["BUILTINS", "TOTAL", "Aggregate", "Alert", "Catalog", "FamilyConfig",
 
 
 def _event_fields(event_type: str) -> frozenset[str]:
-    spec = TYPES[event_type]
+    spec = EVENT_TYPES[event_type]
     names = {n for n, _ in spec.required + spec.optional} | {n for n, _ in ENVELOPE_LEN}
     return frozenset(names)
 
@@ -92,6 +92,10 @@ def build_catalog(doc: Any) -> Catalog:
     families = _families(doc, c)
     aggregates = _aggregates(doc, families, c)
     kpis = _kpis(doc, families, aggregates, c)
+    for kpi in kpis.values():  # the stage is a shard of its own (metrics/feed.py)
+        if ACCOUNTS in kpi.families and len(set(kpi.families)) > 1:
+            c.fail(f"kpis.{kpi.name}", "reads the accounts stage and input families: its "
+                   "aggregates must all be of one or the other")
     if c.problems:
         raise CatalogError(c.problems)
     needed: dict[str, set[str]] = {name: {TOTAL} for name in aggregates}
@@ -116,7 +120,8 @@ def _families(doc: dict[str, Any], c: _Checker) -> dict[str, FamilyConfig]:
         c.fail("families", "must map each topic family to {grace, windows}")
         return {}
     out: dict[str, FamilyConfig] = {}
-    for fam in FAMILIES:
+    # the accounts stage is optional: a catalog without it has no account analytics
+    for fam in (*FAMILIES, ACCOUNTS) if ACCOUNTS in fams_raw else FAMILIES:
         raw = fams_raw.get(fam)
         where = f"families.{fam}"
         if not isinstance(raw, dict):
@@ -150,8 +155,9 @@ def _families(doc: dict[str, Any], c: _Checker) -> dict[str, FamilyConfig]:
                 c.fail(f"{where}.horizon", str(exc))
         out[fam] = FamilyConfig(fam, grace, tuple(specs), horizon)
     for fam in fams_raw:
-        if fam not in FAMILIES:
-            c.fail(f"families.{fam}", f"unknown topic family (known: {', '.join(FAMILIES)})")
+        if fam not in FAMILIES and fam != ACCOUNTS:
+            c.fail(f"families.{fam}",
+                   f"unknown topic family (known: {', '.join((*FAMILIES, ACCOUNTS))})")
     return out
 
 
@@ -183,7 +189,7 @@ def _aggregates(
             out[name] = Aggregate(name, fam, builtin=b, supported_dims=dims)
             continue
         etype = raw.get("event")
-        if etype not in TYPES:
+        if etype not in EVENT_TYPES:
             c.fail(where, f"unknown event type {etype!r}")
             continue
         fields = _event_fields(etype)
@@ -204,7 +210,7 @@ def _aggregates(
             filters.append((f, frozenset(vals)))
         out[name] = Aggregate(
             name,
-            TYPES[etype].family,
+            EVENT_TYPES[etype].family,
             event=etype,
             sum_field=raw.get("sum", raw.get("sum_squares")),
             has_field=raw.get("has"),
@@ -339,7 +345,7 @@ def _counts(agg: Aggregate) -> bool:
         return agg.builtin not in MICRO_BUILTINS
     if agg.sum_field is None:
         return True
-    spec = TYPES.get(agg.event or "")
+    spec = EVENT_TYPES.get(agg.event or "")
     fields = dict(spec.required + spec.optional) if spec else {}
     return isinstance(fields.get(agg.sum_field), IntRange)
 

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from metrics.constants import NEVER
-from metrics.events import TYPES, Event, struct_of
+from metrics.events import EVENT_TYPES, Event, struct_of
 
 #: what orders events: a (topic, partition) in the worker, 0 in replay (any name in tests)
 Source = tuple[str, int] | int | str
@@ -186,6 +186,6 @@ def unhold(h: HeldEvent) -> Event:
 
 
 def data_type(type_: str) -> Any:
-    if type_ not in TYPES:
+    if type_ not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type_!r}")
     return struct_of(type_)

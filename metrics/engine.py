@@ -20,7 +20,7 @@ over its sources of the highest event time seen: how partitions interleave makes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -29,9 +29,10 @@ from metrics import codegen
 from metrics.catalog import Aggregate, Catalog
 from metrics.clock import Source, Watermark, hold, judge_held, unhold
 from metrics.constants import NEVER, NEVER_END, TOTAL
+from metrics.counting import apply_late, count_interpreted
 from metrics.dedup import DedupStore, MemoryDedup
 from metrics.errors import StateError
-from metrics.events import TYPES, Event, event_fields
+from metrics.events import ACCOUNTS, EVENT_TYPES, PROGRESS_MARK, Event, event_fields, struct_of
 from metrics.facts import FactRouter
 from metrics.formulas import row_functions
 from metrics.plans import (
@@ -58,11 +59,12 @@ from metrics.snapshot import (
     strip,
 )
 from metrics.trackers import TRACKERS, Tracker
-from metrics.windows import Agg, FamilyWindows
+from metrics.windows import FamilyWindows
 
 __all__ = ["NEVER", "Clock", "EngineConfig", "KpiEngine"]
 
 Clock = Callable[[], int]  # epoch milliseconds
+_MARK = struct_of(PROGRESS_MARK)
 Record = dict[str, Any]
 
 
@@ -80,6 +82,14 @@ DedupFactory = Callable[[str], DedupStore]
 
 
 class KpiEngine:
+    def __new__(cls, catalog: Catalog, *args: Any, **kwargs: Any) -> KpiEngine:
+        # a catalog with the accounts stage and families feeding it (replay: the whole one)
+        # feeds the stage here; a worker's shards copy onto a topic instead (streams/feed.py)
+        from metrics.feed import FEEDING_FAMILIES, FeedingEngine  # it subclasses this one
+
+        feeds = ACCOUNTS in catalog.families and FEEDING_FAMILIES & set(catalog.families)
+        return super().__new__(FeedingEngine if cls is KpiEngine and feeds else cls)
+
     def __init__(self, catalog: Catalog, config: EngineConfig | None = None,
                  clock: Clock | None = None, dedup: DedupFactory | None = None):
         self.catalog = catalog
@@ -166,8 +176,8 @@ class KpiEngine:
         eid = ev.event_id
         fam = ev.family
         seen, fw, wm = self._lanes[fam]
-        if eid in seen:
-            self.duplicates_total += 1
+        if eid in seen:  # a copy's duplicate is not the input's (metrics/feed.py)
+            self.duplicates_total += fam != ACCOUNTS
             return "duplicate"
         ts = ev.ts_ms
         if not fw.started:
@@ -189,6 +199,26 @@ class KpiEngine:
             self.due = True
         return "ok"
 
+    def progress(self, family: str, source: Source, ts: int, arrival: int | None = None
+                 ) -> None:
+        """A source of the family reached ``ts`` with no event of it (the accounts stage:
+        the event time of a partition it is fed from, metrics/feed.py). Before the family
+        starts it is held too, as a mark: what reached the broker after it is judged
+        against it, as in replay (``_start``)."""
+        wm = self.watermarks[family]
+        wm.observe(source, ts)
+        if self.windows[family].started:
+            if wm.value >= self._next_close[family]:
+                self.due = True
+            return
+        held = self._held[family]
+        if held and held[-1][0].type == PROGRESS_MARK and held[-1][2] == arrival:
+            ts = max(ts, held.pop()[0].ts_ms)  # marks of one moment: the furthest
+        mark = Event("", PROGRESS_MARK, ts, family, _MARK(event_id="-", ts=ts))
+        held.append((mark, None, arrival))
+        if wm.value != NEVER:
+            self.due = True  # advance() starts the family
+
     def _bind_state(self) -> None:
         """Derived views of the state: made at start and after every restore()."""
         #: family -> what ingest() looks up for every event: its shard's ids, its windows,
@@ -197,7 +227,7 @@ class KpiEngine:
                        for f, shard in self._shard_of.items()}
         #: event type -> the function that counts it into its family's windows
         self._count: dict[str, Callable[[Event, FamilyWindows], None]] = {
-            t: self._counter(t) for t in TYPES}
+            t: self._counter(t) for t in EVENT_TYPES}
 
     def _counter(self, type_: str) -> Callable[[Event, FamilyWindows], None]:
         """Counts one event of this type: tallies it in its pane (or, late within grace,
@@ -211,7 +241,7 @@ class KpiEngine:
             return codegen.ingest_function(type_, event_fields(type_), read, self.events_total,
                                            apply_late, update, observers,
                                            self._facts.apply)
-        return partial(_count_interpreted, type_, read, self.events_total, update, observers,
+        return partial(count_interpreted, type_, read, self.events_total, update, observers,
                        self._facts.apply)
 
     def _start(self, fam: str) -> None:
@@ -221,6 +251,11 @@ class KpiEngine:
         fw = self.windows[fam]
         held, self._held[fam] = self._held[fam], []
         counted, late = judge_held(held, fw.cfg.longest_ms + fw.cfg.grace_ms)
+        if any(ev.type == PROGRESS_MARK for ev, _, _ in held):
+            counted = [ev for ev in counted if ev.type != PROGRESS_MARK]
+            late = [(ev, ref) for ev, ref in late if ev.type != PROGRESS_MARK]
+            if not counted and not late:
+                return  # marks only: the family starts at its first event
         fw.start(min((ev.ts_ms for ev in counted), default=self.watermarks[fam].value))
         self._next_close[fam] = self._compute_next_close(fam)
         dedup = self.dedup[self._shard_of[fam]]
@@ -365,15 +400,19 @@ class KpiEngine:
         config. ``ref`` turns the caller's refs of held events into plain data."""
         for fw in self.windows.values():
             fw.settle(self._expanders)
+        return self._state({f: fw.snapshot() for f, fw in self.windows.items()},
+                           self.publisher.snapshot(), ref,
+                           {n: encode_part(t.snapshot()) for n, t in self.trackers.items()})
+
+    def _state(self, windows: Any, publisher: Any, ref: Callable[[Any], Any],
+               trackers: dict[str, Any]) -> EngineState:
         return EngineState(
-            ENGINE_STATE_VERSION,
-            windows={f: fw.snapshot() for f, fw in self.windows.items()},
+            ENGINE_STATE_VERSION, windows=windows,
             watermarks={f: wm.snapshot() for f, wm in self.watermarks.items()},
             held={f: [hold(ev, ref(r), a) for ev, r, a in held]
                   for f, held in self._held.items()},
-            dedup={s: d.snapshot() for s, d in self.dedup.items()},
-            trackers={n: encode_part(t.snapshot()) for n, t in self.trackers.items()},
-            publisher=self.publisher.snapshot(),
+            dedup={s: d.snapshot() for s, d in self.dedup.items()}, trackers=trackers,
+            publisher=publisher,
             counters=Counters(self.events_total, self.duplicates_total, self.late_total,
                               self.due))
 
@@ -386,15 +425,7 @@ class KpiEngine:
             fw.settle(self._expanders)
         windows, publisher = strip({f: fw.snapshot() for f, fw in self.windows.items()},
                                    self.publisher.snapshot())
-        core = EngineState(
-            ENGINE_STATE_VERSION, windows=windows,
-            watermarks={f: wm.snapshot() for f, wm in self.watermarks.items()},
-            held={f: [hold(ev, ref(r), a) for ev, r, a in held]
-                  for f, held in self._held.items()},
-            dedup={s: d.snapshot() for s, d in self.dedup.items()}, trackers={},
-            publisher=publisher,
-            counters=Counters(self.events_total, self.duplicates_total, self.late_total,
-                              self.due))
+        core = self._state(windows, publisher, ref, {})
         parts, names = collect_parts(self.windows, self.publisher, self.trackers, full)
         return core, parts, names
 
@@ -406,10 +437,8 @@ class KpiEngine:
         """Continue from a snapshot() taken by an engine with the same catalog. ``ref``
         turns the stored refs of held events back into the caller's."""
         missing = [f"{what} {name}" for what, have, want in (
-            ("family", state.windows, self.windows), ("family", state.watermarks,
-                                                      self.watermarks),
-            ("shard", state.dedup, self.dedup))
-            for name in set(want) - set(have)]
+            ("family", state.windows, self.windows), ("family", state.watermarks, self.watermarks),
+            ("shard", state.dedup, self.dedup)) for name in set(want) - set(have)]
         if missing:
             raise StateError(f"the state lacks {', '.join(sorted(missing))}")
         for f, fw in self.windows.items():
@@ -467,34 +496,3 @@ class KpiEngine:
             "panes": sum(len(fw.panes) for fw in self.windows.values()),
             "published_windows": len(self.publisher),
         }
-
-
-def apply_late(fw: FamilyWindows, ts: int, data: Any, update: Update) -> None:
-    """An event in a pane some closed window covers (late within grace): the closed windows
-    it falls in are patched too, and republished as revisions."""
-    delta: Agg = {}
-    update(delta, data)
-    for key, value in delta.items():
-        fw.add(ts, key, value)
-
-
-def _count_interpreted(type_: str, read: list[str] | None, counts: dict[str, int],
-                       update: Update | None, observers: Sequence[Callable[[Event], Any]],
-                       apply_facts: Callable[[FamilyWindows, Any], None], ev: Event,
-                       fw: FamilyWindows) -> None:
-    """The interpreted twin of codegen.ingest_function."""
-    counts[type_] = counts.get(type_, 0) + 1
-    if read is not None:
-        assert update is not None
-        ts = ev.ts_ms
-        if ts >= fw.frontier:
-            tally = fw.pending.setdefault(ts - ts % fw.pane_ms, {})
-            sig = (type_, *(getattr(ev.data, f, None) for f in read))
-            tally[sig] = tally.get(sig, 0) + 1
-        else:
-            apply_late(fw, ts, ev.data, update)
-    for observe in observers:
-        facts = observe(ev)
-        if facts:
-            apply_facts(fw, facts)
-

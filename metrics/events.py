@@ -37,6 +37,8 @@ TOPIC_FAMILIES: Final[dict[str, str]] = {
 }
 FAMILIES: Final = ("email", "web", "crm", "social", "spend")
 FAMILY_TOPIC: Final = {fam: topic for topic, fam in TOPIC_FAMILIES.items()}
+#: the accounts stage (metrics/feed.py): copies of other families' events; optional
+ACCOUNTS: Final = "accounts"
 #: `channel` when an event carries none
 DEFAULT_CHANNEL: Final = {
     "email": "email",
@@ -44,6 +46,7 @@ DEFAULT_CHANNEL: Final = {
     "social": "social",
     "crm": "unknown",
     "spend": "unknown",
+    ACCOUNTS: "unknown",
 }
 DEAL_STAGES: Final = ("lead", "mql", "sql", "opportunity", "proposal", "won", "lost")
 
@@ -201,6 +204,17 @@ TYPES: Final[dict[str, TypeSpec]] = {
     ),
 }
 
+#: input type -> the accounts stage's copy (metrics/feed.py): its fields, in the accounts
+#: family. Derived only: no topic and no replay input takes these types.
+ACCOUNT_FEEDS: Final[dict[str, str]] = {"order.placed": "account.order",
+                                        "deal.stage_changed": "account.deal",
+                                        "spend.recorded": "account.spend"}
+PROGRESS_MARK: Final = "account.progress"  # a feeding partition's time (engine.progress)
+#: every type the engine knows: the input types, the accounts stage's copies and marks
+EVENT_TYPES: Final[dict[str, TypeSpec]] = {
+    **TYPES, **{c: TypeSpec(ACCOUNTS, *TYPES[t][1:]) for t, c in ACCOUNT_FEEDS.items()},
+    PROGRESS_MARK: TypeSpec(ACCOUNTS, ())}
+
 _CLIENTS: Final = frozenset({"mobile", "desktop", "webmail"})
 
 #: reason codes any message can get (besides those naming a type's own field:
@@ -270,7 +284,7 @@ def check_fields(type_: str, d: dict[str, Any], event_id: str, ts_ms: int, curre
                  ) -> Event | Invalid:
     """The interpreted twin of the generated check of ``type_``: the same rules, read from
     the type's field table."""
-    spec = TYPES[type_]
+    spec = EVENT_TYPES[type_]
     fields = _fields(spec)
     for name, check, required in fields:
         v = d.get(name)
@@ -291,7 +305,7 @@ def check_fields(type_: str, d: dict[str, Any], event_id: str, ts_ms: int, curre
 def finish_fields(type_: str, s: Any, event_id: str, ts_ms: int, currency: str
                   ) -> Event | Invalid:
     """The interpreted twin of the generated finish of ``type_``."""
-    spec = TYPES[type_]
+    spec = EVENT_TYPES[type_]
     for name, default in spec.defaults:
         if getattr(s, name) is None:
             setattr(s, name, default)
@@ -364,8 +378,8 @@ def _struct(type_: str, spec: TypeSpec) -> type[msgspec.Struct]:
     return struct
 
 
-_STRUCTS: Final = {t: _struct(t, spec) for t, spec in TYPES.items()}
-_FINISH: Final = {t: _finish(t, spec) for t, spec in TYPES.items()}
+_STRUCTS: Final = {t: _struct(t, spec) for t, spec in EVENT_TYPES.items()}
+_FINISH: Final = {t: _finish(t, spec) for t, spec in EVENT_TYPES.items()}
 #: event type -> (its family, its checks on a dict)
 _COMPILED: Final = {t: (spec.family, _compile(t, spec, _STRUCTS[t], _FINISH[t]))
                     for t, spec in TYPES.items()}
@@ -445,15 +459,11 @@ def _deeper_than(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
         v, depth = stack.pop()
-        children: Iterable[Any]
-        if type(v) is dict:
-            children = v.values()
-        elif type(v) is list:
-            children = v
-        else:
+        if type(v) is not dict and type(v) is not list:
             continue
         if depth > limit:
             return True
+        children: Iterable[Any] = v.values() if type(v) is dict else v
         stack.extend((c, depth + 1) for c in children if type(c) in (dict, list))
     return False
 
@@ -484,8 +494,7 @@ def reason_codes() -> list[str]:
         fields.update(n for n, _ in spec.required + spec.optional)
     fields.update(n for n, _ in ENVELOPE_LEN)
     codes = ["not_json", "not_object", "too_large", "too_deep", "unknown_type", "wrong_topic",
-             "future_ts", "ancient_ts"]
-    codes += ["currency", "missing_field:campaign_id_or_channel"]
+             "future_ts", "ancient_ts", "currency", "missing_field:campaign_id_or_channel"]
     codes += [f"missing_field:{f}" for f in sorted(fields | {"amount"})]
     codes += [f"bad_value:{f}" for f in sorted(fields - {"type"})]
     return codes

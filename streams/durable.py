@@ -148,9 +148,10 @@ class Durable:
                 snap: Snapshot | None) -> None:
         """Continue from ``snap`` (None: from nothing) and the table's ``records``."""
         self.dedup.open()
+        # held events' refs, as source_ref made them
         engine.restore(snap.engine if snap else KpiEngine(engine.catalog,
                                                           engine.config).snapshot(),
-                       ref=lambda r: SourceRef(*r))  # held events' refs, as source_ref made them
+                       ref=lambda r: None if r is None else SourceRef(*r))
         self.lineage = (snap.lineage if snap else "") or uuid.uuid4().hex
         self.chain = dict(snap.chain) if snap else {}
         self.parts = dict(snap.parts) if snap else {}

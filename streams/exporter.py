@@ -17,8 +17,9 @@ from prometheus_client.registry import Collector
 
 from metrics.catalog import Catalog, Kpi
 from metrics.engine import NEVER, KpiEngine
-from metrics.events import FAMILY_TOPIC, INVALID_REASONS, TYPES
+from metrics.events import EVENT_TYPES, INVALID_REASONS
 from metrics.records import interval
+from streams.topics import FAMILY_TOPICS
 
 
 @dataclass
@@ -135,10 +136,10 @@ class EngineCollector(Collector):
         # every series a rule or panel may read exists from the start, at 0: a rule on an
         # absent series never evaluates
         owned = {f for e, _ in parts for f in e.catalog.families}
-        counted = {t: 0 for t, spec in TYPES.items() if spec.family in owned}
+        counted = {t: 0 for t, spec in EVENT_TYPES.items() if spec.family in owned}
         counted.update(_summed(e.events_total for e, _ in parts))
         for type_, n in sorted(counted.items()):
-            events.add_metric([topic(FAMILY_TOPIC[TYPES[type_].family]), type_], n)
+            events.add_metric([topic(FAMILY_TOPICS[EVENT_TYPES[type_].family]), type_], n)
         yield events
         invalid = dict.fromkeys(INVALID_REASONS, 0) if parts else {}
         invalid.update(_summed(st.invalid for _, st in parts))
@@ -147,7 +148,7 @@ class EngineCollector(Collector):
                         invalid)
         yield _by_label(CounterMetricFamily("kpi_engine_events_late", "Events later than every "
                                             "window they belong to.", labels=["topic"]),
-                        {topic(FAMILY_TOPIC[fam]): n for fam, n in
+                        {topic(FAMILY_TOPICS[fam]): n for fam, n in
                          _summed(e.late_total for e, _ in parts).items()})
         yield CounterMetricFamily("kpi_engine_events_duplicate", "Events ignored as duplicate "
                                   "event_id.", value=sum(e.duplicates_total for e, _ in parts))
@@ -158,7 +159,7 @@ class EngineCollector(Collector):
                                labels=["topic"])
         for fam, w in sorted((f, w) for e, _ in parts for f, w in e.watermarks.items()):
             if w.value != NEVER:
-                wm.add_metric([topic(FAMILY_TOPIC[fam])], w.value / 1000)
+                wm.add_metric([topic(FAMILY_TOPICS[fam])], w.value / 1000)
         yield wm
         yield _by_label(GaugeMetricFamily("kpi_engine_consumer_lag", "Messages not yet "
                                           "consumed, per input topic.", labels=["topic"]),

@@ -72,8 +72,9 @@ class FaustIO:
     def __init__(self, app: faust.App):
         self.app = app
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        await self.app.producer.send(topic, key, value, None, None, None)
+    async def send(self, topic: str, key: bytes | None, value: bytes,
+                   timestamp: float | None = None) -> None:
+        await self.app.producer.send(topic, key, value, None, timestamp, None)
 
     async def flush(self) -> None:
         await self.app.producer.flush()

@@ -7,9 +7,8 @@ source coordinates, late input to `kpi-late`. Closed windows wait in an outbox f
 snapshot that makes them durable, then go to `kpi-windows`; the emit timer publishes
 open-window values to `kpi-updates`.
 
-Everything outside the engine goes through small interfaces (streams/shard_ports.py), so
-the shard's logic is unit-tested without a broker (tests/unit/test_shard.py).
-"""
+Everything outside the engine goes through small interfaces (streams/shard_ports.py): the
+shard's logic is unit-tested without a broker (tests/unit/test_shard.py)."""
 
 from __future__ import annotations
 
@@ -26,11 +25,12 @@ from metrics.alerts import AlertEvaluator, alert_key
 from metrics.baselines import Baselines, BaselineState
 from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
-from metrics.events import Event, Parser, event_parser
+from metrics.events import ACCOUNTS, Event, Parser, event_parser
 from metrics.records import update_key, window_key
 from streams.dedup_disk import DiskDedup
 from streams.durable import Durable
 from streams.exporter import ShellStats
+from streams.feed import FeedIn, FeedOut
 from streams.settings import Settings, scratch_dir
 from streams.shard_ports import Outputs, ShardIO, StateStore
 from streams.state import (
@@ -60,8 +60,11 @@ class Shard:
     """One shard's engine, durable state and I/O in this worker (owned or standing by)."""
 
     def __init__(self, name: str, catalog: Catalog, topics: set[str], settings: Settings,
-                 io: ShardIO, state: StateStore, out: Outputs, state_dir: Path | None = None):
+                 io: ShardIO, state: StateStore, out: Outputs, state_dir: Path | None = None,
+                 feed: FeedIn | FeedOut | None = None):
         self.io = io
+        self.feed_in: FeedIn | None = feed if isinstance(feed, FeedIn) else None  # the stage's
+        self.feed_out: FeedOut | None = feed if isinstance(feed, FeedOut) else None  # feeders
         self.state = state
         self.out = out
         self.settings = settings
@@ -255,10 +258,14 @@ class Shard:
         A batch must meet every partition of its family registered: one applied while some
         were missing (before the assignment signal ran, or between a revoke and the next
         assignment) lets one partition's event time close windows the others still feed.
-        Faust's signals alone don't guarantee that order, the consumer's assignment does:
-        it changes before any message of a new partition is fetched.
+        The consumer's assignment (not Faust's signals) changes before any message of a new
+        partition is fetched. The accounts shard's sources are those feeding it instead.
         """
         current = {tp for tp in assignment - self.revoked if tp[0] in self.topics}
+        if self.feed_in is not None:
+            self.feed_in.register(self.engine)
+            self.owned = current
+            return
         if current == self.owned:
             return
         for tp in self.owned - current:
@@ -319,6 +326,7 @@ class Shard:
         owned = self.owned
         stale: dict[tuple[str, int], int] = {}
         hole_at = self._hole_at
+        fed, feeds = self.feed_in, self.feed_out  # the accounts stage (streams/feed.py)
         for msg in batch:
             tp = (msg.topic, msg.partition)
             if tp in stale:
@@ -344,19 +352,26 @@ class Shard:
             applied[tp] = msg.offset
             raw = msg.value if isinstance(msg.value, bytes) else b""
             parse = parsers.get(msg.topic)
-            if parse is None:
+            if parse is None:  # the accounts stage's copies come from several families
                 parse = parsers[msg.topic] = event_parser(
-                    now_ms=now, currency=currency, topic_family=family_of(settings, msg.topic))
-            parsed = parse(raw)
-            if type(parsed) is Event:
-                stamp = msg.timestamp  # seconds (Faust), the broker's record timestamp
-                engine.ingest(parsed, (msg.topic, msg.partition), msg,
-                              round(stamp * 1000) if stamp else None)
+                    now_ms=now, currency=currency,
+                    topic_family=None if fed else family_of(settings, msg.topic))
+            source, parsed = fed.read(msg.key, raw, parse) if fed else (tp, parse(raw))
+            stamp = msg.timestamp  # seconds (Faust), the broker's record timestamp
+            arrival = round(stamp * 1000) if stamp else None
+            if type(parsed) is int:  # the accounts stage: a feeding partition's progress
+                engine.progress(ACCOUNTS, source, parsed, arrival)
+            elif type(parsed) is Event:
+                engine.ingest(parsed, source, msg, arrival)
+                if feeds:
+                    feeds.add(tp, parsed, raw, stamp)
             else:
                 reason: str = parsed.reason  # type: ignore[union-attr]
                 stats.invalid[reason] = stats.invalid.get(reason, 0) + 1
                 rejected.append((msg, reason))
             last_offsets[tp] = msg.offset
+        if feeds:
+            await feeds.send(io)
         late = engine.late_refs  # every event found late, held ones included
         engine.late_refs = []
         for msg, reason in rejected:

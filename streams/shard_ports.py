@@ -17,7 +17,10 @@ TP = tuple[str, int]  # (topic, partition)
 class ShardIO(Protocol):
     """The consumer and producer, as a shard uses them."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
+    async def send(self, topic: str, key: bytes | None, value: bytes,
+                   timestamp: float | None = None) -> None:
+        """``timestamp``: the record's, in seconds (None: now)."""
+        ...
 
     async def flush(self) -> None: ...
 

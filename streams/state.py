@@ -108,8 +108,10 @@ class SourceRef(NamedTuple):
     value: bytes | None
 
 
-def source_ref(msg: Any) -> SourceRef:
-    return SourceRef(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+def source_ref(msg: Any) -> SourceRef | None:
+    """None for what no message stands behind (the accounts stage's progress marks)."""
+    return None if msg is None else SourceRef(msg.topic, msg.partition, msg.offset, msg.key,
+                                              msg.value)
 
 
 

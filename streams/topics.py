@@ -9,16 +9,23 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from metrics.catalog import Catalog
-from metrics.events import FAMILY_TOPIC, TOPIC_FAMILIES
+from metrics.events import ACCOUNTS, TOPIC_FAMILIES
 from streams.errors import BrokerError
 from streams.kafka_client import client_kwargs, topic_configs
 from streams.settings import Settings
 
-INPUT_TOPICS: Final = tuple(TOPIC_FAMILIES)
+#: the accounts stage's internal topic (streams/feed.py): copies of other families' events
+ACCOUNTS_TOPIC: Final = "kpi-account-events"
+#: every topic a worker consumes
+INPUT_TOPICS: Final = (*TOPIC_FAMILIES, ACCOUNTS_TOPIC)
+#: topic (without prefix) -> the family it carries
+_FAMILY_OF: Final = {**TOPIC_FAMILIES, ACCOUNTS_TOPIC: ACCOUNTS}
+#: family -> the topic (without prefix) its events are read from
+FAMILY_TOPICS: Final = {fam: topic for topic, fam in _FAMILY_OF.items()}
 OUTPUT_TOPICS: Final = ("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", "kpi-alerts")
 
 
@@ -31,7 +38,12 @@ def all_topics(settings: Settings) -> list[str]:
 
 
 def family_of(settings: Settings, topic: str) -> str | None:
-    return TOPIC_FAMILIES.get(topic.removeprefix(settings.topic_prefix))
+    return _FAMILY_OF.get(topic.removeprefix(settings.topic_prefix))
+
+
+def family_topic(settings: Settings, family: str) -> str:
+    """The topic a family's events are read from."""
+    return settings.topic(FAMILY_TOPICS[family])
 
 
 def state_topic(settings: Settings) -> str:
@@ -41,22 +53,27 @@ def state_topic(settings: Settings) -> str:
 
 
 def state_partitions(catalog: Catalog) -> dict[str, int]:
-    """Shard -> its partition of the state table's changelog (streams/faust_app.py: StateTable)."""
-    return {name: i for i, name in enumerate(sorted(catalog.shards()))}
+    """Shard -> its partition of the state table's changelog (streams/faust_app.py: StateTable).
+    The accounts stage's comes last: a catalog that gains it keeps every other shard's
+    partition, and so its state (``create_topics`` adds the partition)."""
+    return {name: i for i, name in enumerate(sorted(catalog.shards(),
+                                                    key=lambda n: (n == ACCOUNTS, n)))}
 
 
 def shard_topics(settings: Settings, catalog: Catalog) -> dict[str, str]:
     """Input topic -> the catalog shard (``Catalog.shards``) its family belongs to."""
-    return {settings.topic(FAMILY_TOPIC[f]): name
+    return {family_topic(settings, f): name
             for name, fams in catalog.shards().items() for f in fams}
 
 
 async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
                         timeout_s: float = 20.0, config: dict[str, str] | None = None,
-                        client: Mapping[str, Any] | None = None, replication: int = 1) -> None:
+                        client: Mapping[str, Any] | None = None, replication: int = 1,
+                        grow: bool = False) -> None:
     """Create missing topics (``replication`` copies, ``config``); fail clearly when an
-    existing one has another partition count than the inputs expect. ``client``: the
-    security settings of the connection (streams/kafka_client.py)."""
+    existing one has another partition count than the inputs expect, or with ``grow``
+    fewer: then add the missing ones. ``client``: the security settings of the connection
+    (streams/kafka_client.py)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000,
                                 **(client or {}))
     deadline = asyncio.get_running_loop().time() + timeout_s
@@ -74,6 +91,15 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
         present = [n for n in names if n in existing]
         for meta in await admin.describe_topics(present) if present else []:
             have = len(meta.get("partitions") or ())
+            if grow and have < partitions:
+                try:
+                    await admin.create_partitions({meta["topic"]: NewPartitions(partitions)})
+                    continue
+                except KafkaError as exc:  # the embedded broker can't: say what to do
+                    raise BrokerError(
+                        f"topic {meta['topic']} has {have} partitions, this catalog needs "
+                        f"{partitions}, and the broker did not add them ({exc}): add them, "
+                        "or use another --group-id") from exc
             if have != partitions:
                 raise BrokerError(
                     f"topic {meta['topic']} has {have} partitions, this worker expects "
@@ -103,7 +129,7 @@ def create_topics(settings: Settings, catalog: Catalog, bootstrap: str | None = 
         await ensure_topics(target, [state_topic(settings)], len(state_partitions(catalog)),
                             config={"cleanup.policy": "compact", **topic_configs(settings)},
                             client=client_kwargs(settings),
-                            replication=settings.replication_factor)
+                            replication=settings.replication_factor, grow=True)
 
     asyncio.run(run())
 

@@ -18,16 +18,17 @@ from aiokafka.errors import KafkaError
 from metrics.catalog import Catalog
 from metrics.constants import NEVER
 from metrics.engine import KpiEngine
-from metrics.events import FAMILY_TOPIC
+from metrics.events import ACCOUNTS
 from streams.dashboard import History, RateMeter, catalog_meta
 from streams.exporter import Exposition, ShellStats, make_registry
+from streams.feed import feed_of
 from streams.health import BrokerWatch
 from streams.heap import HeapTrimmer
 from streams.kafka_client import client_kwargs
 from streams.settings import Settings, local_state_dir
 from streams.shard import Shard
 from streams.shard_ports import Outputs, ShardIO, StateStore
-from streams.topics import input_topics, shard_topics, topic_sizes
+from streams.topics import family_topic, input_topics, shard_topics, topic_sizes
 
 log = logging.getLogger("kpi_engine.worker")
 
@@ -68,7 +69,7 @@ class KpiShell:
         self.state_dir = local_state_dir(settings)
         self.shards = {name: Shard(name, catalog.restrict(fams),
                                    {t for t, n in shard_of.items() if n == name}, settings, io,
-                                   state, out, self.state_dir)
+                                   state, out, self.state_dir, feed_of(settings, catalog, fams))
                        for name, fams in catalog.shards().items()}
         self.shard_of_topic = {t: self.shards[n] for t, n in shard_of.items()}
         self._assigned_at = time.monotonic()
@@ -240,9 +241,13 @@ class KpiShell:
             h = sh.health()
             epochs[sh.name] = h["state_epochs"]
             loaded[sh.name] = h["ids_loaded"]
-            for k in _SUMMED:
-                out[k] += h[k]
-            late_by_family.update(h["late_by_family"])
+            if sh.feed_in is not None:  # copies of counted input: not counted twice
+                out["accounts_stage"] = {k: h[k] for k in _SUMMED} | {
+                    "watermark": sh.engine.watermark(ACCOUNTS)}  # epoch ms
+            else:
+                for k in _SUMMED:
+                    out[k] += h[k]
+                late_by_family.update(h["late_by_family"])
             for k, v in h["state"].items():
                 state[k] = state.get(k, 0) + v
             durable = durable and h["durable"]
@@ -270,7 +275,7 @@ class KpiShell:
         health["events_per_s"] = round(self.event_rate.rate, 1)
         health["lag"] = sum(n for sh in self.active for n in sh.stats.lag.values())
         health["watermark_delay_s"] = {
-            self.settings.topic(FAMILY_TOPIC[f]): round(wall_s - wm.value / 1000, 1)
+            family_topic(self.settings, f): round(wall_s - wm.value / 1000, 1)
             for sh in self.active for f, wm in sh.engine.watermarks.items()
             if wm.value != NEVER}
         return {"catalog": self.catalog_meta,

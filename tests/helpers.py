@@ -17,7 +17,10 @@ HOUR, DAY = 3_600_000, 86_400_000
 #: per family, how far past the last event a sentinel must be to close every window
 #: holding data: longest window + grace + a hop
 SENTINEL_AFTER = {"email": 26 * HOUR, "web": 26 * HOUR, "social": 26 * HOUR,
-                  "crm": 31 * DAY + 2 * HOUR, "spend": 31 * DAY + 2 * HOUR}
+                  "crm": 31 * DAY + 2 * HOUR, "spend": 31 * DAY + 2 * HOUR,
+                  # fed by web, crm and spend (metrics/feed.py): it closes what web's
+                  # sentinel lets it, less its grace
+                  "accounts": 25 * HOUR}
 SENTINEL: dict[str, dict[str, Any]] = {
     "email": {"type": "email.sent", "campaign_id": "sentinel", "contact_id": "s"},
     "web": {"type": "page.viewed", "session_id": "sentinel", "page": "/"},

@@ -27,11 +27,11 @@ from metrics.trackers.base import Dims, Fact, Keyed, net_change
 
 _DEAL_DIMS: Final = frozenset({"channel", "campaign_id"})
 
-_STAGE_INDEX: Final = {s: i for i, s in enumerate(DEAL_STAGES)}
-_OPEN: Final = DEAL_STAGES[:_STAGE_INDEX["won"]]  # lead .. proposal
+STAGE_INDEX: Final = {s: i for i, s in enumerate(DEAL_STAGES)}
+_OPEN: Final = DEAL_STAGES[:STAGE_INDEX["won"]]  # lead .. proposal
 _TOP_OPEN: Final = len(_OPEN) - 1
-_WON, _LOST = _STAGE_INDEX["won"], _STAGE_INDEX["lost"]
-_OPPORTUNITY = _STAGE_INDEX["opportunity"]
+WON, _LOST = STAGE_INDEX["won"], STAGE_INDEX["lost"]
+_OPPORTUNITY = STAGE_INDEX["opportunity"]
 
 #: one stage event: (ts, stage index, amount in millionths); the order breaks ties
 Step = tuple[int, int, int]
@@ -136,9 +136,8 @@ class Pipeline:
             self.deals.put(deal_id, (d, []))
         else:
             d = held[0]
-        amount = data.amount
-        step = (ts, _STAGE_INDEX[data.stage], round(amount * MICRO) if amount is not None else 0)
-        _insert(d.history, step)
+        step = step_of(data, ts)
+        insert_step(d.history, step)
         fb = (ts, data.channel or UNKNOWN, data.campaign_id or UNKNOWN)
         if d.fallback is None or fb < d.fallback:
             d.fallback = fb
@@ -199,7 +198,7 @@ class Pipeline:
         reached: dict[int, int] = {}  # open stage -> when the deal first reached it
         top = -1
         for ts, stage, _ in d.history:
-            if stage < _WON and top < 0:  # the deal's first open stage: entered alone
+            if stage < WON and top < 0:  # the deal's first open stage: entered alone
                 reached[stage] = ts
                 top = stage
             elif top >= 0 and stage != _LOST:  # up (won: through proposal), passing skips
@@ -207,12 +206,7 @@ class Pipeline:
                 for s in range(top + 1, target + 1):
                     reached.setdefault(s, ts)
                 top = max(top, target)
-        last_stage = d.history[-1][1]
-        since = d.history[-1][0]  # when the deal last entered its current stage
-        for ts, stage, _ in reversed(d.history):
-            if stage != last_stage:
-                break
-            since = ts
+        last_stage, since, amount = outcome(d.history)
         facts: list[Fact] = []
         for s, ts in sorted(reached.items()):
             facts.append((ts, "deals_entered", (*dims, ("stage", DEAL_STAGES[s])), 1))
@@ -222,12 +216,11 @@ class Pipeline:
             if s == _OPPORTUNITY:
                 facts.append((ts, "opportunities", dims, 1))
         win: tuple[int, Dims] | None = None
-        if last_stage == _WON:
+        if last_stage == WON:
             if _TOP_OPEN in reached:
                 facts.append((since, "deals_advanced", (*dims, ("stage", _OPEN[-1])), 1))
             facts.append((since, "deals_entered", (*dims, ("stage", "won")), 1))
             facts.append((since, "deals_won", dims, 1))
-            amount = d.history[-1][2]
             facts.append((since, "won_amount", dims, amount))
             facts.append((since, "won_amount_sq", dims, round(amount * amount / MICRO)))
             lead_ts = lead[0] if lead is not None else next(
@@ -278,7 +271,7 @@ class Pipeline:
         self.deals_by_lead = {}
         for deal_id, (d, _) in self.deals.data.items():
             if d.entries and not d.history:  # format 1: first entry per stage
-                d.history = sorted((ts, _STAGE_INDEX[s], a) for s, (ts, a) in d.entries.items())
+                d.history = sorted((ts, STAGE_INDEX[s], a) for s, (ts, a) in d.entries.items())
                 d.entries = {}
             if d.lead_id is not None:
                 self.deals_by_lead.setdefault(d.lead_id, set()).add(deal_id)
@@ -287,7 +280,24 @@ class Pipeline:
         return len(self.deals) + len(self.leads) + len(self.accounts)
 
 
-def _insert(history: list[Step], step: Step) -> None:
+def outcome(history: list[Step]) -> tuple[int, int, int]:
+    """A deal's last stage, when it last entered it, and its latest amount (millionths)."""
+    last_stage = history[-1][1]
+    since = history[-1][0]
+    for ts, stage, _ in reversed(history):
+        if stage != last_stage:
+            break
+        since = ts
+    return last_stage, since, history[-1][2]
+
+
+def step_of(data: Any, ts: int) -> Step:
+    """A deal.stage_changed event's step (``data``: its struct, metrics.events)."""
+    amount = data.amount
+    return ts, STAGE_INDEX[data.stage], round(amount * MICRO) if amount is not None else 0
+
+
+def insert_step(history: list[Step], step: Step) -> None:
     """Insert in order; the same step twice (a resend under a new event id) is one."""
     i = len(history)
     while i and history[i - 1] > step:

@@ -163,6 +163,8 @@ class Group:
                 total[k] = total.get(k, 0) + h[k]
             total["late_by_family"].update(h["late_by_family"])
             total["durable"] = total["durable"] and h["durable"]
+            if "accounts_stage" in h:
+                total["accounts_stage"] = h["accounts_stage"]
         return total
 
     def detail(self) -> str:
@@ -188,13 +190,20 @@ def consumed(w: WorkerProc | Group) -> int:
     return int(h["events"]) + int(h["invalid"]) + int(h["duplicates"]) + int(h["late"])
 
 
-def wait_settled(worker: WorkerProc | Group, n: int, timeout_s: float) -> None:
+def wait_settled(worker: WorkerProc | Group, n: int, timeout_s: float,
+                 stage_until: int | None = None) -> None:
     """Every one of n messages consumed, and every closed window it caused on kpi-windows:
-    finals wait for the snapshot that makes them durable, a few seconds under load."""
+    finals wait for the snapshot that makes them durable, a few seconds under load. With
+    ``stage_until``, the accounts stage too, once its event time reached it (the stage
+    reads copies the other shards send as they go: input consumed is not enough)."""
     def settled() -> bool:
         if consumed(worker) < n:
             return False
         h = worker.health()
+        if stage_until is not None:
+            stage = h.get("accounts_stage")
+            if stage is None or stage["watermark"] < stage_until or stage["pending_finals"]:
+                return False
         return h["pending_finals"] == 0 and bool(h["durable"])
     wait_for(settled, timeout_s, f"{n} messages consumed and their finals published", worker)
 

@@ -19,7 +19,15 @@ from metrics.events import FAMILY_TOPIC
 from streams.broker import EmbeddedBroker
 from streams.produce import topic_for
 from streams.settings import Settings
-from tests.helpers import SENTINEL, SENTINEL_AFTER, assert_finals_equal, final_values, ms, replay
+from tests.helpers import (
+    HOUR,
+    SENTINEL,
+    SENTINEL_AFTER,
+    assert_finals_equal,
+    final_values,
+    ms,
+    replay,
+)
 from tests.integration.conftest import WorkerProc, wait_for, wait_settled
 from tests.unit.test_events import REJECTIONS
 
@@ -83,7 +91,8 @@ def test_streaming_finals_equal_replay(broker: EmbeddedBroker, isolated: Setting
     worker = start_worker(isolated)
     t0 = time.monotonic()
     asyncio.run(produce(broker.bootstrap, messages))
-    wait_settled(worker, len(messages), 120)
+    # the stage closes the windows of the cutoff once past them by its grace (1 h)
+    wait_settled(worker, len(messages), 120, last_ts + SENTINEL_AFTER["accounts"] + HOUR)
     consumed_s = time.monotonic() - t0
     published = asyncio.run(drain(broker.bootstrap, isolated.topic("kpi-windows")))
     streaming = final_values(orjson.loads(m.value) for m in published)
@@ -95,7 +104,7 @@ def test_streaming_finals_equal_replay(broker: EmbeddedBroker, isolated: Setting
 
     oracle = final_values(replay([raw for _, raw, _ in
                                   [(t, r, None) for t, r in stream] + sentinels]))
-    cutoff = {fam: last_ts + SENTINEL_AFTER[fam] for fam in SENTINEL}
+    cutoff = {fam: last_ts + SENTINEL_AFTER[fam] for fam in SENTINEL_AFTER}
     windows = assert_finals_equal(oracle, streaming, cutoff)
     health = worker.health()
     assert health["late"] == sum(gen.stats.late.values())

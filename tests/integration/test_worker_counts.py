@@ -12,10 +12,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from kpi_engine.generator import Generator, GeneratorConfig
-from metrics.events import FAMILY_TOPIC, INVALID_REASONS, TYPES
+from metrics.events import ACCOUNT_FEEDS, EVENT_TYPES, INVALID_REASONS
 from streams.broker import EmbeddedBroker
 from streams.produce import send_all
 from streams.settings import Settings
+from streams.topics import ACCOUNTS_TOPIC, FAMILY_TOPICS
 from tests.integration.conftest import WorkerProc, wait_for
 
 pytestmark = pytest.mark.integration
@@ -72,15 +73,22 @@ def test_worker_counts_equal_generator_ground_truth(
              + worker.health()["duplicates"] >= len(messages), 60,
              "the worker to consume every message")
 
+    # the accounts stage counts a copy of each valid order, deal stage and spend, once
+    copies = {f"{ACCOUNTS_TOPIC}|{ACCOUNT_FEEDS[key.split('|')[1]]}": n
+              for key, n in truth.events.items() if key.split("|")[1] in ACCOUNT_FEEDS}
+    assert sum(copies.values()) > 100
+    wait_for(lambda: worker.health()["accounts_stage"]["events"] == sum(copies.values()), 60,
+             "the accounts stage to count every copy", worker)
+
     m = scrape(worker)
     counted = {(re.search(r'topic="([^"]+)"', k).group(1).removeprefix(isolated.topic_prefix)  # type: ignore[union-attr]
                 + "|" + re.search(r'type="([^"]+)"', k).group(1)): int(v)  # type: ignore[union-attr]
                for k, v in m["kpi_engine_events_total"].items()}
     # every type is exported, at 0 until its first event (issue 18: a rule on a series
     # that does not exist never evaluates)
-    every_type = {f"{FAMILY_TOPIC[spec.family]}|{t}": 0 for t, spec in TYPES.items()}
-    assert counted == {**every_type, **truth.events}
-    assert sum(counted.values()) == expected_valid
+    every_type = {f"{FAMILY_TOPICS[spec.family]}|{t}": 0 for t, spec in EVENT_TYPES.items()}
+    assert counted == {**every_type, **truth.events, **copies}
+    assert sum(counted.values()) == expected_valid + sum(copies.values())
     invalid = {re.search(r'reason="([^"]+)"', k).group(1): int(v)  # type: ignore[union-attr]
                for k, v in m.get("kpi_engine_events_invalid_total", {}).items()}
     assert invalid == {**dict.fromkeys(INVALID_REASONS, 0), **truth.invalid}

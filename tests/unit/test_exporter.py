@@ -98,15 +98,16 @@ def test_a_worker_owning_several_shards_exports_their_sum() -> None:
                            kpis=[rec("email_open_rate", {}, 3, 10)] if fam == "email" else [])
         parts.append((engine, stats))
     m = scrape(make_registry(DEFAULT_CATALOG, lambda: parts)[0])
-    assert m["kpi_engine_events_duplicate_total"][()] == 1 + 2 + 3 + 4
-    assert m["kpi_engine_events_invalid_total"][(("reason", "not_json"),)] == 4
+    assert m["kpi_engine_events_duplicate_total"][()] == 1 + 2 + 3 + 4 + 5
+    assert m["kpi_engine_events_invalid_total"][(("reason", "not_json"),)] == 5
     assert m["kpi_engine_events_invalid_total"][(("reason", "web"),)] == 2
+    # the accounts stage's lateness under its internal topic
     assert m["kpi_engine_events_late_total"] == {
-        (("topic", "crm-events"),): 10, (("topic", "email-events"),): 20,
-        (("topic", "social-events"),): 30, (("topic", "spend-events"),): 0,
-        (("topic", "web-events"),): 40}
-    assert m["kpi_engine_watermark_seconds"][(("topic", "web-events"),)] == 4.0
-    assert m["kpi_engine_consumer_lag"][(("topic", "social-events"),)] == 2
+        (("topic", "kpi-account-events"),): 10, (("topic", "crm-events"),): 20,
+        (("topic", "email-events"),): 30, (("topic", "social-events"),): 40,
+        (("topic", "spend-events"),): 0, (("topic", "web-events"),): 50}
+    assert m["kpi_engine_watermark_seconds"][(("topic", "web-events"),)] == 5.0
+    assert m["kpi_engine_consumer_lag"][(("topic", "social-events"),)] == 3
     assert m["kpi_email_open_rate"][(("window", "1h"),)] == 0.3
 
 

@@ -36,6 +36,7 @@ class Msg:
 class FakeIO:
     def __init__(self, partitions: int = 2) -> None:
         self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.stamps: list[float | None] = []  # the records' timestamps, as sent
         self.routed: list[tuple[str, int, int, str]] = []
         self.commits: list[Offsets] = []
         self.seeks: list[tuple[tuple[str, int], int]] = []
@@ -45,8 +46,10 @@ class FakeIO:
         self.positions: dict[tuple[str, int], int] = {}  # the consumer's next offsets
         self.tps = {(TOPIC, p) for p in range(partitions)}
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+    async def send(self, topic: str, key: bytes | None, value: bytes,
+                   timestamp: float | None = None) -> None:
         self.sent.append((topic, key, value))
+        self.stamps.append(timestamp)
 
     async def flush(self) -> None:
         pass

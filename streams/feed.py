@@ -1,0 +1,129 @@
+"""The accounts stage in a worker (metrics/feed.py): shards copy the events it reads onto the
+internal topic `kpi-account-events`, and the accounts shard reads them from there.
+
+Each message names the input partition its event came from (the key,
+``{topic}|{partition}``), which is the copy's watermark source in the accounts shard: its
+event time is the minimum over the input partitions that feed it, however they spread over
+the internal topic's partitions (one input partition's messages always land in the same one,
+in order). A copy is the input message's value, unchanged; after every batch a shard also
+sends, per input partition, a progress mark (``\\x00`` + event time) when its events went
+further than its copies, so a partition with nothing to copy never holds the stage back.
+
+A shard's copies are out before its commit counts the input they copy (the commit flushes
+the producer first), and a shard re-reading input after a crash copies it again: the
+accounts shard counts each event id once, so nothing is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, Protocol
+
+from metrics.catalog import Catalog
+from metrics.clock import Source
+from metrics.events import ACCOUNT_FEEDS, ACCOUNTS, Event, Invalid, Parser
+from metrics.feed import FEEDING_FAMILIES, copy_for_accounts
+from streams.settings import Settings
+from streams.topics import ACCOUNTS_TOPIC, family_topic
+
+if TYPE_CHECKING:
+    from metrics.engine import KpiEngine
+
+_MARK: Final = b"\x00"
+
+
+class Sends(Protocol):
+    async def send(self, topic: str, key: bytes | None, value: bytes,
+                   timestamp: float | None = None) -> None: ...
+
+
+class FeedOut:
+    """What a shard of a feeding family copies to the accounts stage, batch by batch. A copy
+    keeps its input message's timestamp (when the broker took it), and so does a mark (that
+    of the event it reports): the stage judges what it holds in the order the input reached
+    the broker, as the input's own shard does (metrics/clock.py: judge_held)."""
+
+    def __init__(self, settings: Settings):
+        self.topic = settings.topic(ACCOUNTS_TOPIC)
+        self._copies: list[tuple[bytes, bytes, float | None]] = []
+        #: per input partition in this batch: its latest event time and that event's
+        #: timestamp, and its latest copy's event time
+        self._reached: dict[tuple[str, int], tuple[int, float | None, int]] = {}
+
+    def add(self, tp: tuple[str, int], ev: Event, raw: bytes, stamp: float | None) -> None:
+        """A valid input event (whatever the shard's verdict: the stage judges it anew);
+        ``stamp``: its message's timestamp, in seconds."""
+        ts = ev.ts_ms
+        seen, seen_at, copied = self._reached.get(tp, (0, None, 0))
+        if ev.type in ACCOUNT_FEEDS:
+            self._copies.append((_key(tp), raw, stamp))
+            copied = max(copied, ts)
+        if ts > seen:
+            seen, seen_at = ts, stamp
+        self._reached[tp] = (seen, seen_at, copied)
+
+    async def send(self, io: Sends) -> None:
+        """The batch's copies, then the progress marks their events went beyond."""
+        copies, self._copies = self._copies, []
+        reached, self._reached = self._reached, {}
+        for key, raw, stamp in copies:
+            await io.send(self.topic, key, raw, stamp)
+        for tp, (seen, seen_at, copied) in reached.items():
+            if seen > copied:
+                await io.send(self.topic, _key(tp), _MARK + str(seen).encode(), seen_at)
+
+
+class FeedIn:
+    """The accounts shard's side: the input partitions it is fed from (its watermark's
+    sources), and the copies read back as the stage's events."""
+
+    def __init__(self, settings: Settings):
+        self.sources: list[tuple[str, int]] = [
+            (family_topic(settings, f), p) for f in sorted(FEEDING_FAMILIES)
+            for p in range(settings.partitions)]
+
+    def read(self, key: bytes | None, raw: bytes, parse: Parser
+             ) -> tuple[Source, Event | Invalid | int]:
+        """A message of the internal topic: its source, and its copy (an event of the
+        accounts family), or the event time its progress mark says, or why it is unusable.
+        ``parse`` takes any input type (the copies come from several topics)."""
+        source = _source(key)
+        if source is None:
+            return "", Invalid("bad_value:key")
+        if raw[:1] == _MARK:
+            digits = raw[1:]
+            return source, int(digits) if digits.isdigit() else Invalid("bad_value:ts")
+        ev = parse(raw)
+        if type(ev) is not Event:
+            return source, ev
+        copy = copy_for_accounts(ev)
+        return source, copy if copy is not None else Invalid("wrong_topic")
+
+    def register(self, engine: KpiEngine) -> None:
+        """Every feeding partition holds the stage's watermark until it speaks (or goes
+        quiet for the idle timeout), as an assigned input partition does."""
+        have = engine.watermarks[ACCOUNTS].sources
+        for src in self.sources:
+            if src not in have:
+                engine.assign_source(ACCOUNTS, src)
+
+
+def feed_of(settings: Settings, catalog: Catalog, families: tuple[str, ...]
+            ) -> FeedIn | FeedOut | None:
+    """A shard's part in the accounts stage, when the catalog has one: the accounts shard
+    reads it, the shards of feeding families feed it."""
+    if ACCOUNTS not in catalog.families:
+        return None
+    if ACCOUNTS in families:
+        return FeedIn(settings)
+    return FeedOut(settings) if FEEDING_FAMILIES & set(families) else None
+
+
+def _key(tp: tuple[str, int]) -> bytes:
+    return f"{tp[0]}|{tp[1]}".encode()
+
+
+def _source(key: bytes | None) -> tuple[str, int] | None:
+    if not key:
+        return None
+    topic, sep, part = key.decode(errors="replace").rpartition("|")
+    return (topic, int(part)) if sep and part.isdigit() else None

@@ -1,0 +1,302 @@
+"""The accounts stage (metrics/feed.py, streams/feed.py): KPIs over several families computed
+from copies of their events, in a family of its own, so no shard has to merge with another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from metrics.catalog import build_catalog
+from metrics.engine import EngineConfig, KpiEngine
+from metrics.errors import CatalogError
+from metrics.events import (
+    ACCOUNTS,
+    FAMILY_TOPIC,
+    TYPES,
+    Event,
+    Invalid,
+    event_parser,
+    parse_event,
+)
+from metrics.feed import FEEDING_FAMILIES, copy_for_accounts
+from streams.feed import FeedIn, FeedOut, feed_of
+from streams.settings import Settings
+from streams.shard import Shard
+from streams.shard_ports import Outputs
+from streams.topics import state_partitions
+from tests.helpers import DEFAULT_CATALOG, HOUR, ms, pick, replay
+from tests.unit.test_shard import SETTINGS, FakeIO, FakeTable, History, Msg
+from tests.unit.test_shards import accounts_shard
+from tests.unit.test_state_store import run
+
+T0 = ms("2026-03-02T00:00:00+00:00")
+NOW = T0 + 400 * 86_400_000
+
+
+def ev(eid: str, type_: str, hours: float, **fields: Any) -> dict[str, Any]:
+    return {"event_id": eid, "type": type_, "ts": T0 + int(hours * HOUR), **fields}
+
+
+def deal(eid: str, deal_id: str, stage: str, hours: float, **fields: Any) -> dict[str, Any]:
+    return ev(eid, "deal.stage_changed", hours, deal_id=deal_id, stage=stage, **fields)
+
+
+#: spend 1,140 against orders 2,000 and won deals 13,000 in the day from T0
+DAY_ONE = [
+    ev("s1", "spend.recorded", 1, amount=1000, channel="paid_search", category="content"),
+    ev("s2", "spend.recorded", 2, amount=140, campaign_id="c1", category="analytics"),
+    ev("o1", "order.placed", 3, cart_id="k1", amount=2000, account_id="a1"),
+    deal("d1", "D1", "opportunity", 1),
+    deal("d2", "D1", "won", 4, amount=9000, account_id="a2"),
+    # won, then lost: its last stage decides
+    deal("d3", "D2", "won", 5, amount=5000),
+    deal("d4", "D2", "lost", 6),
+    # won, reopened, won again with a new amount: once, with its latest amount
+    deal("d5", "D3", "won", 7, amount=3000),
+    deal("d6", "D3", "proposal", 8),
+    deal("d7", "D3", "won", 9, amount=4000),
+    ev("p1", "page.viewed", 30, session_id="x", page="/"),
+]
+DAY_END = "2026-03-03T00:00:00Z"
+
+
+def test_spend_share_of_revenue_by_hand() -> None:
+    records = replay(DAY_ONE, now_ms=NOW)
+    total = pick(records, "marketing_spend_share_of_revenue", "24h", DAY_END)
+    assert (total["numerator"], total["denominator"]) == (1140, 15000)
+    assert total["value"] == pytest.approx(1140 / 15000)
+    content = pick(records, "marketing_spend_share_of_revenue", "24h", DAY_END,
+                   category="content")
+    # a breakdown revenue does not carry: the category's spend against all revenue
+    assert (content["numerator"], content["denominator"]) == (1000, 15000)
+    # the stage's won revenue is the pipeline's: the same deals, the same amounts
+    deals = pick(records, "avg_deal_size", "24h", DAY_END)
+    assert (deals["numerator"], deals["denominator"]) == (13000, 2)
+    # before the last deal came back won, the window ending at 08:00 held D1 and the order
+    early = pick(records, "marketing_spend_share_of_revenue", "24h", "2026-03-02T08:00:00Z")
+    assert (early["numerator"], early["denominator"]) == (1140, 11000)
+
+
+def test_arrival_order_within_grace_changes_nothing() -> None:
+    """Copies come from three families read at their own pace: the stage's windows depend
+    on the set of events, not their order (within its grace)."""
+    def finals_of(events: list[dict[str, Any]]) -> dict[Any, Any]:
+        return {(r["window"], r["end"], tuple(r["dims"].items())): (r["numerator"],
+                                                                     r["denominator"])
+                for r in replay(events, now_ms=NOW)
+                if r["kpi"] == "marketing_spend_share_of_revenue" and r["final"]}
+    ordered = finals_of(DAY_ONE)
+    # every deal stage first, newest first, then the rest: each at most 50 minutes late
+    shuffled = sorted(DAY_ONE[:-1], key=lambda e: (e["ts"] // (HOUR * 3), -e["ts"]))
+    assert [e["event_id"] for e in shuffled] != [e["event_id"] for e in DAY_ONE[:-1]]
+    assert finals_of([*shuffled, DAY_ONE[-1]]) == ordered
+    assert len(ordered) > 50
+
+
+def test_a_copy_keeps_the_event_and_moves_it_to_the_accounts_family() -> None:
+    raw = orjson.dumps(ev("o1", "order.placed", 3, cart_id="k1", amount=20.5, account_id="a1",
+                          campaign_id="c9"))
+    order = parse_event(raw, now_ms=NOW, topic_family="web")
+    assert type(order) is Event
+    copy = copy_for_accounts(order)
+    assert copy is not None
+    assert (copy.event_id, copy.type, copy.ts_ms, copy.family) == (
+        "o1", "account.order", order.ts_ms, ACCOUNTS)
+    assert (copy.get("amount"), copy.get("account_id"), copy.get("campaign_id"),
+            copy.get("channel")) == (20.5, "a1", "c9", "web")
+    view = parse_event(orjson.dumps(ev("p", "page.viewed", 1, session_id="s", page="/")),
+                       now_ms=NOW)
+    assert type(view) is Event and copy_for_accounts(view) is None
+    assert {"web", "crm", "spend"} == FEEDING_FAMILIES
+
+
+@pytest.mark.parametrize("family", [None, "web", "spend"])
+def test_no_input_carries_the_stage_types(family: str | None) -> None:
+    """The copies' types are the engine's own: no topic and no replay line may bring one."""
+    raw = orjson.dumps(ev("x", "account.spend", 1, amount=5, channel="email"))
+    assert parse_event(raw, now_ms=NOW, topic_family=family) == Invalid("unknown_type")
+    assert "account.spend" not in TYPES
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes | None, bytes]] = []
+        self.stamps: list[float | None] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes,
+                   timestamp: float | None = None) -> None:
+        self.messages.append((topic, key, value))
+        self.stamps.append(timestamp)
+
+
+async def test_a_shard_copies_what_the_stage_reads_and_marks_the_rest() -> None:
+    settings = Settings(topic_prefix="t.")
+    out = feed_of(settings, DEFAULT_CATALOG, ("web",))
+    assert isinstance(out, FeedOut)
+    assert feed_of(settings, DEFAULT_CATALOG, ("email",)) is None
+    parse = event_parser(now_ms=NOW)
+    web, crm = ("t.web-events", 2), ("t.crm-events", 0)
+    batch = [(web, ev("v1", "page.viewed", 1, session_id="s", page="/")),
+             (web, ev("o1", "order.placed", 2, cart_id="k", amount=7)),
+             (crm, deal("d1", "D", "won", 3, amount=9)),
+             (web, ev("v2", "page.viewed", 4, session_id="s", page="/"))]
+    for tp, e in batch:
+        raw = orjson.dumps(e)
+        parsed = parse(raw)
+        assert type(parsed) is Event
+        out.add(tp, parsed, raw, 100.0 + len(raw))
+    io = Sent()
+    await out.send(io)
+    assert [(t, k) for t, k, _ in io.messages] == [
+        ("t.kpi-account-events", b"t.web-events|2"), ("t.kpi-account-events", b"t.crm-events|0"),
+        ("t.kpi-account-events", b"t.web-events|2")]
+    # the copies are the input messages as they were; web went past its copy: a mark
+    assert io.messages[0][2] == orjson.dumps(batch[1][1])
+    assert io.messages[2][2] == b"\x00" + str(T0 + 4 * HOUR).encode()
+    # the input's timestamps go with them: a copy's own, a mark's event's (v2)
+    raws = [orjson.dumps(e) for _, e in batch]
+    assert io.stamps == [100.0 + len(raws[1]), 100.0 + len(raws[2]), 100.0 + len(raws[3])]
+    await out.send(io)  # nothing more: a batch's copies go once
+    assert len(io.messages) == 3
+
+    fed = feed_of(settings, DEFAULT_CATALOG, (ACCOUNTS,))
+    assert isinstance(fed, FeedIn)
+    assert len(fed.sources) == 3 * settings.partitions
+    read = [fed.read(k, v, parse) for _, k, v in io.messages]
+    assert read[0][0] == web and type(read[0][1]) is Event
+    assert read[0][1].type == "account.order"
+    assert read[1][1].type == "account.deal"  # type: ignore[union-attr]
+    assert read[2] == (web, T0 + 4 * HOUR)
+    assert fed.read(None, b"{}", parse)[1] == Invalid("bad_value:key")
+    view = orjson.dumps(ev("v", "page.viewed", 1, session_id="s", page="/"))
+    assert fed.read(b"t.web-events|1", view, parse)[1] == Invalid("wrong_topic")
+    assert fed.read(b"t.web-events|1", b"\x00soon", parse)[1] == Invalid("bad_value:ts")
+
+
+def test_the_stage_engine_fed_copies_publishes_what_replay_does() -> None:
+    """A worker's accounts shard: an engine over the stage's part of the catalog, fed the
+    copies (and marks) of the other shards, gives replay's records for its KPIs."""
+    part = DEFAULT_CATALOG.restrict((ACCOUNTS,))
+    assert set(part.kpis) == {"marketing_spend_share_of_revenue"}
+    out = accounts_shard([(FAMILY_TOPIC[TYPES[e["type"]].family], orjson.dumps(e))
+                          for e in DAY_ONE], part)
+    whole = [r for r in replay(DAY_ONE, now_ms=NOW) if r["kpi"] in part.kpis]
+
+    def values(rs: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+        return {(r["window"], r["end"], tuple(r["dims"].items()), r["numerator"],
+                 r["denominator"], r["final"]) for r in rs}
+    assert values(out) == values(whole) and len(whole) > 50
+
+
+def test_a_catalog_without_the_stage_has_no_copies() -> None:
+    doc: dict[str, Any] = {
+        "version": 1, "hops": {"1h": "5m"},
+        "families": {f: {"grace": "2m", "windows": ["1h"]}
+                     for f in ("email", "web", "crm", "social", "spend")},
+        "aggregates": {"orders": {"event": "order.placed"}},
+        "kpis": {"orders": {"numerator": "orders", "denominator": "orders", "unit": "ratio"}},
+    }
+    catalog = build_catalog(doc)
+    assert ACCOUNTS not in catalog.shards()
+    assert feed_of(Settings(), catalog, ("web",)) is None
+    doc["families"][ACCOUNTS] = {"grace": "1h", "windows": ["1h"]}
+    doc["aggregates"]["won"] = {"builtin": "account_won_amount"}
+    doc["kpis"]["mixed"] = {"numerator": "won", "denominator": "orders", "unit": "ratio"}
+    with pytest.raises(CatalogError, match=r"kpis\.mixed: reads the accounts stage and input"):
+        build_catalog(doc)
+    assert KpiEngine(catalog).ingest.__func__ is KpiEngine.ingest  # type: ignore[attr-defined]
+    assert KpiEngine(DEFAULT_CATALOG).ingest.__func__ is not KpiEngine.ingest  # type: ignore[attr-defined]
+
+
+def test_a_catalog_gaining_the_stage_keeps_every_shards_state_partition() -> None:
+    """The state table has a changelog partition per shard: the stage takes a new last one,
+    so a deployment upgrading to a catalog with it reads each shard's state where it was."""
+    before = DEFAULT_CATALOG.restrict(("email", "web", "social", "crm", "spend"))
+    assert ACCOUNTS not in before.shards()
+    old, new = state_partitions(before), state_partitions(DEFAULT_CATALOG)
+    assert {n: new[n] for n in old} == old
+    assert new[ACCOUNTS] == len(old) == 4
+
+
+def test_a_copy_far_behind_what_its_partitions_reached_is_late_as_in_replay() -> None:
+    """Before the stage starts (not every feeding partition has spoken) its copies are held;
+    the progress marks held with them say how far event time went, so a copy more than
+    the stage's reach (30 d + 1 h) behind a mark that reached the broker before it is late,
+    as replay, which reads every event of the feeding families, finds it."""
+    part = DEFAULT_CATALOG.restrict((ACCOUNTS,))
+    parse = event_parser(now_ms=NOW)
+    old = parse(orjson.dumps(ev("o-old", "order.placed", 0, cart_id="k", amount=5)))
+    assert type(old) is Event
+    copy = copy_for_accounts(old)
+    assert copy is not None
+    far = T0 + 40 * 86_400_000
+    stage = KpiEngine(part, EngineConfig(idle_timeout_ms=0))
+    stage.assign_source(ACCOUNTS, "web-0")
+    stage.assign_source(ACCOUNTS, "web-1")
+    stage.progress(ACCOUNTS, "web-0", far - 5, arrival=1)
+    stage.progress(ACCOUNTS, "web-0", far, arrival=1)  # one moment: one mark, the furthest
+    assert stage.held_total == 1
+    assert stage.ingest(copy, "web-1", arrival=3) == "late"
+    assert stage.late_total[ACCOUNTS] == 1 and stage.held_total == 0
+    # the mark came after it: counted (the broker took the order first)
+    stage = KpiEngine(part, EngineConfig(idle_timeout_ms=0))
+    stage.assign_source(ACCOUNTS, "web-0")
+    stage.assign_source(ACCOUNTS, "web-1")
+    assert stage.ingest(copy, "web-1", arrival=1) == "held"
+    stage.progress(ACCOUNTS, "web-0", far, arrival=2)
+    stage.advance()
+    assert stage.late_total[ACCOUNTS] == 0 and stage.events_total == {"account.order": 1}
+    # replay: a page view 40 days on, then the old order
+    whole = KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=0))
+    view = parse(orjson.dumps(ev("v", "page.viewed", 40 * 24, session_id="s", page="/")))
+    assert type(view) is Event
+    whole.ingest(view)
+    assert whole.ingest(old) == "late"  # for web too
+    assert whole.late_total[ACCOUNTS] == 1
+
+
+def test_the_accounts_shard_commits_and_hands_over_what_it_holds(tmp_path: Path) -> None:
+    """The accounts shard (its input the internal topic) holds its copies and marks until
+    every feeding partition has spoken; a commit in between writes them, and the next owner
+    continues from them (a mark has no message behind it: nothing to route)."""
+    settings = replace(SETTINGS, partitions=2)
+    part = DEFAULT_CATALOG.restrict((ACCOUNTS,))
+    topic = settings.topic("kpi-account-events")
+    out = Outputs("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", History(),
+                  lambda s: None)
+    table = FakeTable()
+
+    def stage(io: FakeIO, where: str) -> Shard:
+        io.tps = {(topic, 0), (topic, 1)}
+        return Shard(ACCOUNTS, part, {topic}, settings, io, table, out, tmp_path / where,
+                     FeedIn(settings))
+
+    order = orjson.dumps(ev("o1", "order.placed", 2, cart_id="k", amount=70))
+    first = [Msg(topic, 0, 0, b"\x00" + str(T0 + 3 * HOUR).encode(), b"web-events|0", 1.0),
+             Msg(topic, 1, 0, order, b"web-events|1", 2.0)]
+
+    async def go() -> Shard:
+        one = stage(FakeIO(), "1")
+        await one.activate(table.records(ACCOUNTS), 0.0)
+        await one.handle(first)
+        assert one.engine.held_total == 2  # crm and spend have not spoken
+        assert await one.snapshot(force=True)
+        one.dedup.close()
+        two = stage(FakeIO(), "2")
+        await two.activate(table.records(ACCOUNTS), 0.0)
+        assert two.engine.held_total == 2
+        rest = [Msg(topic, 0, 1 + i, b"\x00" + str(T0 + 4 * HOUR).encode(), key, 3.0)
+                for i, key in enumerate([b"crm-events|0", b"crm-events|1", b"spend-events|0",
+                                         b"spend-events|1", b"web-events|1"])]
+        await two.handle(rest)
+        await two.snapshot(force=True)
+        return two
+
+    two = run(go())
+    assert two.engine.held_total == 0 and two.engine.events_total == {"account.order": 1}
+    assert two.engine.windows[ACCOUNTS].started
