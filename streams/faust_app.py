@@ -48,7 +48,7 @@ from streams.tansu import is_tansu, log_ends
 from streams.topics import (
     create_topics,
     input_topics,
-    shard_topics,
+    placement_topics,
     state_partitions,
     state_topic,
     topic_sizes,
@@ -287,7 +287,7 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
         consumer_auto_offset_reset=AUTO_OFFSET_RESET,
-        PartitionAssignor=shard_assignor(shard_topics(settings, catalog), traffic,
+        PartitionAssignor=shard_assignor(placement_topics(settings, catalog), traffic,
                                          state_topic(settings), state_partitions(catalog)),
         producer_acks=-1,  # all in-sync replicas: an output record survives its leader
         # input may be up to 1 MiB plus overhead and its DLQ copy must fit

@@ -37,7 +37,10 @@ class StateTable(faust.Table[bytes, bytes]):
                  on_recovered: Recovered, on_skip: OnSkip, copy: LocalCopy,
                  check: Check, **kwargs: Any) -> None:
         self.partition_of = dict(partitions)  # shard -> its changelog partition
-        self.shard_at = {p: name for name, p in partitions.items()}
+        #: partition -> its shards (the accounts stage shares its partner's)
+        self.shards_at: dict[int, set[str]] = {}
+        for name, p in partitions.items():
+            self.shards_at.setdefault(p, set()).add(name)
         self._topic = topic
         self._on_recovered = on_recovered
         self._on_skip = on_skip
@@ -47,7 +50,7 @@ class StateTable(faust.Table[bytes, bytes]):
         self.local, self._check = copy, check
         # recovery applies its buffer every 64 records: chunks are up to 512 KiB each
         super().__init__(app, name="kpi-state", key_type=bytes, value_type=bytes,
-                         partitions=len(self.partition_of), beacon=app.tables.beacon,
+                         partitions=len(self.shards_at), beacon=app.tables.beacon,
                          recovery_buffer_size=64, **kwargs)
 
     def _changelog_topic_name(self) -> str:
@@ -64,16 +67,16 @@ class StateTable(faust.Table[bytes, bytes]):
         marks = {p: m for p in mine if (m := self.local.mark(p)) is not None and m[0] >= 0}
         good = await self._check(marks)
         for p in mine:
-            shard = self.shard_at[p]
-            if p in good:
-                log.warning("%s: state table from its local copy, the changelog read from "
-                            "offset %d on", shard, marks[p][0])
-                continue
-            if p in marks:
-                log.warning("%s: the local copy of the state table is not of this changelog "
-                            "(its record at offset %d differs): dropped, the changelog read "
-                            "whole", shard, marks[p][0])
-            self.forget(shard)
+            for shard in sorted(self.shards_at.get(p, ())):
+                if p in good:
+                    log.warning("%s: state table from its local copy, the changelog read "
+                                "from offset %d on", shard, marks[p][0])
+                    continue
+                if p in marks:
+                    log.warning("%s: the local copy of the state table is not of this "
+                                "changelog (its record at offset %d differs): dropped, the "
+                                "changelog read whole", shard, marks[p][0])
+                self.forget(shard)
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
@@ -86,12 +89,12 @@ class StateTable(faust.Table[bytes, bytes]):
             if isinstance(event.key, bytes):
                 continue
             msg = event.message
-            shard = self.shard_at.get(msg.partition)
+            shards = sorted(self.shards_at.get(msg.partition, ()))
             why = f"no key, at {msg.topic}[{msg.partition}]@{msg.offset}"
-            if shard is None:
+            if not shards:
                 log.error("state record skipped: %s", why)
             else:
-                self._on_skip(shard, None, why)
+                self._on_skip(shards[0], None, why)
 
     def partition_for_key(self, key: Any) -> int:
         """A record's key starts with its shard's name (``{shard}|...``)."""
@@ -130,4 +133,5 @@ class StateTable(faust.Table[bytes, bytes]):
             if tp.topic == self._topic:
                 self.local.start(tp.partition)  # read whole and found empty: covered from -1
         await super().on_recovery_completed(active_tps, standby_tps)
-        await self._on_recovered({self.shard_at[tp.partition] for tp in active_tps})
+        await self._on_recovered({name for tp in active_tps if tp.topic == self._topic
+                                  for name in self.shards_at.get(tp.partition, ())})

@@ -52,12 +52,35 @@ def state_topic(settings: Settings) -> str:
     return settings.topic(f"{settings.group_id}-kpi-state-changelog")
 
 
+def stage_partner(catalog: Catalog) -> str | None:
+    """The shard the accounts stage lives with (crm's): one worker owns both, and they share
+    a partition of the state table's changelog. A catalog that gains the stage keeps every
+    shard's partition, and so its state, and the changelog its partition count (a broker
+    that came back empty and auto-creates it on a retried write gets it right too)."""
+    shards = catalog.shards()
+    if ACCOUNTS not in shards:
+        return None
+    others = sorted(n for n in shards if n != ACCOUNTS)
+    return next((n for n in others if "crm" in shards[n]), others[0])
+
+
 def state_partitions(catalog: Catalog) -> dict[str, int]:
     """Shard -> its partition of the state table's changelog (streams/faust_app.py: StateTable).
-    The accounts stage's comes last: a catalog that gains it keeps every other shard's
-    partition, and so its state (``create_topics`` adds the partition)."""
-    return {name: i for i, name in enumerate(sorted(catalog.shards(),
-                                                    key=lambda n: (n == ACCOUNTS, n)))}
+    The accounts stage shares its partner's (``stage_partner``)."""
+    partner = stage_partner(catalog)
+    out = {name: i for i, name in enumerate(sorted(n for n in catalog.shards()
+                                                   if n != ACCOUNTS))}
+    if partner is not None:
+        out[ACCOUNTS] = out[partner]
+    return out
+
+
+def placement_topics(settings: Settings, catalog: Catalog) -> dict[str, str]:
+    """Input topic -> the shard whose owner reads it: ``shard_topics``, the stage's topic
+    going with its partner (what the assignor places)."""
+    partner = stage_partner(catalog)
+    return {t: partner if n == ACCOUNTS and partner else n
+            for t, n in shard_topics(settings, catalog).items()}
 
 
 def shard_topics(settings: Settings, catalog: Catalog) -> dict[str, str]:
@@ -120,18 +143,22 @@ async def ensure_io_topics(settings: Settings, bootstrap: str | None = None) -> 
                         client=client_kwargs(settings), replication=settings.replication_factor)
 
 
-def create_topics(settings: Settings, catalog: Catalog, bootstrap: str | None = None) -> None:
-    async def run() -> None:
-        target = bootstrap or settings.bootstrap
-        await ensure_io_topics(settings, target)
-        # the state table's changelog: one partition per shard (streams/faust_app.py: StateTable),
-        # compacted where the cluster can (a snapshot's keys are fixed: streams/state.py)
-        await ensure_topics(target, [state_topic(settings)], len(state_partitions(catalog)),
-                            config={"cleanup.policy": "compact", **topic_configs(settings)},
-                            client=client_kwargs(settings),
-                            replication=settings.replication_factor, grow=True)
+async def ensure_all_topics(settings: Settings, catalog: Catalog,
+                            bootstrap: str | None = None) -> None:
+    """Every topic the worker uses, with its partition count."""
+    target = bootstrap or settings.bootstrap
+    await ensure_io_topics(settings, target)
+    # the state table's changelog: one partition per shard (streams/faust_app.py: StateTable),
+    # compacted where the cluster can (a snapshot's keys are fixed: streams/state.py)
+    await ensure_topics(target, [state_topic(settings)],
+                        len(set(state_partitions(catalog).values())),
+                        config={"cleanup.policy": "compact", **topic_configs(settings)},
+                        client=client_kwargs(settings),
+                        replication=settings.replication_factor, grow=True)
 
-    asyncio.run(run())
+
+def create_topics(settings: Settings, catalog: Catalog, bootstrap: str | None = None) -> None:
+    asyncio.run(ensure_all_topics(settings, catalog, bootstrap))
 
 
 async def topic_sizes(bootstrap: str, topics: list[str],

@@ -20,6 +20,7 @@ from metrics.constants import NEVER
 from metrics.engine import KpiEngine
 from metrics.events import ACCOUNTS
 from streams.dashboard import History, RateMeter, catalog_meta
+from streams.errors import BrokerError
 from streams.exporter import Exposition, ShellStats, make_registry
 from streams.feed import feed_of
 from streams.health import BrokerWatch
@@ -28,7 +29,13 @@ from streams.kafka_client import client_kwargs
 from streams.settings import Settings, local_state_dir
 from streams.shard import Shard
 from streams.shard_ports import Outputs, ShardIO, StateStore
-from streams.topics import family_topic, input_topics, shard_topics, topic_sizes
+from streams.topics import (
+    ensure_all_topics,
+    family_topic,
+    input_topics,
+    shard_topics,
+    topic_sizes,
+)
 
 log = logging.getLogger("kpi_engine.worker")
 
@@ -136,6 +143,8 @@ class KpiShell:
         by_shard = self._by_shard(live)
         # a recovery that ends as the next rebalance revokes its assignment starts nothing
         owned = names & {sh.name for sh in by_shard}
+        if any(not self.shards[n].active for n in owned):
+            await self._ensure_topics()
         self.not_activated = {n: e for n, e in self.not_activated.items() if n in owned}
         for name, sh in self.shards.items():
             if name in owned and not sh.active:
@@ -145,6 +154,17 @@ class KpiShell:
         for sh, mine in by_shard.items():
             sh.sync_sources(mine)
         log.warning("owning %s", ", ".join(sh.name for sh in self.active) or "nothing")
+
+    async def _ensure_topics(self) -> None:
+        """Before a shard claims its state: a broker that came back empty has no topics, and
+        the first write would create the state's changelog with the broker's default
+        partition count, not one per shard."""
+        if not self.settings.broker:  # no broker to ask (unit tests)
+            return
+        try:
+            await ensure_all_topics(self.settings, self.catalog)
+        except BrokerError as exc:  # the activation says what fails next
+            log.error("topics not checked: %s", exc)
 
     async def _activate(self, sh: Shard) -> None:
         """Activate an owned shard. The broker refusing the claim leaves it for ``tick`` to

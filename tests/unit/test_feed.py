@@ -28,7 +28,7 @@ from streams.feed import FeedIn, FeedOut, feed_of
 from streams.settings import Settings
 from streams.shard import Shard
 from streams.shard_ports import Outputs
-from streams.topics import state_partitions
+from streams.topics import placement_topics, stage_partner, state_partitions
 from tests.helpers import DEFAULT_CATALOG, HOUR, ms, pick, replay
 from tests.unit.test_shard import SETTINGS, FakeIO, FakeTable, History, Msg
 from tests.unit.test_shards import accounts_shard
@@ -213,14 +213,21 @@ def test_a_catalog_without_the_stage_has_no_copies() -> None:
     assert KpiEngine(DEFAULT_CATALOG).ingest.__func__ is not KpiEngine.ingest  # type: ignore[attr-defined]
 
 
-def test_a_catalog_gaining_the_stage_keeps_every_shards_state_partition() -> None:
-    """The state table has a changelog partition per shard: the stage takes a new last one,
-    so a deployment upgrading to a catalog with it reads each shard's state where it was."""
+def test_the_stage_lives_with_crm_and_every_shard_keeps_its_state_partition() -> None:
+    """The state table has a changelog partition per shard; the stage shares crm's, and one
+    worker owns both. A deployment upgrading to a catalog with the stage reads each shard's
+    state where it was, from a changelog with as many partitions as before (4: what the
+    embedded broker auto-creates when a retried write finds it gone)."""
     before = DEFAULT_CATALOG.restrict(("email", "web", "social", "crm", "spend"))
-    assert ACCOUNTS not in before.shards()
+    assert ACCOUNTS not in before.shards() and stage_partner(before) is None
     old, new = state_partitions(before), state_partitions(DEFAULT_CATALOG)
     assert {n: new[n] for n in old} == old
-    assert new[ACCOUNTS] == len(old) == 4
+    assert stage_partner(DEFAULT_CATALOG) == "crm+spend"
+    assert new[ACCOUNTS] == old["crm+spend"] and len(set(new.values())) == 4
+    settings = Settings()
+    placed = placement_topics(settings, DEFAULT_CATALOG)
+    assert placed[settings.topic("kpi-account-events")] == "crm+spend"
+    assert set(placed.values()) == set(old)
 
 
 def test_a_copy_far_behind_what_its_partitions_reached_is_late_as_in_replay() -> None:
