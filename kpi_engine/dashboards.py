@@ -4,8 +4,10 @@ grafana-foundation-sdk, Grafana's typed builders (a misspelt option fails here, 
 Three dashboards with fixed uids, the Prometheus datasource referenced by uid:
 - overview: for ops, every KPI's current total against its alert threshold, and engine health;
 - email, web and social: breakdowns per campaign, channel, segment, client, page, network;
-- pipeline and ROI: the CRM funnel, win rate, cycle, velocity, CPL, CPA, ROMI, NPS.
-Each has the window selector and campaign / channel variables, and links to the others.
+- pipeline and ROI: the CRM funnel, win rate, cycle, velocity, CPL, CPA, ROMI, NPS;
+- accounts: the accounts stage's KPIs (spend against revenue, attribution by model).
+Each has the window selector and campaign / channel (and attribution model) variables, and
+links to the others.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ DETAIL: Final = {
     "kpi-email-web": ("email-web.json", "KPI engine: email, web and social",
                       ("email", "web", "social")),
     "kpi-pipeline-roi": ("pipeline-roi.json", "KPI engine: pipeline and ROI",
-                         ("crm", "spend", "accounts")),
+                         ("crm", "spend")),
+    "kpi-accounts": ("accounts.json", "KPI engine: accounts", ("accounts",)),
 }
 #: breakdown dimension -> dashboard variable that filters it
-FILTER_VARS: Final = {"campaign_id": "campaign", "channel": "channel"}
+FILTER_VARS: Final = {"campaign_id": "campaign", "channel": "channel", "model": "model"}
 
 _UNITS: Final = {"ratio": "percentunit", "seconds": "s", "days": "d", "count": "short",
                  "per_day": "short", "score": "none"}
@@ -62,11 +65,13 @@ def total_selector(kpi: Kpi) -> str:
     return ", ".join(['window="$window"', *(f'{d}=""' for d in dims_of(kpi))])
 
 
-def breakdown_selector(kpi: Kpi, dim: str) -> str:
-    others = [f'{d}=""' for d in dims_of(kpi) if d != dim]
-    var = FILTER_VARS.get(dim)
-    match = f'{dim}=~"${var}"' if var else f'{dim}!=""'
-    return ", ".join(['window="$window"', match, *others])
+def breakdown_selector(kpi: Kpi, breakdown: str) -> str:
+    """The series of one breakdown (``a+b``: a combined one): its dimensions set (filtered
+    by their variables), the KPI's others empty."""
+    fields = breakdown.split("+")
+    others = [f'{d}=""' for d in dims_of(kpi) if d not in fields]
+    match = [f'{d}=~"${FILTER_VARS[d]}"' if d in FILTER_VARS else f'{d}!=""' for d in fields]
+    return ", ".join(['window="$window"', *match, *others])
 
 
 def detail_uid(kpi: Kpi) -> str:
@@ -174,15 +179,16 @@ def _gray(*more: dm.DynamicConfigValue) -> list[dm.DynamicConfigValue]:
             dm.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "gray"})]
 
 
-def _timeseries(catalog: Catalog, kpi: Kpi, dim: str | None) -> timeseries.Panel:
+def _timeseries(catalog: Catalog, kpi: Kpi, breakdown: str | None) -> timeseries.Panel:
     name = metric_name(catalog, kpi)
-    if dim is None:
+    if breakdown is None:
         targets = [_target(f"{name}{{{total_selector(kpi)}}}", "total")]
         title = f"{kpi.name}"
     else:
-        targets = [_target(f"{name}{{{breakdown_selector(kpi, dim)}}}", f"{{{{{dim}}}}}"),
+        legend = " ".join(f"{{{{{d}}}}}" for d in breakdown.split("+"))
+        targets = [_target(f"{name}{{{breakdown_selector(kpi, breakdown)}}}", legend),
                    _target(f"{name}{{{total_selector(kpi)}}}", "total", "B")]
-        title = f"{kpi.name} by {dim}"
+        title = f"{kpi.name} by {breakdown}"
     panel = (timeseries.Panel().title(title).description(_description(kpi))
              .datasource(DATASOURCE)
              .unit(grafana_unit(catalog, kpi)).thresholds(_thresholds(kpi))
@@ -215,10 +221,11 @@ BAND_LOW: Final = "total, 95 % low"
 BAND_HIGH: Final = "total, 95 % high"
 
 
-def _variables(catalog: Catalog, default_window: str, filters: bool = True
-               ) -> list[Any]:
+def _variables(catalog: Catalog, default_window: str, filters: bool = True,
+               shown: tuple[str, ...] = ()) -> list[Any]:
     """The data source, the window, and (``filters``) the campaign and channel the
-    breakdown panels filter by."""
+    breakdown panels filter by (on every dashboard: its links carry them), and the
+    attribution model where a KPI of the ``shown`` families has one."""
     windows = sorted({w.name for f in catalog.families.values() for w in f.windows},
                      key=parse_duration_ms)
     out: list[Any] = [
@@ -233,8 +240,10 @@ def _variables(catalog: Catalog, default_window: str, filters: bool = True
         .options([dm.VariableOption(selected=w == default_window, text=w, value=w)
                   for w in windows]),
     ]
-    for var, dim in (("campaign", "campaign_id"), ("channel", "channel")):
-        if not filters or not any(dim in dims_of(k) for k in catalog.kpis.values()):
+    for dim, var in FILTER_VARS.items():
+        kpis = [k for k in catalog.kpis.values()
+                if dim in dims_of(k) and (var != "model" or k.families[0] in shown)]
+        if not filters or not kpis:
             continue
         # the values any KPI carries (CRM- and spend-only campaigns included); "All" is
         # `.+`: a breakdown series has the label, the total has it empty and stays out
@@ -392,13 +401,13 @@ def detail(catalog: Catalog, uid: str) -> dict[str, Any]:
         if card is not None:
             panels.append(grid.place(card, 24, 6))
         for kpi in kpis:
-            dims = dims_of(kpi)
-            for dim in ([*dims] if dims else [None]):
-                panel = _timeseries(catalog, kpi, dim)
+            shown: list[str | None] = [*sorted(kpi.breakdowns)] or [None]
+            for breakdown in shown:
+                panel = _timeseries(catalog, kpi, breakdown)
                 panel.links([back])
                 panels.append(grid.place(panel, 12, 8))
     default = "1h" if "email" in fams else "30d"
-    return _dashboard(uid, title, panels, _variables(catalog, default))
+    return _dashboard(uid, title, panels, _variables(catalog, default, shown=fams))
 
 
 def dashboards(catalog: Catalog) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -59,6 +60,11 @@ P_OPEN_OF_SENT: Final = 0.2132
 P_CLICK_OF_OPEN: Final = 0.0342
 P_SINGLE_PAGE: Final = 0.405
 P_ORDER_OF_CART: Final = 0.25
+#: the B2B companies the traffic comes from; web sessions whose visitor is known as one's (%)
+N_ACCOUNTS: Final = 2_000
+P_KNOWN_SESSION: Final = 25
+#: LinkedIn interactions whose member's company is named (%)
+P_KNOWN_INTERACTION: Final = 15
 #: stage -> (probability to advance, min days, max days); product of the first five and
 #: the won share below is 0.2 * 0.4 * 0.4 * 0.5 * 0.4 = 0.0064
 PIPELINE: Final = (("mql", 0.2, 1, 3), ("sql", 0.4, 1, 4), ("opportunity", 0.4, 2, 5),
@@ -267,6 +273,10 @@ class Generator:
         else:
             self._social(ts)
 
+    def _known(self, session_id: str) -> bool:
+        """Whether a session's visitor is identified as an account's (a form, reverse IP)."""
+        return zlib.crc32(session_id.encode()) % 100 < P_KNOWN_SESSION
+
     def _email(self, ts: int) -> None:
         rng = self.rng
         incident = self._incident(ts)
@@ -275,7 +285,8 @@ class Generator:
         self._mailed[camp] = n = self._mailed.get(camp, 0) + 1
         contact = f"c-{n:06d}"
         seg = rng.choice(SEGMENTS)
-        base = {"campaign_id": camp, "contact_id": contact, "segment": seg, "channel": "email"}
+        base = {"campaign_id": camp, "contact_id": contact, "segment": seg, "channel": "email",
+                "account_id": _account_of(contact)}
         self._event("email.sent", ts, **base)
         p_bounce = 0.30 if incident == "bounce-spike" else P_BOUNCE
         t = ts + rng.randrange(500, 20_000)
@@ -306,6 +317,8 @@ class Generator:
         camp = {"email": "spring-webinar", "paid_search": "security-whitepaper",
                 "social": "linkedin-abm", "partner": "analyst-report"}.get(channel)
         extra = {"campaign_id": camp} if camp else {}
+        if self._known(sid):
+            extra["account_id"] = _account_of(sid)
         n_pages = 1 if rng.random() < P_SINGLE_PAGE else 2 + min(int(rng.expovariate(0.5)), 8)
         t = ts
         for i in range(n_pages):
@@ -321,10 +334,13 @@ class Generator:
                         channel=channel, **extra)
         if n_pages > 1 and rng.random() < 0.05:
             cart = f"cart-{sid}"
-            self._event("cart.created", t + 2_000, cart_id=cart, session_id=sid)
+            # an order is invoiced to an account: the session's when it is known
+            account = extra.get("account_id") or _account_of(cart)
+            self._event("cart.created", t + 2_000, cart_id=cart, session_id=sid,
+                        account_id=account)
             if rng.random() < P_ORDER_OF_CART:
                 self._event("order.placed", t + rng.randrange(30_000, 300_000), cart_id=cart,
-                            amount=round(rng.uniform(200, 5_000), 2))
+                            amount=round(rng.uniform(200, 5_000), 2), account_id=account)
 
     def _social(self, ts: int) -> None:
         rng = self.rng
@@ -337,9 +353,14 @@ class Generator:
         while interactions > 0:
             n = min(interactions, rng.randrange(1, 4))
             interactions -= n
-            self._event("social.interaction", ts + rng.randrange(1_000, 120_000),
-                        network=network, kind=rng.choice(("like", "comment", "share", "click",
-                                                          "follow")), count=n, **extra)
+            t = ts + rng.randrange(1_000, 120_000)
+            # LinkedIn names the member's company for some interactions: an account touch
+            key = f"{network}-{t}-{n}"
+            who = {"account_id": _account_of(key)} if camp and \
+                zlib.crc32(key.encode()) % 100 < P_KNOWN_INTERACTION else {}
+            self._event("social.interaction", t, network=network,
+                        kind=rng.choice(("like", "comment", "share", "click", "follow")),
+                        count=n, **extra, **who)
 
     # ---- CRM and spend ---------------------------------------------------------------
 
@@ -363,7 +384,7 @@ class Generator:
             score = rng.choice((9, 10)) if r < 0.45 else rng.choice((7, 8)) if r < 0.75 \
                 else rng.randrange(0, 7)
             self._event("survey.answered", start + rng.randrange(span), score=score,
-                        account_id=f"acct-{rng.randrange(2_000)}")
+                        account_id=f"acct-{rng.randrange(N_ACCOUNTS)}")
         per_hour = LEADS_PER_DAY / 24 * SPEND_PER_LEAD * scale
         for camp, channel in CAMPAIGNS:
             share = dict(LEAD_CHANNELS).get(channel, 0.05)
@@ -380,7 +401,7 @@ class Generator:
         channel = _pick(rng, LEAD_CHANNELS)
         camps = [c for c, ch in CAMPAIGNS if ch == channel]
         extra = {"campaign_id": rng.choice(camps)} if camps else {}
-        account = f"acct-{rng.randrange(2_000)}"
+        account = f"acct-{rng.randrange(N_ACCOUNTS)}"
         self._event("lead.created", ts, lead_id=lead_id, channel=channel, account_id=account,
                     **extra)
         self._deals += 1
@@ -418,6 +439,12 @@ class Generator:
             if p <= limit:
                 return k
             k += 1
+
+
+def _account_of(key: str) -> str:
+    """The account a contact, session or cart belongs to, fixed by its id: each of its
+    events names the same account, and no random draw changes the rest of the traffic."""
+    return f"acct-{zlib.crc32(key.encode()) % N_ACCOUNTS}"
 
 
 def _pick(rng: random.Random, weighted: tuple[tuple[str, float], ...]) -> str:

@@ -16,6 +16,7 @@ from metrics.catalog_types import (
     Aggregate,
     Alert,
     Anomaly,
+    AttributionConfig,
     Catalog,
     FamilyConfig,
     Formula,
@@ -107,7 +108,30 @@ def build_catalog(doc: Any) -> Catalog:
                 if not term.total and dims <= aggregates[term.aggregate].supported_dims:
                     needed[term.aggregate].add(b)
     breakdowns = {a: tuple(sorted(bs)) for a, bs in needed.items()}
-    return Catalog(currency, max_series, families, aggregates, kpis, breakdowns)
+    return Catalog(currency, max_series, families, aggregates, kpis, breakdowns,
+                   _attribution(doc.get("attribution"), c))
+
+
+def _attribution(raw: Any, c: _Checker) -> AttributionConfig:
+    """`attribution: {lookback: 90d, half_life: 7d}` (both optional)."""
+    if raw is None:
+        return AttributionConfig()
+    if not isinstance(raw, dict) or set(raw) - {"lookback", "half_life"}:
+        c.fail("attribution", "must be a mapping with lookback and/or half_life")
+        raise CatalogError(c.problems)
+    got: dict[str, int] = {}
+    for key in ("lookback", "half_life"):
+        if key in raw:
+            try:
+                got[f"{key}_ms"] = parse_duration_ms(raw[key])
+            except ValueError as exc:
+                c.fail(f"attribution.{key}", str(exc))
+            else:
+                if got[f"{key}_ms"] <= 0:
+                    c.fail(f"attribution.{key}", "must be longer than 0")
+    if c.problems:
+        raise CatalogError(c.problems)
+    return AttributionConfig(**got)
 
 
 def _families(doc: dict[str, Any], c: _Checker) -> dict[str, FamilyConfig]:

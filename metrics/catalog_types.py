@@ -28,6 +28,16 @@ class WindowSpec:
 
 
 @dataclass(frozen=True)
+class AttributionConfig:
+    """Multi-touch attribution (docs/catalog.md): an account's touches within ``lookback_ms``
+    before a purchase share its amount; time decay halves a touch's weight per
+    ``half_life_ms`` before the purchase."""
+
+    lookback_ms: int = 90 * 86_400_000
+    half_life_ms: int = 7 * 86_400_000
+
+
+@dataclass(frozen=True)
 class FamilyConfig:
     name: str
     grace_ms: int
@@ -140,6 +150,7 @@ class Catalog:
     kpis: dict[str, Kpi]
     #: aggregate -> breakdown names it must be kept under (always including TOTAL)
     breakdowns: dict[str, tuple[str, ...]]
+    attribution: AttributionConfig = AttributionConfig()
 
     def unit_label(self, kpi: Kpi) -> str:
         return self.currency if kpi.unit == "currency" else kpi.unit
@@ -170,7 +181,8 @@ class Catalog:
         return Catalog(self.currency, self.max_series,
                        {f: c for f, c in self.families.items() if f in keep}, aggregates,
                        {n: k for n, k in self.kpis.items() if set(k.families) <= keep},
-                       {n: b for n, b in self.breakdowns.items() if n in aggregates})
+                       {n: b for n, b in self.breakdowns.items() if n in aggregates},
+                       self.attribution)
 
 
 def parse_formula(text: Any) -> Formula:

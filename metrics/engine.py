@@ -121,7 +121,9 @@ class KpiEngine:
         for cls in TRACKERS:
             fam = catalog.families.get(cls.family)
             if fam is not None and used & set(cls.builtins):
-                self.trackers[cls.name] = cls(fam.state_ms)
+                tracker = self.trackers[cls.name] = cls(fam.state_ms)
+                if hasattr(tracker, "configure"):  # settings of its own in the catalog
+                    tracker.configure(catalog)
         self._facts = FactRouter(catalog)
         self.scorecards = Scorecards(catalog, self._kpi_rows)
         #: event ids counted, per shard (Catalog.shards)

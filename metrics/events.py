@@ -40,14 +40,8 @@ FAMILY_TOPIC: Final = {fam: topic for topic, fam in TOPIC_FAMILIES.items()}
 #: the accounts stage (metrics/feed.py): copies of other families' events; optional
 ACCOUNTS: Final = "accounts"
 #: `channel` when an event carries none
-DEFAULT_CHANNEL: Final = {
-    "email": "email",
-    "web": "web",
-    "social": "social",
-    "crm": "unknown",
-    "spend": "unknown",
-    ACCOUNTS: "unknown",
-}
+DEFAULT_CHANNEL: Final = {"email": "email", "web": "web", "social": "social", "crm": "unknown",
+                          "spend": "unknown", ACCOUNTS: "unknown"}
 DEAL_STAGES: Final = ("lead", "mql", "sql", "opportunity", "proposal", "won", "lost")
 
 _BAD: Final = object()
@@ -93,8 +87,7 @@ class OneOf:
         return Literal[self.values]
 
 
-_I64_MAX: Final = 2**63 - 1
-_I64_MIN: Final = -(2**63)
+_I64_MAX, _I64_MIN = 2**63 - 1, -(2**63)
 
 
 class IntRange:
@@ -206,9 +199,16 @@ TYPES: Final[dict[str, TypeSpec]] = {
 
 #: input type -> the accounts stage's copy (metrics/feed.py): its fields, in the accounts
 #: family. Derived only: no topic and no replay input takes these types.
-ACCOUNT_FEEDS: Final[dict[str, str]] = {"order.placed": "account.order",
-                                        "deal.stage_changed": "account.deal",
-                                        "spend.recorded": "account.spend"}
+ACCOUNT_FEEDS: Final[dict[str, str]] = {
+    "order.placed": "account.order", "deal.stage_changed": "account.deal",
+    "spend.recorded": "account.spend", "email.clicked": "account.email_click",
+    "page.viewed": "account.page_view", "goal.converted": "account.goal",
+    "social.interaction": "account.social", "lead.created": "account.lead"}
+#: copies that are an account's touches (multi-touch attribution): made only of events
+#: carrying both account_id and campaign_id -> the channel of one that carries none
+TOUCH_CHANNEL: Final[dict[str, str]] = {
+    "account.email_click": "email", "account.page_view": "web", "account.goal": "web",
+    "account.social": "social", "account.lead": "unknown"}
 PROGRESS_MARK: Final = "account.progress"  # a feeding partition's time (engine.progress)
 #: every type the engine knows: the input types, the accounts stage's copies and marks
 EVENT_TYPES: Final[dict[str, TypeSpec]] = {

@@ -1,8 +1,8 @@
 """The accounts stage's input: copies of other families' events (docs/semantics.md,
 "Accounts stage").
 
-KPIs that read several families (spend against won and ordered revenue; later accounts'
-touches against their purchases) would merge those families' shards into one, and web, the
+KPIs that read several families (spend against won and ordered revenue; accounts' touches
+against their purchases) would merge those families' shards into one, and web, the
 heaviest, with them. Instead the events they read are copied into a family of their own,
 ``accounts``, with its own windows, watermark, dedup and state: in replay the engine copies
 them as it reads them; in a worker each family's shard copies them onto the internal topic
@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from metrics.clock import Source
 from metrics.engine import KpiEngine
-from metrics.events import ACCOUNT_FEEDS, ACCOUNTS, TYPES, Event, struct_of
+from metrics.events import ACCOUNT_FEEDS, ACCOUNTS, TOUCH_CHANNEL, TYPES, Event, struct_of
 
 #: families with events the stage copies: their every event moves the stage's event time
 FEEDING_FAMILIES: Final = frozenset(TYPES[t].family for t in ACCOUNT_FEEDS)
@@ -31,12 +31,22 @@ _FIELDS: Final = {t: tuple(struct_of(t).__struct_fields__) for t in ACCOUNT_FEED
 _COPY_STRUCT: Final = {t: struct_of(c) for t, c in ACCOUNT_FEEDS.items()}
 
 
-def copy_for_accounts(ev: Event) -> Event | None:
-    """The accounts stage's copy of an event, or None when the stage does not read it."""
+def copied(ev: Event) -> bool:
+    """Whether the stage reads this input event: a touch only when it names its account and
+    campaign (what attribution credits), every other fed type always."""
     copy_type = ACCOUNT_FEEDS.get(ev.type)
     if copy_type is None:
+        return False
+    data = ev.data
+    return copy_type not in TOUCH_CHANNEL or bool(data.account_id and data.campaign_id)
+
+
+def copy_for_accounts(ev: Event) -> Event | None:
+    """The accounts stage's copy of an event, or None when the stage does not read it."""
+    if not copied(ev):
         return None
     data = ev.data
+    copy_type = ACCOUNT_FEEDS[ev.type]
     struct = _COPY_STRUCT[ev.type]
     return Event(ev.event_id, copy_type, ev.ts_ms, ACCOUNTS,
                  struct(**{f: getattr(data, f) for f in _FIELDS[ev.type]}))

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from metrics.catalog import Catalog
 from metrics.clock import Source
-from metrics.events import ACCOUNT_FEEDS, ACCOUNTS, Event, Invalid, Parser
-from metrics.feed import FEEDING_FAMILIES, copy_for_accounts
+from metrics.events import ACCOUNTS, Event, Invalid, Parser
+from metrics.feed import FEEDING_FAMILIES, copied, copy_for_accounts
 from streams.settings import Settings
 from streams.topics import ACCOUNTS_TOPIC, family_topic
 
@@ -53,13 +53,13 @@ class FeedOut:
         """A valid input event (whatever the shard's verdict: the stage judges it anew);
         ``stamp``: its message's timestamp, in seconds."""
         ts = ev.ts_ms
-        seen, seen_at, copied = self._reached.get(tp, (0, None, 0))
-        if ev.type in ACCOUNT_FEEDS:
+        seen, seen_at, last_copy = self._reached.get(tp, (0, None, 0))
+        if copied(ev):
             self._copies.append((_key(tp), raw, stamp))
-            copied = max(copied, ts)
+            last_copy = max(last_copy, ts)
         if ts > seen:
             seen, seen_at = ts, stamp
-        self._reached[tp] = (seen, seen_at, copied)
+        self._reached[tp] = (seen, seen_at, last_copy)
 
     async def send(self, io: Sends) -> None:
         """The batch's copies, then the progress marks their events went beyond."""
@@ -67,8 +67,8 @@ class FeedOut:
         reached, self._reached = self._reached, {}
         for key, raw, stamp in copies:
             await io.send(self.topic, key, raw, stamp)
-        for tp, (seen, seen_at, copied) in reached.items():
-            if seen > copied:
+        for tp, (seen, seen_at, last_copy) in reached.items():
+            if seen > last_copy:
                 await io.send(self.topic, _key(tp), _MARK + str(seen).encode(), seen_at)
 
 

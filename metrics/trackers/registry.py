@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Final
 
 from metrics.trackers.account_revenue import AccountRevenue
+from metrics.trackers.attribution import Attribution
 from metrics.trackers.base import Tracker
 from metrics.trackers.cohorts import SendCohorts
 from metrics.trackers.first_seen import UniqueClickers, UniqueOpeners
@@ -14,7 +15,8 @@ from metrics.trackers.sessions import Sessions
 from metrics.trackers.visitors import Visitors
 
 TRACKERS: Final[tuple[type[Tracker], ...]] = (UniqueOpeners, UniqueClickers, SendCohorts,
-                                              Sessions, Visitors, Pipeline, AccountRevenue)
+                                              Sessions, Visitors, Pipeline, AccountRevenue,
+                                              Attribution)
 
 #: builtin aggregate -> (the family of the tracker that makes it, the dims its facts carry)
 BUILTINS: Final[dict[str, tuple[str, frozenset[str]]]] = {

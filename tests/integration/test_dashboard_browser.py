@@ -121,6 +121,21 @@ def test_dashboard_shows_the_open_rate_warning_in_a_real_browser(tmp_path: Path)
                     time.sleep(0.25)
                 assert len(cards) >= 3 and all(0 <= v <= 1 for v in cards.values())
 
+                # the accounts view: revenue per campaign under each attribution model,
+                # every model's column adding up to the same revenue (CONTRACT.md §2)
+                page.locator('#attribution tbody td[data-model="linear"]'
+                             ':not([data-value=""])').first.wait_for(timeout=60_000)
+                sums = page.evaluate("""() => { const out = {};
+                    for (const td of document.querySelectorAll(
+                            '#attribution tbody td[data-model]'))
+                        if (td.dataset.value) out[td.dataset.model] =
+                            (out[td.dataset.model] || 0) + Number(td.dataset.value);
+                    return out; }""")
+                assert set(sums) == {"first_touch", "last_touch", "linear", "time_decay",
+                                     "position_based"}, sums
+                assert max(sums.values()) - min(sums.values()) < 0.01 * len(sums), sums
+                assert min(sums.values()) > 0
+
                 # the window selector switches tiles to 1h
                 page.get_by_role("button", name="1h").click()
                 page.locator('article.tile[data-kpi="email_open_rate"][data-window="1h"]'

@@ -193,7 +193,7 @@ def test_every_dashboard_validates_against_grafanas_schema() -> None:
     schema = grafana_schema()
     validator = jsonschema.Draft7Validator(schema)
     boards = load_dashboards()
-    assert len(boards) == 3
+    assert len(boards) == 4
     for name, doc in boards.items():
         error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
         assert error is None, f"{name}: {'/'.join(map(str, error.path))}: {error.message[:300]}"
@@ -210,21 +210,23 @@ def test_the_schema_check_would_catch_a_bad_dashboard() -> None:
 def test_dashboards_fixed_uids_datasource_by_uid_variables_and_links() -> None:
     boards = load_dashboards()
     assert {d["uid"] for d in boards.values()} == {"kpi-overview", "kpi-email-web",
-                                                    "kpi-pipeline-roi"}
+                                                    "kpi-pipeline-roi", "kpi-accounts"}
     prov = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())
     ds_uid = prov["datasources"][0]["uid"]
     for name, doc in boards.items():
         variables = {v["name"]: v for v in doc["templating"]["list"]}
         # the overview's tiles are totals: no campaign or channel selector that drives nothing
+        # the attribution model where a KPI has it (the accounts stage's)
         expected = ["datasource", "window"] + (
-            [] if name == "overview.json" else ["campaign", "channel"])
+            [] if name == "overview.json" else ["campaign", "channel"]) + (
+            ["model"] if name == "accounts.json" else [])
         assert list(variables) == expected, name
         # the data source is a variable, defaulting to the provisioned Prometheus
         assert variables["datasource"]["type"] == "datasource"
         assert variables["datasource"]["current"]["value"] == ds_uid
         window = variables["window"]
         assert {"5m", "1h", "24h"} <= {o["value"] for o in window["options"]}
-        for var in ("campaign", "channel"):
+        for var in ("campaign", "channel", "model"):
             if var in variables:
                 # "All" must not match the total series (its label is empty): ".+"
                 assert variables[var]["allValue"] == ".+"
@@ -267,11 +269,19 @@ def test_dashboards_fixed_uids_datasource_by_uid_variables_and_links() -> None:
     assert any('campaign_id=~"$campaign"' in e for e in exprs)
     assert any('channel=~"$channel"' in e for e in dashboards.panel_exprs(
         boards["pipeline-roi.json"]))
+    # a combined breakdown: its dimensions filtered together, the KPI's other one empty
+    panel = next(p for p in boards["accounts.json"]["panels"]
+                 if p.get("title") == "attributed_revenue by model+campaign_id")
+    assert panel["targets"][0]["expr"] == (
+        'kpi_attributed_revenue_eur{window="$window", model=~"$model", '
+        'campaign_id=~"$campaign", channel=""}')
+    assert panel["targets"][0]["legendFormat"] == "{{model}} {{campaign_id}}"
 
 
 def _substitute(expr: str) -> str:
     return (expr.replace("$window", "5m").replace("$campaign", ".+")
-            .replace("$channel", ".+").replace("$__rate_interval", "1m"))
+            .replace("$channel", ".+").replace("$model", ".+")
+            .replace("$__rate_interval", "1m"))
 
 
 def test_every_panel_query_passes_promtool(tmp_path: Path) -> None:

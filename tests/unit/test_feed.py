@@ -29,7 +29,7 @@ from streams.settings import Settings
 from streams.shard import Shard
 from streams.shard_ports import Outputs
 from streams.topics import placement_topics, stage_partner, state_partitions
-from tests.helpers import DEFAULT_CATALOG, HOUR, ms, pick, replay
+from tests.helpers import DEFAULT_CATALOG, HOUR, finals, ms, pick, replay
 from tests.unit.test_shard import SETTINGS, FakeIO, FakeTable, History, Msg
 from tests.unit.test_shards import accounts_shard
 from tests.unit.test_state_store import run
@@ -60,6 +60,16 @@ DAY_ONE = [
     deal("d5", "D3", "won", 7, amount=3000),
     deal("d6", "D3", "proposal", 8),
     deal("d7", "D3", "won", 9, amount=4000),
+    # touches of accounts a1 and a2 before their purchases (attribution), and one after
+    ev("c1", "email.clicked", 0.5, campaign_id="mail", contact_id="k", account_id="a1"),
+    ev("v1", "page.viewed", 2.5, session_id="y", page="/pricing", campaign_id="ads",
+       channel="paid_search", account_id="a1"),
+    ev("l1", "lead.created", 3.5, lead_id="L", channel="events", campaign_id="fair",
+       account_id="a2"),
+    ev("i1", "social.interaction", 3.8, network="linkedin", kind="like", campaign_id="abm",
+       account_id="a2"),
+    ev("v2", "page.viewed", 5.5, session_id="y", page="/", campaign_id="ads",
+       account_id="a1"),
     ev("p1", "page.viewed", 30, session_id="x", page="/"),
 ]
 DAY_END = "2026-03-03T00:00:00Z"
@@ -80,6 +90,13 @@ def test_spend_share_of_revenue_by_hand() -> None:
     # before the last deal came back won, the window ending at 08:00 held D1 and the order
     early = pick(records, "marketing_spend_share_of_revenue", "24h", "2026-03-02T08:00:00Z")
     assert (early["numerator"], early["denominator"]) == (1140, 11000)
+    # attribution: a1's order (2,000) after its click and page view; D1 (9,000, a2) after
+    # a2's lead and LinkedIn like; D3 has no account: unknown
+    linear = {r["dims"]["campaign_id"]: r["value"] for r in finals(records).values()
+              if r["kpi"] == "attributed_revenue" and r["end"] == DAY_END
+              and r["window"] == "24h" and r["dims"].get("model") == "linear"
+              and "campaign_id" in r["dims"]}
+    assert linear == {"mail": 1000, "ads": 1000, "fair": 4500, "abm": 4500, "unknown": 4000}
 
 
 def test_arrival_order_within_grace_changes_nothing() -> None:
@@ -89,7 +106,8 @@ def test_arrival_order_within_grace_changes_nothing() -> None:
         return {(r["window"], r["end"], tuple(r["dims"].items())): (r["numerator"],
                                                                      r["denominator"])
                 for r in replay(events, now_ms=NOW)
-                if r["kpi"] == "marketing_spend_share_of_revenue" and r["final"]}
+                if r["kpi"] in ("marketing_spend_share_of_revenue", "attributed_revenue",
+                                "attributed_romi") and r["final"]}
     ordered = finals_of(DAY_ONE)
     # every deal stage first, newest first, then the rest: each at most 50 minutes late
     shuffled = sorted(DAY_ONE[:-1], key=lambda e: (e["ts"] // (HOUR * 3), -e["ts"]))
@@ -109,10 +127,19 @@ def test_a_copy_keeps_the_event_and_moves_it_to_the_accounts_family() -> None:
         "o1", "account.order", order.ts_ms, ACCOUNTS)
     assert (copy.get("amount"), copy.get("account_id"), copy.get("campaign_id"),
             copy.get("channel")) == (20.5, "a1", "c9", "web")
-    view = parse_event(orjson.dumps(ev("p", "page.viewed", 1, session_id="s", page="/")),
-                       now_ms=NOW)
+    # a page view is a touch when it names its account and campaign (attribution)
+    view = parse_event(orjson.dumps(ev("p", "page.viewed", 1, session_id="s", page="/",
+                                       account_id="a1")), now_ms=NOW)
     assert type(view) is Event and copy_for_accounts(view) is None
-    assert {"web", "crm", "spend"} == FEEDING_FAMILIES
+    named = parse_event(orjson.dumps(ev("p", "page.viewed", 1, session_id="s", page="/",
+                                        account_id="a1", campaign_id="c")), now_ms=NOW)
+    assert type(named) is Event
+    touch = copy_for_accounts(named)
+    assert touch is not None and touch.type == "account.page_view"
+    opened = parse_event(orjson.dumps(ev("m", "email.opened", 1, campaign_id="c",
+                                         contact_id="k", account_id="a1")), now_ms=NOW)
+    assert type(opened) is Event and copy_for_accounts(opened) is None
+    assert {"email", "web", "crm", "social", "spend"} == FEEDING_FAMILIES
 
 
 @pytest.mark.parametrize("family", [None, "web", "spend"])
@@ -138,7 +165,7 @@ async def test_a_shard_copies_what_the_stage_reads_and_marks_the_rest() -> None:
     settings = Settings(topic_prefix="t.")
     out = feed_of(settings, DEFAULT_CATALOG, ("web",))
     assert isinstance(out, FeedOut)
-    assert feed_of(settings, DEFAULT_CATALOG, ("email",)) is None
+    assert isinstance(feed_of(settings, DEFAULT_CATALOG, ("email",)), FeedOut)
     parse = event_parser(now_ms=NOW)
     web, crm = ("t.web-events", 2), ("t.crm-events", 0)
     batch = [(web, ev("v1", "page.viewed", 1, session_id="s", page="/")),
@@ -166,7 +193,7 @@ async def test_a_shard_copies_what_the_stage_reads_and_marks_the_rest() -> None:
 
     fed = feed_of(settings, DEFAULT_CATALOG, (ACCOUNTS,))
     assert isinstance(fed, FeedIn)
-    assert len(fed.sources) == 3 * settings.partitions
+    assert len(fed.sources) == 5 * settings.partitions
     read = [fed.read(k, v, parse) for _, k, v in io.messages]
     assert read[0][0] == web and type(read[0][1]) is Event
     assert read[0][1].type == "account.order"
@@ -182,7 +209,8 @@ def test_the_stage_engine_fed_copies_publishes_what_replay_does() -> None:
     """A worker's accounts shard: an engine over the stage's part of the catalog, fed the
     copies (and marks) of the other shards, gives replay's records for its KPIs."""
     part = DEFAULT_CATALOG.restrict((ACCOUNTS,))
-    assert set(part.kpis) == {"marketing_spend_share_of_revenue"}
+    assert set(part.kpis) == {"marketing_spend_share_of_revenue", "attributed_revenue",
+                              "attributed_romi"}
     out = accounts_shard([(FAMILY_TOPIC[TYPES[e["type"]].family], orjson.dumps(e))
                           for e in DAY_ONE], part)
     whole = [r for r in replay(DAY_ONE, now_ms=NOW) if r["kpi"] in part.kpis]
@@ -291,7 +319,7 @@ def test_the_accounts_shard_commits_and_hands_over_what_it_holds(tmp_path: Path)
         one = stage(FakeIO(), "1")
         await one.activate(table.records(ACCOUNTS), 0.0)
         await one.handle(first)
-        assert one.engine.held_total == 2  # crm and spend have not spoken
+        assert one.engine.held_total == 2  # the other feeding families have not spoken
         assert await one.snapshot(force=True)
         one.dedup.close()
         two = stage(FakeIO(), "2")
@@ -299,7 +327,9 @@ def test_the_accounts_shard_commits_and_hands_over_what_it_holds(tmp_path: Path)
         assert two.engine.held_total == 2
         rest = [Msg(topic, 0, 1 + i, b"\x00" + str(T0 + 4 * HOUR).encode(), key, 3.0)
                 for i, key in enumerate([b"crm-events|0", b"crm-events|1", b"spend-events|0",
-                                         b"spend-events|1", b"web-events|1"])]
+                                         b"spend-events|1", b"web-events|1", b"email-events|0",
+                                         b"email-events|1", b"social-events|0",
+                                         b"social-events|1"])]
         await two.handle(rest)
         await two.snapshot(force=True)
         return two

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_repositorys_provisioning_files_are_the_commands_output() -> None:
     files = provisioning_files(DEFAULT_CATALOG)
-    assert len(files) == 10
+    assert len(files) == 11
     stale = [rel for rel, text in files.items() if (ROOT / rel).read_text("utf-8") != text]
     assert not stale, f"run `kpi-engine provisioning --out .`: {stale}"
 

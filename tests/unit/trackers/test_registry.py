@@ -13,7 +13,7 @@ def test_the_catalog_knows_exactly_the_registered_builtins() -> None:
     assert catalog.BUILTINS is BUILTINS
     assert set(BUILTINS) == {b for t in TRACKERS for b in t.builtins}
     assert {"won_amount", "won_amount_sq", "cycle_days_sum", "cycle_days_sq",
-            "account_won_amount"} == MICRO_BUILTINS
+            "account_won_amount", "attributed_amount", "attributed_spend"} == MICRO_BUILTINS
 
 
 def test_the_engine_runs_the_trackers_its_catalog_uses() -> None:

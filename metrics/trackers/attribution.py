@@ -1,0 +1,297 @@
+"""Multi-touch attribution in the accounts stage (seed 003, "attribution pilotée par les
+données"; docs/catalog.md): each purchase (an order, or a deal won as the pipeline counts
+it) shares its amount among its account's touches within the lookback before it, under five
+models. In every model the credits of one purchase sum exactly to its amount (millionths,
+largest remainders); a purchase with no touch credits campaign and channel ``unknown``.
+Spend is counted once per model too, so ROMI sets each model's credits against the same
+spend.
+
+Touches are the stage's touch copies (metrics/events.py ``TOUCH_CHANNEL``): email clicks,
+page views, goal conversions, social interactions and leads naming both account and
+campaign. A touch that arrives after a purchase it precedes re-credits that purchase: the
+facts depend on the set of events only, whatever their order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import msgspec
+
+from metrics.constants import MICRO, UNKNOWN
+from metrics.events import ACCOUNTS, TOUCH_CHANNEL, Event
+from metrics.trackers.base import Dims, Fact, Keyed, net_change
+from metrics.trackers.pipeline import WON, Step, insert_step, outcome, step_of
+
+if TYPE_CHECKING:
+    from metrics.catalog_types import Catalog
+
+MODELS: Final = ("first_touch", "last_touch", "linear", "time_decay", "position_based")
+_DIMS: Final = frozenset({"model", "campaign_id", "channel"})
+#: a time-decay weight's resolution: 2**32 at the purchase itself, never below 1
+_DECAY_ONE: Final = 2**32
+
+Touch = tuple[int, str, str, str]  # ts, event_id, campaign_id, channel
+
+
+class AccountTouches(msgspec.Struct, gc=False):
+    touches: list[Touch] = []  # sorted by (ts, event_id)
+    purchases: list[str] = []  # keys of its purchases held (some may have expired)
+    last_ts: int = 0
+
+
+class Purchase(msgspec.Struct, gc=False):
+    account: str | None = None
+    ts: int = 0  # when it counts (a deal: when it last became won)
+    amount: int = 0  # millionths
+    won: bool = True  # a deal: whether it is won now
+    history: list[Step] = []  # a deal's stage events, sorted
+    touches: list[Touch] = []  # its account's touches in the lookback before ``ts``
+    facts: list[Fact] = []  # what it contributes now (what its next change retracts)
+    last_ts: int = 0
+
+
+class AttributionState(msgspec.Struct, gc=False):
+    version: int
+    accounts: dict[str, AccountTouches]
+    orders: dict[str, Purchase]
+    deals: dict[str, Purchase]
+
+
+class Attribution:
+    """Purchases credited to the touches before them. An account's touches are kept while a
+    purchase they precede can still be accepted (lookback + longest window + grace); an
+    order while a touch before it can (longest window + grace); a deal for the horizon after
+    its last event, as the pipeline keeps it (a reopened deal counts once)."""
+
+    name: ClassVar[str] = "attribution"
+    family: ClassVar[str] = ACCOUNTS
+    builtins: ClassVar[dict[str, frozenset[str]]] = {
+        "attributed_amount": _DIMS, "attributed_spend": _DIMS}
+    consumes: ClassVar[frozenset[str]] = frozenset(
+        {"account.order", "account.deal", "account.spend", *TOUCH_CHANNEL})
+    micro: ClassVar[frozenset[str]] = frozenset({"attributed_amount", "attributed_spend"})
+    settles: ClassVar[bool] = False
+    state_type: ClassVar[type[msgspec.Struct]] = AttributionState
+    part_types: ClassVar[dict[str, Any]] = {
+        "accounts": dict[str, AccountTouches], "orders": dict[str, Purchase],
+        "deals": dict[str, Purchase]}
+    VERSION: ClassVar[int] = 1
+
+    def __init__(self, horizon_ms: int):
+        self.horizon_ms = horizon_ms
+        self.lookback_ms = 90 * 86_400_000
+        self.half_life_ms = 7 * 86_400_000
+        #: how far before the watermark an event is still accepted (configure: the family's
+        #: longest window + grace; until then the horizon, which keeps more)
+        self.reach_ms = horizon_ms
+        self._floor = -(2**62)  # touches before this can credit no purchase still accepted
+        self.accounts: Keyed[str, AccountTouches] = Keyed(_last_ts)
+        self.orders: Keyed[str, Purchase] = Keyed(_purchase_ts)
+        self.deals: Keyed[str, Purchase] = Keyed(_last_ts)
+
+    def configure(self, catalog: Catalog) -> None:
+        """The catalog's lookback and half-life, and how late the stage accepts events."""
+        fam = catalog.families[ACCOUNTS]
+        self.reach_ms = fam.longest_ms + fam.grace_ms
+        self.lookback_ms = catalog.attribution.lookback_ms
+        self.half_life_ms = catalog.attribution.half_life_ms
+
+    def observe(self, ev: Event) -> list[Fact]:
+        t = ev.type
+        if t == "account.spend":
+            d = ev.data
+            amount = round(d.amount * MICRO)
+            return [(ev.ts_ms, "attributed_spend", _dims(d.campaign_id or UNKNOWN,
+                                                         d.channel or UNKNOWN, m), amount)
+                    for m in MODELS]
+        if t == "account.order":
+            return self._order(ev)
+        if t == "account.deal":
+            return self._deal(ev)
+        return self._touch(ev)
+
+    def _order(self, ev: Event) -> list[Fact]:
+        key = "o:" + ev.event_id
+        if key in self.orders:  # the engine counts an id once; a restored copy may not know
+            return []
+        d = ev.data
+        p = Purchase(d.account_id, ev.ts_ms, round(d.amount * MICRO), True, [], [], [],
+                     ev.ts_ms)
+        p.touches = self._before(p)
+        self._index(p, key, ev.ts_ms)
+        return self._credit(key, p, self.orders)
+
+    def _deal(self, ev: Event) -> list[Fact]:
+        d = ev.data
+        key = "d:" + d.deal_id
+        p = self.deals.get(key)
+        if p is None:
+            p = Purchase(None, 0, 0, False, [], [], [], ev.ts_ms)
+        insert_step(p.history, step_of(d, ev.ts_ms))
+        p.last_ts = max(p.last_ts, ev.ts_ms)
+        # one account per deal whatever the order its events come in: the smallest named
+        account = d.account_id if p.account is None or (
+            d.account_id is not None and d.account_id < p.account) else p.account
+        stage, since, amount = outcome(p.history)
+        won = stage == WON
+        moved = won and (not p.won or since != p.ts or account != p.account)
+        p.account, p.won, p.ts, p.amount = account, won, since if won else p.ts, amount
+        if moved:
+            p.touches = self._before(p)
+            self._index(p, key, max(since, ev.ts_ms))
+        elif not won:
+            p.touches = []
+        return self._credit(key, p, self.deals)
+
+    def _touch(self, ev: Event) -> list[Fact]:
+        d = ev.data
+        account: str = d.account_id
+        touch: Touch = (ev.ts_ms, ev.event_id, d.campaign_id,
+                        d.channel or TOUCH_CHANNEL[ev.type])
+        acc = self.accounts.get(account)
+        if acc is None:
+            acc = AccountTouches([], [], ev.ts_ms)
+        floor = self._floor
+        if acc.touches and acc.touches[0][0] < floor:
+            acc.touches = [x for x in acc.touches if x[0] >= floor]
+        _insert(acc.touches, touch)
+        acc.last_ts = max(acc.last_ts, ev.ts_ms)
+        out: list[Fact] = []
+        held: list[str] = []
+        for key in acc.purchases:
+            table = self.orders if key[0] == "o" else self.deals
+            p = table.get(key)
+            if p is None:
+                continue  # expired: forgotten here too
+            held.append(key)
+            if p.won and p.account == account and p.ts - self.lookback_ms < ev.ts_ms <= p.ts:
+                _insert(p.touches, touch)
+                out.extend(self._credit(key, p, table))
+        acc.purchases = held
+        self.accounts.put(account, acc)
+        return out
+
+    def _before(self, p: Purchase) -> list[Touch]:
+        """The purchase's account's touches in the lookback before it."""
+        acc = self.accounts.get(p.account) if p.account is not None else None
+        if acc is None:
+            return []
+        lo = p.ts - self.lookback_ms
+        return [x for x in acc.touches if lo < x[0] <= p.ts]
+
+    def _index(self, p: Purchase, key: str, ts: int) -> None:
+        """File the purchase under its account, so the account's later touches find it."""
+        if p.account is None:
+            return
+        acc = self.accounts.get(p.account)
+        if acc is None:
+            acc = AccountTouches([], [], ts)
+        if key not in acc.purchases:
+            acc.purchases.append(key)
+        acc.last_ts = max(acc.last_ts, ts)
+        self.accounts.put(p.account, acc)
+
+    def _credit(self, key: str, p: Purchase, table: Keyed[str, Purchase]) -> list[Fact]:
+        after = credits(p.ts, p.amount, p.touches, self.half_life_ms) if p.won else []
+        out = net_change(p.facts, after)
+        p.facts = after
+        table.put(key, p)
+        return out
+
+    def settled(self, watermark: int, grace_ms: int) -> int:
+        raise NotImplementedError("its facts are final as they come")
+
+    def expire(self, watermark: int) -> None:
+        self._floor = watermark - self.reach_ms - self.lookback_ms
+        self.accounts.sweep(self._floor)
+        self.orders.sweep(watermark - self.reach_ms)
+        self.deals.sweep(watermark - self.horizon_ms)
+
+    def snapshot(self) -> AttributionState:
+        return AttributionState(self.VERSION, self.accounts.data, self.orders.data,
+                                self.deals.data)
+
+    def restore(self, state: AttributionState) -> None:
+        self.accounts.replace(state.accounts)
+        self.orders.replace(state.orders)
+        self.deals.replace(state.deals)
+
+    def tables(self) -> dict[str, Keyed[Any, Any]]:
+        return {"accounts": self.accounts, "orders": self.orders, "deals": self.deals}
+
+    def loaded(self) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.accounts) + len(self.orders) + len(self.deals)
+
+
+def credits(ts: int, amount: int, touches: list[Touch], half_life_ms: int) -> list[Fact]:
+    """A purchase's facts: per model, its amount split over its touches (sorted), summed per
+    campaign and channel."""
+    if not amount:
+        return []
+    if not touches:
+        return [(ts, "attributed_amount", _dims(UNKNOWN, UNKNOWN, m), amount) for m in MODELS]
+    out: list[Fact] = []
+    for model in MODELS:
+        per: dict[tuple[str, str], int] = {}
+        for (_, _, campaign, channel), share in zip(
+                touches, split(amount, weights(model, touches, ts, half_life_ms)), strict=True):
+            if share:
+                per[(campaign, channel)] = per.get((campaign, channel), 0) + share
+        out.extend((ts, "attributed_amount", _dims(c, ch, model), v)
+                   for (c, ch), v in sorted(per.items()))
+    return out
+
+
+def weights(model: str, touches: list[Touch], ts: int, half_life_ms: int) -> list[int]:
+    """Each touch's integer weight under a model (touches sorted, the first the earliest)."""
+    n = len(touches)
+    if model == "first_touch":
+        return [1] + [0] * (n - 1)
+    if model == "last_touch":
+        return [0] * (n - 1) + [1]
+    if model == "linear":
+        return [1] * n
+    if model == "position_based":  # 40 % first, 40 % last, 20 % over the ones between
+        return [1] * n if n <= 2 else [2 * (n - 2)] + [1] * (n - 2) + [2 * (n - 2)]
+    if model == "time_decay":
+        return [max(1, round(_DECAY_ONE * 2 ** (-(ts - t) / half_life_ms)))
+                for t, _, _, _ in touches]
+    raise ValueError(f"unknown attribution model {model!r}")
+
+
+def split(amount: int, weights: list[int]) -> list[int]:
+    """``amount`` in integer shares proportional to ``weights``, summing exactly to it: the
+    remainder goes one unit at a time to the largest fractional parts (earliest first)."""
+    total = sum(weights)
+    shares = [amount * w // total for w in weights]
+    left = amount - sum(shares)
+    if left:
+        order = sorted(range(len(weights)), key=lambda i: (-(amount * weights[i] % total), i))
+        for i in order[:left]:
+            shares[i] += 1
+    return shares
+
+
+def _insert(touches: list[Touch], touch: Touch) -> None:
+    """Insert in order; the same touch twice (a restored copy read again) is one."""
+    i = len(touches)
+    while i and touches[i - 1] > touch:
+        i -= 1
+    if not i or touches[i - 1] != touch:
+        touches.insert(i, touch)
+
+
+def _dims(campaign: str, channel: str, model: str) -> Dims:
+    return (("campaign_id", campaign), ("channel", channel), ("model", model))
+
+
+def _last_ts(x: AccountTouches | Purchase) -> int:
+    return x.last_ts
+
+
+def _purchase_ts(p: Purchase) -> int:
+    return p.ts
