@@ -14,10 +14,11 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from metrics.catalog import Catalog, Kpi, WindowSpec
-from metrics.constants import NEVER
+from metrics.constants import NEVER, TOTAL
 from metrics.formulas import SQUARES, Dims, Index, Rows, index_snapshot, merge_indexes
 from metrics.records import iso_boundary, make_record
-from metrics.windows import FamilyWindows
+from metrics.trackers import TRACKERS
+from metrics.windows import Agg, FamilyWindows
 
 Record = dict[str, Any]
 #: a KPI's published rows and the revision of each revised one
@@ -41,6 +42,8 @@ class Families(Protocol):
     """What the publisher reads of the engine's event-time state."""
 
     windows: dict[str, FamilyWindows]
+    #: tracker name -> tracker: those with windowed builtins answer ``window_values``
+    trackers: dict[str, Any]
 
     def expecting(self, family: str) -> bool:
         """Not started, but a live partition may still bring its first event."""
@@ -68,6 +71,15 @@ class Publisher:
         self.changed: set[tuple[str, str, int]] = set()
         #: (kpi, window) whose newest open window is partial (``open_records``)
         self.partial_open: set[tuple[str, str]] = set()
+        #: family -> [(tracker, builtin -> the aggregates built on it)] of the windowed
+        #: builtins: valued per window by their tracker when it is published, not summed
+        #: from panes (a count of distinct accounts)
+        self._windowed: dict[str, list[tuple[str, dict[str, list[str]]]]] = {}
+        for cls in TRACKERS:
+            aggs = {b: [a.name for a in catalog.aggregates.values() if a.builtin == b]
+                    for b in getattr(cls, "windowed", ())}
+            if any(aggs.values()):
+                self._windowed.setdefault(cls.family, []).append((cls.name, aggs))
         self._kpis_by_family: dict[str, list[Kpi]] = {f: [] for f in catalog.families}
         for kpi in catalog.kpis.values():
             for f in kpi.families:
@@ -126,9 +138,23 @@ class Publisher:
                 return None
             idx = cache.get(fam)
             if idx is None:
-                idx = cache[fam] = index_snapshot(fw.closed_snapshot(wname, end) or {})
+                size = self.catalog.window(fam, wname).size_ms
+                idx = cache[fam] = self._index(fams, fam, fw.closed_snapshot(wname, end) or {},
+                                               end - size, end)
             parts.append(idx)
         return parts[0] if len(parts) == 1 else merge_indexes(parts)
+
+    def _index(self, fams: Families, fam: str, snap: Agg, start: int, end: int) -> Index:
+        """A window's aggregates: its sums of panes, and its windowed builtins' values (none
+        at 0: a window with no input for a KPI publishes no record for it)."""
+        idx = index_snapshot(snap)
+        for name, aggs in self._windowed.get(fam, ()):
+            values = fams.trackers[name].window_values(start, end)
+            for builtin, names in aggs.items():
+                if values[builtin]:
+                    for agg in names:
+                        idx[(agg, TOTAL)] = {TOTAL: values[builtin]}
+        return idx
 
     def _records(self, kpi: Kpi, wname: str, end: int, idx: Index, emitted_at: str
                  ) -> list[Record]:
@@ -192,8 +218,8 @@ class Publisher:
                 if wm == NEVER:
                     continue
                 end = (wm // spec.hop_ms + 1) * spec.hop_ms
-                idx = merge_indexes([index_snapshot(fams.windows[f].open_snapshot(spec, end))
-                                     for f in started])
+                idx = merge_indexes([self._index(fams, f, fams.windows[f].open_snapshot(
+                    spec, end), end - spec.size_ms, end) for f in started])
                 rows = self._kpi_rows[kpi.name](idx)
                 sq = self._squares(kpi, idx)
                 start_s, end_s = iso_boundary(end - spec.size_ms), iso_boundary(end)

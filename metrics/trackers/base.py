@@ -10,6 +10,11 @@ State expires with the tracker's horizon (its family's longest window plus grace
 stays flat on an endless stream. Its keyed state is held in ``Keyed`` tables, filed by hour:
 what expiry drops, and what a commit writes when it changed (metrics/snapshot.py). A new
 tracker is one module with a class following ``Tracker`` plus its line in registry.py.
+
+Two optional parts: ``configure(catalog)``, for a tracker with settings of its own in the
+catalog (attribution's lookback); and ``windowed`` builtins with ``window_values(start,
+end)``, for a quantity that is no sum of panes (distinct accounts in a window): the
+publisher asks for it per window when it publishes the window (metrics/publish.py).
 """
 
 from __future__ import annotations

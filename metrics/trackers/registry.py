@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Final
 
 from metrics.trackers.account_revenue import AccountRevenue
+from metrics.trackers.active_accounts import ActiveAccounts
 from metrics.trackers.attribution import Attribution
 from metrics.trackers.base import Tracker
 from metrics.trackers.cohorts import SendCohorts
@@ -16,7 +17,7 @@ from metrics.trackers.visitors import Visitors
 
 TRACKERS: Final[tuple[type[Tracker], ...]] = (UniqueOpeners, UniqueClickers, SendCohorts,
                                               Sessions, Visitors, Pipeline, AccountRevenue,
-                                              Attribution)
+                                              Attribution, ActiveAccounts)
 
 #: builtin aggregate -> (the family of the tracker that makes it, the dims its facts carry)
 BUILTINS: Final[dict[str, tuple[str, frozenset[str]]]] = {
