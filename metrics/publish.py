@@ -14,7 +14,8 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from metrics.catalog import Catalog, Kpi, WindowSpec
-from metrics.constants import NEVER, TOTAL
+from metrics.constants import NEVER
+from metrics.facts import FactRouter
 from metrics.formulas import SQUARES, Dims, Index, Rows, index_snapshot, merge_indexes
 from metrics.records import iso_boundary, make_record
 from metrics.trackers import TRACKERS
@@ -71,15 +72,21 @@ class Publisher:
         self.changed: set[tuple[str, str, int]] = set()
         #: (kpi, window) whose newest open window is partial (``open_records``)
         self.partial_open: set[tuple[str, str]] = set()
-        #: family -> [(tracker, builtin -> the aggregates built on it)] of the windowed
-        #: builtins: valued per window by their tracker when it is published, not summed
-        #: from panes (a count of distinct accounts)
-        self._windowed: dict[str, list[tuple[str, dict[str, list[str]]]]] = {}
+        #: (family, window) -> [(tracker, the windowed builtins its KPIs read there)]:
+        #: builtins valued per window by their tracker when it is published, not summed
+        #: from panes (a count of distinct accounts); they land on aggregate keys as facts do
+        self._windowed: dict[tuple[str, str], list[tuple[str, frozenset[str]]]] = {}
         for cls in TRACKERS:
-            aggs = {b: [a.name for a in catalog.aggregates.values() if a.builtin == b]
-                    for b in getattr(cls, "windowed", ())}
-            if any(aggs.values()):
-                self._windowed.setdefault(cls.family, []).append((cls.name, aggs))
+            windowed = frozenset(getattr(cls, "windowed", ()))
+            fam = cls.family
+            cfg = catalog.families.get(fam)
+            for w in cfg.windows if cfg is not None and windowed else ():
+                wanted = windowed & {
+                    catalog.aggregates[a].builtin for k in catalog.kpis.values()
+                    if w.name in k.windows and fam in k.families for a in k.aggregates()}
+                if wanted:
+                    self._windowed.setdefault((fam, w.name), []).append((cls.name, wanted))
+        self._router = FactRouter(catalog)
         self._kpis_by_family: dict[str, list[Kpi]] = {f: [] for f in catalog.families}
         for kpi in catalog.kpis.values():
             for f in kpi.families:
@@ -139,22 +146,26 @@ class Publisher:
             idx = cache.get(fam)
             if idx is None:
                 size = self.catalog.window(fam, wname).size_ms
-                idx = cache[fam] = self._index(fams, fam, fw.closed_snapshot(wname, end) or {},
+                idx = cache[fam] = self._index(fams, fam, wname,
+                                               fw.closed_snapshot(wname, end) or {},
                                                end - size, end)
             parts.append(idx)
         return parts[0] if len(parts) == 1 else merge_indexes(parts)
 
-    def _index(self, fams: Families, fam: str, snap: Agg, start: int, end: int) -> Index:
+    def _index(self, fams: Families, fam: str, wname: str, snap: Agg, start: int, end: int
+               ) -> Index:
         """A window's aggregates: its sums of panes, and its windowed builtins' values (none
         at 0: a window with no input for a KPI publishes no record for it)."""
-        idx = index_snapshot(snap)
-        for name, aggs in self._windowed.get(fam, ()):
-            values = fams.trackers[name].window_values(start, end)
-            for builtin, names in aggs.items():
-                if values[builtin]:
-                    for agg in names:
-                        idx[(agg, TOTAL)] = {TOTAL: values[builtin]}
-        return idx
+        trackers = self._windowed.get((fam, wname))
+        if trackers:
+            snap = dict(snap)
+            for name, wanted in trackers:
+                for builtin, dims, value in fams.trackers[name].window_values(start, end,
+                                                                              wanted):
+                    if value:
+                        for key in self._router.keys_of(builtin, dims):
+                            snap[key] = snap.get(key, 0) + value
+        return index_snapshot(snap)
 
     def _records(self, kpi: Kpi, wname: str, end: int, idx: Index, emitted_at: str
                  ) -> list[Record]:
@@ -218,7 +229,7 @@ class Publisher:
                 if wm == NEVER:
                     continue
                 end = (wm // spec.hop_ms + 1) * spec.hop_ms
-                idx = merge_indexes([self._index(fams, f, fams.windows[f].open_snapshot(
+                idx = merge_indexes([self._index(fams, f, wname, fams.windows[f].open_snapshot(
                     spec, end), end - spec.size_ms, end) for f in started])
                 rows = self._kpi_rows[kpi.name](idx)
                 sq = self._squares(kpi, idx)

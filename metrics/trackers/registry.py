@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from metrics.trackers.account_purchases import AccountPurchases
 from metrics.trackers.account_revenue import AccountRevenue
-from metrics.trackers.active_accounts import ActiveAccounts
 from metrics.trackers.attribution import Attribution
 from metrics.trackers.base import Tracker
 from metrics.trackers.cohorts import SendCohorts
@@ -17,7 +17,7 @@ from metrics.trackers.visitors import Visitors
 
 TRACKERS: Final[tuple[type[Tracker], ...]] = (UniqueOpeners, UniqueClickers, SendCohorts,
                                               Sessions, Visitors, Pipeline, AccountRevenue,
-                                              Attribution, ActiveAccounts)
+                                              Attribution, AccountPurchases)
 
 #: builtin aggregate -> (the family of the tracker that makes it, the dims its facts carry)
 BUILTINS: Final[dict[str, tuple[str, frozenset[str]]]] = {

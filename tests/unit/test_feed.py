@@ -211,7 +211,7 @@ def test_the_stage_engine_fed_copies_publishes_what_replay_does() -> None:
     part = DEFAULT_CATALOG.restrict((ACCOUNTS,))
     assert set(part.kpis) == {"marketing_spend_share_of_revenue", "attributed_revenue",
                               "attributed_romi", "purchase_frequency",
-                              "customer_lifetime_value"}
+                              "customer_lifetime_value", "rfm_segment_share"}
     out = accounts_shard([(FAMILY_TOPIC[TYPES[e["type"]].family], orjson.dumps(e))
                           for e in DAY_ONE], part)
     whole = [r for r in replay(DAY_ONE, now_ms=NOW) if r["kpi"] in part.kpis]

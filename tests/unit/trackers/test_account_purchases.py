@@ -1,6 +1,6 @@
-"""Active accounts (metrics/trackers/active_accounts.py): distinct purchasing accounts per
-window, valued when the window is published; customer lifetime value and purchase frequency
-built on them, checked by hand through replay."""
+"""Accounts' purchases (metrics/trackers/account_purchases.py): distinct purchasing accounts
+per window and RFM segments, valued when the window is published; customer lifetime value,
+purchase frequency and RFM segment shares built on them, checked by hand through replay."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import msgspec
 import pytest
 
 from metrics.events import Event
-from metrics.trackers.active_accounts import ActiveAccounts, ActiveAccountsState
+from metrics.trackers.account_purchases import (
+    AccountPurchases,
+    AccountPurchasesState,
+    segment,
+)
 from tests.helpers import HOUR, ms, pick, replay
 
 DAY = 24 * HOUR
@@ -92,33 +96,84 @@ def events() -> list[Event]:
             Event("d3", "account.deal", T0 + 5 * DAY, "accounts", _Deal("D", "won", 9, "C"))]
 
 
-def values(t: ActiveAccounts) -> list[dict[str, float]]:
-    return [t.window_values(T0 + d * DAY, T0 + (d + 1) * DAY) for d in range(6)] + [
-        t.window_values(T0, T0 + 6 * DAY)]
+def values(t: AccountPurchases) -> list[dict[Any, float]]:
+    return [{(b, dims): v for b, dims, v in t.window_values(T0 + d * DAY, T0 + (d + 1) * DAY)}
+            for d in range(7)] + [{(b, dims): v for b, dims, v in
+                                  t.window_values(T0, T0 + 6 * DAY)}]
 
 
 def test_any_arrival_order_gives_the_same_window_values() -> None:
-    t = ActiveAccounts(365 * DAY)
+    t = AccountPurchases(365 * DAY)
     for e in events():
         assert t.observe(e) == []
     expected = values(t)
     # the deal counts once, when it last became won (day 5), for its smallest account
-    assert [v["active_accounts"] for v in expected] == [0, 1, 1, 0, 0, 1, 2]
+    assert [v[("active_accounts", ())] for v in expected] == [0, 1, 1, 0, 0, 1, 0, 2]
     for perm in itertools.permutations(events()):
-        again = ActiveAccounts(365 * DAY)
+        again = AccountPurchases(365 * DAY)
         for e in perm:
             again.observe(e)
         assert values(again) == expected
 
 
 def test_state_survives_a_snapshot_and_expires() -> None:
-    t = ActiveAccounts(365 * DAY)
+    t = AccountPurchases(365 * DAY)
     for e in events():
         t.observe(e)
-    again = ActiveAccounts(365 * DAY)
+    again = AccountPurchases(365 * DAY)
     again.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(t.snapshot()),
-                                         type=ActiveAccountsState))
+                                         type=AccountPurchasesState))
     assert values(again) == values(t)
     assert len(again) == 4  # the deal, two orders and the won deal's purchase
-    again.expire(T0 + 5 * DAY + 365 * DAY + HOUR)
-    assert len(again) == 0 and again.window_values(T0, T0 + 6 * DAY)["active_accounts"] == 0
+    again.expire(T0 + 5 * DAY + 2 * 365 * DAY + HOUR)  # unconfigured: twice the horizon
+    assert len(again) == 0 and again.window_values(T0, T0 + 6 * DAY)[0] == (
+        "active_accounts", (), 0)
+
+
+#: days before the moment RFM is read, and amounts: A buys often and lately, B lately, C
+#: once lately, D often long ago, E once long ago
+RFM_STORY = {"A": [(1, 100), (10, 100), (20, 100)], "B": [(2, 1000), (40, 1000)],
+             "C": [(5, 50)], "D": [(100, 10), (120, 10), (150, 10), (200, 10)],
+             "E": [(300, 5000)]}
+AT = T0 + 400 * DAY
+
+
+def rfm_orders() -> list[dict[str, Any]]:
+    events = [order(f"{a}{i}", (AT - T0) / DAY - days, amount, a)
+              for a, buys in RFM_STORY.items() for i, (days, amount) in enumerate(buys)]
+    return sorted(events, key=lambda e: e["ts"])
+
+
+def test_rfm_scores_and_segments_by_hand() -> None:
+    t = AccountPurchases(365 * DAY)
+    for e in rfm_orders():
+        t.observe(Event(e["event_id"], "account.order", e["ts"], "accounts",
+                        _Order(e["amount"], e["account_id"])))
+    got = {a: (x.r, x.f, x.m, x.segment) for a, x in t.rfm(AT).items()}
+    # recency: E oldest (1) .. A newest (5); frequency: C and E tie at 1, B 3, A 4, D 5;
+    # monetary: D 40, C 50, A 300, B 2,000, E 5,000
+    assert got == {"A": (5, 4, 3, "champions"), "B": (4, 3, 4, "loyal"),
+                   "C": (3, 1, 2, "potential"), "D": (2, 5, 1, "at_risk"),
+                   "E": (1, 1, 5, "lost")}
+    assert (t.rfm(AT)["D"].recency_days, t.rfm(AT)["B"].monetary) == (100.0, 2000.0)
+    # a year on from E's order, E is out of the horizon
+    assert "E" not in t.rfm(AT + 66 * DAY)
+
+
+def test_rfm_segment_share_by_hand() -> None:
+    records = replay(rfm_orders(), now_ms=AT + 400 * DAY)
+    end = "2027-04-06T00:00:00Z"  # AT
+    shares = {seg: pick(records, "rfm_segment_share", "30d", end, rfm_segment=seg)
+              for seg in ("champions", "loyal", "potential", "at_risk", "lost")}
+    assert {s: (r["numerator"], r["denominator"]) for s, r in shares.items()} == {
+        s: (1, 5) for s in shares}
+    assert not [r for r in records if r["kpi"] == "rfm_segment_share"
+                and r["window"] != "30d"]
+
+
+def test_the_segment_map_covers_every_score_pair() -> None:
+    cells = {(r, f): segment(r, f) for r in range(1, 6) for f in range(1, 6)}
+    assert set(cells.values()) == {"champions", "loyal", "new", "potential", "at_risk",
+                                   "hibernating", "lost"}
+    assert (cells[(5, 5)], cells[(5, 1)], cells[(1, 5)], cells[(2, 1)], cells[(1, 1)]) == (
+        "champions", "new", "at_risk", "hibernating", "lost")
