@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
@@ -15,11 +14,8 @@ from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import ACCOUNTS, TYPES, Event, event_parser
 from metrics.runtime import tune_gc
+from metrics.timestamps import wall_ms
 from streams.progress import Progress
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def replay_lines(

@@ -6,6 +6,7 @@ second prefix repeats across events, so its epoch value is cached (checked once)
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any, Final
 
@@ -70,3 +71,8 @@ def parse_ts(v: Any) -> int | None:
             return None
         return int(dt.timestamp() * 1000)
     return None
+
+
+def wall_ms() -> int:
+    """The wall clock, epoch ms (an engine's clock, ``now`` for future checks)."""
+    return time.time_ns() // 1_000_000

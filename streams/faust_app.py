@@ -385,6 +385,10 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
     async def kpis_view(web: Any, request: Any) -> Any:
         return web.json({"kpis": shell.kpis_json(request.query)})
 
+    @app.page("/accounts")
+    async def accounts_view(web: Any, request: Any) -> Any:
+        return web.json({"accounts": shell.accounts_json(request.query)})
+
     return app, shell
 
 

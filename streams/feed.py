@@ -18,12 +18,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, Protocol
 
+import orjson
+
+from metrics.account_scores import AccountScores
 from metrics.catalog import Catalog
 from metrics.clock import Source
 from metrics.events import ACCOUNTS, Event, Invalid, Parser
 from metrics.feed import FEEDING_FAMILIES, copied, copy_for_accounts
+from metrics.trackers.account_purchases import AccountPurchases
 from streams.settings import Settings
-from streams.topics import ACCOUNTS_TOPIC, family_topic
+from streams.topics import ACCOUNTS_TOPIC, SCORES_TOPIC, family_topic
 
 if TYPE_CHECKING:
     from metrics.engine import KpiEngine
@@ -74,12 +78,27 @@ class FeedOut:
 
 class FeedIn:
     """The accounts shard's side: the input partitions it is fed from (its watermark's
-    sources), and the copies read back as the stage's events."""
+    sources), the copies read back as the stage's events, and the per-account scores out
+    (`kpi-accounts`)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, currency: str = "EUR"):
         self.sources: list[tuple[str, int]] = [
             (family_topic(settings, f), p) for f in sorted(FEEDING_FAMILIES)
             for p in range(settings.partitions)]
+        self.scores = AccountScores(currency)
+        self.scores_topic = settings.topic(SCORES_TOPIC)
+
+    async def send_scores(self, engine: KpiEngine, io: Sends, emitted_at: str) -> None:
+        """The scores that changed, once the stage closed a newer longest window."""
+        purchases = engine.trackers.get(AccountPurchases.name)
+        fw = engine.windows[ACCOUNTS]
+        if not isinstance(purchases, AccountPurchases) or not fw.started:
+            return
+        at = fw.last_end(max(fw.cfg.windows, key=lambda w: w.size_ms).name)
+        if at is None:
+            return
+        for account, rec in self.scores.update(purchases, at, emitted_at):
+            await io.send(self.scores_topic, account.encode(), orjson.dumps(rec))
 
     def read(self, key: bytes | None, raw: bytes, parse: Parser
              ) -> tuple[Source, Event | Invalid | int]:
@@ -114,7 +133,7 @@ def feed_of(settings: Settings, catalog: Catalog, families: tuple[str, ...]
     if ACCOUNTS not in catalog.families:
         return None
     if ACCOUNTS in families:
-        return FeedIn(settings)
+        return FeedIn(settings, catalog.currency)
     return FeedOut(settings) if FEEDING_FAMILIES & set(families) else None
 
 

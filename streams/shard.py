@@ -27,6 +27,7 @@ from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import ACCOUNTS, Event, Parser, event_parser
 from metrics.records import update_key, window_key
+from metrics.timestamps import wall_ms
 from streams.dedup_disk import DiskDedup
 from streams.durable import Durable
 from streams.exporter import ShellStats
@@ -50,10 +51,6 @@ log = logging.getLogger("kpi_engine.worker")
 #: closed-window record counting as ten (~40 MB; a commit every 5 s holds far fewer in steady
 #: flow: at 50,000 the early commits cost a quarter of stream_bench's throughput)
 MAX_UNCOMMITTED: Final = 200_000
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Shard:
@@ -415,13 +412,15 @@ class Shard:
 
     async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
         """Closed windows wait in the outbox for the snapshot that makes them durable; their
-        anomalies go out on `kpi-alerts` now."""
+        anomalies go out on `kpi-alerts` now, the stage's accounts' scores on `kpi-accounts`."""
         self.outbox += [(t0, rec) for rec in records]
         self.out.history.add(records)
         if records and self.baselines.kpis:
             for event in self.baselines.observe(records, records[0]["emitted_at"]):
                 await self.io.send(self.out.topic_alerts, alert_key(event).encode(),
                                    orjson.dumps(event))
+        if records and self.feed_in:
+            await self.feed_in.send_scores(self.engine, self.io, records[0]["emitted_at"])
 
     async def _send_finals(self, outbox: list[tuple[float, dict[str, Any]]]) -> None:
         send = self.io.send

@@ -27,6 +27,8 @@ _FAMILY_OF: Final = {**TOPIC_FAMILIES, ACCOUNTS_TOPIC: ACCOUNTS}
 #: family -> the topic (without prefix) its events are read from
 FAMILY_TOPICS: Final = {fam: topic for topic, fam in _FAMILY_OF.items()}
 OUTPUT_TOPICS: Final = ("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", "kpi-alerts")
+#: per-account scores (metrics/account_scores.py): compacted, the latest per account wins
+SCORES_TOPIC: Final = "kpi-accounts"
 
 
 def input_topics(settings: Settings) -> list[str]:
@@ -155,6 +157,9 @@ async def ensure_all_topics(settings: Settings, catalog: Catalog,
                         config={"cleanup.policy": "compact", **topic_configs(settings)},
                         client=client_kwargs(settings),
                         replication=settings.replication_factor, grow=True)
+    await ensure_topics(target, [settings.topic(SCORES_TOPIC)], settings.partitions,
+                        config={"cleanup.policy": "compact", **topic_configs(settings)},
+                        client=client_kwargs(settings), replication=settings.replication_factor)
 
 
 def create_topics(settings: Settings, catalog: Catalog, bootstrap: str | None = None) -> None:

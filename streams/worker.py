@@ -303,6 +303,15 @@ class KpiShell:
                 "history": self.history.as_json(),
                 "health": health}
 
+    def accounts_json(self, query: Any) -> list[dict[str, Any]]:
+        """Each account's latest scores (as sent on `kpi-accounts`), when this worker owns
+        the accounts stage; ``?rfm_segment=`` filters."""
+        segment = query.get("rfm_segment")
+        return sorted((r for sh in self.active if sh.feed_in is not None
+                       for r in sh.feed_in.scores.latest.values()
+                       if segment is None or r["rfm_segment"] == segment),
+                      key=lambda r: r["account_id"])
+
     def kpis_json(self, query: Any) -> list[dict[str, Any]]:
         """Current values, filtered by ?window=&kpi= and any dimension (?channel=email)."""
         window = query.get("window")

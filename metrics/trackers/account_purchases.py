@@ -79,6 +79,7 @@ class Rfm(msgspec.Struct, gc=False):
     f: int
     m: int
     segment: str
+    last_ts: int  # its last purchase
 
 
 class AccountPurchases:
@@ -175,7 +176,7 @@ class AccountPurchases:
         r = _quintiles(last)  # the most recent scores highest
         f, m = _quintiles(freq), _quintiles(money)
         return {a: Rfm((at - last[a]) / 86_400_000, freq[a], money[a] / MICRO, r[a], f[a],
-                       m[a], segment(r[a], f[a])) for a in last}
+                       m[a], segment(r[a], f[a]), last[a]) for a in last}
 
     def settled(self, watermark: int, grace_ms: int) -> int:
         raise NotImplementedError("its values are the window's as it is asked")
