@@ -135,6 +135,11 @@ def test_dashboard_shows_the_open_rate_warning_in_a_real_browser(tmp_path: Path)
                                      "position_based"}, sums
                 assert max(sums.values()) - min(sums.values()) < 0.01 * len(sums), sums
                 assert min(sums.values()) > 0
+                # and the RFM segments of the accounts buying in the last year: shares of one
+                page.locator("#rfm tbody tr").first.wait_for(timeout=30_000)
+                shares = page.eval_on_selector_all(
+                    "#rfm tbody td[data-value]", "els => els.map(e => Number(e.dataset.value))")
+                assert shares and abs(sum(shares) - 1) < 1e-6, shares
 
                 # the window selector switches tiles to 1h
                 page.get_by_role("button", name="1h").click()
