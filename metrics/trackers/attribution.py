@@ -8,12 +8,17 @@ spend.
 
 Touches are the stage's touch copies (metrics/events.py ``TOUCH_CHANNEL``): email clicks,
 page views, goal conversions, social interactions and leads naming both account and
-campaign. A touch that arrives after a purchase it precedes re-credits that purchase: the
-facts depend on the set of events only, whatever their order.
+campaign. An account's touches are kept per campaign and channel as the packed times of
+its touches (8 bytes a touch): touches at the same millisecond with the same campaign and
+channel are alike, and ties order by campaign, then channel. A touch that arrives after a
+purchase it precedes re-credits that purchase: the facts depend on the set of events only,
+whatever their order.
 """
 
 from __future__ import annotations
 
+import bisect
+from array import array
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import msgspec
@@ -28,14 +33,22 @@ if TYPE_CHECKING:
 
 MODELS: Final = ("first_touch", "last_touch", "linear", "time_decay", "position_based")
 _DIMS: Final = frozenset({"model", "campaign_id", "channel"})
-#: a time-decay weight's resolution: 2**32 at the purchase itself, never below 1
+#: a time-decay weight's resolution: 2**32 for a touch at the purchase, never below 1
 _DECAY_ONE: Final = 2**32
 
-Touch = tuple[int, str, str, str]  # ts, event_id, campaign_id, channel
+
+class Touches(msgspec.Struct, array_like=True, gc=False):
+    """An account's touches of one campaign and channel."""
+
+    campaign: str
+    channel: str
+    #: their times, sorted, packed as native int64 (``array('q')``): a busy account's
+    #: state is 8 bytes a touch
+    times: bytes
 
 
 class AccountTouches(msgspec.Struct, gc=False):
-    touches: list[Touch] = []  # sorted by (ts, event_id)
+    groups: list[Touches] = []  # sorted by (campaign, channel)
     purchases: list[str] = []  # keys of its purchases held (some may have expired)
     last_ts: int = 0
 
@@ -46,7 +59,6 @@ class Purchase(msgspec.Struct, gc=False):
     amount: int = 0  # millionths
     won: bool = True  # a deal: whether it is won now
     history: list[Step] = []  # a deal's stage events, sorted
-    touches: list[Touch] = []  # its account's touches in the lookback before ``ts``
     facts: list[Fact] = []  # what it contributes now (what its next change retracts)
     last_ts: int = 0
 
@@ -60,9 +72,10 @@ class AttributionState(msgspec.Struct, gc=False):
 
 class Attribution:
     """Purchases credited to the touches before them. An account's touches are kept while a
-    purchase they precede can still be accepted (lookback + longest window + grace); an
-    order while a touch before it can (longest window + grace); a deal for the horizon after
-    its last event, as the pipeline keeps it (a reopened deal counts once)."""
+    purchase they precede can still change a window that can still be revised (lookback +
+    twice the longest window + grace before the watermark); an order while a touch before
+    it can still come (longest window + grace); a deal for the horizon after its last
+    event, as the pipeline keeps it (a reopened deal counts once)."""
 
     name: ClassVar[str] = "attribution"
     family: ClassVar[str] = ACCOUNTS
@@ -85,7 +98,7 @@ class Attribution:
         #: how far before the watermark an event is still accepted (configure: the family's
         #: longest window + grace; until then the horizon, which keeps more)
         self.reach_ms = horizon_ms
-        self._floor = -(2**62)  # touches before this can credit no purchase still accepted
+        self._floor = -(2**62)  # touches before this credit nothing revisable
         self.accounts: Keyed[str, AccountTouches] = Keyed(_last_ts)
         self.orders: Keyed[str, Purchase] = Keyed(_purchase_ts)
         self.deals: Keyed[str, Purchase] = Keyed(_last_ts)
@@ -116,9 +129,7 @@ class Attribution:
         if key in self.orders:  # the engine counts an id once; a restored copy may not know
             return []
         d = ev.data
-        p = Purchase(d.account_id, ev.ts_ms, round(d.amount * MICRO), True, [], [], [],
-                     ev.ts_ms)
-        p.touches = self._before(p)
+        p = Purchase(d.account_id, ev.ts_ms, round(d.amount * MICRO), True, [], [], ev.ts_ms)
         self._index(p, key, ev.ts_ms)
         return self._credit(key, p, self.orders)
 
@@ -127,36 +138,41 @@ class Attribution:
         key = "d:" + d.deal_id
         p = self.deals.get(key)
         if p is None:
-            p = Purchase(None, 0, 0, False, [], [], [], ev.ts_ms)
+            p = Purchase(None, 0, 0, False, [], [], ev.ts_ms)
         insert_step(p.history, step_of(d, ev.ts_ms))
         p.last_ts = max(p.last_ts, ev.ts_ms)
         # one account per deal whatever the order its events come in: the smallest named
-        account = d.account_id if p.account is None or (
-            d.account_id is not None and d.account_id < p.account) else p.account
-        stage, since, amount = outcome(p.history)
-        won = stage == WON
-        moved = won and (not p.won or since != p.ts or account != p.account)
-        p.account, p.won, p.ts, p.amount = account, won, since if won else p.ts, amount
-        if moved:
-            p.touches = self._before(p)
+        if d.account_id is not None and (p.account is None or d.account_id < p.account):
+            p.account = d.account_id
+        stage, since, p.amount = outcome(p.history)
+        p.won = stage == WON
+        if p.won:
+            p.ts = since
             self._index(p, key, max(since, ev.ts_ms))
-        elif not won:
-            p.touches = []
         return self._credit(key, p, self.deals)
 
     def _touch(self, ev: Event) -> list[Fact]:
         d = ev.data
-        account: str = d.account_id
-        touch: Touch = (ev.ts_ms, ev.event_id, d.campaign_id,
-                        d.channel or TOUCH_CHANNEL[ev.type])
+        account, campaign = d.account_id, d.campaign_id
+        if account is None or campaign is None:
+            return []  # no touch (the stage copies only those naming both)
+        ts = ev.ts_ms
+        channel = d.channel or TOUCH_CHANNEL[ev.type]
         acc = self.accounts.get(account)
         if acc is None:
-            acc = AccountTouches([], [], ev.ts_ms)
-        floor = self._floor
-        if acc.touches and acc.touches[0][0] < floor:
-            acc.touches = [x for x in acc.touches if x[0] >= floor]
-        _insert(acc.touches, touch)
-        acc.last_ts = max(acc.last_ts, ev.ts_ms)
+            acc = AccountTouches([], [], ts)
+        groups = acc.groups
+        i = bisect.bisect_left(groups, (campaign, channel), key=_group_key)
+        if i == len(groups) or _group_key(groups[i]) != (campaign, channel):
+            groups.insert(i, Touches(campaign, channel, b""))
+        g = groups[i]
+        times = array("q", g.times)
+        if times and times[0] < self._floor:  # what no revisable purchase reads any more
+            del times[:bisect.bisect_left(times, self._floor)]
+        bisect.insort(times, ts)
+        g.times = times.tobytes()
+        acc.last_ts = max(acc.last_ts, ts)
+        self.accounts.put(account, acc)
         out: list[Fact] = []
         held: list[str] = []
         for key in acc.purchases:
@@ -165,20 +181,10 @@ class Attribution:
             if p is None:
                 continue  # expired: forgotten here too
             held.append(key)
-            if p.won and p.account == account and p.ts - self.lookback_ms < ev.ts_ms <= p.ts:
-                _insert(p.touches, touch)
+            if p.won and p.account == account and p.ts - self.lookback_ms < ts <= p.ts:
                 out.extend(self._credit(key, p, table))
         acc.purchases = held
-        self.accounts.put(account, acc)
         return out
-
-    def _before(self, p: Purchase) -> list[Touch]:
-        """The purchase's account's touches in the lookback before it."""
-        acc = self.accounts.get(p.account) if p.account is not None else None
-        if acc is None:
-            return []
-        lo = p.ts - self.lookback_ms
-        return [x for x in acc.touches if lo < x[0] <= p.ts]
 
     def _index(self, p: Purchase, key: str, ts: int) -> None:
         """File the purchase under its account, so the account's later touches find it."""
@@ -193,7 +199,17 @@ class Attribution:
         self.accounts.put(p.account, acc)
 
     def _credit(self, key: str, p: Purchase, table: Keyed[str, Purchase]) -> list[Fact]:
-        after = credits(p.ts, p.amount, p.touches, self.half_life_ms) if p.won else []
+        after: list[Fact] = []
+        if p.won:
+            acc = self.accounts.get(p.account) if p.account is not None else None
+            before: list[tuple[str, str, list[int]]] = []  # touches in its lookback
+            for g in acc.groups if acc is not None else ():
+                times = memoryview(g.times).cast("q")
+                lo = bisect.bisect_right(times, p.ts - self.lookback_ms)
+                hi = bisect.bisect_right(times, p.ts)
+                if hi > lo:
+                    before.append((g.campaign, g.channel, times[lo:hi].tolist()))
+            after = credits(p.ts, p.amount, before, self.half_life_ms)
         out = net_change(p.facts, after)
         p.facts = after
         table.put(key, p)
@@ -203,7 +219,7 @@ class Attribution:
         raise NotImplementedError("its facts are final as they come")
 
     def expire(self, watermark: int) -> None:
-        self._floor = watermark - self.reach_ms - self.lookback_ms
+        self._floor = watermark - 2 * self.reach_ms - self.lookback_ms
         self.accounts.sweep(self._floor)
         self.orders.sweep(watermark - self.reach_ms)
         self.deals.sweep(watermark - self.horizon_ms)
@@ -227,39 +243,48 @@ class Attribution:
         return len(self.accounts) + len(self.orders) + len(self.deals)
 
 
-def credits(ts: int, amount: int, touches: list[Touch], half_life_ms: int) -> list[Fact]:
-    """A purchase's facts: per model, its amount split over its touches (sorted), summed per
-    campaign and channel."""
+#: a purchase's touches: per campaign and channel, their times (sorted)
+Credited = list[tuple[str, str, list[int]]]
+
+
+def credits(ts: int, amount: int, touches: Credited, half_life_ms: int) -> list[Fact]:
+    """A purchase's facts: per model, its amount split over its touches, summed per campaign
+    and channel."""
     if not amount:
         return []
     if not touches:
         return [(ts, "attributed_amount", _dims(UNKNOWN, UNKNOWN, m), amount) for m in MODELS]
     out: list[Fact] = []
     for model in MODELS:
-        per: dict[tuple[str, str], int] = {}
-        for (_, _, campaign, channel), share in zip(
-                touches, split(amount, weights(model, touches, ts, half_life_ms)), strict=True):
-            if share:
-                per[(campaign, channel)] = per.get((campaign, channel), 0) + share
+        shares = split(amount, weights(model, touches, ts, half_life_ms))
         out.extend((ts, "attributed_amount", _dims(c, ch, model), v)
-                   for (c, ch), v in sorted(per.items()))
+                   for (c, ch, _), v in zip(touches, shares, strict=True) if v)
     return out
 
 
-def weights(model: str, touches: list[Touch], ts: int, half_life_ms: int) -> list[int]:
-    """Each touch's integer weight under a model (touches sorted, the first the earliest)."""
-    n = len(touches)
-    if model == "first_touch":
-        return [1] + [0] * (n - 1)
-    if model == "last_touch":
-        return [0] * (n - 1) + [1]
+def weights(model: str, touches: Credited, ts: int, half_life_ms: int) -> list[int]:
+    """Each campaign and channel's integer weight under a model: the sum of its touches'.
+    The first touch is the earliest (ties: the first campaign, then channel), the last the
+    latest (ties: the last)."""
+    counts = [len(times) for _, _, times in touches]
     if model == "linear":
-        return [1] * n
-    if model == "position_based":  # 40 % first, 40 % last, 20 % over the ones between
-        return [1] * n if n <= 2 else [2 * (n - 2)] + [1] * (n - 2) + [2 * (n - 2)]
-    if model == "time_decay":
-        return [max(1, round(_DECAY_ONE * 2 ** (-(ts - t) / half_life_ms)))
-                for t, _, _, _ in touches]
+        return counts
+    if model == "time_decay":  # each touch: 2**32 at the purchase, halving per half-life
+        return [sum(max(1, round(_DECAY_ONE * 2 ** (-(ts - t) / half_life_ms)))
+                    for t in times) for _, _, times in touches]
+    n = len(touches)
+    first = min(range(n), key=lambda i: (touches[i][2][0], i))
+    last = max(range(n), key=lambda i: (touches[i][2][-1], i))
+    if model == "first_touch":
+        return [int(i == first) for i in range(n)]
+    if model == "last_touch":
+        return [int(i == last) for i in range(n)]
+    if model == "position_based":  # 40 % first, 40 % last, 20 % over the touches between
+        total = sum(counts)
+        if total > 2:  # one touch takes all, two share evenly
+            counts[first] += 2 * (total - 2) - 1
+            counts[last] += 2 * (total - 2) - 1
+        return counts
     raise ValueError(f"unknown attribution model {model!r}")
 
 
@@ -276,13 +301,8 @@ def split(amount: int, weights: list[int]) -> list[int]:
     return shares
 
 
-def _insert(touches: list[Touch], touch: Touch) -> None:
-    """Insert in order; the same touch twice (a restored copy read again) is one."""
-    i = len(touches)
-    while i and touches[i - 1] > touch:
-        i -= 1
-    if not i or touches[i - 1] != touch:
-        touches.insert(i, touch)
+def _group_key(g: Touches) -> tuple[str, str]:
+    return g.campaign, g.channel
 
 
 def _dims(campaign: str, channel: str, model: str) -> Dims:

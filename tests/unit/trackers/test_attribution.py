@@ -90,8 +90,9 @@ def test_every_model_credits_the_purchase_by_hand() -> None:
 def test_credits_of_one_purchase_sum_exactly_to_its_amount() -> None:
     rng = random.Random(7)
     for n in (1, 2, 3, 7, 40):
-        touches = sorted((T0 + rng.randrange(90 * DAY), f"t{i}", f"c{rng.randrange(5)}",
-                          "web") for i in range(n))
+        touches = [(f"c{i}", "web", sorted(T0 + rng.randrange(90 * DAY)
+                                          for _ in range(rng.randrange(1, 4))))
+                   for i in range(n)]
         amount = rng.randrange(1, 10**12)
         facts = credits(T0 + 90 * DAY, amount, touches, 7 * DAY)
         for model in MODELS:
@@ -99,14 +100,36 @@ def test_credits_of_one_purchase_sum_exactly_to_its_amount() -> None:
 
 
 def test_model_weights() -> None:
-    touches = [(i, f"t{i}", "c", "web") for i in range(5)]
-    assert weights("position_based", touches, 10, DAY) == [6, 1, 1, 1, 6]  # 40/20/40
-    assert weights("position_based", touches[:2], 10, DAY) == [1, 1]
-    assert weights("first_touch", touches, 10, DAY) == [1, 0, 0, 0, 0]
-    decay = weights("time_decay", [(0, "a", "c", "w"), (DAY, "b", "c", "w")], 2 * DAY, DAY)
-    assert decay[1] == 2 * decay[0]  # a half-life apart: half the weight
+    five = [(f"c{i}", "web", [i]) for i in range(5)]
+    assert weights("position_based", five, 10, DAY) == [6, 1, 1, 1, 6]  # 40/20/40
+    assert weights("position_based", five[:2], 10, DAY) == [1, 1]
+    # c first and last, d between: 80 % and 20 %
+    assert weights("position_based", [("c", "web", [0, 5]), ("d", "web", [3])], 10, DAY) == [
+        4, 1]
+    assert weights("first_touch", five, 10, DAY) == [1, 0, 0, 0, 0]
+    assert weights("last_touch", five, 10, DAY) == [0, 0, 0, 0, 1]
+    # ties: the first by campaign, the last by the last campaign
+    tied = [("a", "web", [7]), ("b", "web", [7])]
+    assert weights("first_touch", tied, 10, DAY) == [1, 0]
+    assert weights("last_touch", tied, 10, DAY) == [0, 1]
+    assert weights("linear", [("c", "web", [0, 1, 2]), ("d", "web", [3])], 10, DAY) == [3, 1]
+    decay = weights("time_decay", [("c", "w", [0]), ("d", "w", [DAY])], 2 * DAY, DAY)
+    assert decay == [2**30, 2**31]  # a half-life apart: half the weight
     assert split(100, [1, 1, 1]) == [34, 33, 33]
     assert split(7, [0, 1]) == [0, 7]
+
+
+def test_touches_kept_packed_per_campaign_and_channel() -> None:
+    """A busy account's state is 8 bytes a touch, not an object per touch."""
+    t = Attribution(365 * DAY)
+    for i in range(500):
+        t.observe(touch(i, i / 1440, "x"))  # a touch a minute, one campaign
+    acc = t.accounts.get("a")
+    assert acc is not None and len(acc.groups) == 1 and len(acc.groups[0].times) == 500 * 8
+    got = facts_of([deal("d", 0.2, "won", 100)], t)  # after 289 of them
+    assert got == {(T0 + int(0.2 * DAY), "attributed_amount",
+                    (("campaign_id", "x"), ("channel", "web"), ("model", m))): 100 * MICRO
+                   for m in MODELS}
 
 
 class _Order(msgspec.Struct):
@@ -182,8 +205,8 @@ def test_state_survives_a_snapshot_and_expires() -> None:
     assert linear == {"x": -50 * MICRO, "w": 50 * MICRO}
     assert len(again) == 2  # the account and the deal
     # the deal lasts the horizon after its last event; its account's touches the lookback
-    # more (until configured, the horizon is how late an event may come)
+    # and twice the reach more (until configured, the reach is the horizon)
     again.expire(T0 + 10 * DAY + 365 * DAY + HOUR)
     assert len(again) == 1
-    again.expire(T0 + 10 * DAY + 455 * DAY + HOUR)
+    again.expire(T0 + 10 * DAY + 2 * 365 * DAY + 90 * DAY + HOUR)
     assert len(again) == 0
