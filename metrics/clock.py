@@ -40,6 +40,8 @@ class HeldEvent(msgspec.Struct, array_like=True, gc=False):
     data: bytes  # its struct, msgpack
     ref: Any
     arrival: int | None = None  # when the broker took it (epoch ms), if known
+    #: the watermark source it came from (its partition): None in a state written before
+    source: Any = None
 
 
 WATERMARK_VERSION = 1
@@ -152,32 +154,55 @@ class Watermark:
 _ENCODE = msgspec.msgpack.Encoder().encode
 
 
-def judge_held(held: list[tuple[Event, Any, int | None]], reach_ms: int
+def judge_held(held: list[tuple[Event, Any, int | None, Any]], reach_ms: int
                ) -> tuple[list[Event], list[tuple[Event, Any]]]:
-    """The events held before a family started, (event, ref, arrival), split as replay
-    would: taken in the order they reached the broker (else as they came), each is late
-    when it is older than the furthest event time before it by more than ``reach_ms`` (the
-    longest window + grace). The order of same-millisecond arrivals is unknown (a producer
-    sends thousands in one): they go oldest event time first, so an event is late only
-    behind one that provably reached the broker before it. (Newest first, a partition's
-    last event a day ahead, read while the family is held, made its same-millisecond
-    neighbours on other partitions late.) Returns the counted events and the late ones
+    """The events held before a family started, (event, ref, arrival, source), split as
+    replay would: taken in the order they reached the broker (else as they came), each is
+    late when it is older than the furthest counted event before it by more than
+    ``reach_ms`` (the longest window + grace). Within one millisecond of arrival (a producer
+    sends thousands in one) only a source's own order is known: an event is late behind the
+    earlier milliseconds' events and those before it in its own source (partition), never
+    behind another source's of the same millisecond. (Judged all in one, a partition's last
+    event a day ahead, read while the family is held, made its same-millisecond neighbours
+    on other partitions late; judged oldest first, an event 40 days old right behind its
+    own partition's earlier ones counted.) Returns the counted events and the late ones
     with their refs."""
-    held = sorted(held, key=lambda h: (0, 0) if h[2] is None else (h[2], h[0].ts_ms))
+    ordered = sorted(held, key=lambda h: NEVER if h[2] is None else h[2])  # stable
     furthest = NEVER
     counted: list[Event] = []
     late: list[tuple[Event, Any]] = []
-    for ev, ref, _ in held:
-        if ev.ts_ms < furthest - reach_ms:
-            late.append((ev, ref))
-        else:
+    i, n = 0, len(ordered)
+    while i < n:
+        arrival = ordered[i][2]
+        j = i + 1
+        while arrival is not None and j < n and ordered[j][2] == arrival:
+            j += 1
+        own: dict[Any, int] = {}  # per source, its furthest counted event in this moment
+        reached = furthest
+        for ev, ref, _, source in ordered[i:j]:
+            key = _hashable(source)
+            if ev.ts_ms < max(furthest, own.get(key, NEVER)) - reach_ms:
+                late.append((ev, ref))
+                continue
             counted.append(ev)
-            furthest = max(furthest, ev.ts_ms)
+            own[key] = max(own.get(key, NEVER), ev.ts_ms)
+            reached = max(reached, ev.ts_ms)
+        furthest, i = reached, j
     return counted, late
 
 
-def hold(ev: Event, ref: Any, arrival: int | None = None) -> HeldEvent:
-    return HeldEvent(ev.type, ev.event_id, ev.ts_ms, ev.family, _ENCODE(ev.data), ref, arrival)
+def _hashable(source: Any) -> Any:
+    """A source as restored (a partition's (topic, partition) comes back as a list)."""
+    return tuple(source) if isinstance(source, list) else source
+
+
+def source_of(h: HeldEvent) -> Any:
+    return _hashable(h.source)
+
+
+def hold(ev: Event, ref: Any, arrival: int | None = None, source: Any = None) -> HeldEvent:
+    return HeldEvent(ev.type, ev.event_id, ev.ts_ms, ev.family, _ENCODE(ev.data), ref, arrival,
+                     source)
 
 
 def unhold(h: HeldEvent) -> Event:

@@ -27,7 +27,7 @@ from typing import Any
 
 from metrics import codegen
 from metrics.catalog import Aggregate, Catalog
-from metrics.clock import Source, Watermark, hold, judge_held, unhold
+from metrics.clock import Source, Watermark, hold, judge_held, source_of, unhold
 from metrics.constants import NEVER, NEVER_END, TOTAL
 from metrics.counting import apply_late, count_interpreted
 from metrics.dedup import DedupStore, MemoryDedup
@@ -139,9 +139,9 @@ class KpiEngine:
                                                   for f in fams)])
             for name, fams in shards.items()}
         self._next_close = {f: NEVER for f in catalog.families}
-        #: events of a family whose windows have not started yet, with their refs
-        #: (event, ref, arrival): arrival is when the broker took it, if known
-        self._held: dict[str, list[tuple[Event, Any, int | None]]] = {
+        #: events of a family whose windows have not started yet: (event, ref, arrival,
+        #: source), arrival when the broker took it (if known), in each source's order
+        self._held: dict[str, list[tuple[Event, Any, int | None, Source]]] = {
             f: [] for f in catalog.families}
         #: refs of every event found late (held ones included); the shell drains it
         self.late_refs: list[Any] = []
@@ -184,7 +184,7 @@ class KpiEngine:
         ts = ev.ts_ms
         if not fw.started:
             seen.remember(eid, ts)
-            self._held[fam].append((ev, ref, arrival))
+            self._held[fam].append((ev, ref, arrival, source))
             wm.observe(source, ts)
             if wm.value == NEVER:
                 return "held"
@@ -214,10 +214,10 @@ class KpiEngine:
                 self.due = True
             return
         held = self._held[family]
-        if held and held[-1][0].type == PROGRESS_MARK and held[-1][2] == arrival:
-            ts = max(ts, held.pop()[0].ts_ms)  # marks of one moment: the furthest
+        if held and held[-1][0].type == PROGRESS_MARK and held[-1][2:] == (arrival, source):
+            ts = max(ts, held.pop()[0].ts_ms)  # a source's marks of one moment: the furthest
         mark = Event("", PROGRESS_MARK, ts, family, _MARK(event_id="-", ts=ts))
-        held.append((mark, None, arrival))
+        held.append((mark, None, arrival, source))
         if wm.value != NEVER:
             self.due = True  # advance() starts the family
 
@@ -253,7 +253,7 @@ class KpiEngine:
         fw = self.windows[fam]
         held, self._held[fam] = self._held[fam], []
         counted, late = judge_held(held, fw.cfg.longest_ms + fw.cfg.grace_ms)
-        if any(ev.type == PROGRESS_MARK for ev, _, _ in held):
+        if any(h[0].type == PROGRESS_MARK for h in held):
             counted = [ev for ev in counted if ev.type != PROGRESS_MARK]
             late = [(ev, ref) for ev, ref in late if ev.type != PROGRESS_MARK]
             if not counted and not late:
@@ -411,7 +411,7 @@ class KpiEngine:
         return EngineState(
             ENGINE_STATE_VERSION, windows=windows,
             watermarks={f: wm.snapshot() for f, wm in self.watermarks.items()},
-            held={f: [hold(ev, ref(r), a) for ev, r, a in held]
+            held={f: [hold(ev, ref(r), a, src) for ev, r, a, src in held]
                   for f, held in self._held.items()},
             dedup={s: d.snapshot() for s, d in self.dedup.items()}, trackers=trackers,
             publisher=publisher,
@@ -447,8 +447,8 @@ class KpiEngine:
             fw.restore(state.windows[f])
         for f, wm in self.watermarks.items():
             wm.restore(state.watermarks[f])
-        self._held = {f: [(unhold(h), ref(h.ref), h.arrival) for h in state.held.get(f, ())]
-                      for f in self.catalog.families}
+        self._held = {f: [(unhold(h), ref(h.ref), h.arrival, source_of(h))
+                          for h in state.held.get(f, ())] for f in self.catalog.families}
         for s, d in self.dedup.items():
             d.restore(state.dedup[s])
         for n, t in self.trackers.items():
@@ -489,7 +489,7 @@ class KpiEngine:
 
     def held(self, family: str) -> list[tuple[Event, Any]]:
         """The events a family holds, with their refs, in arrival order."""
-        return [(ev, r) for ev, r, _ in self._held[family]]
+        return [(h[0], h[1]) for h in self._held[family]]
 
     def state_sizes(self) -> dict[str, int]:
         return {
