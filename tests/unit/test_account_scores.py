@@ -6,7 +6,8 @@ from __future__ import annotations
 from metrics.account_scores import AccountScores
 from metrics.events import Event
 from metrics.trackers.account_purchases import AccountPurchases
-from tests.unit.trackers.test_account_purchases import AT, DAY, _Order, rfm_orders
+from tests.unit.trackers.test_account_purchases import AT, DAY, rfm_orders
+from tests.unit.trackers.test_attribution import _Order
 
 
 def purchases() -> AccountPurchases:

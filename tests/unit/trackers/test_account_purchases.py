@@ -17,6 +17,7 @@ from metrics.trackers.account_purchases import (
     segment,
 )
 from tests.helpers import HOUR, ms, pick, replay
+from tests.unit.trackers.test_attribution import _Deal, _Order
 
 DAY = 24 * HOUR
 T0 = ms("2026-03-02T00:00:00+00:00")
@@ -74,18 +75,6 @@ def test_a_late_purchase_revises_the_windows_holding_it() -> None:
     # C joins the active accounts of the 30 days (not closed when the order came)
     assert pick(records, "purchase_frequency", "30d", "2026-03-13T00:00:00Z"
                 )["denominator"] == 4
-
-
-class _Order(msgspec.Struct):
-    amount: float
-    account_id: str | None = None
-
-
-class _Deal(msgspec.Struct):
-    deal_id: str
-    stage: str
-    amount: float | None = None
-    account_id: str | None = None
 
 
 def events() -> list[Event]:
