@@ -104,9 +104,11 @@ def build_catalog(doc: Any) -> Catalog:
         for b in kpi.breakdowns:
             num, den = kpi.formulas(b)
             dims = set(b.split("+"))
-            for term in (t for f in num + den for t in f):
-                if not term.total and dims <= aggregates[term.aggregate].supported_dims:
-                    needed[term.aggregate].add(b)
+            # a mean's spread too: each row's interval reads its own sum of squares
+            terms = [t.aggregate for f in num + den for t in f if not t.total]
+            for agg in [*terms, kpi.spread] if kpi.spread else terms:
+                if dims <= aggregates[agg].supported_dims:
+                    needed[agg].add(b)
     breakdowns = {a: tuple(sorted(bs)) for a, bs in needed.items()}
     return Catalog(currency, max_series, families, aggregates, kpis, breakdowns,
                    _attribution(doc.get("attribution"), c))

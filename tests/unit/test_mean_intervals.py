@@ -122,3 +122,20 @@ def test_a_spread_needs_a_mean() -> None:
     with pytest.raises(CatalogError, match=r"email_open_rate\.spread"):
         build_catalog(raw)
     assert DEFAULT_CATALOG.kpis["avg_deal_size"].interval == "normal"
+
+
+def test_a_breakdowns_interval_reads_its_own_sum_of_squares() -> None:
+    """Per page, the interval of the mean time on page is that page's: a page whose views
+    all last 10 s has a 10 s interval, however spread the other page's are. (It read the
+    total's sum of squares: here a nonsense interval below zero.)"""
+    a, b = [10.0, 10.0, 10.0, 10.0], [100.0, 200.0, 300.0, 400.0]
+    events = views(a + b)
+    for e in events[len(a):]:
+        e["page"] = "/b"
+    records = replay(events, now_ms=T0 + DAY)
+    rows = {r["dims"].get("page"): r for r in records
+            if r["kpi"] == "web_avg_time_on_page_seconds" and r["window"] == "1h"
+            and r["final"]}
+    assert (rows["/"]["lower"], rows["/"]["upper"]) == (10.0, 10.0)
+    assert (rows["/b"]["lower"], rows["/b"]["upper"]) == pytest.approx(normal(b))
+    assert (rows[None]["lower"], rows[None]["upper"]) == pytest.approx(normal(a + b))
