@@ -206,8 +206,10 @@ class Shard:
             applied = dict(self.applied)
             outbox, self.outbox = self.outbox, []
             # serialised under the lock: the state and the offsets agree
+            # with the restored outbox until it is sent (a revoke may precede the first tick)
             commit = self.durable.prepare(self.engine, self.snapshot_seq + 1, applied,
-                                          dict(self.stats.invalid), [r for _, r in outbox],
+                                          dict(self.stats.invalid),
+                                          [*self.resend, *(r for _, r in outbox)],
                                           self.alerts.snapshot(), self.baselines.snapshot())
         try:
             await self.durable.write(commit)
@@ -235,9 +237,8 @@ class Shard:
         return True
 
     def catching_up(self) -> bool:
-        """Reading a backlog: its commits come from the bound (``max_uncommitted``), not
-        the clock. A timed commit rewrites every part the backlog touched since the last:
-        every 5 s, that is a far longer changelog for a restart to read."""
+        """Reading a backlog: its commits come from the bound (``max_uncommitted``), not the
+        clock (a commit every 5 s rewrites what the backlog touched: a longer changelog)."""
         return sum(self._lag_by_tp.values()) > self.max_uncommitted // 4
 
     def uncommitted(self) -> int:
@@ -411,8 +412,8 @@ class Shard:
         return before
 
     async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
-        """Closed windows wait in the outbox for the snapshot that makes them durable; their
-        anomalies go out on `kpi-alerts` now, the stage's accounts' scores on `kpi-accounts`."""
+        """Closed windows wait in the outbox for the snapshot that makes them durable; anomalies
+        go out now (`kpi-alerts`), and the stage's account scores (`kpi-accounts`)."""
         self.outbox += [(t0, rec) for rec in records]
         self.out.history.add(records)
         if records and self.baselines.kpis:

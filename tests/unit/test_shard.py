@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from kpi_engine.generator import Generator, GeneratorConfig
+from metrics.records import window_key
 from streams.settings import Settings
 from streams.shard import Shard
 from streams.shard_ports import Outputs
@@ -196,6 +197,37 @@ def test_a_refused_commit_keeps_the_finals_for_the_next_snapshot() -> None:
 
     run(go())
     assert io.windows() and not shard.outbox
+
+
+def test_a_restored_outbox_survives_a_snapshot_taken_before_it_is_sent() -> None:
+    """A snapshot's closed windows whose offsets were never committed come back with it, to
+    be sent at the next owner's first tick; a revoke before that tick snapshots again: the
+    windows must stay in the state (they were lost there, and missing from kpi-windows,
+    in the kill loop)."""
+    io, table = FakeIO(), FakeTable()
+    first = new_shard(io, table)
+    parts = batches(traffic())
+
+    async def go() -> tuple[set[str], list[dict[str, Any]]]:
+        await first.activate([], 0.0)
+        for b in parts[:-1]:
+            await first.handle(b)
+        io.refuse_commits = True  # the state is written, the offsets are not: not sent
+        await first.snapshot(force=True)
+        waiting = {window_key(r) for _, r in first.outbox}
+        assert waiting and not io.windows()
+        second = new_shard(FakeIO(), table)
+        await second.activate(table.records("email"), 0.0)
+        await second.handle(parts[-1])
+        await second.deactivate()  # revoked before its first tick
+        third_io = FakeIO()
+        third = new_shard(third_io, table)
+        await third.activate(table.records("email"), 0.0)
+        await third.tick()
+        return waiting, third_io.windows()
+
+    waiting, sent = run(go())
+    assert waiting <= {window_key(r) for r in sent}
 
 
 class FailingTable(FakeTable):
