@@ -219,6 +219,9 @@ class Publisher:
         The families' pending tallies must be settled."""
         out: list[Record] = []
         partial: set[tuple[str, str]] = set()
+        #: (family, window, end) -> its open window's index: once per tick, not per KPI
+        #: (a windowed builtin such as RFM reads a year of purchases)
+        indexes: dict[tuple[str, str, int], Index] = {}
         for kpi in self.catalog.kpis.values():
             started = [f for f in kpi.families if fams.windows[f].started]
             if not started:
@@ -229,8 +232,12 @@ class Publisher:
                 if wm == NEVER:
                     continue
                 end = (wm // spec.hop_ms + 1) * spec.hop_ms
-                idx = merge_indexes([self._index(fams, f, wname, fams.windows[f].open_snapshot(
-                    spec, end), end - spec.size_ms, end) for f in started])
+                for f in started:
+                    if (f, wname, end) not in indexes:
+                        indexes[(f, wname, end)] = self._index(
+                            fams, f, wname, fams.windows[f].open_snapshot(spec, end),
+                            end - spec.size_ms, end)
+                idx = merge_indexes([indexes[(f, wname, end)] for f in started])
                 rows = self._kpi_rows[kpi.name](idx)
                 sq = self._squares(kpi, idx)
                 start_s, end_s = iso_boundary(end - spec.size_ms), iso_boundary(end)

@@ -28,17 +28,17 @@ import msgspec
 from metrics.constants import MICRO
 from metrics.events import ACCOUNTS, Event
 from metrics.trackers.base import Dims, Fact, Keyed
-from metrics.trackers.pipeline import WON, Step, insert_step, outcome, step_of
+from metrics.trackers.pipeline import WON, Step, deal_account, insert_step, outcome, step_of
 
 if TYPE_CHECKING:
     from metrics.catalog_types import Catalog
 
 YEAR_MS: Final = 365 * 86_400_000
-#: RFM segment by (recency score, frequency score), each 1-5: the usual map, read row by row
-SEGMENTS: Final = ("champions", "loyal", "new", "potential", "at_risk", "hibernating", "lost")
 
 
 def segment(r: int, f: int) -> str:
+    """The RFM segment of a recency and a frequency score (each 1-5): the usual map, read
+    row by row."""
     if r >= 4 and f >= 4:
         return "champions"
     if r >= 3 and f >= 3:
@@ -122,8 +122,7 @@ class AccountPurchases:
             deal = DealWins([], None, ev.ts_ms)
         insert_step(deal.history, step_of(d, ev.ts_ms))
         deal.last_ts = max(deal.last_ts, ev.ts_ms)
-        if d.account_id is not None and (deal.account is None or d.account_id < deal.account):
-            deal.account = d.account_id
+        deal.account = deal_account(deal.account, d.account_id)
         self.deals.put(d.deal_id, deal)
         stage, since, amount = outcome(deal.history)
         self._set("d:" + d.deal_id, (since, deal.account or "deal:" + d.deal_id, amount)

@@ -26,7 +26,7 @@ import msgspec
 from metrics.constants import MICRO, UNKNOWN
 from metrics.events import ACCOUNTS, TOUCH_CHANNEL, Event
 from metrics.trackers.base import Dims, Fact, Keyed, net_change
-from metrics.trackers.pipeline import WON, Step, insert_step, outcome, step_of
+from metrics.trackers.pipeline import WON, Step, deal_account, insert_step, outcome, step_of
 
 if TYPE_CHECKING:
     from metrics.catalog_types import Catalog
@@ -141,9 +141,7 @@ class Attribution:
             p = Purchase(None, 0, 0, False, [], [], ev.ts_ms)
         insert_step(p.history, step_of(d, ev.ts_ms))
         p.last_ts = max(p.last_ts, ev.ts_ms)
-        # one account per deal whatever the order its events come in: the smallest named
-        if d.account_id is not None and (p.account is None or d.account_id < p.account):
-            p.account = d.account_id
+        p.account = deal_account(p.account, d.account_id)
         stage, since, p.amount = outcome(p.history)
         p.won = stage == WON
         if p.won:

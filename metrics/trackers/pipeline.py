@@ -297,6 +297,11 @@ def step_of(data: Any, ts: int) -> Step:
     return ts, STAGE_INDEX[data.stage], round(amount * MICRO) if amount is not None else 0
 
 
+def deal_account(current: str | None, named: str | None) -> str | None:
+    """A deal's account whatever order its events come in: the smallest one they name."""
+    return named if named is not None and (current is None or named < current) else current
+
+
 def insert_step(history: list[Step], step: Step) -> None:
     """Insert in order; the same step twice (a resend under a new event id) is one."""
     i = len(history)
