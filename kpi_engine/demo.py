@@ -73,6 +73,7 @@ def run_demo(settings: Settings, gen_cfg: GeneratorConfig, duration_s: float | N
         print(f"  broker     {broker.url} (embedded Tansu)", flush=True)
         print(f"  dashboard  {base}/dashboard", flush=True)
         print(f"  KPIs       {base}/kpis", flush=True)
+        print(f"  accounts   {base}/accounts", flush=True)
         print(f"  metrics    {base}/metrics", flush=True)
         print(f"  health     {base}/health", flush=True)
         print(f"  logs       {logdir}", flush=True)

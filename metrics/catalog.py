@@ -11,12 +11,12 @@ from typing import Any, Final
 
 import yaml
 
+from metrics.catalog_blocks import Checker, attribution_block, check_companions, mql_block
 from metrics.catalog_types import (
     NAME_RE,
     Aggregate,
     Alert,
     Anomaly,
-    AttributionConfig,
     Catalog,
     FamilyConfig,
     Formula,
@@ -48,16 +48,6 @@ def _event_fields(event_type: str) -> frozenset[str]:
     return frozenset(names)
 
 
-class _Checker:
-    """Collects every problem instead of stopping at the first one."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def fail(self, where: str, msg: str) -> None:
-        self.problems.append(f"{where}: {msg}")
-
-
 def load_catalog(path: str | Path | None = None) -> Catalog:
     """Read a catalog file (the shipped default when ``path`` is None) and validate it."""
     if path is None:
@@ -77,7 +67,7 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
 
 
 def build_catalog(doc: Any) -> Catalog:
-    c = _Checker()
+    c = Checker()
     if not isinstance(doc, dict):
         raise CatalogError(["catalog: must be a mapping with families, aggregates and kpis"])
     if doc.get("version") != 1:
@@ -93,6 +83,7 @@ def build_catalog(doc: Any) -> Catalog:
     families = _families(doc, c)
     aggregates = _aggregates(doc, families, c)
     kpis = _kpis(doc, families, aggregates, c)
+    check_companions({a.builtin for a in aggregates.values() if a.builtin}, c)
     for kpi in kpis.values():  # the stage is a shard of its own (metrics/feed.py)
         if ACCOUNTS in kpi.families and len(set(kpi.families)) > 1:
             c.fail(f"kpis.{kpi.name}", "reads the accounts stage and input families: its "
@@ -111,32 +102,10 @@ def build_catalog(doc: Any) -> Catalog:
                     needed[agg].add(b)
     breakdowns = {a: tuple(sorted(bs)) for a, bs in needed.items()}
     return Catalog(currency, max_series, families, aggregates, kpis, breakdowns,
-                   _attribution(doc.get("attribution"), c))
+                   attribution_block(doc.get("attribution"), c), mql_block(doc.get("mql"), c))
 
 
-def _attribution(raw: Any, c: _Checker) -> AttributionConfig:
-    """`attribution: {lookback: 90d, half_life: 7d}` (both optional)."""
-    if raw is None:
-        return AttributionConfig()
-    if not isinstance(raw, dict) or set(raw) - {"lookback", "half_life"}:
-        c.fail("attribution", "must be a mapping with lookback and/or half_life")
-        raise CatalogError(c.problems)
-    got: dict[str, int] = {}
-    for key in ("lookback", "half_life"):
-        if key in raw:
-            try:
-                got[f"{key}_ms"] = parse_duration_ms(raw[key])
-            except ValueError as exc:
-                c.fail(f"attribution.{key}", str(exc))
-            else:
-                if got[f"{key}_ms"] <= 0:
-                    c.fail(f"attribution.{key}", "must be longer than 0")
-    if c.problems:
-        raise CatalogError(c.problems)
-    return AttributionConfig(**got)
-
-
-def _families(doc: dict[str, Any], c: _Checker) -> dict[str, FamilyConfig]:
+def _families(doc: dict[str, Any], c: Checker) -> dict[str, FamilyConfig]:
     hops_raw = doc.get("hops") or {}
     if not isinstance(hops_raw, dict):
         c.fail("hops", "must map window names to hop durations")
@@ -188,7 +157,7 @@ def _families(doc: dict[str, Any], c: _Checker) -> dict[str, FamilyConfig]:
 
 
 def _aggregates(
-    doc: dict[str, Any], families: dict[str, FamilyConfig], c: _Checker
+    doc: dict[str, Any], families: dict[str, FamilyConfig], c: Checker
 ) -> dict[str, Aggregate]:
     raw_all = doc.get("aggregates")
     if not isinstance(raw_all, dict) or not raw_all:
@@ -251,7 +220,7 @@ def _kpis(
     doc: dict[str, Any],
     families: dict[str, FamilyConfig],
     aggregates: dict[str, Aggregate],
-    c: _Checker,
+    c: Checker,
 ) -> dict[str, Kpi]:
     raw_all = doc.get("kpis")
     if not isinstance(raw_all, dict) or not raw_all:
@@ -320,7 +289,10 @@ def _kpis(
                 c.fail(f"{where}.alert.window", f"{chosen!r} is not one of the KPI's windows "
                        f"{list(windows)}")
             alert = replace(alert, window=chosen)
-        counts = all(_counts(aggregates[a]) for a in kpi.aggregates())
+        # a proportion: counts, and no growth rate ((x - y) / y)
+        counts = all(_counts(aggregates[a]) for a in kpi.aggregates()) and not any(
+            t.sign < 0 and t.aggregate in {u.aggregate for g in den for u in g}
+            for f in num for t in f)
         interval = "wilson" if kpi.unit == "ratio" and den and counts else \
             "poisson" if kpi.unit == "currency" and _cost_per_count(num, den, aggregates) \
             else ""
@@ -376,7 +348,7 @@ def _counts(agg: Aggregate) -> bool:
     return isinstance(fields.get(agg.sum_field), IntRange)
 
 
-def _formula(text: Any, where: str, aggregates: dict[str, Aggregate], c: _Checker) -> Formula:
+def _formula(text: Any, where: str, aggregates: dict[str, Aggregate], c: Checker) -> Formula:
     try:
         formula = parse_formula(text)
     except ValueError as exc:
@@ -389,7 +361,7 @@ def _formula(text: Any, where: str, aggregates: dict[str, Aggregate], c: _Checke
 
 
 def _kpi_windows(
-    raw: Any, fams: list[str], families: dict[str, FamilyConfig], where: str, c: _Checker
+    raw: Any, fams: list[str], families: dict[str, FamilyConfig], where: str, c: Checker
 ) -> tuple[str, ...]:
     per_family = [
         {w.name: (w.size_ms, w.hop_ms) for w in families[f].windows} for f in fams if f in families
@@ -408,7 +380,7 @@ def _kpi_windows(
     return chosen
 
 
-def _anomaly(raw: Any, where: str, windows: tuple[str, ...], c: _Checker) -> Anomaly | None:
+def _anomaly(raw: Any, where: str, windows: tuple[str, ...], c: Checker) -> Anomaly | None:
     """`anomaly: {window, band, alpha, min_samples, min_denominator, for, severity, by_dims}`,
     each optional (window: the KPI's shortest)."""
     if raw is None or not windows:
@@ -438,7 +410,7 @@ def _anomaly(raw: Any, where: str, windows: tuple[str, ...], c: _Checker) -> Ano
         return None
 
 
-def _alert(raw: Any, where: str, c: _Checker) -> Alert | None:
+def _alert(raw: Any, where: str, c: Checker) -> Alert | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -463,7 +435,7 @@ def _alert(raw: Any, where: str, c: _Checker) -> Alert | None:
     return Alert(ops[0], float(threshold), min_den, for_, severity, window)
 
 
-def _alert_common(raw: dict[str, Any], where: str, default_for: str, c: _Checker
+def _alert_common(raw: dict[str, Any], where: str, default_for: str, c: Checker
                   ) -> tuple[str, str, float]:
     """The settings a threshold alert and an anomaly share, checked: severity, `for` and
     the volume guard (an invalid one reads as 0)."""

@@ -37,6 +37,27 @@ class AttributionConfig:
     half_life_ms: int = 7 * 86_400_000
 
 
+#: engagement points per event type (a social interaction's times its count), and per page
+#: path prefix (a view of a pricing page weighs more than another page's)
+DEFAULT_POINTS: Final = (("email.opened", 1), ("email.clicked", 3), ("page.viewed", 1),
+                         ("goal.converted", 10), ("social.interaction", 2))
+
+
+@dataclass(frozen=True)
+class MqlConfig:
+    """Lead scoring (docs/catalog.md): an account's engagement points, summed per hour,
+    weigh half as much every ``half_life_ms`` and nothing after ``lookback_ms``; a lead is
+    an MQL from the first hour, within ``within_ms`` of its creation, at which its
+    account's score reaches ``threshold``."""
+
+    threshold: float = 40.0
+    half_life_ms: int = 14 * 86_400_000
+    lookback_ms: int = 90 * 86_400_000
+    within_ms: int = 90 * 86_400_000
+    points: tuple[tuple[str, int], ...] = DEFAULT_POINTS
+    pages: tuple[tuple[str, int], ...] = (("/pricing", 5),)
+
+
 @dataclass(frozen=True)
 class FamilyConfig:
     name: str
@@ -151,6 +172,7 @@ class Catalog:
     #: aggregate -> breakdown names it must be kept under (always including TOTAL)
     breakdowns: dict[str, tuple[str, ...]]
     attribution: AttributionConfig = AttributionConfig()
+    mql: MqlConfig = MqlConfig()
 
     def unit_label(self, kpi: Kpi) -> str:
         return self.currency if kpi.unit == "currency" else kpi.unit
@@ -182,7 +204,7 @@ class Catalog:
                        {f: c for f, c in self.families.items() if f in keep}, aggregates,
                        {n: k for n, k in self.kpis.items() if set(k.families) <= keep},
                        {n: b for n, b in self.breakdowns.items() if n in aggregates},
-                       self.attribution)
+                       self.attribution, self.mql)
 
 
 def parse_formula(text: Any) -> Formula:

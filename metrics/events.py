@@ -201,11 +201,11 @@ TYPES: Final[dict[str, TypeSpec]] = {
 #: family. Derived only: no topic and no replay input takes these types.
 ACCOUNT_FEEDS: Final[dict[str, str]] = {
     "order.placed": "account.order", "deal.stage_changed": "account.deal",
-    "spend.recorded": "account.spend", "email.clicked": "account.email_click",
-    "page.viewed": "account.page_view", "goal.converted": "account.goal",
-    "social.interaction": "account.social", "lead.created": "account.lead"}
-#: copies that are an account's touches (multi-touch attribution): made only of events
-#: carrying both account_id and campaign_id -> the channel of one that carries none
+    "spend.recorded": "account.spend", "email.opened": "account.email_open",
+    "email.clicked": "account.email_click", "page.viewed": "account.page_view",
+    "goal.converted": "account.goal", "social.interaction": "account.social",
+    "lead.created": "account.lead"}
+#: copies that are touches (attribution: with account and campaign) -> a default channel
 TOUCH_CHANNEL: Final[dict[str, str]] = {
     "account.email_click": "email", "account.page_view": "web", "account.goal": "web",
     "account.social": "social", "account.lead": "unknown"}

@@ -22,7 +22,8 @@ from typing import Any, Final
 
 from metrics.clock import Source
 from metrics.engine import KpiEngine
-from metrics.events import ACCOUNT_FEEDS, ACCOUNTS, TOUCH_CHANNEL, TYPES, Event, struct_of
+from metrics.events import ACCOUNT_FEEDS, ACCOUNTS, TYPES, Event, struct_of
+from metrics.trackers.lead_scoring import ENGAGEMENT
 
 #: families with events the stage copies: their every event moves the stage's event time
 FEEDING_FAMILIES: Final = frozenset(TYPES[t].family for t in ACCOUNT_FEEDS)
@@ -32,13 +33,12 @@ _COPY_STRUCT: Final = {t: struct_of(c) for t, c in ACCOUNT_FEEDS.items()}
 
 
 def copied(ev: Event) -> bool:
-    """Whether the stage reads this input event: a touch only when it names its account and
-    campaign (what attribution credits), every other fed type always."""
+    """Whether the stage reads this input event: an account's engagement (lead scoring, and
+    attribution's touches) only when it names the account, every other fed type always."""
     copy_type = ACCOUNT_FEEDS.get(ev.type)
     if copy_type is None:
         return False
-    data = ev.data
-    return copy_type not in TOUCH_CHANNEL or bool(data.account_id and data.campaign_id)
+    return copy_type not in ENGAGEMENT or bool(ev.data.account_id)
 
 
 def copy_for_accounts(ev: Event) -> Event | None:

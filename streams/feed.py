@@ -16,7 +16,8 @@ accounts shard counts each event id once, so nothing is lost or counted twice.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Protocol
+import time
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
@@ -25,9 +26,11 @@ from metrics.catalog import Catalog
 from metrics.clock import Source
 from metrics.events import ACCOUNTS, Event, Invalid, Parser
 from metrics.feed import FEEDING_FAMILIES, copied, copy_for_accounts
+from metrics.records import iso_ms
 from metrics.trackers.account_purchases import AccountPurchases
+from metrics.trackers.lead_scoring import LeadScoring, mql_record
 from streams.settings import Settings
-from streams.topics import ACCOUNTS_TOPIC, SCORES_TOPIC, family_topic
+from streams.topics import ACCOUNTS_TOPIC, MQL_TOPIC, SCORES_TOPIC, family_topic
 
 if TYPE_CHECKING:
     from metrics.engine import KpiEngine
@@ -78,26 +81,43 @@ class FeedOut:
 
 class FeedIn:
     """The accounts shard's side: the input partitions it is fed from (its watermark's
-    sources), the copies read back as the stage's events, and the per-account scores out
-    (`kpi-accounts`)."""
+    sources), the copies read back as the stage's events, and what the stage tells of
+    accounts and leads (`kpi-accounts`, `kpi-mql`)."""
 
-    def __init__(self, settings: Settings, currency: str = "EUR"):
+    def __init__(self, settings: Settings, currency: str = "EUR", lifespan_years: float = 3.0):
         self.sources: list[tuple[str, int]] = [
             (family_topic(settings, f), p) for f in sorted(FEEDING_FAMILIES)
             for p in range(settings.partitions)]
-        self.scores = AccountScores(currency)
+        self.scores = AccountScores(currency, lifespan_years)
         self.scores_topic = settings.topic(SCORES_TOPIC)
+        self.mql_topic = settings.topic(MQL_TOPIC)
+
+    async def send_stage(self, engine: KpiEngine, io: Sends, records: list[dict[str, Any]]
+                         ) -> None:
+        """The new MQLs (`kpi-mql`, at once: sales systems wait for them), and with closed
+        windows the account scores that changed."""
+        emitted_at = records[0]["emitted_at"] if records else iso_ms(round(time.time() * 1000))
+        scoring = engine.trackers.get(LeadScoring.name)
+        if isinstance(scoring, LeadScoring) and scoring.unannounced:
+            for lead_id, lead in scoring.announce():
+                rec = mql_record(lead_id, lead, scoring.cfg.threshold, emitted_at)
+                await io.send(self.mql_topic, lead_id.encode(), orjson.dumps(rec))
+        if records:
+            await self.send_scores(engine, io, emitted_at)
 
     async def send_scores(self, engine: KpiEngine, io: Sends, emitted_at: str) -> None:
         """The scores that changed, once the stage closed a newer longest window."""
         purchases = engine.trackers.get(AccountPurchases.name)
+        scoring = engine.trackers.get(LeadScoring.name)
         fw = engine.windows[ACCOUNTS]
-        if not isinstance(purchases, AccountPurchases) or not fw.started:
+        if not fw.started:
             return
         at = fw.last_end(max(fw.cfg.windows, key=lambda w: w.size_ms).name)
         if at is None:
             return
-        for account, rec in self.scores.update(purchases, at, emitted_at):
+        for account, rec in self.scores.update(
+                purchases if isinstance(purchases, AccountPurchases) else None, at,
+                emitted_at, scoring if isinstance(scoring, LeadScoring) else None):
             await io.send(self.scores_topic, account.encode(), orjson.dumps(rec))
 
     def read(self, key: bytes | None, raw: bytes, parse: Parser
@@ -133,7 +153,8 @@ def feed_of(settings: Settings, catalog: Catalog, families: tuple[str, ...]
     if ACCOUNTS not in catalog.families:
         return None
     if ACCOUNTS in families:
-        return FeedIn(settings, catalog.currency)
+        ltv = catalog.kpis.get("customer_lifetime_value")  # its scale: the lifespan assumed
+        return FeedIn(settings, catalog.currency, ltv.scale if ltv is not None else 3.0)
     return FeedOut(settings) if FEEDING_FAMILIES & set(families) else None
 
 

@@ -413,15 +413,15 @@ class Shard:
 
     async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
         """Closed windows wait in the outbox for the snapshot that makes them durable; anomalies
-        go out now (`kpi-alerts`), and the stage's account scores (`kpi-accounts`)."""
+        go out now (`kpi-alerts`), and what the stage tells (`kpi-accounts`, `kpi-mql`)."""
         self.outbox += [(t0, rec) for rec in records]
         self.out.history.add(records)
         if records and self.baselines.kpis:
             for event in self.baselines.observe(records, records[0]["emitted_at"]):
                 await self.io.send(self.out.topic_alerts, alert_key(event).encode(),
                                    orjson.dumps(event))
-        if records and self.feed_in:
-            await self.feed_in.send_scores(self.engine, self.io, records[0]["emitted_at"])
+        if self.feed_in:  # new MQLs at once, account scores with closed windows
+            await self.feed_in.send_stage(self.engine, self.io, records)
 
     async def _send_finals(self, outbox: list[tuple[float, dict[str, Any]]]) -> None:
         send = self.io.send

@@ -29,6 +29,7 @@ FAMILY_TOPICS: Final = {fam: topic for topic, fam in _FAMILY_OF.items()}
 OUTPUT_TOPICS: Final = ("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", "kpi-alerts")
 #: per-account scores (metrics/account_scores.py): compacted, the latest per account wins
 SCORES_TOPIC: Final = "kpi-accounts"
+MQL_TOPIC: Final = "kpi-mql"  # a record per lead becoming an MQL, key lead_id
 
 
 def input_topics(settings: Settings) -> list[str]:
@@ -157,7 +158,8 @@ async def ensure_all_topics(settings: Settings, catalog: Catalog,
                         config={"cleanup.policy": "compact", **topic_configs(settings)},
                         client=client_kwargs(settings),
                         replication=settings.replication_factor, grow=True)
-    await ensure_topics(target, [settings.topic(SCORES_TOPIC)], settings.partitions,
+    await ensure_topics(target, [settings.topic(SCORES_TOPIC), settings.topic(MQL_TOPIC)],
+                        settings.partitions,
                         config={"cleanup.policy": "compact", **topic_configs(settings)},
                         client=client_kwargs(settings), replication=settings.replication_factor)
 

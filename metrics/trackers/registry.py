@@ -11,13 +11,14 @@ from metrics.trackers.attribution import Attribution
 from metrics.trackers.base import Tracker
 from metrics.trackers.cohorts import SendCohorts
 from metrics.trackers.first_seen import UniqueClickers, UniqueOpeners
+from metrics.trackers.lead_scoring import LeadScoring
 from metrics.trackers.pipeline import Pipeline
 from metrics.trackers.sessions import Sessions
 from metrics.trackers.visitors import Visitors
 
 TRACKERS: Final[tuple[type[Tracker], ...]] = (UniqueOpeners, UniqueClickers, SendCohorts,
                                               Sessions, Visitors, Pipeline, AccountRevenue,
-                                              Attribution, AccountPurchases)
+                                              Attribution, AccountPurchases, LeadScoring)
 
 #: builtin aggregate -> (the family of the tracker that makes it, the dims its facts carry)
 BUILTINS: Final[dict[str, tuple[str, frozenset[str]]]] = {

@@ -43,7 +43,8 @@ def test_demo_runs_counts_events_and_exits_cleanly() -> None:
     assert proc.returncode == 0, out.decode()
     assert seen > 0, "no kpi_engine_events_total during the demo"
     text = out.decode()
-    assert f"http://127.0.0.1:{port}/metrics" in text
+    for path in ("dashboard", "kpis", "accounts", "metrics", "health"):  # the banner's URLs
+        assert f"http://127.0.0.1:{port}/{path}" in text
     assert "first events counted" in text
     # nothing left behind: the broker and worker stopped with the demo
     assert len(kids) >= 2

@@ -4,6 +4,7 @@ exporter really exports."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -311,7 +312,15 @@ def exported_names() -> set[str]:
     engine = KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=0))
     stats = ShellStats()
     now = gen.end_ms + 60_000
-    for _, (_topic, raw) in gen.messages():
+    # the generator's history has CRM and spend only: an MQL 30.5 days back (a lead whose
+    # account converts four times) gives lead_velocity a previous window to compare with
+    day = 86_400_000
+    at = gen.cfg.start_ms - 30 * day - day // 2
+    mql = [orjson.dumps({"event_id": f"mql-{i}", "ts": at + i, "account_id": "acct-mql",
+                         **({"type": "lead.created", "lead_id": "lead-mql", "channel": "web"}
+                            if i == 0 else {"type": "goal.converted", "session_id": "s",
+                                            "goal": "demo"})}) for i in range(5)]
+    for _, (_topic, raw) in itertools.chain(((0, ("", m)) for m in mql), gen.messages()):
         ev = parse_event(raw, now_ms=now, currency="EUR")
         if type(ev) is Event:
             engine.ingest(ev)

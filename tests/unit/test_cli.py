@@ -85,7 +85,7 @@ def test_replay_exits_2_when_input_cannot_be_read(tmp_path: Path) -> None:
 def test_catalog_check_accepts_the_default() -> None:
     res = run("catalog", "check", str(DEFAULT))
     assert res.returncode == 0
-    assert b"OK, 34 KPIs" in res.stdout
+    assert b"OK, 36 KPIs" in res.stdout
 
 
 def test_catalog_check_lists_every_problem(tmp_path: Path) -> None:

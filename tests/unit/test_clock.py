@@ -165,6 +165,8 @@ def test_state_stays_flat_on_an_endless_stream() -> None:
     assert base["pipeline"] > 1000 and base["dedup_ids"] > 10_000
     for cp, s in sizes.items():
         for name, n in s.items():
+            if name == "lead_scoring":  # its horizons are its own (lookback, within: 90 d),
+                continue  # flat past them: tests/unit/trackers/test_lead_scoring.py
             assert n <= max(base[name] * 1.15, base[name] + 50), (cp // day_ms, name, n,
                                                                   base[name])
 

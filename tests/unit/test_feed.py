@@ -127,18 +127,28 @@ def test_a_copy_keeps_the_event_and_moves_it_to_the_accounts_family() -> None:
         "o1", "account.order", order.ts_ms, ACCOUNTS)
     assert (copy.get("amount"), copy.get("account_id"), copy.get("campaign_id"),
             copy.get("channel")) == (20.5, "a1", "c9", "web")
-    # a page view is a touch when it names its account and campaign (attribution)
+    # an engagement is copied when it names its account (lead scoring; attribution's
+    # touches are those naming a campaign too), not without
     view = parse_event(orjson.dumps(ev("p", "page.viewed", 1, session_id="s", page="/",
                                        account_id="a1")), now_ms=NOW)
-    assert type(view) is Event and copy_for_accounts(view) is None
-    named = parse_event(orjson.dumps(ev("p", "page.viewed", 1, session_id="s", page="/",
-                                        account_id="a1", campaign_id="c")), now_ms=NOW)
-    assert type(named) is Event
-    touch = copy_for_accounts(named)
-    assert touch is not None and touch.type == "account.page_view"
+    assert type(view) is Event
+    copied_view = copy_for_accounts(view)
+    assert copied_view is not None and copied_view.type == "account.page_view"
+    anonymous = parse_event(orjson.dumps(ev("p", "page.viewed", 1, session_id="s", page="/",
+                                            campaign_id="c")), now_ms=NOW)
+    assert type(anonymous) is Event and copy_for_accounts(anonymous) is None
     opened = parse_event(orjson.dumps(ev("m", "email.opened", 1, campaign_id="c",
                                          contact_id="k", account_id="a1")), now_ms=NOW)
-    assert type(opened) is Event and copy_for_accounts(opened) is None
+    assert type(opened) is Event
+    copied_open = copy_for_accounts(opened)
+    assert copied_open is not None and copied_open.type == "account.email_open"
+    sent = parse_event(orjson.dumps(ev("m2", "email.sent", 1, campaign_id="c",
+                                       contact_id="k", account_id="a1")), now_ms=NOW)
+    assert type(sent) is Event and copy_for_accounts(sent) is None
+    # every lead, account or not (the denominator of mql_rate)
+    lead = parse_event(orjson.dumps(ev("l", "lead.created", 1, lead_id="L", channel="web")),
+                       now_ms=NOW)
+    assert type(lead) is Event and copy_for_accounts(lead) is not None
     assert {"email", "web", "crm", "social", "spend"} == FEEDING_FAMILIES
 
 
@@ -211,7 +221,8 @@ def test_the_stage_engine_fed_copies_publishes_what_replay_does() -> None:
     part = DEFAULT_CATALOG.restrict((ACCOUNTS,))
     assert set(part.kpis) == {"marketing_spend_share_of_revenue", "attributed_revenue",
                               "attributed_romi", "purchase_frequency",
-                              "customer_lifetime_value", "rfm_segment_share"}
+                              "customer_lifetime_value", "rfm_segment_share", "mql_rate",
+                              "lead_velocity"}
     out = accounts_shard([(FAMILY_TOPIC[TYPES[e["type"]].family], orjson.dumps(e))
                           for e in DAY_ONE], part)
     whole = [r for r in replay(DAY_ONE, now_ms=NOW) if r["kpi"] in part.kpis]

@@ -1,0 +1,416 @@
+"""Lead scoring and MQLs in the accounts stage (seed 003's MQL score; docs/catalog.md).
+
+An account's engagement earns points (catalog `mql.points`: email opens and clicks, page
+views, a pricing page's more, goal conversions, social interactions times their count),
+summed per hour. Its score at hour H is the sum over the hours h in (H - lookback, H] of
+their points × 2^(-(H - h) / half-life), in hours. A lead (``account.lead``) is an MQL from
+the first hour H, from the hour it was created to ``within`` after, at which its account's
+score reaches the threshold. Only an hour with points, or a lead's own first hour, can be
+that hour: between them the score only decays.
+
+Points only add up, so a late event can only move a crossing earlier, and a lead announced
+as an MQL stays one: its ``kpi-mql`` record goes out as soon as its account crosses, and
+again if a late event moves its hour earlier. Facts: ``mqls`` +1 at the crossing hour (by
+the lead's channel and campaign); ``prior_mqls``, windowed, the crossings in the window of
+the same length just before (lead velocity). The score is a function of the hours' points,
+summed in hour order: shuffled input gives the same crossings.
+
+State: per account its hours with points, packed (16 bytes an hour), and its leads; no
+object per event. An hour is kept while a revisable crossing can read it (reach +
+lookback), a lead while its crossing can change or a revisable window reads it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import msgspec
+
+from metrics.catalog_types import MqlConfig
+from metrics.constants import HOUR_MS, UNKNOWN
+from metrics.events import ACCOUNTS, Event
+from metrics.records import iso_ms
+from metrics.trackers.base import Dims, Fact, Keyed
+
+if TYPE_CHECKING:
+    from metrics.catalog_types import Catalog
+
+#: the stage's copies that earn points -> the input type the catalog's points name
+ENGAGEMENT: Final[dict[str, str]] = {
+    "account.email_open": "email.opened", "account.email_click": "email.clicked",
+    "account.page_view": "page.viewed", "account.goal": "goal.converted",
+    "account.social": "social.interaction"}
+_DIMS: Final = frozenset({"channel", "campaign_id"})
+
+
+class Engagement(msgspec.Struct, gc=False):
+    """An account's points per hour, and its leads held."""
+
+    hours: bytes = b""  # epoch hours with points, ascending, packed int64
+    points: bytes = b""  # each one's points, packed int64
+    leads: list[str] = []
+    last_ts: int = 0
+
+
+class Lead(msgspec.Struct, gc=False):
+    account: str | None
+    created: int
+    channel: str
+    campaign: str
+    qualified: int | None = None  # the epoch hour it became an MQL
+    score: float = 0.0  # its account's score at that hour
+    announced: int | None = None  # the qualified hour last announced (``kpi-mql``)
+
+
+class LeadScoringState(msgspec.Struct, gc=False):
+    version: int
+    accounts: dict[str, Engagement]
+    leads: dict[str, Lead]
+
+
+class LeadScoring:
+    name: ClassVar[str] = "lead_scoring"
+    family: ClassVar[str] = ACCOUNTS
+    builtins: ClassVar[dict[str, frozenset[str]]] = {
+        "new_leads": _DIMS, "mqls": _DIMS, "mql_leads": _DIMS, "prior_mqls": _DIMS}
+    windowed: ClassVar[frozenset[str]] = frozenset({"mql_leads", "prior_mqls"})
+    consumes: ClassVar[frozenset[str]] = frozenset({*ENGAGEMENT, "account.lead"})
+    micro: ClassVar[frozenset[str]] = frozenset()
+    settles: ClassVar[bool] = False
+    state_type: ClassVar[type[msgspec.Struct]] = LeadScoringState
+    part_types: ClassVar[dict[str, Any]] = {
+        "accounts": dict[str, Engagement], "leads": dict[str, Lead]}
+    VERSION: ClassVar[int] = 1
+
+    def __init__(self, horizon_ms: int):
+        self.horizon_ms = horizon_ms
+        self.reach_ms = horizon_ms  # configure: the stage's longest window + grace
+        self.longest_ms = horizon_ms
+        self.accounts: Keyed[str, Engagement] = Keyed(_last_ts)
+        self.leads: Keyed[str, Lead] = Keyed(self._kept_by)
+        self._floor_h = -(2**62)  # hours before this no revisable crossing reads
+        #: account -> (hour, its score from the hours before it): derived, what each new
+        #: event of the hour adds its points to
+        self._base: dict[str, tuple[int, float]] = {}
+        self.unannounced: set[str] = set()
+        #: derived, sorted: (creation time, lead) and (crossing hour, lead), what the
+        #: windowed builtins read
+        self._by_created: list[tuple[int, str]] = []
+        self._by_crossing: list[tuple[int, str]] = []
+        self.set_config(MqlConfig())
+
+    def set_config(self, cfg: MqlConfig) -> None:
+        self.cfg = cfg
+        self._points = dict(cfg.points)
+        self._lookback_h = max(1, cfg.lookback_ms // HOUR_MS)
+        half_life_h = cfg.half_life_ms / HOUR_MS
+        self._decay = [2.0 ** (-k / half_life_h) for k in range(self._lookback_h)]
+        self._within_h = cfg.within_ms // HOUR_MS
+        self._base.clear()
+
+    def configure(self, catalog: Catalog) -> None:
+        fam = catalog.families[ACCOUNTS]
+        self.reach_ms = fam.longest_ms + fam.grace_ms
+        self.longest_ms = fam.longest_ms
+        self.set_config(catalog.mql)
+        self.leads.replace(dict(self.leads.data))  # filed by what these settings keep
+
+    # -- events ---------------------------------------------------------------------------
+
+    def observe(self, ev: Event) -> list[Fact]:
+        if ev.type == "account.lead":
+            return self._lead(ev)
+        d = ev.data
+        account = d.account_id
+        pts = self.points_of(ev)
+        if account is None or pts <= 0:
+            return []
+        hour = ev.ts_ms // HOUR_MS
+        acc = self.accounts.get(account)
+        if acc is None:
+            acc = Engagement(b"", b"", [], ev.ts_ms)
+        hours, points = array("q", acc.hours), array("q", acc.points)
+        if hours and hours[0] < self._floor_h:  # what no revisable crossing reads any more
+            cut = bisect.bisect_left(hours, self._floor_h)
+            del hours[:cut], points[:cut]
+        i = bisect.bisect_left(hours, hour)
+        if i < len(hours) and hours[i] == hour:
+            points[i] += pts
+        else:
+            hours.insert(i, hour)
+            points.insert(i, pts)
+        acc.hours, acc.points = hours.tobytes(), points.tobytes()
+        acc.last_ts = max(acc.last_ts, ev.ts_ms)
+        self.accounts.put(account, acc)
+        base = self._base.get(account)
+        if base is not None and base[0] > hour:  # an earlier hour's points changed
+            del self._base[account]
+        return self._rescore(account, acc, hour)
+
+    def points_of(self, ev: Event) -> int:
+        kind = ENGAGEMENT[ev.type]
+        d = ev.data
+        if kind == "page.viewed":
+            for prefix, pts in self.cfg.pages:
+                if d.page.startswith(prefix):
+                    return pts
+        pts = self._points.get(kind, 0)
+        return pts * d.count if kind == "social.interaction" else pts
+
+    def _lead(self, ev: Event) -> list[Fact]:
+        d = ev.data
+        key = d.lead_id
+        old = self.leads.get(key)
+        if old is not None and old.created <= ev.ts_ms:
+            return []  # the earliest creation of a lead is its creation
+        out: list[Fact] = []
+        if old is not None:  # an earlier creation of a lead seen: it starts over from that
+            out.append((old.created, "new_leads", _dims(old), -1))
+            _remove(self._by_created, (old.created, key))
+            if old.qualified is not None:
+                out.append(_fact(old, -1))
+                _remove(self._by_crossing, (old.qualified, key))
+            old_acc = self.accounts.get(old.account) if old.account is not None else None
+            if old_acc is not None and key in old_acc.leads:
+                old_acc.leads.remove(key)
+                self.accounts.touch(old.account)  # type: ignore[arg-type]
+        lead = Lead(d.account_id, ev.ts_ms, d.channel or UNKNOWN, d.campaign_id or UNKNOWN,
+                    None, 0.0, old.announced if old is not None else None)
+        self.leads.put(key, lead)
+        out.append((lead.created, "new_leads", _dims(lead), 1))
+        bisect.insort(self._by_created, (lead.created, key))
+        self._announce_check(key, lead)
+        if d.account_id is None:
+            return out  # no account: never scored
+        acc = self.accounts.get(d.account_id)
+        if acc is None:
+            acc = Engagement(b"", b"", [], ev.ts_ms)
+        acc.leads.append(key)
+        acc.last_ts = max(acc.last_ts, ev.ts_ms)
+        self.accounts.put(d.account_id, acc)
+        return out + self._rescore(d.account_id, acc, ev.ts_ms // HOUR_MS)
+
+    # -- scores -----------------------------------------------------------------------------
+
+    def _rescore(self, account: str, acc: Engagement, since: int) -> list[Fact]:
+        """Crossings of the account's leads that the hour ``since`` (its points changed, or a
+        lead created in it) can move: those not yet crossed, or crossed after it."""
+        held: list[str] = []
+        open_: list[tuple[str, Lead, int, int]] = []  # key, lead, first and last hour
+        for key in acc.leads:
+            lead = self.leads.get(key)
+            if lead is None:
+                continue  # expired
+            held.append(key)
+            first = lead.created // HOUR_MS
+            last = first + self._within_h
+            if last >= since and (lead.qualified is None or lead.qualified > since):
+                open_.append((key, lead, first, last))
+        if len(held) != len(acc.leads):
+            acc.leads = held
+            self.accounts.touch(account)
+        if not open_:
+            return []
+        hours = memoryview(acc.hours).cast("q")
+        start = max(since, min(first for _, _, first, _ in open_))
+        cands = {first for _, _, first, _ in open_ if first >= start}
+        cands.update(hours[bisect.bisect_left(hours, start):])
+        out: list[Fact] = []
+        for h in sorted(cands):
+            if not open_:
+                break
+            score = self.score(account, acc, h)
+            if score < self.cfg.threshold:
+                continue
+            still: list[tuple[str, Lead, int, int]] = []
+            for item in open_:
+                key, lead, first, last = item
+                if first <= h <= last and (lead.qualified is None or lead.qualified > h):
+                    if lead.qualified is not None:
+                        out.append(_fact(lead, -1))
+                        _remove(self._by_crossing, (lead.qualified, key))
+                    lead.qualified, lead.score = h, score
+                    out.append(_fact(lead, 1))
+                    bisect.insort(self._by_crossing, (h, key))
+                    self.leads.touch(key)
+                    self._announce_check(key, lead)
+                elif h < first:
+                    still.append(item)
+            open_ = still
+        return out
+
+    def score(self, account: str, acc: Engagement, hour: int) -> float:
+        """The account's score at an hour: its hours' points within the lookback, each
+        decayed by its age in hours, summed oldest first."""
+        cached = self._base.get(account)
+        if cached is not None and cached[0] == hour:
+            return cached[1] + self._points_at(acc, hour)
+        base, at = self._score_parts(acc, hour)
+        if cached is None or cached[0] <= hour:  # in-order input asks the newest hour
+            self._base[account] = (hour, base)
+        return base + at
+
+    def _points_at(self, acc: Engagement, hour: int) -> int:
+        hours = memoryview(acc.hours).cast("q")
+        i = bisect.bisect_left(hours, hour)
+        return memoryview(acc.points).cast("q")[i] if i < len(hours) and hours[i] == hour \
+            else 0
+
+    def _score_parts(self, acc: Engagement, hour: int) -> tuple[float, int]:
+        """The score from the hours before ``hour``, and the hour's own points."""
+        hours = memoryview(acc.hours).cast("q")
+        points = memoryview(acc.points).cast("q")
+        hi = bisect.bisect_right(hours, hour)
+        at = points[hi - 1] if hi and hours[hi - 1] == hour else 0
+        decay = self._decay
+        base = 0.0
+        for i in range(bisect.bisect_right(hours, hour - self._lookback_h),
+                       hi - 1 if at else hi):
+            base += points[i] * decay[hour - hours[i]]
+        return base, at
+
+    def scores(self, at: int) -> dict[str, int]:
+        """Each account's score at the hour holding ``at``, to the nearest whole point (the
+        accounts above 0): what `kpi-accounts` carries."""
+        hour = at // HOUR_MS
+        out: dict[str, int] = {}
+        for account, acc in self.accounts.data.items():
+            base, pts = self._score_parts(acc, hour)
+            score = round(base + pts)
+            if score > 0:
+                out[account] = score
+        return out
+
+    def current_score(self, account: str, at: int) -> float:
+        """The account's score at the hour holding ``at`` (0 for an unknown account)."""
+        acc = self.accounts.get(account)
+        return 0.0 if acc is None else self.score(account, acc, at // HOUR_MS)
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def _announce_check(self, key: str, lead: Lead) -> None:
+        if lead.qualified is not None and lead.qualified != lead.announced:
+            self.unannounced.add(key)
+        else:
+            self.unannounced.discard(key)
+
+    def announce(self) -> list[tuple[str, Lead]]:
+        """The leads that became MQLs (or whose hour moved earlier) since the last call,
+        marked announced (in the state: a restart does not announce them again)."""
+        out: list[tuple[str, Lead]] = []
+        for key in sorted(self.unannounced):
+            lead = self.leads.get(key)
+            if lead is not None and lead.qualified is not None:
+                lead.announced = lead.qualified
+                self.leads.touch(key)
+                out.append((key, lead))
+        self.unannounced.clear()
+        return out
+
+    def window_values(self, start: int, end: int, wanted: frozenset[str] = windowed
+                      ) -> list[tuple[str, Dims, float]]:
+        """``mql_leads``: the leads created in the window that became MQLs before its end
+        (the cohort: never more than the leads created); ``prior_mqls``: the crossings in
+        the window of the same length before this one. A change to either is a change to
+        ``mqls`` in the window, which revises it (the crossing hour is in it)."""
+        out: list[tuple[str, Dims, float]] = []
+        leads = self.leads.data
+        if "mql_leads" in wanted:
+            end_h = end // HOUR_MS  # windows end on an hour: crossed in an hour before it
+            out += _count("mql_leads", (leads[k] for _, k in _between(
+                self._by_created, start, end)), end_h)
+        if "prior_mqls" in wanted:
+            out += _count("prior_mqls", (leads[k] for _, k in _between(
+                self._by_crossing, (2 * start - end) // HOUR_MS, start // HOUR_MS)))
+        return out
+
+    def settled(self, watermark: int, grace_ms: int) -> int:
+        raise NotImplementedError("its facts are final as they come")
+
+    def expire(self, watermark: int) -> None:
+        cfg = self.cfg
+        self._floor_h = (watermark - self.reach_ms - cfg.lookback_ms) // HOUR_MS - 1
+        for account, _ in self.accounts.sweep(
+                watermark - self.reach_ms - max(cfg.lookback_ms, cfg.within_ms)):
+            self._base.pop(account, None)
+        if self.leads.sweep(watermark - self.reach_ms - 2 * self.longest_ms):
+            self.loaded()
+
+    def _kept_by(self, lead: Lead) -> int:
+        """A lead is dropped once this is reach + two longest windows behind the watermark:
+        its crossing can move until `within` + reach after its creation; a window still
+        revisable counts it up to reach + its length after its creation (``mql_leads``)
+        and up to reach + twice its length after its crossing (``prior_mqls``)."""
+        two = 2 * self.longest_ms
+        kept = max(lead.created + self.cfg.within_ms - two, lead.created - two // 2)
+        return kept if lead.qualified is None else max(kept, lead.qualified * HOUR_MS)
+
+    def snapshot(self) -> LeadScoringState:
+        return LeadScoringState(self.VERSION, self.accounts.data, self.leads.data)
+
+    def restore(self, state: LeadScoringState) -> None:
+        self.accounts.replace(state.accounts)
+        self.leads.replace(state.leads)
+        self.loaded()
+
+    def tables(self) -> dict[str, Keyed[Any, Any]]:
+        return {"accounts": self.accounts, "leads": self.leads}
+
+    def loaded(self) -> None:
+        self._base.clear()
+        leads = self.leads.data
+        self._by_created = sorted((lead.created, k) for k, lead in leads.items())
+        self._by_crossing = sorted((lead.qualified, k) for k, lead in leads.items()
+                                   if lead.qualified is not None)
+        self.unannounced = {k for k, lead in self.leads.data.items()
+                            if lead.qualified is not None and lead.qualified != lead.announced}
+
+    def __len__(self) -> int:
+        return len(self.accounts) + len(self.leads)
+
+
+def mql_record(lead_id: str, lead: Lead, threshold: float, emitted_at: str) -> dict[str, Any]:
+    """A lead's record on `kpi-mql` (key lead_id; sent again if its hour moves earlier)."""
+    assert lead.qualified is not None
+    return {"lead_id": lead_id, "account_id": lead.account, "campaign_id": lead.campaign,
+            "channel": lead.channel, "created_at": iso_ms(lead.created),
+            "mql_at": iso_ms(lead.qualified * HOUR_MS), "score": round(lead.score, 3),
+            "threshold": threshold, "emitted_at": emitted_at}
+
+
+def _between(index: list[tuple[int, str]], lo: int, hi: int) -> list[tuple[int, str]]:
+    return index[bisect.bisect_left(index, (lo,)):bisect.bisect_left(index, (hi,))]
+
+
+def _remove(index: list[tuple[int, str]], item: tuple[int, str]) -> None:
+    i = bisect.bisect_left(index, item)
+    if i < len(index) and index[i] == item:
+        del index[i]
+
+
+def _count(builtin: str, leads: Iterable[Lead], crossed_before: int | None = None
+           ) -> list[tuple[str, Dims, float]]:
+    """Leads per dims (those crossed before an hour, when one is given)."""
+    counts: dict[Dims, int] = {}
+    for lead in leads:
+        if crossed_before is None or (lead.qualified is not None
+                                      and lead.qualified < crossed_before):
+            dims = _dims(lead)
+            counts[dims] = counts.get(dims, 0) + 1
+    return [(builtin, dims, n) for dims, n in counts.items()]
+
+
+def _dims(lead: Lead) -> Dims:
+    return (("campaign_id", lead.campaign), ("channel", lead.channel))
+
+
+def _fact(lead: Lead, delta: int) -> Fact:
+    assert lead.qualified is not None
+    return (lead.qualified * HOUR_MS, "mqls", _dims(lead), delta)
+
+
+def _last_ts(acc: Engagement) -> int:
+    return acc.last_ts
