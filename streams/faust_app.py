@@ -41,7 +41,7 @@ from streams.dashboard import page
 from streams.errors import SettingsError
 from streams.faust_table import StateTable
 from streams.health import tame_client_logs
-from streams.kafka_client import client_kwargs, ssl_context
+from streams.kafka_client import client_kwargs, first_offset, ssl_context
 from streams.settings import Settings, local_state_dir, scratch_dir
 from streams.table_copy import LocalCopy, log_matches
 from streams.tansu import is_tansu, log_ends
@@ -69,8 +69,9 @@ MAX_POLL_RECORDS: Final = 10_000
 class FaustIO:
     """``ShardIO`` over a Faust app's producer and consumer."""
 
-    def __init__(self, app: faust.App):
+    def __init__(self, app: faust.App, settings: Settings):
         self.app = app
+        self.settings = settings
 
     async def send(self, topic: str, key: bytes | None, value: bytes,
                    timestamp: float | None = None) -> None:
@@ -121,6 +122,9 @@ class FaustIO:
     async def log_start(self, tp: tuple[str, int]) -> int:
         starts = await self.app.consumer.earliest_offsets(TP(*tp))
         return int(starts.get(TP(*tp)) or 0)
+
+    async def first_offset(self, tp: tuple[str, int], start: int) -> int | None:
+        return await first_offset(self.settings, tp, start)
 
     def membership_lost(self) -> bool:
         # aiokafka resets the generation when the coordinator no longer knows the member
@@ -328,7 +332,7 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
                        on_recovered=on_recovered, on_skip=on_skip, check=check,
                        copy=LocalCopy(local_state_dir(settings) / "state-table"))
     app.tables.add(table)
-    shell = KpiShell(settings, catalog, FaustIO(app), table, traffic)
+    shell = KpiShell(settings, catalog, FaustIO(app, settings), table, traffic)
     shells.append(shell)
     app.transport.Consumer = durable_consumer(shell, tansu)  # type: ignore[misc]
     source = app.topic(*input_topics(settings), key_type=bytes, value_type=bytes,

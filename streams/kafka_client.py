@@ -12,6 +12,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from streams.settings import Settings
 
 
@@ -44,3 +46,22 @@ def topic_configs(s: Settings) -> dict[str, str]:
     if s.min_insync_replicas:
         return {"min.insync.replicas": str(s.min_insync_replicas)}
     return {}
+
+
+async def first_offset(s: Settings, tp: tuple[str, int], start: int, timeout_s: float = 5.0
+                       ) -> int | None:
+    """The offset of a partition's first record at or after ``start`` (its log start when
+    ``start`` is below it), read by a fetch of its own; None when none came in time."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", request_timeout_ms=10_000,
+                                **client_kwargs(s))
+    await consumer.start()
+    try:
+        part = TopicPartition(*tp)
+        consumer.assign([part])
+        consumer.seek(part, start)
+        got = await consumer.getmany(part, timeout_ms=round(timeout_s * 1000), max_records=1)
+        msgs = got.get(part)
+        return int(msgs[0].offset) if msgs else None
+    finally:
+        await consumer.stop()

@@ -34,15 +34,7 @@ from streams.exporter import ShellStats
 from streams.feed import FeedIn, FeedOut
 from streams.settings import Settings, scratch_dir
 from streams.shard_ports import Outputs, ShardIO, StateStore
-from streams.state import (
-    EPOCH,
-    Offsets,
-    Snapshot,
-    claim_key,
-    decode,
-    follows,
-    owner_epoch,
-)
+from streams.state import EPOCH, Gaps, Offsets, Snapshot, claim_key, decode, owner_epoch
 from streams.topics import family_of
 
 log = logging.getLogger("kpi_engine.worker")
@@ -104,6 +96,7 @@ class Shard:
         self.active = False
         self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
         self._hole_at: dict[tuple[str, int], int] = {}  # offset a partition was re-read from
+        self._gaps = Gaps()  # gaps still there after a re-read, as the broker tells them
         #: partitions the state holds nothing of: the offset before their log's start, what
         #: their first message must follow (``_before_start``)
         self._before: dict[tuple[str, int], int] = {}
@@ -339,7 +332,7 @@ class Shard:
                 self.stale_skipped += 1
                 stale[tp] = msg.offset if last is None else last + 1
                 continue
-            where = follows(msg.offset, last, hole_at.get(tp))
+            where = await self._gaps.where(io, tp, msg.offset, last, hole_at.get(tp))
             if where == "replayed":  # re-read after a restart: already in the state
                 self.replayed_skipped += 1
                 continue
@@ -383,7 +376,7 @@ class Shard:
 
     async def _find_skipped(self) -> None:
         """Read again what the consumer passed without handing it over. A message the state
-        lacks is noticed when the next one arrives (``follows``); this finds the ones no
+        lacks is noticed when the next one arrives (``Gaps``); this finds the ones no
         message follows: the consumer's position stands still past the state's next offset
         (Faust drops a fetched batch it does not hand over, and seeks back only to committed
         offsets). A moving position has its messages on their way: left alone."""

@@ -46,6 +46,11 @@ class ShardIO(Protocol):
         """The partition's earliest offset still in the log."""
         ...
 
+    async def first_offset(self, tp: TP, start: int) -> int | None:
+        """The log's first record at or after ``start``, asked of the broker (None: none
+        came): what tells a real gap in a partition from a stale batch."""
+        ...
+
     def membership_lost(self) -> bool:
         """The group no longer knows this worker (its session expired, or the broker came
         back without the group): its partitions are lost, not handed over."""

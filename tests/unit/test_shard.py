@@ -45,6 +45,8 @@ class FakeIO:
         self.lost = False
         self.starts: dict[tuple[str, int], int] = {}  # log start offsets (retention)
         self.positions: dict[tuple[str, int], int] = {}  # the consumer's next offsets
+        self.gaps: set[int] = set()  # offsets with no record (transaction markers)
+        self.asked: list[tuple[tuple[str, int], int]] = []  # first_offset questions
         self.tps = {(TOPIC, p) for p in range(partitions)}
 
     async def send(self, topic: str, key: bytes | None, value: bytes,
@@ -81,6 +83,13 @@ class FakeIO:
 
     async def position(self, tp: tuple[str, int]) -> int | None:
         return self.positions.get(tp)
+
+    async def first_offset(self, tp: tuple[str, int], start: int) -> int | None:
+        self.asked.append((tp, start))
+        first = max(start, self.starts.get(tp, 0))
+        while first in self.gaps:  # offsets the log has no record at
+            first += 1
+        return first
 
     def windows(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for t, _, v in self.sent if t == "kpi-windows"]
@@ -331,6 +340,45 @@ def test_a_gap_in_a_partition_is_read_again_from_where_the_state_stops() -> None
         assert shard.applied[(TOPIC, 0)] == 19 and shard.replayed_skipped == 7
 
     run(go())
+
+
+def test_a_stale_batch_after_the_re_read_is_no_gap_and_a_real_gap_is_passed() -> None:
+    """After the seek that re-reads a gap, the consumer's buffers can still hand over
+    messages fetched before it: they do not follow either, and applying them would lose
+    what lies between for good (the kill loop's lost events). Only a gap the broker
+    confirms, its log's first record after the state's last, is passed over."""
+    io, shard, msgs = one_batch(partitions=1, n=50)
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        await shard.handle(msgs[:10])
+        await shard.handle(msgs[15:18])  # 10..14 missing: read again from 10
+        await shard.handle(msgs[18:20])  # still buffered from before the seek
+        assert shard.applied[(TOPIC, 0)] == 9
+        assert io.asked == [((TOPIC, 0), 10)]  # the broker has 10: a stale batch
+        await shard.handle(msgs[10:20])  # the re-read
+        assert shard.applied[(TOPIC, 0)] == 19
+        # offsets 20-22 are transaction markers: no record there, the gap is the log's
+        io.gaps = {20, 21, 22}
+        await shard.handle(msgs[23:25])
+        assert shard.applied[(TOPIC, 0)] == 19  # first read again from 20
+        await shard.handle(msgs[23:25])  # the re-read brings 23 first: passed over
+        assert shard.applied[(TOPIC, 0)] == 24
+        assert io.asked[-1] == ((TOPIC, 0), 20)
+
+    run(go())
+    # none lost, none twice: the distinct ids of 0..19 and 23, 24, as a shard reading them
+    # without any gap counts them
+    ref_io, ref, _ = one_batch(partitions=1, n=50)
+
+    async def straight() -> None:
+        await ref.activate([], 0.0)
+        await ref.handle(msgs[:20])
+        await ref.handle([replace(m, offset=20 + i) for i, m in enumerate(msgs[23:25])])
+
+    run(straight())
+    assert shard.engine.state_sizes() == ref.engine.state_sizes()
+    assert ref.applied[(TOPIC, 0)] == 21 and not ref_io.seeks
 
 
 def test_a_partition_the_state_never_saw_is_read_from_its_log_start() -> None:

@@ -233,6 +233,7 @@ def test_only_the_next_offset_extends_the_applied_prefix() -> None:
     assert follows(3, 7, None) == "replayed"
     # 8 missing: a batch fetched before a restore or rebalance; read again from 8
     assert follows(12, 7, None) == "hole"
-    assert follows(12, 7, 5) == "hole"  # re-read from elsewhere: still a hole
-    # read again from 8 and still no 8: the log itself has none (a transaction marker)
-    assert follows(9, 7, 8) == "apply"
+    assert follows(12, 7, 9) == "hole"  # the log has 9: 8 and 9 are still to come
+    # the broker says the log's first record after 7 is 12: a gap of its own (transaction
+    # markers, retention), passed over
+    assert follows(12, 7, 12) == "apply"
