@@ -29,7 +29,7 @@ from metrics.events import ACCOUNTS, Event, Parser, event_parser
 from metrics.records import update_key, window_key
 from metrics.timestamps import wall_ms
 from streams.dedup_disk import DiskDedup
-from streams.durable import Durable
+from streams.durable import Commit, Durable
 from streams.exporter import ShellStats
 from streams.feed import FeedIn, FeedOut
 from streams.settings import Settings, scratch_dir
@@ -83,6 +83,7 @@ class Shard:
         self.replayed_skipped = 0
         self.outbox: list[tuple[float, dict[str, Any]]] = []  # (batch start, record)
         self.resend: list[dict[str, Any]] = []
+        self.committing = 0  # closed windows of the commit under way, sent once it is durable
         #: what may wait for a commit (``uncommitted``) before a batch waits for one
         self.max_uncommitted = MAX_UNCOMMITTED
         #: one batch, one emit or one snapshot at a time: a snapshot sees whole batches only
@@ -198,12 +199,19 @@ class Shard:
                 await self.publish_finals(self.engine.advance(), time.perf_counter())
             applied = dict(self.applied)
             outbox, self.outbox = self.outbox, []
-            # serialised under the lock: the state and the offsets agree
-            # with the restored outbox until it is sent (a revoke may precede the first tick)
+            # under the lock: state and offsets agree; the restored outbox in it until sent
             commit = self.durable.prepare(self.engine, self.snapshot_seq + 1, applied,
                                           dict(self.stats.invalid),
                                           [*self.resend, *(r for _, r in outbox)],
                                           self.alerts.snapshot(), self.baselines.snapshot())
+        self.committing = len(outbox)  # still pending (/health) until sent or back in the outbox
+        try:
+            return await self._commit(commit, applied, outbox)
+        finally:
+            self.committing = 0
+
+    async def _commit(self, commit: Commit, applied: Offsets,
+                      outbox: list[tuple[float, dict[str, Any]]]) -> bool:
         try:
             await self.durable.write(commit)
         except (KafkaError, OSError, TimeoutError) as exc:
@@ -217,10 +225,9 @@ class Shard:
         self.snapshot_seq = commit.seq
         self._snapshot_applied = applied
         self._last_snapshot_at = time.monotonic()
-        # the input consumed bypasses Faust's acks (see durable_consumer): commit here. The
-        # group refuses a commit from a member it has replaced: then this worker's closed
-        # windows stay unsent (a newer owner publishes its own), else they wait for the next
-        # snapshot. The snapshot holds them either way, for whoever restores it.
+        # the input consumed bypasses Faust's acks (durable_consumer): commit here. A group
+        # refuses a member it replaced: its closed windows stay unsent (the newer owner has
+        # them: the snapshot holds them for whoever restores it)
         if await self.io.commit(self.durable_next):
             await self._send_finals(outbox)
         else:
@@ -483,7 +490,7 @@ class Shard:
             "state_skipped": self.stats.state_skipped,
             "snapshot_seq": self.snapshot_seq,
             # closed windows not yet on kpi-windows (they wait for a durable snapshot)
-            "pending_finals": len(self.outbox) + len(self.resend),
+            "pending_finals": len(self.outbox) + len(self.resend) + self.committing,
             "durable": self.applied == self._snapshot_applied,
             "state": e.state_sizes(),
             "ids_loaded": self.durable.ids_loaded,

@@ -190,6 +190,35 @@ def test_a_shard_counts_routes_and_publishes_finals_only_once_durable() -> None:
     assert want and final_values(io.windows()) == want
 
 
+def test_finals_of_a_commit_under_way_are_still_pending() -> None:
+    """/health's pending_finals counts the closed windows of a commit still being written:
+    a first commit after a whole log re-read takes seconds, and a reader told "none
+    pending" then would miss them on kpi-windows (the kill loop's missing finals)."""
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table)
+    seen: list[int] = []
+    write = table.write
+
+    async def slow_write(records: list[tuple[bytes, bytes]]) -> None:
+        seen.append(shard.health()["pending_finals"])  # while the commit is being written
+        await write(records)
+
+    table.write = slow_write  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        for b in batches(traffic()):
+            await shard.handle(b)
+        waiting = len(shard.outbox)
+        assert waiting and shard.health()["pending_finals"] == waiting
+        seen.clear()
+        await shard.snapshot(force=True)
+        assert seen and min(seen) >= waiting  # (and the revisions the commit carries)
+
+    run(go())
+    assert shard.health()["pending_finals"] == 0 and io.windows()
+
+
 def test_a_refused_commit_keeps_the_finals_for_the_next_snapshot() -> None:
     io, table = FakeIO(), FakeTable()
     shard = new_shard(io, table)
