@@ -90,7 +90,8 @@ class LeadScoring:
         self.reach_ms = horizon_ms  # configure: the stage's longest window + grace
         self.longest_ms = horizon_ms
         self.accounts: Keyed[str, Engagement] = Keyed(_last_ts)
-        self.leads: Keyed[str, Lead] = Keyed(self._kept_by)
+        self._kept = KeptBy()
+        self.leads: Keyed[str, Lead] = Keyed(self._kept)
         self._floor_h = -(2**62)  # hours before this no revisable crossing reads
         #: account -> (hour, its score from the hours before it): derived, what each new
         #: event of the hour adds its points to
@@ -104,6 +105,7 @@ class LeadScoring:
 
     def set_config(self, cfg: MqlConfig) -> None:
         self.cfg = cfg
+        self._kept.within_ms, self._kept.longest_ms = cfg.within_ms, self.longest_ms
         self._points = dict(cfg.points)
         self._lookback_h = max(1, cfg.lookback_ms // HOUR_MS)
         half_life_h = cfg.half_life_ms / HOUR_MS
@@ -339,14 +341,7 @@ class LeadScoring:
         if self.leads.sweep(watermark - self.reach_ms - 2 * self.longest_ms):
             self.loaded()
 
-    def _kept_by(self, lead: Lead) -> int:
-        """A lead is dropped once this is reach + two longest windows behind the watermark:
-        its crossing can move until `within` + reach after its creation; a window still
-        revisable counts it up to reach + its length after its creation (``mql_leads``)
-        and up to reach + twice its length after its crossing (``prior_mqls``)."""
-        two = 2 * self.longest_ms
-        kept = max(lead.created + self.cfg.within_ms - two, lead.created - two // 2)
-        return kept if lead.qualified is None else max(kept, lead.qualified * HOUR_MS)
+
 
     def snapshot(self) -> LeadScoringState:
         return LeadScoringState(self.VERSION, self.accounts.data, self.leads.data)
@@ -370,6 +365,24 @@ class LeadScoring:
 
     def __len__(self) -> int:
         return len(self.accounts) + len(self.leads)
+
+
+class KeptBy:
+    """A lead's filing time: it is dropped once this is reach + two longest windows behind
+    the watermark. Its crossing can move until `within` + reach after its creation; a window
+    still revisable counts it up to reach + its length after its creation (``mql_leads``)
+    and up to reach + twice its length after its crossing (``prior_mqls``). (Not a method
+    of the tracker: its table would hold the tracker in a cycle.)"""
+
+    __slots__ = ("longest_ms", "within_ms")
+
+    def __init__(self) -> None:
+        self.within_ms = self.longest_ms = 0
+
+    def __call__(self, lead: Lead) -> int:
+        two = 2 * self.longest_ms
+        kept = max(lead.created + self.within_ms - two, lead.created - two // 2)
+        return kept if lead.qualified is None else max(kept, lead.qualified * HOUR_MS)
 
 
 def mql_record(lead_id: str, lead: Lead, threshold: float, emitted_at: str) -> dict[str, Any]:
