@@ -290,9 +290,9 @@ def _kpis(
                        f"{list(windows)}")
             alert = replace(alert, window=chosen)
         # a proportion: counts, and no growth rate ((x - y) / y)
+        below = {t.aggregate for f in den for t in f}
         counts = all(_counts(aggregates[a]) for a in kpi.aggregates()) and not any(
-            t.sign < 0 and t.aggregate in {u.aggregate for g in den for u in g}
-            for f in num for t in f)
+            t.sign < 0 and t.aggregate in below for f in num for t in f)
         interval = "wilson" if kpi.unit == "ratio" and den and counts else \
             "poisson" if kpi.unit == "currency" and _cost_per_count(num, den, aggregates) \
             else ""

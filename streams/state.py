@@ -81,14 +81,15 @@ class Gaps:
                     reread_from: int | None) -> str:
         """``follows``, asking the broker once a partition re-read from last + 1 still
         shows a gap: only the log's own gap is passed over, never a stale batch's."""
-        nxt = None if last is None else last + 1
-        where = follows(offset, last, self.first.get((tp, nxt or 0)))
-        if where == "hole" and reread_from == nxt and (tp, nxt) not in self.first:
-            first = await io.first_offset(tp, nxt)
+        if last is None or offset <= last + 1:
+            return follows(offset, last, None)
+        key = (tp, last + 1)
+        first = self.first.get(key)
+        if first is None and reread_from == last + 1:
+            first = await io.first_offset(tp, last + 1)
             if first is not None:
-                self.first[(tp, nxt)] = first  # type: ignore[index]
-            where = follows(offset, last, first)
-        return where
+                self.first[key] = first
+        return follows(offset, last, first)
 
 
 __all__ = ["StateError"]
