@@ -57,8 +57,8 @@ class Watermark:
     clock from where it stood.
     """
 
-    __slots__ = ("first", "idle", "last_wall", "seen_wall", "sources", "touched", "value",
-                 "value_at_last_event")
+    __slots__ = ("first", "forgotten", "idle", "last_wall", "seen_wall", "sources", "touched",
+                 "value", "value_at_last_event")
 
     def __init__(self) -> None:
         self.sources: dict[Source, int] = {}  # source -> highest event time (NEVER: none yet)
@@ -69,6 +69,8 @@ class Watermark:
         self.value = NEVER
         self.last_wall = 0
         self.value_at_last_event = NEVER
+        #: a source was forgotten since the last recompute: the next event recomputes
+        self.forgotten = False
 
     def assign(self, source: Source, wall: int) -> None:
         if source not in self.sources:
@@ -76,12 +78,17 @@ class Watermark:
             self.seen_wall[source] = wall
 
     def forget(self, source: Source) -> None:
+        """The source no longer feeds the family (its partition revoked): from the next event
+        on it no longer holds the watermark back, never at once. A revoke forgets its
+        partitions one by one: recomputed after each, the watermark would jump to the
+        furthest of the last ones left, and the handover snapshot would carry that jump to
+        the next owner, making the others' events late (the kill loop's late events)."""
         self.sources.pop(source, None)
         self.first.pop(source, None)
         self.seen_wall.pop(source, None)
         self.idle.discard(source)
         self.touched.discard(source)
-        self._recompute()
+        self.forgotten = True
 
     def observe(self, source: Source, ts: int) -> None:
         sources = self.sources
@@ -95,8 +102,8 @@ class Watermark:
             if len(sources) == 1:  # one partition (replay): its event time is the minimum
                 if ts > self.value:
                     self.value = ts
-            elif cur is None or cur <= self.value:  # only the one at the minimum raises it
-                self._recompute()
+            elif cur is None or cur <= self.value or self.forgotten:
+                self._recompute()  # only the one at the minimum raises it
         self.touched.add(source)
 
     def expecting(self) -> bool:
@@ -104,6 +111,7 @@ class Watermark:
         return self.value == NEVER and any(s not in self.idle for s in self.sources)
 
     def _recompute(self) -> None:
+        self.forgotten = False
         idle = self.idle
         live = [t for s, t in self.sources.items() if s not in idle] if idle else \
             list(self.sources.values())
@@ -149,6 +157,7 @@ class Watermark:
         self.idle, self.touched = set(st.idle), set(st.touched)
         self.value, self.last_wall, self.value_at_last_event = (st.value, st.last_wall,
                                                                 st.value_at_last_event)
+        self.forgotten = True  # a source may have gone since the last recompute
 
 
 _ENCODE = msgspec.msgpack.Encoder().encode

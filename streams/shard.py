@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-from aiokafka.errors import KafkaError
 
 from metrics.alerts import AlertEvaluator, alert_key
 from metrics.baselines import Baselines, BaselineState
@@ -32,9 +31,10 @@ from streams.dedup_disk import DiskDedup
 from streams.durable import Commit, Durable
 from streams.exporter import ShellStats
 from streams.feed import FeedIn, FeedOut
+from streams.gaps import BROKER_ERRORS, Gaps
 from streams.settings import Settings, scratch_dir
 from streams.shard_ports import Outputs, ShardIO, StateStore
-from streams.state import EPOCH, Gaps, Offsets, Snapshot, claim_key, decode, owner_epoch
+from streams.state import EPOCH, Offsets, Snapshot, claim_key, decode, owner_epoch
 from streams.topics import family_of
 
 log = logging.getLogger("kpi_engine.worker")
@@ -96,12 +96,7 @@ class Shard:
         #: owns the shard's input partitions (streams/assignor.py); a standby holds no state
         self.active = False
         self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
-        self._hole_at: dict[tuple[str, int], int] = {}  # offset a partition was re-read from
-        self._gaps = Gaps()  # gaps still there after a re-read, as the broker tells them
-        #: partitions the state holds nothing of: the offset before their log's start, what
-        #: their first message must follow (``_before_start``)
-        self._before: dict[tuple[str, int], int] = {}
-        self._positions: dict[tuple[str, int], int | None] = {}  # at the last tick
+        self.gaps = Gaps()  # what the broker said of the partitions' logs (streams/gaps.py)
         #: the open records as of the engine's change mark (an idle shard reuses them), and
         #: per `kpi-updates` key what was last sent: only changed values go out again
         self._open_mark: tuple[Any, ...] | None = None
@@ -110,8 +105,7 @@ class Shard:
 
     def restore(self, records: list[tuple[bytes, bytes]], snap: Snapshot | None,
                 epoch: int) -> None:
-        self._before = {}  # read again: the log may have moved on since the last tenure
-        self._positions = {}
+        self.gaps.restart()
         self.durable.restore(self.engine, records, snap)
         # another owner may have sent newer values since this worker last did: send all
         self._open_mark, self._open_sent = None, {}
@@ -214,7 +208,7 @@ class Shard:
                       outbox: list[tuple[float, dict[str, Any]]]) -> bool:
         try:
             await self.durable.write(commit)
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except BROKER_ERRORS as exc:
             # the broker refused the state write (one that came back empty answers
             # UnknownError until the changelog exists again): nothing is lost, the next
             # commit writes everything again (``Durable.write``); the closed windows wait
@@ -229,7 +223,12 @@ class Shard:
         # refuses a member it replaced: its closed windows stay unsent (the newer owner has
         # them: the snapshot holds them for whoever restores it)
         if await self.io.commit(self.durable_next):
-            await self._send_finals(outbox)
+            try:
+                await self._send_finals(outbox)
+            except BROKER_ERRORS as exc:  # durable: the next tick sends them again
+                log.warning("%s: %d closed windows not sent (%s: %s); sending them again",
+                            self.name, len(outbox), type(exc).__name__, exc)
+                self.resend += [r for _, r in outbox]
         else:
             log.warning("%s: offsets not committed; %d closed windows wait", self.name,
                         len(outbox))
@@ -300,9 +299,7 @@ class Shard:
             rewind = await self._handle(batch)
             for tp, offset in rewind.items():
                 if tp in mine:  # ours: fetch it again from where the state stops
-                    log.warning("re-reading %s[%d] from %d", *tp, offset)
-                    self._hole_at[tp] = offset
-                    await self.io.seek(tp, offset)
+                    await self.gaps.reread(self.io, tp, offset)
         if self.uncommitted() > self.max_uncommitted:
             # a backlog read faster than commits are written would hold ever more closed
             # windows and ids in memory: the consumer waits for a commit instead
@@ -323,7 +320,7 @@ class Shard:
         applied = self.applied
         owned = self.owned
         stale: dict[tuple[str, int], int] = {}
-        hole_at = self._hole_at
+        gaps = self.gaps
         fed, feeds = self.feed_in, self.feed_out  # the accounts stage (streams/feed.py)
         for msg in batch:
             tp = (msg.topic, msg.partition)
@@ -332,14 +329,18 @@ class Shard:
                 continue
             last = applied.get(tp)
             if last is None and msg.offset > 0:
-                last = await self._before_start(tp)
+                last = await gaps.before_start(io, tp)
+                if last is None:  # the broker could not say where the log starts
+                    self.stale_skipped += 1
+                    stale[tp] = msg.offset
+                    continue
             if tp not in owned:
                 # fetched before a revoke: its owner reads it from the committed offset,
                 # which never passes what a snapshot holds
                 self.stale_skipped += 1
                 stale[tp] = msg.offset if last is None else last + 1
                 continue
-            where = await self._gaps.where(io, tp, msg.offset, last, hole_at.get(tp))
+            where = await gaps.where(io, tp, msg.offset, last)
             if where == "replayed":  # re-read after a restart: already in the state
                 self.replayed_skipped += 1
                 continue
@@ -381,36 +382,6 @@ class Shard:
         self._update_lag(last_offsets)
         return stale
 
-    async def _find_skipped(self) -> None:
-        """Read again what the consumer passed without handing it over. A message the state
-        lacks is noticed when the next one arrives (``Gaps``); this finds the ones no
-        message follows: the consumer's position stands still past the state's next offset
-        (Faust drops a fetched batch it does not hand over, and seeks back only to committed
-        offsets). A moving position has its messages on their way: left alone."""
-        for tp in sorted(self.owned):
-            pos = await self.io.position(tp)
-            seen, self._positions[tp] = self._positions.get(tp), pos
-            if pos is None or pos != seen:
-                continue
-            last = self.applied.get(tp)
-            nxt = (await self._before_start(tp) if last is None else last) + 1
-            if pos > nxt and self._hole_at.get(tp) != nxt:
-                log.warning("%s[%d]: the consumer is at %d, the state at %d: re-reading",
-                            *tp, pos, nxt)
-                self._hole_at[tp] = nxt
-                await self.io.seek(tp, nxt)
-
-    async def _before_start(self, tp: tuple[str, int]) -> int:
-        """For a partition the state holds nothing of, the offset just before its log's
-        start: its first message must follow it like any other. Faust drops a fetched batch
-        it does not hand over (flow stopped, generation changed) and seeks back only to
-        committed offsets, of which such a partition has none: without this, what it
-        dropped would be skipped for good."""
-        before = self._before.get(tp)
-        if before is None:
-            before = self._before[tp] = await self.io.log_start(tp) - 1
-        return before
-
     async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
         """Closed windows wait in the outbox for the snapshot that makes them durable; anomalies
         go out now (`kpi-alerts`), and what the stage tells (`kpi-accounts`, `kpi-mql`)."""
@@ -442,7 +413,7 @@ class Shard:
             return
         async with self._state_lock:
             await self.publish_finals(self.engine.advance(), t0)
-            await self._find_skipped()
+            await self.gaps.find_skipped(self.io, self.owned, self.applied)
         await self.snapshot()
         # the open values follow only the events counted and the watermarks (closes, settling
         # and expiry move with them): an unchanged mark means unchanged values

@@ -55,43 +55,6 @@ READS_FORMATS: Final = (3, 4)
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> last offset applied
 
 
-def follows(offset: int, last: int | None, first_after: int | None) -> str:
-    """Where a fetched message stands against the state's gapless prefix of its partition
-    (``last``: the last offset applied). 'apply': the next one (or the first one ever seen).
-    'replayed': already applied. 'hole': offsets are missing in between (a batch fetched
-    before a revoke, restore or rebalance, or still in the consumer's buffers after the
-    seek that re-reads them): read again from last + 1, unless the broker said the log's
-    first record after ``last`` is this one (``first_after``): a real gap in the log
-    (transaction markers, records gone with retention)."""
-    if last is None or offset == last + 1:
-        return "apply"
-    if offset <= last:
-        return "replayed"
-    return "apply" if first_after == offset else "hole"
-
-
-class Gaps:
-    """What the broker said of the gaps still there after a re-read: per (partition, offset
-    after the state's last), the log's first record from there."""
-
-    def __init__(self) -> None:
-        self.first: dict[tuple[tuple[str, int], int], int] = {}
-
-    async def where(self, io: Any, tp: tuple[str, int], offset: int, last: int | None,
-                    reread_from: int | None) -> str:
-        """``follows``, asking the broker once a partition re-read from last + 1 still
-        shows a gap: only the log's own gap is passed over, never a stale batch's."""
-        if last is None or offset <= last + 1:
-            return follows(offset, last, None)
-        key = (tp, last + 1)
-        first = self.first.get(key)
-        if first is None and reread_from == last + 1:
-            first = await io.first_offset(tp, last + 1)
-            if first is not None:
-                self.first[key] = first
-        return follows(offset, last, first)
-
-
 __all__ = ["StateError"]
 
 

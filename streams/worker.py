@@ -23,6 +23,7 @@ from streams.dashboard import History, RateMeter, catalog_meta
 from streams.errors import BrokerError
 from streams.exporter import Exposition, ShellStats, make_registry
 from streams.feed import feed_of
+from streams.gaps import BROKER_ERRORS
 from streams.health import BrokerWatch
 from streams.heap import HeapTrimmer
 from streams.kafka_client import client_kwargs
@@ -47,6 +48,8 @@ _SUMMED: Final = ("events", "invalid", "duplicates", "late", "held", "replayed_s
                   "stale_skipped", "state_skipped", "snapshot_seq", "pending_finals")
 #: seconds between attempts to activate a shard whose activation failed (the broker away)
 RETRY_ACTIVATION_S: Final = 2.0
+#: the fewest seconds between two log lines of emits the broker cut short
+TICK_ERROR_EVERY_S: Final = 30.0
 
 
 class KpiShell:
@@ -87,6 +90,7 @@ class KpiShell:
         #: refreshed every TRAFFIC_EVERY_S
         self.traffic: dict[str, float] = {} if traffic is None else traffic
         self._traffic_at = -TRAFFIC_EVERY_S
+        self._tick_failed_at = -TICK_ERROR_EVERY_S
         self._traffic_task: asyncio.Future[None] | None = None
         self.broker = BrokerWatch(settings.bootstrap) if settings.broker else None
         #: owned shards whose activation failed, with why; retried from ``tick``
@@ -220,7 +224,16 @@ class KpiShell:
     async def tick(self) -> None:
         await self._retry_activations()
         for sh in self.shards.values():
-            await sh.tick()
+            try:
+                await sh.tick()
+            except BROKER_ERRORS as exc:
+                # a send the broker refused (away, or back empty and not ready): the emit
+                # timer must not stop the worker; what was not sent goes with the next tick
+                now = time.monotonic()
+                if now - self._tick_failed_at >= TICK_ERROR_EVERY_S:
+                    self._tick_failed_at = now
+                    log.warning("%s: emit cut short (%s: %s)", sh.name,
+                                type(exc).__name__, exc)
         if time.monotonic() - self._traffic_at >= TRAFFIC_EVERY_S and (
                 self._traffic_task is None or self._traffic_task.done()):
             # beside the emits, not in their way: reading sizes can wait on the cluster

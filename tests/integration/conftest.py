@@ -63,7 +63,9 @@ class WorkerProc:
             health = f"health: {self.health()}"
         except OSError as exc:
             health = f"health: unreachable ({exc})"
-        return f"{health}\nworker log:\n{self.log_path.read_text()[-4000:]}"
+        code = self.proc.poll()
+        state = "running" if code is None else f"exited with {code}"
+        return f"{health}\nworker {state}, log:\n{self.log_path.read_text()[-4000:]}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -174,15 +176,30 @@ class Group:
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
              worker: WorkerProc | Group | None = None) -> None:
     deadline = time.monotonic() + timeout_s
+    last: OSError | None = None
     while time.monotonic() < deadline:
         try:
             if predicate():
                 return
         except TimeoutError:  # a worker busy with a large batch answers late: ask again
             pass
+        except OSError as exc:
+            # a worker that exited fails now, with its exit code and log (a bare "connection
+            # refused" says nothing in a CI report); one that is alive is asked again
+            if worker is None or not exited(worker):
+                raise
+            last = exc
+            break
         time.sleep(0.25)
     detail = "" if worker is None else "\n" + worker.detail()
+    if last is not None:
+        raise AssertionError(f"a worker exited while waiting for {what} ({last}){detail}")
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
+
+
+def exited(worker: WorkerProc | Group) -> bool:
+    procs = [worker] if isinstance(worker, WorkerProc) else worker.workers
+    return any(w.proc.poll() is not None for w in procs)
 
 
 def consumed(w: WorkerProc | Group) -> int:

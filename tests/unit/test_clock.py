@@ -373,3 +373,50 @@ def test_held_events_keep_their_source_through_a_snapshot() -> None:
     again.ingest(sent(T0 + MIN, eid="b"), source=("t", 1), arrival=8)
     again.advance()
     assert again.late_total["email"] == 1 and again.events_total == {"email.sent": 2}
+
+
+def test_a_revoke_never_raises_the_watermark_and_the_next_owner_waits_for_every_partition(
+) -> None:
+    """A revoke forgets a family's partitions one by one. Recomputed after each, the
+    watermark jumped to the furthest of the last ones left (here p3, at its log's end), the
+    handover snapshot carried it to the next owner, and every event the others still had to
+    deliver was late there (the kill loop's 14,836 late email events)."""
+    e = engine()
+    for p in ("p0", "p1", "p2", "p3"):
+        e.assign_source("email", p)
+    for p, minutes in (("p0", 3), ("p1", 2), ("p2", 4), ("p3", 59)):
+        e.ingest(sent(T0 + minutes * MIN), source=p)
+    assert e.watermarks["email"].value == T0 + 2 * MIN
+    for p in ("p0", "p1", "p2", "p3"):  # the revoke, before the handover snapshot
+        e.forget_source(p)
+        assert e.watermarks["email"].value == T0 + 2 * MIN
+    nxt = engine()
+    nxt.restore(e.snapshot())
+    for p in ("p0", "p1", "p2", "p3"):
+        nxt.assign_source("email", p)
+    assert nxt.watermarks["email"].value == T0 + 2 * MIN
+    # p1 goes on from 00:02: nothing of it is late, and p3 alone moves nothing
+    nxt.ingest(sent(T0 + 60 * MIN), source="p3")
+    assert nxt.ingest(sent(T0 + 3 * MIN), source="p1") == "ok"
+    assert nxt.watermarks["email"].value == T0 + 2 * MIN
+
+
+def test_a_partition_forgotten_for_good_stops_holding_the_others_back_at_their_next_event(
+) -> None:
+    e = engine()
+    for p in ("p0", "p1", "p2"):
+        e.assign_source("email", p)
+    e.ingest(sent(T0 + MIN), source="p0")
+    e.ingest(sent(T0 + 20 * MIN), source="p1")
+    e.ingest(sent(T0 + 30 * MIN), source="p2")
+    e.forget_source("p0")
+    assert e.watermarks["email"].value == T0 + MIN  # not at once
+    e.ingest(sent(T0 + 31 * MIN), source="p2")  # p2 was not at the minimum
+    assert e.watermarks["email"].value == T0 + 20 * MIN
+    # forgotten, then restored: still recomputed at the next event
+    e.forget_source("p1")
+    nxt = engine()
+    nxt.restore(e.snapshot())
+    nxt.assign_source("email", "p2")
+    nxt.ingest(sent(T0 + 32 * MIN), source="p2")
+    assert nxt.watermarks["email"].value == T0 + 32 * MIN

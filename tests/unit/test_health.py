@@ -10,7 +10,7 @@ import socket
 from dataclasses import replace
 
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from metrics.errors import StateError
 from streams.broker import free_port
@@ -19,8 +19,8 @@ from streams.settings import Settings
 from streams.state import Snapshot, encode
 from streams.topics import input_topics
 from streams.worker import KpiShell
-from tests.helpers import DEFAULT_CATALOG
-from tests.unit.test_shard import SETTINGS, FakeIO, FakeTable
+from tests.helpers import DEFAULT_CATALOG, final_values
+from tests.unit.test_shard import GEN, SETTINGS, TOPIC, FakeIO, FakeTable, batches, oracle
 
 
 def record(msg: str, *args: object, level: int = logging.ERROR,
@@ -140,3 +140,40 @@ def test_settings_without_a_broker_need_no_probe() -> None:
     assert shell(FakeTable())[0].broker is None
     assert KpiShell(replace(Settings(), broker="kafka://127.0.0.1:9"), DEFAULT_CATALOG,
                     FakeIO(), FakeTable()).broker is not None
+
+
+def test_sends_the_broker_refuses_neither_stop_the_worker_nor_lose_finals() -> None:
+    """A send the broker refuses (a topic not ready yet on a broker back empty) must not
+    raise out of the emit timer's tick (Faust stops the worker on a timer's error), and
+    closed windows whose send failed after their commit go out at a later tick."""
+    table = FakeTable()
+    sh, io = shell(table)
+    email = sh.shards["email"]
+    lines = [raw for _, (t, raw) in GEN.messages() if t == TOPIC]
+    refusing = [True]
+    send = io.send
+
+    async def flaky_send(topic: str, key: bytes | None, value: bytes,
+                         timestamp: float | None = None) -> None:
+        if refusing[0] and topic == "kpi-windows":
+            raise KafkaTimeoutError()
+        await send(topic, key, value, timestamp)
+
+    io.send = flaky_send  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await sh.on_state_recovered({"email"})
+        for b in batches(lines):
+            await email.handle(b)
+        assert email.outbox
+        await email.snapshot(force=True)  # durable, committed, but the sends refused
+        assert not email.outbox and email.resend and not io.windows()
+        await sh.tick()  # refused again: no error out of the timer
+        assert email.resend and not io.windows()
+        refusing[0] = False
+        await sh.tick()
+        assert not email.resend and email.health()["pending_finals"] == 0
+
+    asyncio.run(go())
+    assert io.windows() and final_values(io.windows()) == {
+        k: v for k, v in oracle(lines).items() if k in final_values(io.windows())}

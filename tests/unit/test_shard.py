@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
+from aiokafka.errors import UnknownError
 
 from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.records import window_key
@@ -437,6 +438,36 @@ def test_a_partition_the_state_never_saw_is_read_from_its_log_start() -> None:
     run(shard2.activate([], 0.0))
     run(shard2.handle(only[7:]))
     assert io2.seeks == [] and shard2.applied[(TOPIC, 0)] == 19
+
+
+def test_a_broker_that_cannot_answer_never_stops_the_shard_nor_loses_a_message() -> None:
+    """A broker back empty answers UnknownError while it elects leaders: the log start of a
+    partition the state never saw can't be known, so its message waits (read again from
+    where it is), and once the broker answers the partition is read from its log's start."""
+    io, shard, msgs = one_batch(partitions=1, n=30)
+    answers: list[BaseException | None] = [UnknownError(), None]
+    real = io.log_start
+
+    async def log_start(tp: tuple[str, int]) -> int:
+        error = answers.pop(0)
+        if error is not None:
+            raise error
+        return await real(tp)
+
+    io.log_start = log_start  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        await shard.handle(msgs[3:])  # 0..2 dropped by the consumer, the broker away
+        assert io.seeks == [((TOPIC, 0), 3)] and (TOPIC, 0) not in shard.applied
+        await shard.handle(msgs[3:])  # read again: the broker says the log starts at 0
+        assert io.seeks[-1] == ((TOPIC, 0), 0) and (TOPIC, 0) not in shard.applied
+        await shard.handle(msgs)
+        assert shard.applied[(TOPIC, 0)] == msgs[-1].offset
+
+    run(go())
+    assert sum(shard.engine.events_total.values()) + shard.engine.held_total + sum(
+        shard.stats.invalid.values()) + shard.engine.duplicates_total == len(msgs)
 
 
 def test_messages_the_consumer_passed_with_none_after_them_are_read_again() -> None:

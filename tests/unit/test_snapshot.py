@@ -22,7 +22,6 @@ from streams.state import (
     claim_key,
     decode,
     encode,
-    follows,
     owner_epoch,
     slot_of,
     superseded,
@@ -224,16 +223,3 @@ def test_malformed_records_are_passed_over_and_reported_the_snapshot_restored() 
     assert owner_epoch(JUNK + claim("g", 2), "g", 0) == 3
     assert set(superseded([k for k, _ in JUNK], "g", 5 * EPOCH)) == {
         b"g|1.0|zero", b"g|manifest|1.1", b"g|manifest|1.0"}
-
-
-def test_only_the_next_offset_extends_the_applied_prefix() -> None:
-    assert follows(7, None, None) == "apply"  # first message the state sees
-    assert follows(8, 7, None) == "apply"
-    assert follows(7, 7, None) == "replayed"
-    assert follows(3, 7, None) == "replayed"
-    # 8 missing: a batch fetched before a restore or rebalance; read again from 8
-    assert follows(12, 7, None) == "hole"
-    assert follows(12, 7, 9) == "hole"  # the log has 9: 8 and 9 are still to come
-    # the broker says the log's first record after 7 is 12: a gap of its own (transaction
-    # markers, retention), passed over
-    assert follows(12, 7, 12) == "apply"
