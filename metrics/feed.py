@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from metrics.catalog import Catalog
 from metrics.clock import Source
 from metrics.engine import KpiEngine
 from metrics.events import ACCOUNT_FEEDS, ACCOUNTS, TYPES, Event, struct_of
+from metrics.trackers import TRACKERS
 from metrics.trackers.lead_scoring import ENGAGEMENT
 
 #: families with events the stage copies: their every event moves the stage's event time
@@ -32,18 +34,35 @@ _FIELDS: Final = {t: tuple(struct_of(t).__struct_fields__) for t in ACCOUNT_FEED
 _COPY_STRUCT: Final = {t: struct_of(c) for t, c in ACCOUNT_FEEDS.items()}
 
 
-def copied(ev: Event) -> bool:
-    """Whether the stage reads this input event: an account's engagement (lead scoring, and
-    attribution's touches) only when it names the account, every other fed type always."""
+#: every copy type there is: what a catalog using the whole stage reads
+ALL_COPIES: Final = frozenset(ACCOUNT_FEEDS.values())
+
+
+def stage_reads(catalog: Catalog) -> frozenset[str]:
+    """The copy types the catalog's accounts stage reads: those its aggregates count and
+    those its trackers consume (a tracker runs when one of its builtins is used, as in the
+    engine). A catalog without lead scoring copies no email open, for instance."""
+    used = {a.builtin for a in catalog.aggregates.values() if a.builtin is not None}
+    reads = {a.event for a in catalog.aggregates.values() if a.event in ALL_COPIES}
+    for cls in TRACKERS:
+        if cls.family == ACCOUNTS and used & set(cls.builtins):
+            reads |= cls.consumes & ALL_COPIES
+    return frozenset(r for r in reads if r is not None)
+
+
+def copied(ev: Event, reads: frozenset[str] = ALL_COPIES) -> bool:
+    """Whether the stage reads this input event (``reads``: ``stage_reads`` of the catalog):
+    an account's engagement (lead scoring, and attribution's touches) only when it names
+    the account, every other fed type always."""
     copy_type = ACCOUNT_FEEDS.get(ev.type)
-    if copy_type is None:
+    if copy_type is None or copy_type not in reads:
         return False
     return copy_type not in ENGAGEMENT or bool(ev.data.account_id)
 
 
-def copy_for_accounts(ev: Event) -> Event | None:
+def copy_for_accounts(ev: Event, reads: frozenset[str] = ALL_COPIES) -> Event | None:
     """The accounts stage's copy of an event, or None when the stage does not read it."""
-    if not copied(ev):
+    if not copied(ev, reads):
         return None
     data = ev.data
     copy_type = ACCOUNT_FEEDS[ev.type]
@@ -56,11 +75,15 @@ class FeedingEngine(KpiEngine):
     """The engine over a catalog with the stage and families feeding it (replay: the whole
     catalog; ``KpiEngine(catalog)`` makes one): each event read also feeds the stage."""
 
+    def __init__(self, catalog: Catalog, *args: Any, **kwargs: Any):
+        super().__init__(catalog, *args, **kwargs)
+        self._reads = stage_reads(catalog)
+
     def ingest(self, ev: Event, source: Source = 0, ref: Any = None,
                arrival: int | None = None) -> str:
         verdict = KpiEngine.ingest(self, ev, source, ref, arrival)
         if ev.family in FEEDING_FAMILIES:
-            copy = copy_for_accounts(ev)
+            copy = copy_for_accounts(ev, self._reads)
             if copy is None:
                 self.progress(ACCOUNTS, source, ev.ts_ms, arrival)
             else:  # its own verdict: the stage has its own ids, grace and watermark

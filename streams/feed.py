@@ -25,7 +25,7 @@ from metrics.account_scores import AccountScores
 from metrics.catalog import Catalog
 from metrics.clock import Source
 from metrics.events import ACCOUNTS, Event, Invalid, Parser
-from metrics.feed import FEEDING_FAMILIES, copied, copy_for_accounts
+from metrics.feed import FEEDING_FAMILIES, copied, copy_for_accounts, stage_reads
 from metrics.records import iso_ms
 from metrics.trackers.account_purchases import AccountPurchases
 from metrics.trackers.lead_scoring import LeadScoring, mql_record
@@ -49,8 +49,9 @@ class FeedOut:
     of the event it reports): the stage judges what it holds in the order the input reached
     the broker, as the input's own shard does (metrics/clock.py: judge_held)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, reads: frozenset[str]):
         self.topic = settings.topic(ACCOUNTS_TOPIC)
+        self.reads = reads  # the copy types the stage reads (metrics/feed.py: stage_reads)
         self._copies: list[tuple[bytes, bytes, float | None]] = []
         #: per input partition in this batch: its latest event time and that event's
         #: timestamp, and its latest copy's event time
@@ -61,7 +62,7 @@ class FeedOut:
         ``stamp``: its message's timestamp, in seconds."""
         ts = ev.ts_ms
         seen, seen_at, last_copy = self._reached.get(tp, (0, None, 0))
-        if copied(ev):
+        if copied(ev, self.reads):
             self._copies.append((_key(tp), raw, stamp))
             last_copy = max(last_copy, ts)
         if ts > seen:
@@ -155,7 +156,7 @@ def feed_of(settings: Settings, catalog: Catalog, families: tuple[str, ...]
     if ACCOUNTS in families:
         ltv = catalog.kpis.get("customer_lifetime_value")  # its scale: the lifespan assumed
         return FeedIn(settings, catalog.currency, ltv.scale if ltv is not None else 3.0)
-    return FeedOut(settings) if FEEDING_FAMILIES & set(families) else None
+    return FeedOut(settings, stage_reads(catalog)) if FEEDING_FAMILIES & set(families) else None
 
 
 def _key(tp: tuple[str, int]) -> bytes:

@@ -349,3 +349,40 @@ def test_the_accounts_shard_commits_and_hands_over_what_it_holds(tmp_path: Path)
     two = run(go())
     assert two.engine.held_total == 0 and two.engine.events_total == {"account.order": 1}
     assert two.engine.windows[ACCOUNTS].started
+
+
+def test_the_stage_copies_only_what_the_catalog_reads() -> None:
+    """The copies come from the catalog: without lead scoring (its KPIs and builtins
+    removed) email opens and anonymous leads' engagement cost no copy, in replay and in a
+    worker alike; the default catalog copies every fed type."""
+    from metrics.feed import ALL_COPIES, stage_reads
+    from tests.unit.test_catalog_blocks import load_yaml
+
+    assert stage_reads(DEFAULT_CATALOG) == ALL_COPIES
+    doc = load_yaml()
+    for agg in ("account_leads", "account_mqls", "account_mql_leads", "account_prior_mqls"):
+        del doc["aggregates"][agg]
+    for kpi in ("mql_rate", "lead_velocity"):
+        del doc["kpis"][kpi]
+    catalog = build_catalog(doc)
+    reads = stage_reads(catalog)
+    assert "account.email_open" not in reads and "account.order" in reads
+    opened = parse_event(orjson.dumps({
+        "event_id": "o1", "type": "email.opened", "ts": T0, "campaign_id": "c",
+        "contact_id": "k", "account_id": "acme"}), now_ms=NOW)
+    order = parse_event(orjson.dumps({
+        "event_id": "p1", "type": "order.placed", "ts": T0, "order_id": "x", "cart_id": "c1",
+        "amount": 10,
+        "account_id": "acme"}), now_ms=NOW)
+    assert type(opened) is Event and type(order) is Event
+    assert copy_for_accounts(opened) is not None  # the whole stage reads it
+    assert copy_for_accounts(opened, reads) is None and copy_for_accounts(order, reads)
+    out = feed_of(Settings(), catalog, ("email",))
+    assert isinstance(out, FeedOut) and out.reads == reads
+    out.add(("email-events", 0), opened, b"{}", None)
+    assert out._copies == []
+    engine = KpiEngine(catalog, EngineConfig(idle_timeout_ms=0))
+    engine.ingest(opened)
+    engine.ingest(order)
+    assert "account.email_open" not in engine.events_total
+    assert engine.events_total.get("account.order") == 1
