@@ -147,6 +147,17 @@ class Watermark:
             if moved > self.value:
                 self.value = moved
 
+    def resume(self, wall: int) -> None:
+        """Wall-clock quiet counts from ``wall``: the time a worker was down, or cut off
+        from the broker, is no quiet time. Counted as quiet, a restart after 10 minutes
+        down moved event time 10 minutes on at once, and the backlog that reached the
+        broker meanwhile came in late."""
+        for src in self.seen_wall:
+            self.seen_wall[src] = wall
+        self.idle.clear()
+        self.last_wall = wall
+        self.value_at_last_event = self.value
+
     def snapshot(self) -> WatermarkState:
         return WatermarkState(WATERMARK_VERSION, self.sources, self.first, self.seen_wall,
                               list(self.idle), list(self.touched), self.value, self.last_wall,

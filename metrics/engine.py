@@ -288,6 +288,13 @@ class KpiEngine:
         for wm in self.watermarks.values():
             wm.forget(source)
 
+    def resume_wall(self) -> None:
+        """The wall clock's idle advance starts again from now (clock.Watermark.resume):
+        after a restore, and while the broker is out of reach."""
+        wall = self._clock()
+        for wm in self.watermarks.values():
+            wm.resume(wall)
+
     def sources(self) -> set[Source]:
         """Every source registered with a family's watermark."""
         return {src for wm in self.watermarks.values() for src in wm.sources}
@@ -463,6 +470,7 @@ class KpiEngine:
         self.due = c.due
         self._next_close = {f: self._compute_next_close(f) for f in self.catalog.families}
         self._bind_state()
+        self.resume_wall()  # the time the state spent stored was no quiet time
 
     def retain(self, written: dict[str, str], current: dict[str, str]) -> set[str]:
         """After restore(): keep the values of the aggregates whose definition is the same

@@ -265,7 +265,10 @@ class Shard:
             return
         if current == self.owned:
             return
-        for tp in self.owned - current:
+        for tp in self.owned - current - self.revoked:
+            # a revoked partition stays a source: the handover snapshot carries how far it
+            # got. Forgotten, the next owner registered it anew, and a partition read to its
+            # end never spoke again to let the watermark move (the kill loop's missing finals)
             self.engine.forget_source(tp)
         for tp in current - self.owned:
             self.engine.assign_source(family_of(self.settings, tp[0]), tp)  # type: ignore[arg-type]

@@ -223,7 +223,12 @@ class KpiShell:
 
     async def tick(self) -> None:
         await self._retry_activations()
+        cut_off = self.broker is not None and self.broker.problem() is not None
         for sh in self.shards.values():
+            if cut_off and sh.active:
+                # what reaches the broker meanwhile comes once it is back: a wall-clock
+                # idle advance now would make it late (clock.Watermark.resume)
+                sh.engine.resume_wall()
             try:
                 await sh.tick()
             except BROKER_ERRORS as exc:

@@ -420,3 +420,33 @@ def test_a_partition_forgotten_for_good_stops_holding_the_others_back_at_their_n
     nxt.assign_source("email", "p2")
     nxt.ingest(sent(T0 + 32 * MIN), source="p2")
     assert nxt.watermarks["email"].value == T0 + 32 * MIN
+
+
+def test_time_down_or_cut_off_from_the_broker_is_no_quiet_time() -> None:
+    """With an idle timeout, a family whose sources are all quiet moves on with the wall
+    clock. A worker restored after 10 minutes down counted those 10 minutes as quiet: event
+    time jumped 10 minutes at its first tick, closing windows the backlog (what reached the
+    broker meanwhile) still feeds. Restored, the quiet counts from the restore."""
+    clock = Clock(T0)
+    e = engine(clock, idle_ms=30_000)
+    for p in ("p0", "p1"):
+        e.assign_source("email", p)
+    for i in range(20):
+        clock.t = T0 + i * 1000
+        for p in ("p0", "p1"):
+            e.ingest(sent(T0 + i * 1000), source=p)
+        e.advance()
+    assert e.watermarks["email"].value == T0 + 19_000
+    later = Clock(T0 + 10 * MIN)
+    nxt = engine(later, idle_ms=30_000)
+    nxt.restore(e.snapshot())
+    nxt.advance()
+    assert nxt.watermarks["email"].value == T0 + 19_000  # not T0 + 10 min
+    later.t += 31_000  # really quiet now: it moves on from where it stood
+    nxt.advance()
+    assert nxt.watermarks["email"].value == T0 + 19_000 + 31_000
+    # the same while the broker is out of reach: resumed at every tick, no quiet builds up
+    later.t += 5 * MIN
+    nxt.resume_wall()
+    nxt.advance()
+    assert nxt.watermarks["email"].value == T0 + 50_000

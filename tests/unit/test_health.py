@@ -177,3 +177,41 @@ def test_sends_the_broker_refuses_neither_stop_the_worker_nor_lose_finals() -> N
     asyncio.run(go())
     assert io.windows() and final_values(io.windows()) == {
         k: v for k, v in oracle(lines).items() if k in final_values(io.windows())}
+
+
+def test_no_quiet_time_builds_up_while_the_broker_is_out_of_reach() -> None:
+    """Ten minutes cut off from the broker are no quiet time for the idle advance: what
+    reached the broker meanwhile comes once it is back, and would be late if event time
+    had moved on with the wall clock."""
+    table = FakeTable()
+    settings = replace(SETTINGS, broker=None, idle_timeout=30.0)
+    io = FakeIO()
+    io.tps = {(t, p) for t in input_topics(settings) for p in range(2)}
+    sh = KpiShell(settings, DEFAULT_CATALOG, io, table)
+    email = sh.shards["email"]
+    lines = [raw for _, (t, raw) in GEN.messages() if t == TOPIC]
+
+    def quiet_for(ms: int) -> None:  # as if the last events came ms ago
+        wm = email.engine.watermarks["email"]
+        wm.last_wall -= ms
+        for src in wm.seen_wall:
+            wm.seen_wall[src] -= ms
+
+    async def go() -> int:
+        await sh.on_state_recovered({"email"})
+        for b in batches(lines):
+            await email.handle(b)
+        await sh.tick()
+        before = email.engine.watermark("email")
+        sh.broker = BrokerWatch(f"127.0.0.1:{free_port()}", timeout_s=1.0)
+        await sh.broker.probe()
+        assert sh.broker.problem() is not None
+        quiet_for(600_000)
+        await sh.tick()
+        assert email.engine.watermark("email") == before
+        sh.broker = None  # back: really quiet from now on only
+        quiet_for(600_000)
+        await sh.tick()
+        return email.engine.watermark("email") - before
+
+    assert asyncio.run(go()) >= 600_000  # the test can see a jump

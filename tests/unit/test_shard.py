@@ -342,6 +342,48 @@ def test_another_worker_takes_over_from_the_state_table_without_loss_or_double()
     assert second.engine.events_total == first_run_counts(lines)
 
 
+def test_a_handover_keeps_how_far_each_partition_got() -> None:
+    """Partitions 2 and 3 read to their end while the family waited for partition 1, then
+    a revoke: the handover snapshot must carry how far each partition got. It carried none
+    (the revoke forgot them first); the next owner registered them anew, and partitions
+    with nothing left to read never spoke again: the watermark stood still and no window
+    closed (the kill loop's missing finals)."""
+    lines = traffic()
+    msgs = batches(lines, partitions=4, size=len(lines))[0]
+    part = {p: [m for m in msgs if m.partition == p] for p in range(4)}
+    table = FakeTable()
+    io1, io2 = FakeIO(partitions=4), FakeIO(partitions=4)
+    first, second = new_shard(io1, table), new_shard(io2, table)
+
+    async def go() -> None:
+        await first.activate([], 0.0)
+        for m in [*part[2], *part[3], *part[0][:len(part[0]) // 2], part[1][0]]:
+            await first.handle([m])
+        assert first.engine.windows["email"].started
+        await first.on_revoked(set(io1.tps))  # the handover
+        await second.activate(table.records("email"), 0.0)
+        for i in range(0, len(msgs), 200):  # the log again from the committed offsets
+            await second.handle(msgs[i:i + 200])
+        await second.snapshot(force=True)
+
+    run(go())
+    # the same messages, read straight through by one owner
+    io3 = FakeIO(partitions=4)
+    straight = new_shard(io3, FakeTable())
+
+    async def once() -> None:
+        await straight.activate([], 0.0)
+        for m in [*part[2], *part[3], *part[0], *part[1]]:
+            await straight.handle([m])
+        await straight.snapshot(force=True)
+
+    run(once())
+    got, want = final_values(io1.windows() + io2.windows()), final_values(io3.windows())
+    assert len(want) > 100 and got == want
+    assert second.engine.watermark("email") == straight.engine.watermark("email")
+    assert second.engine.events_total == straight.engine.events_total
+
+
 def first_run_counts(lines: list[bytes]) -> dict[str, int]:
     io, table = FakeIO(), FakeTable()
     shard = new_shard(io, table)
