@@ -470,7 +470,6 @@ class KpiEngine:
         self.due = c.due
         self._next_close = {f: self._compute_next_close(f) for f in self.catalog.families}
         self._bind_state()
-        self.resume_wall()  # the time the state spent stored was no quiet time
 
     def retain(self, written: dict[str, str], current: dict[str, str]) -> set[str]:
         """After restore(): keep the values of the aggregates whose definition is the same

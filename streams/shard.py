@@ -107,6 +107,7 @@ class Shard:
                 epoch: int) -> None:
         self.gaps.restart()
         self.durable.restore(self.engine, records, snap)
+        self.engine.resume_wall()  # the time the state spent stored was no quiet time
         # another owner may have sent newer values since this worker last did: send all
         self._open_mark, self._open_sent = None, {}
         self.resend = snap.outbox if snap else []  # it may not have gone out before the crash

@@ -426,7 +426,8 @@ def test_time_down_or_cut_off_from_the_broker_is_no_quiet_time() -> None:
     """With an idle timeout, a family whose sources are all quiet moves on with the wall
     clock. A worker restored after 10 minutes down counted those 10 minutes as quiet: event
     time jumped 10 minutes at its first tick, closing windows the backlog (what reached the
-    broker meanwhile) still feeds. Restored, the quiet counts from the restore."""
+    broker meanwhile) still feeds. A shard that takes a state over resumes the quiet count
+    (streams/shard.py: restore); restore() itself gives back the state as it was."""
     clock = Clock(T0)
     e = engine(clock, idle_ms=30_000)
     for p in ("p0", "p1"):
@@ -440,6 +441,7 @@ def test_time_down_or_cut_off_from_the_broker_is_no_quiet_time() -> None:
     later = Clock(T0 + 10 * MIN)
     nxt = engine(later, idle_ms=30_000)
     nxt.restore(e.snapshot())
+    nxt.resume_wall()
     nxt.advance()
     assert nxt.watermarks["email"].value == T0 + 19_000  # not T0 + 10 min
     later.t += 31_000  # really quiet now: it moves on from where it stood

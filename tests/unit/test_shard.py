@@ -384,6 +384,35 @@ def test_a_handover_keeps_how_far_each_partition_got() -> None:
     assert second.engine.events_total == straight.engine.events_total
 
 
+def test_a_state_taken_over_after_ten_minutes_down_moves_event_time_on_no_faster() -> None:
+    """With an idle timeout, a family quiet for that long moves on with the wall clock. The
+    state's last events came 10 minutes before the next owner took it over: those minutes
+    down are no quiet time, or event time jumps 10 minutes at its first tick and closes
+    windows the backlog still feeds."""
+    settings = replace(SETTINGS, idle_timeout=30.0)
+    lines = traffic()
+    table = FakeTable()
+    first = new_shard(FakeIO(), table, settings)
+    second = new_shard(FakeIO(), table, settings)
+
+    async def go() -> tuple[int, int]:
+        await first.activate([], 0.0)
+        for b in batches(lines)[:10]:
+            await first.handle(b)
+        wm = first.engine.watermarks["email"]
+        wm.last_wall -= 600_000  # as if the last events came 10 minutes ago
+        for src in wm.seen_wall:
+            wm.seen_wall[src] -= 600_000
+        await first.snapshot(force=True)
+        before = first.engine.watermark("email")
+        await second.activate(table.records("email"), 0.0)
+        await second.tick()
+        return before, second.engine.watermark("email")
+
+    before, after = run(go())
+    assert after == before
+
+
 def first_run_counts(lines: list[bytes]) -> dict[str, int]:
     io, table = FakeIO(), FakeTable()
     shard = new_shard(io, table)
