@@ -288,13 +288,6 @@ class KpiEngine:
         for wm in self.watermarks.values():
             wm.forget(source)
 
-    def resume_wall(self) -> None:
-        """The wall clock's idle advance starts again from now (clock.Watermark.resume):
-        after a restore, and while the broker is out of reach."""
-        wall = self._clock()
-        for wm in self.watermarks.values():
-            wm.resume(wall)
-
     def sources(self) -> set[Source]:
         """Every source registered with a family's watermark."""
         return {src for wm in self.watermarks.values() for src in wm.sources}

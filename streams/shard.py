@@ -107,7 +107,7 @@ class Shard:
                 epoch: int) -> None:
         self.gaps.restart()
         self.durable.restore(self.engine, records, snap)
-        self.engine.resume_wall()  # the time the state spent stored was no quiet time
+        self.resume_wall()  # the time the state spent stored was no quiet time
         # another owner may have sent newer values since this worker last did: send all
         self._open_mark, self._open_sent = None, {}
         self.resend = snap.outbox if snap else []  # it may not have gone out before the crash
@@ -119,6 +119,12 @@ class Shard:
         # this worker's tenure of the shard: snapshots numbered in a fresh epoch, the
         # previous owner's keys deleted once the first is durable (streams/state.py)
         self.snapshot_seq = epoch * EPOCH
+
+    def resume_wall(self) -> None:
+        """The idle advance's quiet counts from now (clock.Watermark.resume)."""
+        now = wall_ms()
+        for wm in self.engine.watermarks.values():
+            wm.resume(now)
 
     async def activate(self, records: list[tuple[bytes, bytes]], t0: float) -> None:
         """This worker now owns the shard: continue from its latest durable state in the

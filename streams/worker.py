@@ -228,7 +228,7 @@ class KpiShell:
             if cut_off and sh.active:
                 # what reaches the broker meanwhile comes once it is back: a wall-clock
                 # idle advance now would make it late (clock.Watermark.resume)
-                sh.engine.resume_wall()
+                sh.resume_wall()
             try:
                 await sh.tick()
             except BROKER_ERRORS as exc:

@@ -441,7 +441,8 @@ def test_time_down_or_cut_off_from_the_broker_is_no_quiet_time() -> None:
     later = Clock(T0 + 10 * MIN)
     nxt = engine(later, idle_ms=30_000)
     nxt.restore(e.snapshot())
-    nxt.resume_wall()
+    for wm in nxt.watermarks.values():
+        wm.resume(later.t)
     nxt.advance()
     assert nxt.watermarks["email"].value == T0 + 19_000  # not T0 + 10 min
     later.t += 31_000  # really quiet now: it moves on from where it stood
@@ -449,6 +450,7 @@ def test_time_down_or_cut_off_from_the_broker_is_no_quiet_time() -> None:
     assert nxt.watermarks["email"].value == T0 + 19_000 + 31_000
     # the same while the broker is out of reach: resumed at every tick, no quiet builds up
     later.t += 5 * MIN
-    nxt.resume_wall()
+    for wm in nxt.watermarks.values():
+        wm.resume(later.t)
     nxt.advance()
     assert nxt.watermarks["email"].value == T0 + 50_000
