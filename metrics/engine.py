@@ -59,6 +59,7 @@ from metrics.snapshot import (
     strip,
 )
 from metrics.trackers import TRACKERS, Tracker
+from metrics.trackers.registry import trackers_used
 from metrics.windows import FamilyWindows
 
 __all__ = ["NEVER", "Clock", "EngineConfig", "KpiEngine"]
@@ -114,16 +115,11 @@ class KpiEngine:
                 self._updates[t] = partial(apply_update, aggs, bds)
                 self._expanders[t] = partial(apply_expand, aggs, bds)
         self._kpi_rows = row_functions(catalog, config.generated)
-        # a tracker runs when the catalog uses one of its builtins (a shard's catalog,
-        # Catalog.restrict, lacks the other families' aggregates)
-        used = {a.builtin for a in catalog.aggregates.values() if a.builtin is not None}
         self.trackers: dict[str, Tracker] = {}
-        for cls in TRACKERS:
-            fam = catalog.families.get(cls.family)
-            if fam is not None and used & set(cls.builtins):
-                tracker = self.trackers[cls.name] = cls(fam.state_ms)
-                if hasattr(tracker, "configure"):  # settings of its own in the catalog
-                    tracker.configure(catalog)
+        for cls in trackers_used(catalog):
+            tracker = self.trackers[cls.name] = cls(catalog.families[cls.family].state_ms)
+            if hasattr(tracker, "configure"):  # settings of its own in the catalog
+                tracker.configure(catalog)
         self._facts = FactRouter(catalog)
         self.scorecards = Scorecards(catalog, self._kpi_rows)
         #: event ids counted, per shard (Catalog.shards)

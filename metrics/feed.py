@@ -24,8 +24,8 @@ from metrics.catalog import Catalog
 from metrics.clock import Source
 from metrics.engine import KpiEngine
 from metrics.events import ACCOUNT_FEEDS, ACCOUNTS, TYPES, Event, struct_of
-from metrics.trackers import TRACKERS
 from metrics.trackers.lead_scoring import ENGAGEMENT
+from metrics.trackers.registry import trackers_used
 
 #: families with events the stage copies: their every event moves the stage's event time
 FEEDING_FAMILIES: Final = frozenset(TYPES[t].family for t in ACCOUNT_FEEDS)
@@ -42,12 +42,11 @@ def stage_reads(catalog: Catalog) -> frozenset[str]:
     """The copy types the catalog's accounts stage reads: those its aggregates count and
     those its trackers consume (a tracker runs when one of its builtins is used, as in the
     engine). A catalog without lead scoring copies no email open, for instance."""
-    used = {a.builtin for a in catalog.aggregates.values() if a.builtin is not None}
     reads = {a.event for a in catalog.aggregates.values() if a.event in ALL_COPIES}
-    for cls in TRACKERS:
-        if cls.family == ACCOUNTS and used & set(cls.builtins):
+    for cls in trackers_used(catalog):
+        if cls.family == ACCOUNTS:
             reads |= cls.consumes & ALL_COPIES
-    return frozenset(r for r in reads if r is not None)
+    return frozenset(reads)
 
 
 def copied(ev: Event, reads: frozenset[str] = ALL_COPIES) -> bool:

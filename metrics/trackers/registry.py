@@ -3,7 +3,7 @@ engine's trackers, their expiry and their snapshots all come from ``TRACKERS``."
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from metrics.trackers.account_purchases import AccountPurchases
 from metrics.trackers.account_revenue import AccountRevenue
@@ -15,6 +15,9 @@ from metrics.trackers.lead_scoring import LeadScoring
 from metrics.trackers.pipeline import Pipeline
 from metrics.trackers.sessions import Sessions
 from metrics.trackers.visitors import Visitors
+
+if TYPE_CHECKING:
+    from metrics.catalog_types import Catalog
 
 TRACKERS: Final[tuple[type[Tracker], ...]] = (UniqueOpeners, UniqueClickers, SendCohorts,
                                               Sessions, Visitors, Pipeline, AccountRevenue,
@@ -30,6 +33,13 @@ TRACKER_OF: Final[dict[str, type[Tracker]]] = {
 
 #: builtins kept in millionths (money, durations)
 MICRO_BUILTINS: Final = frozenset(b for t in TRACKERS for b in t.micro)
+
+
+def trackers_used(catalog: Catalog) -> list[type[Tracker]]:
+    """The trackers a catalog runs: those of its families with a builtin it uses (a shard's
+    catalog, Catalog.restrict, lacks the other families' aggregates)."""
+    used = {a.builtin for a in catalog.aggregates.values() if a.builtin is not None}
+    return [t for t in TRACKERS if t.family in catalog.families and used & set(t.builtins)]
 
 
 def _check_unique() -> None:
