@@ -28,6 +28,7 @@ from faust.assignor.client_assignment import ClientAssignment
 from faust.assignor.partition_assignor import PartitionAssignor
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.exceptions import ProducerSendError
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as FaustKafkaConsumer
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -42,6 +43,7 @@ from streams.errors import SettingsError
 from streams.faust_table import StateTable
 from streams.health import tame_client_logs
 from streams.kafka_client import client_kwargs, first_offset, ssl_context
+from streams.membership import MemberMemory
 from streams.settings import Settings, local_state_dir, scratch_dir
 from streams.table_copy import LocalCopy, log_matches
 from streams.tansu import is_tansu, log_ends
@@ -128,9 +130,14 @@ class FaustIO:
 
     def membership_lost(self) -> bool:
         # aiokafka resets the generation when the coordinator no longer knows the member
+        return bool(self._coordinator().generation == OffsetCommitRequest.DEFAULT_GENERATION_ID)
+
+    def member_id(self) -> str:
+        return str(self._coordinator().member_id)
+
+    def _coordinator(self) -> Any:
         consumer: Any = self.app.consumer
-        coordinator = consumer._thread._ensure_consumer()._coordinator
-        return bool(coordinator.generation == OffsetCommitRequest.DEFAULT_GENERATION_ID)
+        return consumer._thread._ensure_consumer()._coordinator
 
 
 def _source_headers(msg: Any, error: str) -> list[tuple[str, bytes]]:
@@ -139,7 +146,8 @@ def _source_headers(msg: Any, error: str) -> list[tuple[str, bytes]]:
             ("source_offset", str(msg.offset).encode())]
 
 
-def durable_consumer(shell: KpiShell, tansu: bool = False) -> type:
+def durable_consumer(shell: KpiShell, tansu: bool = False,
+                     member: MemberMemory | None = None) -> type:
     """Faust's aiokafka consumer with these changes, all through the consumer-class seam
     Faust offers:
 
@@ -149,11 +157,23 @@ def durable_consumer(shell: KpiShell, tansu: bool = False) -> type:
     - input offsets are committed only as far as a durable snapshot covers them: a crash
       then re-reads what the restored state lacks, never less;
     - on the embedded broker only (``tansu``), a changelog's end comes from a fetch, not
-      ListOffsets (streams/tansu.py), so recovery reads the newest snapshot whole.
+      ListOffsets (streams/tansu.py), so recovery reads the newest snapshot whole;
+    - with a ``member`` memory, the first join asks for the member id of the previous
+      process (streams/membership.py).
     """
     inputs = set(shell.shard_of_topic)
 
+    class RejoiningThread(AIOKafkaConsumerThread):
+        async def on_start(self) -> None:
+            await super().on_start()  # the coordinator exists now; it joins once subscribed
+            previous = member.recall() if member is not None else None
+            if previous is not None:
+                self._consumer._coordinator.member_id = previous  # type: ignore[union-attr]
+
     class DurableConsumer(FaustKafkaConsumer):
+        def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+            return RejoiningThread(self, loop=self.loop, beacon=self.beacon)
+
         async def _drain_messages(self, fetcher: Any) -> None:
             consumer_stopped = self._stopped.is_set
             fetcher_stopped = fetcher._stopped.is_set
@@ -332,9 +352,13 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
                        on_recovered=on_recovered, on_skip=on_skip, check=check,
                        copy=LocalCopy(local_state_dir(settings) / "state-table"))
     app.tables.add(table)
-    shell = KpiShell(settings, catalog, FaustIO(app, settings), table, traffic)
+    io = FaustIO(app, settings)
+    shell = KpiShell(settings, catalog, io, table, traffic)
     shells.append(shell)
-    app.transport.Consumer = durable_consumer(shell, tansu)  # type: ignore[misc]
+    # a dynamic member rejoins under its previous id (static members need not)
+    member = MemberMemory(local_state_dir(settings) / "member-id") \
+        if settings.data_dir and not settings.instance_id else None
+    app.transport.Consumer = durable_consumer(shell, tansu, member)  # type: ignore[misc]
     source = app.topic(*input_topics(settings), key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
 
@@ -349,6 +373,8 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        if member is not None:
+            member.keep(io.member_id())
         await shell.on_assigned({(tp.topic, tp.partition) for tp in assigned
                                  if tp.topic in inputs})
 

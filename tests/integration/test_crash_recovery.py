@@ -191,6 +191,8 @@ def test_state_is_a_faust_table_each_shard_recovered_from_its_changelog_partitio
             newest[shard] = max(newest.get(shard, 0), orjson.loads(m.value)["seq"])
     assert set(newest) == set(shards) and all(seq >= 1 for seq in newest.values()), newest
 
+    member_file = worker.data_dir / "kpi-state" / settings.group_id / "member-id"
+    member_before = member_file.read_text()
     worker = start_worker(replace(settings, web_port=free_port()), data_dir=worker.data_dir)
     restored: dict[str, int] = {}
     read_from: dict[str, int] = {}
@@ -207,6 +209,9 @@ def test_state_is_a_faust_table_each_shard_recovered_from_its_changelog_partitio
 
     wait_for(all_restored, 60, "every shard restored", worker)
     assert restored == newest
+    # the restarted process rejoined the group under the killed one's member id
+    # (streams/membership.py): the coordinator did not wait out the old session
+    assert member_file.read_text() == member_before
     # every shard's table came from the copy, which covered its changelog partition up to
     # a record the first worker wrote: the changelog was read from there on, not whole
     assert set(read_from) == set(shards), read_from
