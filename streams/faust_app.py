@@ -42,6 +42,7 @@ from streams.dashboard import page
 from streams.errors import SettingsError
 from streams.faust_table import StateTable
 from streams.health import tame_client_logs
+from streams.heap import pin_mmap_threshold
 from streams.kafka_client import client_kwargs, first_offset, ssl_context
 from streams.membership import MemberMemory
 from streams.settings import Settings, local_state_dir, scratch_dir
@@ -428,6 +429,7 @@ def run_worker(settings: Settings) -> int:
         raise SettingsError(f"--web-port {settings.web_port}: {settings.web_host}:"
                             f"{settings.web_port} is already in use (KPI_WEB_PORT)")
     tune_gc()
+    pin_mmap_threshold()
     create_topics(settings, catalog)
     tansu = asyncio.run(is_tansu(settings.bootstrap, client_kwargs(settings)))
     sizes: dict[str, int] = {}

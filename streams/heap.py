@@ -5,27 +5,52 @@ closed windows waiting for a commit) mapped in the process: after catching up 6 
 traffic a worker held 871 MB where a fresh process restored with the same state held 611 MB
 (benchmarks/state_bench.py). ``malloc_trim`` returns the free pages; the worker calls it
 when its shards have caught up after a burst, at most once a minute.
+
+Trimming cannot return pages that a live allocation shares with freed ones, and glibc's
+*dynamic* mmap threshold makes that common: once a large buffer (a 4 MB fetch, a commit's
+encoded parts) is freed, glibc raises the threshold to its size, so the next ones come from
+the heap and leave holes between the state's long-lived objects. ``pin_mmap_threshold``
+fixes the threshold, so buffers of 128 KiB and more are always mapped apart and unmapped
+when freed. Measured at 3 days (state_bench): RSS after consuming 685 -> 596 MB, peak
+740 -> 623 MB, consuming at the same rate.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from collections.abc import Callable
 from typing import Any, Final
 
 #: events consumed since the last trim that make the next one worth it
 TRIM_AFTER_EVENTS: Final = 100_000
 TRIM_EVERY_S: Final = 60.0
+#: glibc's ``mallopt`` parameter, and the size from which a buffer is mapped apart
+M_MMAP_THRESHOLD: Final = -3
+MMAP_THRESHOLD_BYTES: Final = 128 * 1024
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
 
 
 def malloc_trim() -> Callable[[int], Any] | None:
     """glibc's ``malloc_trim``; None elsewhere (musl, macOS: nothing to trim with)."""
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
+    return getattr(_libc(), "malloc_trim", None)
+
+
+def pin_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold (see above); False where there is no glibc ``mallopt``
+    or it refuses. A ``MALLOC_MMAP_THRESHOLD_`` in the environment wins: the operator's."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 class HeapTrimmer:

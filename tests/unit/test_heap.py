@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from streams.heap import TRIM_AFTER_EVENTS, TRIM_EVERY_S, HeapTrimmer, malloc_trim
 
 
@@ -23,3 +27,39 @@ def test_glibc_trims_for_real() -> None:
     trim = malloc_trim()
     assert trim is not None  # the engine's images and CI run on glibc
     assert trim(0) in (0, 1)
+
+
+_PROBE = """
+import ctypes, sys
+from streams.heap import pin_mmap_threshold
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+                .split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "pin":
+    assert pin_mmap_threshold()
+burst = bytearray(4 << 20)  # a backlog's fetch buffer, mapped apart, then freed
+del burst
+mapped = libc.mallinfo2().hblkhd
+later = bytearray(200 * 1024)  # the next medium buffer
+print(libc.mallinfo2().hblkhd - mapped >= 200 * 1024)
+"""
+
+
+def test_a_pinned_threshold_keeps_buffers_after_a_burst_out_of_the_heap() -> None:
+    """glibc alone raises its mmap threshold to a freed burst's size, so later medium
+    buffers land in the heap between long-lived objects (fragments that no trim returns);
+    pinned, they are still mapped apart."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def mapped_apart(mode: str) -> bool:
+        out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        return out == "True"
+
+    assert not mapped_apart("glibc")
+    assert mapped_apart("pin")
