@@ -18,6 +18,7 @@ from metrics.clock import HeldEvent, WatermarkState
 from metrics.dedup import DedupState
 from metrics.errors import StateError
 from metrics.publish import Filed, Publisher, PublisherState
+from metrics.sharing import share_keys
 from metrics.trackers import Tracker
 from metrics.windows import FamilyWindows, WindowsState
 
@@ -171,11 +172,13 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
     types = {(n, table): t.part_types[table] for n, t in trackers.items()
              for table in t.part_types}
     tables = {n: t.tables() for n, t in trackers.items()}
+    memo: dict[Any, Any] = {}  # equal keys across parts: one object (metrics/sharing.py)
     for bits, data in decode_parts(parts, types):
         if bits[0] == "w":
             fw = windows.get(bits[1])
             if fw is None:
                 continue
+            data = share_keys(data, memo)
             if bits[2] == "p":
                 fw.panes[int(bits[3])] = data
             else:
@@ -185,7 +188,8 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
         elif bits[0] == "p":
             if bits[1] in windows:
                 publisher.published[(bits[1], bits[2], int(bits[3]))] = {
-                    k: v for k, v in data.items() if k in kpis}
+                    k: (share_keys(rows, memo), share_keys(revs, memo))
+                    for k, (rows, revs) in data.items() if k in kpis}
         else:
             for key, value in data.items():
                 tables[bits[1]][bits[2]].put(key, value)

@@ -15,7 +15,7 @@ from kpi_engine.generator import GeneratorConfig
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.snapshot import EngineState, decode_part
 from tests.helpers import DEFAULT_CATALOG, generated_events
-from tests.unit.test_snapshot import events, run
+from tests.unit.test_snapshot import events, new_engine, run
 
 ENCODE = msgspec.msgpack.Encoder().encode
 
@@ -101,6 +101,22 @@ def test_a_restored_engine_goes_on_as_the_original() -> None:
     strip = [{k: v for k, v in r.items() if k != "emitted_at"} for r in out_a]
     assert strip == [{k: v for k, v in r.items() if k != "emitted_at"} for r in out_b]
     assert len(out_a) > 100
+
+
+def test_a_restored_state_shares_its_keys_as_a_live_one_does() -> None:
+    """Each pane and published row decoded apart would hold its own copy of every key:
+    restored, equal keys are one object again (metrics/sharing.py)."""
+    engine = new_engine()
+    run(engine, events(), [])
+    store = Store()
+    store.commit(engine, full=True)
+    restored = store.restore()
+    assert comparable(restored) == comparable(engine)
+    keys = [k for fw in restored.windows.values() for agg in fw.panes.values() for k in agg]
+    keys += [d for filed in restored.publisher.published.values()
+             for rows, _ in filed.values() for d in rows]
+    assert len(keys) > 10 * len(set(keys))  # the same keys in many panes and windows
+    assert len({id(k) for k in keys}) == len(set(keys))
 
 
 def test_a_commit_under_a_trickle_writes_a_small_part_of_the_state() -> None:
