@@ -112,7 +112,8 @@ def test_a_restored_state_shares_its_keys_as_a_live_one_does() -> None:
     store.commit(engine, full=True)
     restored = store.restore()
     assert comparable(restored) == comparable(engine)
-    keys = [k for fw in restored.windows.values() for agg in fw.panes.values() for k in agg]
+    keys: list[Any] = [k for fw in restored.windows.values() for agg in fw.panes.values()
+                       for k in agg]
     keys += [d for filed in restored.publisher.published.values()
              for rows, _ in filed.values() for d in rows]
     assert len(keys) > 10 * len(set(keys))  # the same keys in many panes and windows
