@@ -45,7 +45,7 @@ from streams.health import tame_client_logs
 from streams.heap import pin_mmap_threshold
 from streams.kafka_client import client_kwargs, first_offset, ssl_context
 from streams.membership import MemberMemory
-from streams.settings import Settings, local_state_dir, scratch_dir
+from streams.settings import Settings, local_state_dir, malloc_tuned, scratch_dir
 from streams.table_copy import LocalCopy, log_matches
 from streams.tansu import is_tansu, log_ends
 from streams.topics import (
@@ -429,7 +429,8 @@ def run_worker(settings: Settings) -> int:
         raise SettingsError(f"--web-port {settings.web_port}: {settings.web_host}:"
                             f"{settings.web_port} is already in use (KPI_WEB_PORT)")
     tune_gc()
-    pin_mmap_threshold()
+    if not malloc_tuned():
+        pin_mmap_threshold()
     create_topics(settings, catalog)
     tansu = asyncio.run(is_tansu(settings.bootstrap, client_kwargs(settings)))
     sizes: dict[str, int] = {}

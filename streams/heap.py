@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -46,9 +45,10 @@ def malloc_trim() -> Callable[[int], Any] | None:
 
 def pin_mmap_threshold() -> bool:
     """Fix glibc's mmap threshold (see above); False where there is no glibc ``mallopt``
-    or it refuses. A ``MALLOC_MMAP_THRESHOLD_`` in the environment wins: the operator's."""
+    or it refuses. (The worker leaves it alone when the operator set one:
+    ``settings.malloc_tuned``.)"""
     mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 

@@ -176,3 +176,9 @@ def local_state_dir(settings: Settings) -> Path:
     if settings.data_dir:
         return Path(settings.data_dir) / "kpi-state" / settings.group_id
     return scratch_dir("kpi-state-")
+
+
+def malloc_tuned() -> bool:
+    """The operator set glibc's mmap threshold (``MALLOC_MMAP_THRESHOLD_``): the worker then
+    leaves it as set (streams/heap.py: pin_mmap_threshold)."""
+    return "MALLOC_MMAP_THRESHOLD_" in os.environ

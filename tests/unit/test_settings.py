@@ -84,3 +84,12 @@ def test_every_setting_is_documented() -> None:
     missing = [f"`{ENV_NAMES[f.name]}`" for f in fields(Settings)
                if f"`{ENV_NAMES[f.name]}`" not in doc]
     assert not missing, missing
+
+
+def test_an_operators_malloc_threshold_is_left_as_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.settings import malloc_tuned
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert not malloc_tuned()
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert malloc_tuned()
