@@ -104,7 +104,7 @@ def test_a_blast_read_opens_first_and_handed_over_keeps_open_rates_at_their_send
     # sends on partitions 0 and 1, opens on 2 and 3 (one duplicate delivery of each open
     # on partition 3): the first owner reads the opens first, the sends barely
     partitions = [sends[:1000], sends[1000:], opens[:750], opens[750:] + opens[700:800]]
-    msgs = log("email-events", [evs + [tail[p]] for p, evs in enumerate(partitions)])
+    msgs = log("email-events", [[*evs, tail[p]] for p, evs in enumerate(partitions)])
     got, want, second, straight = read(msgs, [10, 0, len(msgs[2]), 400], "email")
     assert got == want
     assert second.engine.events_total == straight.engine.events_total
@@ -143,7 +143,7 @@ def test_a_long_cycle_and_a_reopened_deal_across_a_handover() -> None:
          stage("d13", "D1", "won", 270.5, "L1", amount=120000)],
         [lead("l1", "L1", 0.5, "events")],
     ]
-    msgs = log("crm-events", [evs + [lead(f"z{p}", f"Z{p}", 300, "web")]
+    msgs = log("crm-events", [[*evs, lead(f"z{p}", f"Z{p}", 300, "web")]
                               for p, evs in enumerate(partitions)])
     # handed over after D2's first win, with partition 1 read to its end and D1 unread
     got, want, second, straight = read(msgs, [2, len(msgs[1]), 1, 1], "crm")
