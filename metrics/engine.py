@@ -422,7 +422,7 @@ class KpiEngine:
         for fw in self.windows.values():
             fw.settle(self._expanders)
         windows, publisher = strip({f: fw.snapshot() for f, fw in self.windows.items()},
-                                   self.publisher.snapshot())
+                                   self.publisher.snapshot(rows=False))
         core = self._state(windows, publisher, ref, {})
         parts, names = collect_parts(self.windows, self.publisher, self.trackers, full)
         return core, parts, names

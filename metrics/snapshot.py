@@ -17,7 +17,8 @@ import msgspec
 from metrics.clock import HeldEvent, WatermarkState
 from metrics.dedup import DedupState
 from metrics.errors import StateError
-from metrics.publish import Filed, Publisher, PublisherState
+from metrics.formulas import Dims, Rows
+from metrics.publish import Publisher, PublisherState
 from metrics.sharing import share_keys
 from metrics.trackers import Tracker
 from metrics.windows import FamilyWindows, WindowsState
@@ -91,7 +92,9 @@ def decode_state(blob: bytes) -> EngineState:
 Parts = dict[str, Any]  # part name -> plain data (live references: encode before going on)
 
 _AGG: Final = msgspec.msgpack.Decoder(dict[tuple[str, str, str | tuple[str, ...]], int])
-_FILED: Final = msgspec.msgpack.Decoder(dict[str, Filed])
+#: a published window's part, its rows left encoded (checked with _ROWS, then kept so)
+_FILED: Final = msgspec.msgpack.Decoder(dict[str, tuple[msgspec.Raw, dict[Dims, int]]])
+_ROWS: Final = msgspec.msgpack.Decoder(Rows)
 
 
 def strip(windows: dict[str, WindowsState], publisher: PublisherState
@@ -114,7 +117,10 @@ def decode_parts(parts: list[tuple[str, bytes]], part_types: dict[tuple[str, str
             if bits[0] == "w":
                 data: Any = _AGG.decode(raw)
             elif bits[0] == "p":
-                data = _FILED.decode(raw)
+                data = {}
+                for kpi, (rows, revs) in _FILED.decode(raw).items():
+                    _ROWS.decode(rows)  # readable, or the part is not
+                    data[kpi] = (bytes(rows), revs)  # a copy: not a view of the whole part
             elif bits[0] == "t":
                 type_ = part_types.get((bits[1], bits[2]))
                 if type_ is None:
@@ -148,11 +154,11 @@ def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                 if full or (wname, end) in closed:
                     parts[name] = agg
     published = publisher.drain_changes()
-    for key, filed in publisher.published.items():
+    for key in publisher.published:
         name = f"p|{key[0]}|{key[1]}|{key[2]}"
         names.add(name)
         if full or key in published:
-            parts[name] = filed
+            parts[name] = publisher.part(key)
     for tname, tracker in trackers.items():
         for table, keyed in tracker.tables().items():
             dirty = keyed.drain()
@@ -188,8 +194,8 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
         elif bits[0] == "p":
             if bits[1] in windows:
                 publisher.published[(bits[1], bits[2], int(bits[3]))] = {
-                    k: (share_keys(rows, memo), share_keys(revs, memo))
-                    for k, (rows, revs) in data.items() if k in kpis}
+                    k: (rows, share_keys(revs, memo)) for k, (rows, revs) in data.items()
+                    if k in kpis}
         else:
             for key, value in data.items():
                 tables[bits[1]][bits[2]].put(key, value)
