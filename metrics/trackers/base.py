@@ -102,6 +102,27 @@ def net_change(before: list[Fact], after: list[Fact]) -> list[Fact]:
     return [(ts, b, dims, v) for (ts, b, dims), v in delta.items() if v]
 
 
+class DimsMemo:
+    """One tuple for equal dims: a tracker keeps the dims of every send, session or visitor
+    it holds, and a tuple built per event (three of them, 168 bytes) was held once per key
+    while a handful of campaigns and channels make them all. Bounded: cleared when full
+    (what is held keeps its tuples)."""
+
+    __slots__ = ("_limit", "_memo")
+
+    def __init__(self, limit: int = 65_536):
+        self._memo: dict[Dims, Dims] = {}
+        self._limit = limit
+
+    def __call__(self, dims: Dims) -> Dims:
+        got = self._memo.get(dims)
+        if got is None:
+            if len(self._memo) >= self._limit:
+                self._memo.clear()
+            got = self._memo[dims] = dims
+        return got
+
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -111,7 +132,7 @@ class Keyed(Generic[K, V]):
     expiry drops whole hours, and a commit writes the hours that changed (``dirty``), not
     the whole state. A value changed in place is ``touch``ed."""
 
-    __slots__ = ("by_hour", "data", "dirty", "hours", "ts_of")
+    __slots__ = ("_canon", "by_hour", "data", "dirty", "hours", "ts_of")
 
     def __init__(self, ts_of: Callable[[V], int]):
         self.ts_of = ts_of
@@ -119,6 +140,7 @@ class Keyed(Generic[K, V]):
         self.hours: dict[K, int] = {}  # key -> the hour it is filed under
         self.by_hour: dict[int, set[K]] = {}
         self.dirty: set[int] = set()  # hours changed since the last ``drain``
+        self._canon: dict[int, int] = {}  # hour -> the one int object filed for it
 
     def get(self, key: K) -> V | None:
         return self.data.get(key)
@@ -139,12 +161,14 @@ class Keyed(Generic[K, V]):
         if old != hour:
             if old is not None:
                 self._unfile(key, old)
-            self.hours[key] = hour
+            # one int object per hour, not one per key (32 bytes each)
+            hour = self._canon.setdefault(hour, hour)
             bucket = self.by_hour.get(hour)
             if bucket is None:
                 self.by_hour[hour] = {key}
             else:
                 bucket.add(key)
+            self.hours[key] = hour
         self.dirty.add(hour)
 
     def delete(self, key: K) -> V:
@@ -157,6 +181,7 @@ class Keyed(Generic[K, V]):
         bucket.discard(key)
         if not bucket:
             del self.by_hour[hour]
+            del self._canon[hour]
         self.dirty.add(hour)
 
     def sweep(self, cutoff_ts: int) -> list[tuple[K, V]]:
@@ -164,6 +189,7 @@ class Keyed(Generic[K, V]):
         cutoff_h = cutoff_ts // HOUR_MS
         removed: list[tuple[K, V]] = []
         for hour in [h for h in self.by_hour if h < cutoff_h]:
+            del self._canon[hour]
             for key in self.by_hour.pop(hour):
                 del self.hours[key]
                 removed.append((key, self.data.pop(key)))
@@ -180,6 +206,6 @@ class Keyed(Generic[K, V]):
 
     def replace(self, data: dict[K, V]) -> None:
         """Start over from a restored state (every hour dirty: nothing written yet)."""
-        self.data, self.hours, self.by_hour = {}, {}, {}
+        self.data, self.hours, self.by_hour, self._canon = {}, {}, {}, {}
         for key, value in data.items():
             self.put(key, value)

@@ -23,7 +23,7 @@ import msgspec
 
 from metrics.constants import DAY_MS, UNKNOWN
 from metrics.events import Event
-from metrics.trackers.base import Dims, Fact, Keyed, net_change
+from metrics.trackers.base import Dims, DimsMemo, Fact, Keyed, net_change
 
 _EMAIL_DIMS: Final = frozenset({"campaign_id", "segment"})
 
@@ -86,6 +86,7 @@ class SendCohorts:
         self.cohorts: Keyed[Key, Cohort] = Keyed(_latest)
         #: campaign -> its lifetime tally, filed by its latest event
         self.campaigns: Keyed[str, Tally] = Keyed(_tally_last)
+        self._dims = DimsMemo()  # a send's dims: one tuple per campaign and segment
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -106,7 +107,7 @@ class SendCohorts:
             return changes
         before = _facts(c)
         if ev.type == "email.sent":
-            insort(c.sends, (ts, _send_dims(d)))
+            insort(c.sends, (ts, self._dims(_send_dims(d))))
         else:
             kind = ev.type.removeprefix("email.")
             insort(c.responses, (ts, kind))
@@ -123,7 +124,7 @@ class SendCohorts:
         response answers the latest send, a new fact if that send had no such response."""
         d = ev.data
         if ev.type == "email.sent":
-            c.sends.append((ts, _send_dims(d)))
+            c.sends.append((ts, self._dims(_send_dims(d))))
             return []
         kind = ev.type.removeprefix("email.")
         kinds = [kind, "hard"] if kind == "bounced" and d.bounce == "hard" else [kind]

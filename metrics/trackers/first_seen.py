@@ -9,7 +9,7 @@ import msgspec
 
 from metrics.constants import UNKNOWN
 from metrics.events import Event
-from metrics.trackers.base import Dims, Fact, Keyed
+from metrics.trackers.base import Dims, DimsMemo, Fact, Keyed
 
 _EMAIL_DIMS: Final = frozenset({"campaign_id", "segment"})
 
@@ -41,11 +41,12 @@ class FirstSeen:
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
         self.first: Keyed[Key, tuple[int, Dims]] = Keyed(_first_ts)
+        self._dims = DimsMemo()
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
-        return self.observe_key((d.campaign_id, d.contact_id), ev.ts_ms,
-                                (("campaign_id", d.campaign_id), ("segment", d.segment or UNKNOWN)))
+        return self.observe_key((d.campaign_id, d.contact_id), ev.ts_ms, self._dims(
+            (("campaign_id", d.campaign_id), ("segment", d.segment or UNKNOWN))))
 
     def observe_key(self, key: Key, ts: int, dims: Dims) -> list[Fact]:
         cur = self.first.get(key)

@@ -17,7 +17,7 @@ import msgspec
 
 from metrics.constants import UNKNOWN
 from metrics.events import Event
-from metrics.trackers.base import Dims, Fact, Keyed, net_change
+from metrics.trackers.base import Dims, DimsMemo, Fact, Keyed, net_change
 
 _WEB_DIMS: Final = frozenset({"channel", "campaign_id"})
 
@@ -73,11 +73,13 @@ class Visitors:
         self.sessions: Keyed[str, Visit] = Keyed(_visit_ts)
         #: visitor -> its firsts and sessions, with the facts it contributes now
         self.visitors: Keyed[str, tuple[Visitor, list[Fact]]] = Keyed(_visitor_ts)
+        self._dims = DimsMemo()  # a view's dims: one tuple per campaign and channel
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
         ts = ev.ts_ms
-        dims: Dims = (("campaign_id", d.campaign_id or UNKNOWN), ("channel", d.channel))
+        dims: Dims = self._dims((("campaign_id", d.campaign_id or UNKNOWN),
+                                 ("channel", d.channel)))
         sid: str = d.session_id
         visit = self.sessions.get(sid)
         if visit is None:

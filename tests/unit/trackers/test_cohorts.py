@@ -5,6 +5,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
+
+from metrics.events import Event, parse_event
+from metrics.trackers.cohorts import SendCohorts
 from tests.helpers import final_values, ms, pick, replay
 
 T10 = ms("2026-11-02T10:00:00+00:00")
@@ -118,3 +122,15 @@ def test_the_facts_emitted_add_up_to_a_recount_whatever_the_order() -> None:
             for ts, b, dims, v in _facts(cohort):
                 recount[(ts, b, dims)] += v
         assert +emitted == recount and recount
+
+
+def test_the_sends_of_a_blast_hold_one_dims_tuple_between_them() -> None:
+    """Each send built its own dims (three tuples, 168 bytes) and every cohort held it."""
+    tracker = SendCohorts(24 * HOUR)
+    for e in blast():
+        parsed = parse_event(orjson.dumps(e), now_ms=T10 + 40 * HOUR)
+        assert type(parsed) is Event
+        if parsed.type in SendCohorts.consumes:
+            tracker.observe(parsed)
+    dims = [d for c in tracker.cohorts.data.values() for _, d in c.sends]
+    assert len(dims) == 100 and len({id(d) for d in dims}) == 1
