@@ -106,6 +106,14 @@ class Watermark:
                 self._recompute()  # only the one at the minimum raises it
         self.touched.add(source)
 
+    def busy(self, source: Source) -> None:
+        """The source has records its consumer has not handed over yet: however long since
+        its last batch, it is not quiet (partitions filled unevenly: one fetched behind the
+        others went idle, and its events came in late)."""
+        if source in self.sources:
+            self.touched.add(source)
+            self.idle.discard(source)
+
     def expecting(self) -> bool:
         """No event yet, but an assigned source that is not idle may still bring one."""
         return self.value == NEVER and any(s not in self.idle for s in self.sources)

@@ -413,6 +413,17 @@ class Shard:
         for t0 in {t0 for t0, _ in outbox}:
             self.out.emit_latency(now - t0)
 
+    async def _mark_behind(self) -> None:
+        """Partitions whose consumer position is short of the log end are not idle: a
+        partition's records can wait behind the others' fetches (the consumer's position
+        moves past transaction markers too, so a log ending on one still goes quiet)."""
+        for tp in self.owned:
+            end = self.io.highwater(tp)
+            if end is not None and (pos := await self.io.position(tp)) is not None \
+                    and pos < end:
+                for wm in self.engine.watermarks.values():
+                    wm.busy(tp)
+
     async def tick(self) -> None:
         """Emit interval: idle watermark advance, then open-window values."""
         t0 = time.perf_counter()
@@ -422,6 +433,8 @@ class Shard:
         if not self.active:
             return
         async with self._state_lock:
+            if self.engine.config.idle_timeout_ms > 0 and self.feed_in is None:
+                await self._mark_behind()
             await self.publish_finals(self.engine.advance(), t0)
             await self.gaps.find_skipped(self.io, self.owned, self.applied)
         await self.snapshot()

@@ -46,6 +46,7 @@ class FakeIO:
         self.lost = False
         self.starts: dict[tuple[str, int], int] = {}  # log start offsets (retention)
         self.positions: dict[tuple[str, int], int] = {}  # the consumer's next offsets
+        self.highwaters: dict[tuple[str, int], int] = {}  # the log ends, as last fetched
         self.gaps: set[int] = set()  # offsets with no record (transaction markers)
         self.asked: list[tuple[tuple[str, int], int]] = []  # first_offset questions
         self.tps = {(TOPIC, p) for p in range(partitions)}
@@ -74,7 +75,7 @@ class FakeIO:
         return set(self.tps)
 
     def highwater(self, tp: tuple[str, int]) -> int | None:
-        return None
+        return self.highwaters.get(tp)
 
     def membership_lost(self) -> bool:
         return self.lost
@@ -411,6 +412,43 @@ def test_a_state_taken_over_after_ten_minutes_down_moves_event_time_on_no_faster
 
     before, after = run(go())
     assert after == before
+
+
+def test_a_partition_fetched_behind_the_others_is_not_idle() -> None:
+    """Partitions filled unevenly: partition 1's records wait behind partition 0's fetches,
+    and no batch of it came for longer than the idle timeout. Its consumer position is
+    short of its log end, so it still holds the watermark: no window it feeds closes
+    before its events are in. Taken for idle, it let partition 0's event time close them
+    without it: finals published short, then revised (or its events late, past a day)."""
+    settings = replace(SETTINGS, idle_timeout=30.0)
+    msgs = batches(traffic(), partitions=2, size=len(LINES))[0]
+    part = {p: [m for m in msgs if m.partition == p] for p in range(2)}
+    seen: dict[bool, tuple[int, int]] = {}  # partition 1's event time, the watermark
+    revised: dict[bool, int] = {}
+    for behind in (False, True):
+        io = FakeIO()
+        shard = new_shard(io, FakeTable(), settings)
+
+        async def go(shard: Shard, io: FakeIO, behind: bool) -> None:
+            await shard.activate([], 0.0)
+            await shard.handle(part[0][:50] + part[1][:50])
+            await shard.handle(part[0][50:])
+            await shard.tick()
+            wm = shard.engine.watermarks["email"]
+            wm.seen_wall[(TOPIC, 1)] -= 40_000  # its last batch came 40 s ago
+            if behind:  # what the consumer knows of it: records past its position
+                io.highwaters[(TOPIC, 1)] = len(part[1])
+                io.positions[(TOPIC, 1)] = 50
+            await shard.tick()
+            seen[behind] = (wm.sources[(TOPIC, 1)], wm.value)
+            await shard.handle(part[1][50:])
+            await shard.snapshot(force=True)
+
+        run(go(shard, io, behind))
+        revised[behind] = sum(1 for r in io.windows() if r["revision"] > 0)
+    # held back where partition 1 stood; taken for idle, moved on to partition 0's time
+    assert seen[True][1] == seen[True][0] < seen[False][1]
+    assert revised[False] > 50 and revised[True] == 0
 
 
 def first_run_counts(lines: list[bytes]) -> dict[str, int]:
