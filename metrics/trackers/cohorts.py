@@ -185,7 +185,10 @@ class SendCohorts:
         return {"cohorts": self.cohorts, "campaigns": self.campaigns}
 
     def loaded(self) -> None:
-        pass
+        """Decoded apart, every send held its own dims: one tuple each again."""
+        memo = self._dims
+        for c in self.cohorts.data.values():
+            c.sends = [(ts, memo(d)) for ts, d in c.sends]
 
     def __len__(self) -> int:
         return len(self.cohorts)

@@ -76,7 +76,10 @@ class FirstSeen:
         return {"first": self.first}
 
     def loaded(self) -> None:
-        pass
+        """Decoded apart, every key held its own dims: one tuple each again."""
+        memo, data = self._dims, self.first.data
+        for key, (ts, dims) in data.items():
+            data[key] = (ts, memo(dims))
 
     def __len__(self) -> int:
         return len(self.first)

@@ -170,7 +170,20 @@ class Visitors:
         return {"sessions": self.sessions, "visitors": self.visitors}
 
     def loaded(self) -> None:
-        pass
+        """Decoded apart, every first view held its own dims: one tuple each again."""
+        memo = self._dims
+        for visit in self.sessions.data.values():
+            if visit.first is not None:
+                visit.first = (visit.first[0], memo(visit.first[1]))
+            if visit.goals:
+                visit.goals = {g: (ts, memo(d)) for g, (ts, d) in visit.goals.items()}
+        data = self.visitors.data
+        for who, (v, facts) in data.items():
+            if v.first is not None:
+                v.first = (v.first[0], memo(v.first[1]))
+            if v.goals:
+                v.goals = {g: (ts, memo(d)) for g, (ts, d) in v.goals.items()}
+            data[who] = (v, [(ts, b, memo(d), n) for ts, b, d, n in facts])
 
     def __len__(self) -> int:
         return len(self.visitors) + len(self.sessions)

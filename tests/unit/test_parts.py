@@ -123,6 +123,23 @@ def test_a_restored_state_shares_its_keys_as_a_live_one_does() -> None:
     assert len({id(k) for k in keys}) == len(set(keys))
 
 
+def test_a_restored_trackers_dims_are_one_tuple_each_again() -> None:
+    """The send cohorts and visitors decoded from their parts: each send and first view
+    held its own dims tuples; ``loaded`` makes equal ones one object."""
+    engine = new_engine()
+    run(engine, events(), [])
+    store = Store()
+    store.commit(engine, full=True)
+    restored = store.restore()
+    assert comparable(restored) == comparable(engine)
+    t: dict[str, Any] = restored.trackers
+    dims = [d for c in t["send_cohorts"].cohorts.data.values() for _, d in c.sends]
+    dims += [v.first[1] for v in t["visitors"].sessions.data.values() if v.first]
+    dims += [d for _, facts in t["visitors"].visitors.data.values() for _, _, d, _ in facts]
+    assert len(dims) > 10 * len(set(dims))
+    assert len({id(d) for d in dims}) == len(set(dims))
+
+
 def test_a_commit_under_a_trickle_writes_a_small_part_of_the_state() -> None:
     evs, _ = generated_events(GeneratorConfig(rate=20, duration_s=6 * 3600, seed=4,
                                               history_days=0))

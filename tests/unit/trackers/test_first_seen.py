@@ -26,3 +26,15 @@ def test_state_round_trips_and_expires() -> None:
     assert r.observe_key(("c", "p"), 6_000, D) == [] and len(r) == 1
     r.expire(3 * 3_600_000)  # expiry sweeps whole hours
     assert len(r) == 0
+
+
+def test_restored_keys_hold_one_dims_tuple_again() -> None:
+    t = UniqueOpeners(horizon_ms=10_000)
+    for i in range(20):
+        t.observe_key(("c", f"p{i}"), 5_000 + i, D)
+    r = UniqueOpeners(horizon_ms=10_000)
+    r.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(t.snapshot()), type=FirstSeenState))
+    assert len({id(d) for _, d in r.first.data.values()}) == 20  # decoded apart
+    r.loaded()
+    assert len({id(d) for _, d in r.first.data.values()}) == 1
+    assert {k: v for k, v in r.first.data.items()} == t.first.data
