@@ -103,41 +103,46 @@ def test_a_restored_engine_goes_on_as_the_original() -> None:
     assert len(out_a) > 100
 
 
-def test_a_restored_state_shares_its_keys_as_a_live_one_does() -> None:
-    """Each pane and closed window decoded apart would hold its own copy of every key:
-    restored, equal keys are one object again (metrics/sharing.py). Published rows are
-    held encoded (metrics/publish.py): no keys of theirs to share."""
+def restored_whole() -> KpiEngine:
+    """An engine restored from a full commit of the default traffic, checked equal to the
+    original."""
     engine = new_engine()
     run(engine, events(), [])
     store = Store()
     store.commit(engine, full=True)
     restored = store.restore()
     assert comparable(restored) == comparable(engine)
+    return restored
+
+
+def assert_shared(objs: list[Any]) -> None:
+    """Many equal objects (the same keys or dims everywhere), and equal ones one object."""
+    assert len(objs) > 10 * len(set(objs))
+    assert len({id(o) for o in objs}) == len(set(objs))
+
+
+def test_a_restored_state_shares_its_keys_as_a_live_one_does() -> None:
+    """Each pane and closed window decoded apart would hold its own copy of every key:
+    restored, equal keys are one object again (metrics/sharing.py). Published rows are
+    held encoded (metrics/publish.py): no keys of theirs to share."""
+    restored = restored_whole()
     keys: list[Any] = [k for fw in restored.windows.values() for agg in fw.panes.values()
                        for k in agg]
     keys += [k for fw in restored.windows.values() for s in fw.specs
              for agg in s.closed.values() for k in agg]
     assert all(type(rows) is bytes for filed in restored.publisher.published.values()
                for rows, _ in filed.values())
-    assert len(keys) > 10 * len(set(keys))  # the same keys in many panes and windows
-    assert len({id(k) for k in keys}) == len(set(keys))
+    assert_shared(keys)
 
 
 def test_a_restored_trackers_dims_are_one_tuple_each_again() -> None:
     """The send cohorts and visitors decoded from their parts: each send and first view
     held its own dims tuples; ``loaded`` makes equal ones one object."""
-    engine = new_engine()
-    run(engine, events(), [])
-    store = Store()
-    store.commit(engine, full=True)
-    restored = store.restore()
-    assert comparable(restored) == comparable(engine)
-    t: dict[str, Any] = restored.trackers
+    t: dict[str, Any] = restored_whole().trackers
     dims = [d for c in t["send_cohorts"].cohorts.data.values() for _, d in c.sends]
     dims += [v.first[1] for v in t["visitors"].sessions.data.values() if v.first]
     dims += [d for _, facts in t["visitors"].visitors.data.values() for _, _, d, _ in facts]
-    assert len(dims) > 10 * len(set(dims))
-    assert len({id(d) for d in dims}) == len(set(dims))
+    assert_shared(dims)
 
 
 def test_a_commit_under_a_trickle_writes_a_small_part_of_the_state() -> None:
