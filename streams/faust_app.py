@@ -104,7 +104,14 @@ class FaustIO:
         return bool(await consumer._commit({TP(t, p): off for (t, p), off in offsets.items()}))
 
     async def seek(self, tp: tuple[str, int], offset: int) -> None:
-        await self.app.consumer.seek(TP(*tp), offset)
+        # on the consumer's own thread: Faust's seek() runs aiokafka's from this one, and it
+        # dropped a partition's fetched records while that thread was draining them (a
+        # KeyError in aiokafka's fetched_records crashed the worker; aiokafka is not
+        # thread-safe)
+        consumer: Any = self.app.consumer
+        thread = consumer._thread
+        await thread.call_thread(thread.seek, TP(*tp), offset)
+        consumer._read_offset[TP(*tp)] = offset or None  # as Faust's seek(): read again
 
     def assignment(self) -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
