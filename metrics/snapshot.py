@@ -9,7 +9,7 @@ raises ``StateError``, it never runs code (no pickle anywhere in the state path)
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterable, Iterator
 from typing import Any, Final
 
 import msgspec
@@ -106,11 +106,11 @@ def strip(windows: dict[str, WindowsState], publisher: PublisherState
             msgspec.structs.replace(publisher, published={}))
 
 
-def decode_parts(parts: list[tuple[str, bytes]], part_types: dict[tuple[str, str], Any]
-                 ) -> list[tuple[list[str], Any]]:
+def decode_parts(parts: Iterable[tuple[str, bytes]], part_types: dict[tuple[str, str], Any]
+                 ) -> Iterator[tuple[list[str], Any]]:
     """Each part's name split, and its data checked against its schema (``part_types``:
-    (tracker, table) -> type). ``StateError`` naming the part when it is not readable."""
-    out = []
+    (tracker, table) -> type), one at a time (a table on disk is never whole in memory).
+    ``StateError`` naming the part when it is not readable."""
     for name, raw in parts:
         bits = name.split("|")
         try:
@@ -130,8 +130,7 @@ def decode_parts(parts: list[tuple[str, bytes]], part_types: dict[tuple[str, str
                 raise ValueError("unknown kind of part")
         except (msgspec.DecodeError, ValueError, IndexError) as exc:
             raise StateError(f"state part {name!r} is unreadable: {exc}") from None
-        out.append((bits, data))
-    return out
+        yield bits, data
 
 
 def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
@@ -162,7 +161,7 @@ def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
     for tname, tracker in trackers.items():
         for table, keyed in tracker.tables().items():
             dirty = keyed.drain()
-            for hour in keyed.by_hour:
+            for hour in keyed.filed():
                 name = f"t|{tname}|{table}|{hour}"
                 names.add(name)
                 if full or hour in dirty:
@@ -172,7 +171,7 @@ def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
 
 def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                trackers: dict[str, Tracker], kpis: Container[str],
-               parts: list[tuple[str, bytes]]) -> None:
+               parts: Iterable[tuple[str, bytes]]) -> None:
     """Fill a restored core with its parts; what no longer fits the catalog (a KPI, a
     window, a tracker gone) is left out. Nothing is left to write after."""
     types = {(n, table): t.part_types[table] for n, t in trackers.items()
