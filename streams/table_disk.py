@@ -35,6 +35,7 @@ from streams.dedup_disk import store_options
 #: the keys a table keeps in memory (read or changed since its cache was last emptied)
 CACHE_KEYS: Final = 50_000
 _HOUR: Final = struct.Struct(">I")
+_BIAS: Final = 1 << 31  # hours stored unsigned, so that they sort as numbers do
 _STORES: Final = itertools.count()  # names the folder of each store a process opens
 _ENCODE: Final = msgspec.msgpack.Encoder().encode
 
@@ -42,7 +43,7 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 # a cached key: its value (None: absent), the hour it is filed under on disk and in
-# memory (-1: none)
+# memory (None: none)
 _VALUE, _DISK_H, _HOUR_AT = 0, 1, 2
 
 
@@ -144,7 +145,7 @@ class DiskKeyed(Generic[K, V]):
         hour = self.ts_of(entry[_VALUE]) // HOUR_MS
         old = entry[_HOUR_AT]
         if old != hour:
-            if old >= 0:
+            if old is not None:
                 self._unfile(old)
             self.counts[hour] = self.counts.get(hour, 0) + 1
             entry[_HOUR_AT] = hour
@@ -159,7 +160,7 @@ class DiskKeyed(Generic[K, V]):
         if value is None:
             raise KeyError(key)
         self._unfile(entry[_HOUR_AT])
-        entry[_VALUE], entry[_HOUR_AT] = None, -1
+        entry[_VALUE], entry[_HOUR_AT] = None, None
         self._len -= 1
         self.changed.add(key)
         return value
@@ -182,13 +183,14 @@ class DiskKeyed(Generic[K, V]):
         removed: list[tuple[K, V]] = []
         batch = rocksdict.WriteBatch(raw_mode=True)
         db = self.store.db
-        keys = self._scan(self._h + _HOUR.pack(0), self._h + _HOUR.pack(cutoff_h))
+        keys = self._scan(self._h, self._h + _pack(cutoff_h))
         for kb, raw in zip(keys, self._values(keys), strict=True):
             removed.append((self._key(kb), self._value(memoryview(raw)[4:])))
             batch.delete(self._d + kb)
-        batch.delete_range(self._h + _HOUR.pack(0), self._h + _HOUR.pack(cutoff_h))
+        batch.delete_range(self._h, self._h + _pack(cutoff_h))
         db.write(batch)
-        for key in [k for k, e in self.cache.items() if 0 <= e[_HOUR_AT] < cutoff_h]:
+        for key in [k for k, e in self.cache.items()
+                    if e[_HOUR_AT] is not None and e[_HOUR_AT] < cutoff_h]:
             del self.cache[key]
         for h in hours:
             del self.counts[h]
@@ -200,7 +202,7 @@ class DiskKeyed(Generic[K, V]):
         """The keys filed under an hour, with their values encoded (what a commit writes of
         it: the part reads as a ``dict[K, V]``)."""
         self.flush()
-        keys = self._scan(self._h + _HOUR.pack(hour), self._h + _HOUR.pack(hour + 1))
+        keys = self._scan(self._h + _pack(hour), self._h + _pack(hour + 1))
         return {self._key(kb): msgspec.Raw(raw[4:])
                 for kb, raw in zip(keys, self._values(keys), strict=True)}
 
@@ -254,9 +256,9 @@ class DiskKeyed(Generic[K, V]):
             self.cache = {}
         raw = self.store.db.get(self._d + _ENCODE(key))
         if raw is None:
-            entry: list[Any] = [None, -1, -1]
+            entry: list[Any] = [None, None, None]
         else:
-            hour = _HOUR.unpack_from(raw)[0]
+            hour = _HOUR.unpack_from(raw)[0] - _BIAS
             entry = [self._value(memoryview(raw)[4:]), hour, hour]
         self.cache[key] = entry
         return entry
@@ -266,15 +268,15 @@ class DiskKeyed(Generic[K, V]):
         if not self.changed:
             return
         batch = rocksdict.WriteBatch(raw_mode=True)
-        pack = _HOUR.pack
+        pack = _pack
         for key in self.changed:
             entry = self.cache[key]
             kb = _ENCODE(key)
             disk_h, hour = entry[_DISK_H], entry[_HOUR_AT]
-            if disk_h >= 0 and disk_h != hour:
+            if disk_h is not None and disk_h != hour:
                 batch.delete(self._h + pack(disk_h) + kb)
             if entry[_VALUE] is None:
-                if disk_h >= 0:
+                if disk_h is not None:
                     batch.delete(self._d + kb)
             else:
                 batch.put(self._d + kb, pack(hour) + _ENCODE(entry[_VALUE]))
@@ -302,6 +304,10 @@ class DiskKeyed(Generic[K, V]):
             out.append(k[len(self._h) + 4:])
             it.next()
         return out
+
+
+def _pack(hour: int) -> bytes:
+    return _HOUR.pack(hour + _BIAS)
 
 
 def _alive(pid: int) -> bool:

@@ -17,6 +17,7 @@ from metrics.constants import HOUR_MS
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.snapshot import EngineState
 from metrics.trackers.base import Keyed
+from metrics.trackers.first_seen import UniqueOpeners
 from streams import table_disk
 from streams.table_disk import DiskKeyed, DiskTables
 from tests.helpers import DEFAULT_CATALOG
@@ -132,7 +133,8 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
         tables: DiskTables, tmp_path: Path) -> None:
     evs = events(seed=21)
     mem, disk = _engine(None), _engine(tables)
-    assert isinstance(disk.trackers["send_cohorts"].cohorts, DiskKeyed)  # type: ignore[attr-defined]
+    t: dict[str, Any] = disk.trackers
+    assert isinstance(t["send_cohorts"].cohorts, DiskKeyed)
     out_mem: list[dict[str, Any]] = []
     out_disk: list[dict[str, Any]] = []
     store_mem, store_disk = Store(), Store()
@@ -172,3 +174,22 @@ def test_a_takeover_keeps_nothing_of_what_the_trackers_held_before(
         engine.restore(msgspec.msgpack.decode(store.core, type=EngineState))
         engine.load_parts(sorted(store.parts.items()))
         assert comparable(engine) == before
+
+
+def test_unique_openers_on_disk_count_as_in_memory(tables: DiskTables) -> None:
+    """Not in the default catalog (it counts by send cohort), but a catalog may use them."""
+    mem, disk = UniqueOpeners(24 * HOUR_MS), UniqueOpeners(24 * HOUR_MS)
+    disk.spill(tables.table)
+    assert isinstance(disk.first, DiskKeyed)
+    rnd = random.Random(5)
+    dims = tuple((("campaign_id", f"c{i}"), ("segment", "s")) for i in range(3))
+    for i in range(4000):
+        key = (f"c{rnd.randrange(3)}", f"k{rnd.randrange(300)}")
+        ts = i * 60_000 + rnd.randrange(-6 * HOUR_MS, 0)  # shuffled within hours
+        d = dims[int(key[0][1])]
+        assert mem.observe_key(key, ts, d) == disk.observe_key(key, ts, d)
+        if i % 500 == 0:
+            mem.expire(i * 60_000)
+            disk.expire(i * 60_000)
+            assert len(mem) == len(disk)
+    assert mem.first.data == disk.first.data and len(mem) > 100
