@@ -419,9 +419,8 @@ class KpiEngine:
         Live references: encode them before the next event."""
         for fw in self.windows.values():
             fw.settle(self._expanders)
-        windows, publisher = strip({f: fw.snapshot() for f, fw in self.windows.items()},
-                                   self.publisher.snapshot(rows=False))
-        core = self._state(windows, publisher, ref, {})
+        windows = strip({f: fw.snapshot() for f, fw in self.windows.items()})
+        core = self._state(windows, self.publisher.snapshot(rows=False), ref, {})
         parts, names = collect_parts(self.windows, self.publisher, self.trackers, full)
         return core, parts, names
 

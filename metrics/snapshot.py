@@ -97,13 +97,12 @@ _FILED: Final = msgspec.msgpack.Decoder(dict[str, tuple[msgspec.Raw, dict[Dims, 
 _ROWS: Final = msgspec.msgpack.Decoder(Rows)
 
 
-def strip(windows: dict[str, WindowsState], publisher: PublisherState
-          ) -> tuple[dict[str, WindowsState], PublisherState]:
-    """The core's part of the windows and publisher states: their parts left out."""
-    return ({f: msgspec.structs.replace(w, panes={}, specs=[
+def strip(windows: dict[str, WindowsState]) -> dict[str, WindowsState]:
+    """The core's part of the windows' states: their panes and closed windows left out (the
+    publisher's rows are left out by ``Publisher.snapshot(rows=False)``)."""
+    return {f: msgspec.structs.replace(w, panes={}, specs=[
                 msgspec.structs.replace(s, closed={}) for s in w.specs])
-             for f, w in windows.items()},
-            msgspec.structs.replace(publisher, published={}))
+            for f, w in windows.items()}
 
 
 def decode_parts(parts: Iterable[tuple[str, bytes]], part_types: dict[tuple[str, str], Any]
@@ -196,8 +195,7 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                     k: (rows, share_keys(revs, memo)) for k, (rows, revs) in data.items()
                     if k in kpis}
         else:
-            for key, value in data.items():
-                tables[bits[1]][bits[2]].put(key, value)
+            tables[bits[1]][bits[2]].fill(data)
     for fw in windows.values():
         for spec in fw.specs:  # closed windows are kept in closing order (expire)
             spec.closed = dict(sorted(spec.closed.items()))

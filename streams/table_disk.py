@@ -185,8 +185,9 @@ class DiskKeyed(Generic[K, V]):
         db = self.store.db
         keys = self._scan(self._h, self._h + _pack(cutoff_h))
         for kb, raw in zip(keys, self._values(keys), strict=True):
-            removed.append((self._key(kb), self._value(memoryview(raw)[4:])))
-            batch.delete(self._d + kb)
+            if raw is not None:  # (an index entry is never left behind, but be sure)
+                removed.append((self._key(kb), self._value(memoryview(raw)[4:])))
+                batch.delete(self._d + kb)
         batch.delete_range(self._h, self._h + _pack(cutoff_h))
         db.write(batch)
         for key in [k for k, e in self.cache.items()
@@ -224,8 +225,25 @@ class DiskKeyed(Generic[K, V]):
         db = self.store.db
         db.delete_range(self._d, self._d + b"\xff")
         db.delete_range(self._h, self._h + b"\xff")
+        self.fill(data)
+
+    def fill(self, data: dict[K, V]) -> None:
+        """Keys new to the table (a takeover's parts: each key is in one), written in one
+        batch, not read first."""
+        self.flush()
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        counts, ts_of = self.counts, self.ts_of
         for key, value in data.items():
-            self.put(key, value)
+            if key in self.cache:  # not new after all: as any change
+                self.put(key, value)
+                continue
+            kb, hour = _ENCODE(key), ts_of(value) // HOUR_MS
+            batch.put(self._d + kb, _pack(hour) + _ENCODE(value))
+            batch.put(self._h + _pack(hour) + kb, b"")
+            counts[hour] = counts.get(hour, 0) + 1
+            self.dirty.add(hour)
+            self._len += 1
+        self.store.db.write(batch)
 
     @property
     def data(self) -> dict[K, V]:
@@ -286,7 +304,7 @@ class DiskKeyed(Generic[K, V]):
         self.store.db.write(batch)
         self.changed = set()
 
-    def _values(self, keys: list[bytes]) -> list[bytes]:
+    def _values(self, keys: list[bytes]) -> list[Any]:
         """The records of these keys (encoded), which are all on disk."""
         want: list[str | int | float | bytes | bool] = [self._d + kb for kb in keys]
         got = self.store.db.get(want) if want else []

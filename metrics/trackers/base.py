@@ -215,6 +215,10 @@ class Keyed(Generic[K, V]):
     def replace(self, data: dict[K, V]) -> None:
         """Start over from a restored state (every hour dirty: nothing written yet)."""
         self.data, self.hours, self.by_hour, self._canon = {}, {}, {}, {}
+        self.fill(data)
+
+    def fill(self, data: dict[K, V]) -> None:
+        """Add keys (a takeover's parts)."""
         for key, value in data.items():
             self.put(key, value)
 
@@ -235,6 +239,7 @@ class Table(Protocol[K, V]):
     def filed(self) -> Iterable[int]: ...
     def resident(self) -> Iterable[V]: ...
     def replace(self, data: dict[K, V]) -> None: ...
+    def fill(self, data: dict[K, V]) -> None: ...
     @property
     def data(self) -> dict[K, V]: ...
 

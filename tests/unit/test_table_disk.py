@@ -102,6 +102,20 @@ def test_memory_holds_the_cache_only(tables: DiskTables) -> None:
     assert disk.data == {("c", "x"): Val(1, 1)} and len(disk) == 1
 
 
+def test_a_table_filled_at_once_answers_as_one_filled_key_by_key(tables: DiskTables) -> None:
+    data = {("c", f"k{i}"): Val(i * 600_000, i) for i in range(300)}
+    mem: Keyed[Key, Val] = Keyed(_ts)
+    mem.fill(data)
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    disk.get(("c", "k7"))  # cached as absent: filled as any change
+    disk.fill(data)
+    assert len(disk) == len(mem) == 300 and disk.drain() == mem.drain()
+    assert set(disk.filed()) == set(mem.filed())
+    assert all(mem.hour(h) == _decoded(disk.hour(h)) for h in mem.filed())
+    assert sorted(disk.sweep(100 * 600_000)) == sorted(mem.sweep(100 * 600_000))
+    assert disk.data == mem.data and len(disk) == len(mem) > 150
+
+
 def test_each_process_has_its_folder_and_a_dead_ones_goes(tmp_path: Path) -> None:
     dead = tmp_path / "tables.999999999.0"  # no such process
     dead.mkdir()
