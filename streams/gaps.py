@@ -108,7 +108,9 @@ class Gaps:
         offsets). A moving position has its messages on their way: left alone.
         ``positions``: the consumer's, when the caller has just read them."""
         for tp in sorted(owned):
-            pos = positions[tp] if positions is not None else await io.position(tp)
+            # a partition owned since they were read (the batch under way added it): asked
+            pos = positions[tp] if positions is not None and tp in positions \
+                else await io.position(tp)
             seen, self._positions[tp] = self._positions.get(tp), pos
             if pos is None or pos != seen:
                 continue
