@@ -99,18 +99,14 @@ class Gaps:
         self.reread_from[tp] = offset
         await io.seek(tp, offset)
 
-    async def find_skipped(self, io: Any, owned: set[TP], applied: dict[TP, int],
-                           positions: dict[TP, int | None] | None = None) -> None:
+    async def find_skipped(self, io: Any, owned: set[TP], applied: dict[TP, int]) -> None:
         """Read again what the consumer passed without handing it over. A message the state
         lacks is noticed when the next one arrives (``where``); this finds the ones no
         message follows: the consumer's position stands still past the state's next offset
         (Faust drops a fetched batch it does not hand over, and seeks back only to committed
-        offsets). A moving position has its messages on their way: left alone.
-        ``positions``: the consumer's, when the caller has just read them."""
+        offsets). A moving position has its messages on their way: left alone."""
         for tp in sorted(owned):
-            # a partition owned since they were read (the batch under way added it): asked
-            pos = positions[tp] if positions is not None and tp in positions \
-                else await io.position(tp)
+            pos = await io.position(tp)
             seen, self._positions[tp] = self._positions.get(tp), pos
             if pos is None or pos != seen:
                 continue

@@ -414,13 +414,14 @@ class Shard:
         for t0 in {t0 for t0, _ in outbox}:
             self.out.emit_latency(now - t0)
 
-    def _mark_behind(self, positions: dict[tuple[str, int], int | None]) -> None:
+    async def _mark_behind(self) -> None:
         """Partitions whose consumer position is short of the log end are not idle: a
         partition's records can wait behind the others' fetches (the consumer's position
         moves past transaction markers too, so a log ending on one still goes quiet)."""
-        for tp, pos in positions.items():
+        for tp in self.owned:
             end = self.io.highwater(tp)
-            if end is not None and pos is not None and pos < end:
+            if end is not None and (pos := await self.io.position(tp)) is not None \
+                    and pos < end:
                 for wm in self.engine.watermarks.values():
                     wm.busy(tp)
 
@@ -433,12 +434,10 @@ class Shard:
         if not self.active:
             return
         async with self._state_lock:
-            # read once: for the idle rule, and for what the consumer passed (streams/gaps.py)
-            positions = {tp: await self.io.position(tp) for tp in sorted(self.owned)}
             if self.engine.config.idle_timeout_ms > 0 and self.feed_in is None:
-                self._mark_behind(positions)
+                await self._mark_behind()
             await self.publish_finals(self.engine.advance(), t0)
-            await self.gaps.find_skipped(self.io, self.owned, self.applied, positions)
+            await self.gaps.find_skipped(self.io, self.owned, self.applied)
         await self.snapshot()
         # the open values follow only the events counted and the watermarks (closes, settling
         # and expiry move with them): an unchanged mark means unchanged values
