@@ -53,7 +53,6 @@ from streams.state import (
     source_ref,
     superseded,
 )
-from streams.table_disk import DiskTables
 
 log = logging.getLogger("kpi_engine.state")
 
@@ -74,13 +73,11 @@ class Commit:
 
 
 class Durable:
-    def __init__(self, name: str, catalog: Catalog, state: Any, dedup: DiskDedup,
-                 tables: DiskTables | None = None):
+    def __init__(self, name: str, catalog: Catalog, state: Any, dedup: DiskDedup):
         self.name = name
         self.catalog = catalog
         self.state = state  # streams/shard.py: StateStore
         self.dedup = dedup
-        self.tables = tables  # the engine's tables on disk: filled from parts at takeover
         self.lineage = ""  # names the state's history (a local store of another is not it)
         self.chain: dict[int, int] = {}  # per epoch, the last commit whose segments it holds
         self.segments: dict[bytes, tuple[int, int]] = {}  # segment key -> (seq, hour)
@@ -144,12 +141,6 @@ class Durable:
         self.full_next = False
         # the local store follows the changelog, never leads it (DiskDedup.marker)
         self.dedup.persist(commit.changes, (self.lineage, seq))
-
-    def close(self) -> None:
-        """Handed over, or lost: the local stores are closed (the tables' emptied)."""
-        self.dedup.close()
-        if self.tables is not None:
-            self.tables.close()
 
     # ---- takeover -------------------------------------------------------------------------
 

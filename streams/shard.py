@@ -35,7 +35,6 @@ from streams.gaps import BROKER_ERRORS, Gaps
 from streams.settings import Settings, scratch_dir
 from streams.shard_ports import Outputs, ShardIO, StateStore
 from streams.state import EPOCH, Offsets, Snapshot, claim_key, decode, owner_epoch
-from streams.table_disk import DiskTables
 from streams.topics import family_of
 
 log = logging.getLogger("kpi_engine.worker")
@@ -61,15 +60,15 @@ class Shard:
         self.name = name
         self.catalog = catalog  # the whole catalog restricted to this shard's families
         self.topics = topics  # its families' input topics
-        base = (state_dir or scratch_dir("kpi-state-")) / name.replace("+", "_")
-        #: the shard's event ids and its large tracker tables, on disk (its families share)
-        self.dedup, tables = DiskDedup(base / "dedup"), DiskTables(base / "tables")
+        #: the shard's event ids, on disk (one store per shard: its families share it)
+        self.dedup = DiskDedup((state_dir or scratch_dir("kpi-state-"))
+                               / name.replace("+", "_") / "dedup")
         self.engine = KpiEngine(catalog, EngineConfig(
             dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
             idle_timeout_ms=int(settings.idle_timeout * 1000)), clock=wall_ms,
-            dedup=lambda _: self.dedup, tables=tables.table)
+            dedup=lambda _: self.dedup)
         #: what commits write and takeovers read back (streams/durable.py)
-        self.durable = Durable(name, catalog, state, self.dedup, tables)
+        self.durable = Durable(name, catalog, state, self.dedup)
         #: breaches of the catalog's alerts, on the open values it emits (`kpi-alerts`)
         self.alerts = AlertEvaluator(catalog)
         #: seasonal baselines of the KPIs with an `anomaly:`, on the closed windows
@@ -156,7 +155,7 @@ class Shard:
             self._go_quiet()
             self.outbox = []
             self.state.forget(self.name)
-            self.durable.close()
+            self.dedup.close()
         log.warning("%s: lost with the group membership; its state will be recovered from "
                     "the changelog", self.name)
 
@@ -171,7 +170,7 @@ class Shard:
         await self.snapshot(force=True)
         async with self._state_lock:
             self._go_quiet()
-            self.durable.close()
+            self.dedup.close()
         log.warning("%s: standing by", self.name)
 
     def _go_quiet(self) -> None:

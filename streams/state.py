@@ -26,7 +26,7 @@ import hashlib
 import logging
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -296,9 +296,10 @@ def part_of(key: bytes, group: str) -> tuple[int, str]:
 
 
 def parts_of(group: str, parts: dict[str, tuple[int, int]], values: dict[bytes, bytes]
-             ) -> Iterator[tuple[str, bytes]]:
-    """The records of a snapshot's parts, checked against its map, one at a time;
-    ``StateError`` naming the key of one missing or damaged."""
+             ) -> list[tuple[str, bytes]]:
+    """The records of a snapshot's parts, checked against its map; ``StateError`` naming
+    the key of one missing or damaged."""
+    out = []
     for name, (seq, crc) in sorted(parts.items()):
         key = part_key(group, seq, name)
         value = values.get(key)
@@ -307,10 +308,10 @@ def parts_of(group: str, parts: dict[str, tuple[int, int]], values: dict[bytes, 
         if zlib.crc32(value) != crc:
             raise StateError(f"state record {key!r} is corrupt (checksum)")
         try:
-            data = zlib.decompress(value)
+            out.append((name, zlib.decompress(value)))
         except zlib.error as exc:
             raise StateError(f"state record {key!r} is unreadable: {exc}") from None
-        yield name, data
+    return out
 
 
 def encode(snap: Snapshot, group: str, catalog: Catalog) -> list[tuple[bytes, bytes]]:
