@@ -20,7 +20,7 @@ over its sources of the highest event time seen: how partitions interleave makes
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -59,7 +59,8 @@ from metrics.snapshot import (
     strip,
 )
 from metrics.trackers import TRACKERS, Tracker
-from metrics.trackers.registry import trackers_used
+from metrics.trackers.base import TableFactory
+from metrics.trackers.registry import make_trackers
 from metrics.windows import FamilyWindows
 
 __all__ = ["NEVER", "Clock", "EngineConfig", "KpiEngine"]
@@ -92,7 +93,8 @@ class KpiEngine:
         return super().__new__(FeedingEngine if cls is KpiEngine and feeds else cls)
 
     def __init__(self, catalog: Catalog, config: EngineConfig | None = None,
-                 clock: Clock | None = None, dedup: DedupFactory | None = None):
+                 clock: Clock | None = None, dedup: DedupFactory | None = None,
+                 tables: TableFactory | None = None):
         self.catalog = catalog
         self.config = config = config or EngineConfig()
         self._clock: Clock = clock or (lambda: 0)
@@ -115,11 +117,7 @@ class KpiEngine:
                 self._updates[t] = partial(apply_update, aggs, bds)
                 self._expanders[t] = partial(apply_expand, aggs, bds)
         self._kpi_rows = row_functions(catalog, config.generated)
-        self.trackers: dict[str, Tracker] = {}
-        for cls in trackers_used(catalog):
-            tracker = self.trackers[cls.name] = cls(catalog.families[cls.family].state_ms)
-            if hasattr(tracker, "configure"):  # settings of its own in the catalog
-                tracker.configure(catalog)
+        self.trackers: dict[str, Tracker] = make_trackers(catalog, tables)
         self._facts = FactRouter(catalog)
         self.scorecards = Scorecards(catalog, self._kpi_rows)
         #: event ids counted, per shard (Catalog.shards)
@@ -421,13 +419,12 @@ class KpiEngine:
         Live references: encode them before the next event."""
         for fw in self.windows.values():
             fw.settle(self._expanders)
-        windows, publisher = strip({f: fw.snapshot() for f, fw in self.windows.items()},
-                                   self.publisher.snapshot(rows=False))
-        core = self._state(windows, publisher, ref, {})
+        windows = strip({f: fw.snapshot() for f, fw in self.windows.items()})
+        core = self._state(windows, self.publisher.snapshot(rows=False), ref, {})
         parts, names = collect_parts(self.windows, self.publisher, self.trackers, full)
         return core, parts, names
 
-    def load_parts(self, parts: list[tuple[str, bytes]]) -> None:
+    def load_parts(self, parts: Iterable[tuple[str, bytes]]) -> None:
         """After restore() of a core state: its parts. Nothing is left to write after."""
         load_parts(self.windows, self.publisher, self.trackers, self.catalog.kpis, parts)
 
@@ -448,8 +445,11 @@ class KpiEngine:
         for s, d in self.dedup.items():
             d.restore(state.dedup[s])
         for n, t in self.trackers.items():
-            if n in state.trackers:  # a tracker the catalog uses since starts empty
+            if n in state.trackers:
                 t.restore(decode_part(state.trackers[n], t.state_type, f"tracker {n}"))
+            else:  # a core (its tables come as parts), or a tracker new to the catalog
+                for table in t.tables().values():
+                    table.replace({})
         self.publisher.restore(state.publisher)
         c = state.counters
         self.events_total.clear()

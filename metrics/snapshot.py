@@ -9,7 +9,7 @@ raises ``StateError``, it never runs code (no pickle anywhere in the state path)
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterable, Iterator
 from typing import Any, Final
 
 import msgspec
@@ -97,20 +97,19 @@ _FILED: Final = msgspec.msgpack.Decoder(dict[str, tuple[msgspec.Raw, dict[Dims, 
 _ROWS: Final = msgspec.msgpack.Decoder(Rows)
 
 
-def strip(windows: dict[str, WindowsState], publisher: PublisherState
-          ) -> tuple[dict[str, WindowsState], PublisherState]:
-    """The core's part of the windows and publisher states: their parts left out."""
-    return ({f: msgspec.structs.replace(w, panes={}, specs=[
+def strip(windows: dict[str, WindowsState]) -> dict[str, WindowsState]:
+    """The core's part of the windows' states: their panes and closed windows left out (the
+    publisher's rows are left out by ``Publisher.snapshot(rows=False)``)."""
+    return {f: msgspec.structs.replace(w, panes={}, specs=[
                 msgspec.structs.replace(s, closed={}) for s in w.specs])
-             for f, w in windows.items()},
-            msgspec.structs.replace(publisher, published={}))
+            for f, w in windows.items()}
 
 
-def decode_parts(parts: list[tuple[str, bytes]], part_types: dict[tuple[str, str], Any]
-                 ) -> list[tuple[list[str], Any]]:
+def decode_parts(parts: Iterable[tuple[str, bytes]], part_types: dict[tuple[str, str], Any]
+                 ) -> Iterator[tuple[list[str], Any]]:
     """Each part's name split, and its data checked against its schema (``part_types``:
-    (tracker, table) -> type). ``StateError`` naming the part when it is not readable."""
-    out = []
+    (tracker, table) -> type), one at a time (a table on disk is never whole in memory).
+    ``StateError`` naming the part when it is not readable."""
     for name, raw in parts:
         bits = name.split("|")
         try:
@@ -130,8 +129,7 @@ def decode_parts(parts: list[tuple[str, bytes]], part_types: dict[tuple[str, str
                 raise ValueError("unknown kind of part")
         except (msgspec.DecodeError, ValueError, IndexError) as exc:
             raise StateError(f"state part {name!r} is unreadable: {exc}") from None
-        out.append((bits, data))
-    return out
+        yield bits, data
 
 
 def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
@@ -162,7 +160,7 @@ def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
     for tname, tracker in trackers.items():
         for table, keyed in tracker.tables().items():
             dirty = keyed.drain()
-            for hour in keyed.by_hour:
+            for hour in keyed.filed():
                 name = f"t|{tname}|{table}|{hour}"
                 names.add(name)
                 if full or hour in dirty:
@@ -172,7 +170,7 @@ def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
 
 def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                trackers: dict[str, Tracker], kpis: Container[str],
-               parts: list[tuple[str, bytes]]) -> None:
+               parts: Iterable[tuple[str, bytes]]) -> None:
     """Fill a restored core with its parts; what no longer fits the catalog (a KPI, a
     window, a tracker gone) is left out. Nothing is left to write after."""
     types = {(n, table): t.part_types[table] for n, t in trackers.items()
@@ -197,8 +195,7 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                     k: (rows, share_keys(revs, memo)) for k, (rows, revs) in data.items()
                     if k in kpis}
         else:
-            for key, value in data.items():
-                tables[bits[1]][bits[2]].put(key, value)
+            tables[bits[1]][bits[2]].fill(data)
     for fw in windows.values():
         for spec in fw.specs:  # closed windows are kept in closing order (expire)
             spec.closed = dict(sorted(spec.closed.items()))

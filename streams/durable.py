@@ -53,6 +53,7 @@ from streams.state import (
     source_ref,
     superseded,
 )
+from streams.table_disk import DiskTables
 
 log = logging.getLogger("kpi_engine.state")
 
@@ -72,12 +73,18 @@ class Commit:
     chain: dict[int, int]
 
 
+class Abandoned(Exception):
+    """A commit whose shard was lost while it was written (``Durable.write``)."""
+
+
 class Durable:
-    def __init__(self, name: str, catalog: Catalog, state: Any, dedup: DiskDedup):
+    def __init__(self, name: str, catalog: Catalog, state: Any, dedup: DiskDedup,
+                 tables: DiskTables | None = None):
         self.name = name
         self.catalog = catalog
         self.state = state  # streams/shard.py: StateStore
         self.dedup = dedup
+        self.tables = tables  # the engine's tables on disk: filled from parts at takeover
         self.lineage = ""  # names the state's history (a local store of another is not it)
         self.chain: dict[int, int] = {}  # per epoch, the last commit whose segments it holds
         self.segments: dict[bytes, tuple[int, int]] = {}  # segment key -> (seq, hour)
@@ -90,6 +97,7 @@ class Durable:
         #: the epochs whose snapshots (chunks, manifests) the table holds for the shard: kept
         #: as written, for /health, rather than found in every record on each call
         self.epochs: set[int] = set()
+        self.tenure = 0  # counts closes: a commit in flight across one is not finished
 
     # ---- commit ---------------------------------------------------------------------------
 
@@ -116,8 +124,12 @@ class Durable:
     async def write(self, commit: Commit) -> None:
         """Write a prepared commit; once its manifest is durable, drop what it superseded."""
         self.full_next = True  # until this one is through
-        state, seq = self.state, commit.seq
+        state, seq, tenure = self.state, commit.seq, self.tenure
         await state.write(commit.extra + commit.records[:-1])
+        if self.tenure != tenure:
+            # lost while its records were in flight: they may have reached a broker that came
+            # back empty; without their manifest they are orphans the next owner deletes
+            raise Abandoned(f"commit {seq}: the shard was lost while it was written")
         await state.write(commit.records[-1:])
         self.segments.update(commit.segments)
         doomed = [k for k, (_, hour) in self.segments.items() if hour < commit.changes.cutoff_h]
@@ -141,6 +153,13 @@ class Durable:
         self.full_next = False
         # the local store follows the changelog, never leads it (DiskDedup.marker)
         self.dedup.persist(commit.changes, (self.lineage, seq))
+
+    def close(self) -> None:
+        """Handed over, or lost: the local stores are closed (the tables' emptied)."""
+        self.tenure += 1
+        self.dedup.close()
+        if self.tables is not None:
+            self.tables.close()
 
     # ---- takeover -------------------------------------------------------------------------
 

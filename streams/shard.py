@@ -28,13 +28,14 @@ from metrics.events import ACCOUNTS, Event, Parser, event_parser
 from metrics.records import update_key, window_key
 from metrics.timestamps import wall_ms
 from streams.dedup_disk import DiskDedup
-from streams.durable import Commit, Durable
+from streams.durable import Abandoned, Commit, Durable
 from streams.exporter import ShellStats
 from streams.feed import FeedIn, FeedOut
 from streams.gaps import BROKER_ERRORS, Gaps
 from streams.settings import Settings, scratch_dir
 from streams.shard_ports import Outputs, ShardIO, StateStore
-from streams.state import EPOCH, Offsets, Snapshot, claim_key, decode, owner_epoch
+from streams.state import EPOCH, Offsets, Snapshot, claim_key, decode, orphaned, owner_epoch
+from streams.table_disk import DiskTables
 from streams.topics import family_of
 
 log = logging.getLogger("kpi_engine.worker")
@@ -60,15 +61,15 @@ class Shard:
         self.name = name
         self.catalog = catalog  # the whole catalog restricted to this shard's families
         self.topics = topics  # its families' input topics
-        #: the shard's event ids, on disk (one store per shard: its families share it)
-        self.dedup = DiskDedup((state_dir or scratch_dir("kpi-state-"))
-                               / name.replace("+", "_") / "dedup")
+        base = (state_dir or scratch_dir("kpi-state-")) / name.replace("+", "_")
+        #: the shard's event ids and its large tracker tables, on disk (its families share)
+        self.dedup, tables = DiskDedup(base / "dedup"), DiskTables(base / "tables")
         self.engine = KpiEngine(catalog, EngineConfig(
             dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
             idle_timeout_ms=int(settings.idle_timeout * 1000)), clock=wall_ms,
-            dedup=lambda _: self.dedup)
+            dedup=lambda _: self.dedup, tables=tables.table)
         #: what commits write and takeovers read back (streams/durable.py)
-        self.durable = Durable(name, catalog, state, self.dedup)
+        self.durable = Durable(name, catalog, state, self.dedup, tables)
         #: breaches of the catalog's alerts, on the open values it emits (`kpi-alerts`)
         self.alerts = AlertEvaluator(catalog)
         #: seasonal baselines of the KPIs with an `anomaly:`, on the closed windows
@@ -130,7 +131,12 @@ class Shard:
         """This worker now owns the shard: continue from its latest durable state in the
         state table's ``records``, whoever wrote it (another worker may have owned the shard
         since this one last did), in an epoch of its own, claimed before counting anything."""
-        snap = decode(records, self.name, self.catalog, on_skip=self.skip_record)
+        snap = None
+        if orphaned(records, self.name):
+            log.warning("%s: a commit without its owner's claim (written to a broker that "
+                        "came back empty) passed over: counting from nothing", self.name)
+        else:
+            snap = decode(records, self.name, self.catalog, on_skip=self.skip_record)
         epoch = owner_epoch(records, self.name, snap.seq if snap else 0)
         await self.state.write([(claim_key(self.name), str(epoch).encode())])
         async with self._state_lock:
@@ -155,7 +161,7 @@ class Shard:
             self._go_quiet()
             self.outbox = []
             self.state.forget(self.name)
-            self.dedup.close()
+            self.durable.close()
         log.warning("%s: lost with the group membership; its state will be recovered from "
                     "the changelog", self.name)
 
@@ -170,7 +176,7 @@ class Shard:
         await self.snapshot(force=True)
         async with self._state_lock:
             self._go_quiet()
-            self.dedup.close()
+            self.durable.close()
         log.warning("%s: standing by", self.name)
 
     def _go_quiet(self) -> None:
@@ -215,7 +221,7 @@ class Shard:
                       outbox: list[tuple[float, dict[str, Any]]]) -> bool:
         try:
             await self.durable.write(commit)
-        except BROKER_ERRORS as exc:
+        except (*BROKER_ERRORS, Abandoned) as exc:
             # the broker refused the state write (one that came back empty answers
             # UnknownError until the changelog exists again): nothing is lost, the next
             # commit writes everything again (``Durable.write``); the closed windows wait

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -194,7 +194,33 @@ def owner_epoch(records: Iterable[tuple[bytes, bytes | None]], group: str,
         if k == key and v is not None:
             with contextlib.suppress(ValueError):  # a junk claim: decode reported it
                 claimed = max(claimed, int(v))
+        elif (e := record_epoch(k, group)) is not None:  # above unclaimed ones too (orphaned)
+            claimed = max(claimed, e)
     return max(claimed, restored_seq // EPOCH) + 1
+
+
+def orphaned(records: Iterable[tuple[bytes, bytes | None]], group: str) -> bool:
+    """Whether the table holds ``group``'s state records but no owner's claim. Every owner
+    claims its epoch before it writes anything, and the claim is never deleted: records
+    without one are a commit that was in flight when the broker went away, written again to
+    a broker that came back empty. Its offsets are the old log's and its parts are gone;
+    the shard starts from what the new broker holds, as after losing the changelog."""
+    key, found = claim_key(group), False
+    for k, v in records:
+        if k == key and v is not None:
+            return False
+        found = found or record_epoch(k, group) is not None
+    return found
+
+
+def record_epoch(key: bytes, group: str) -> int | None:
+    """The epoch of any of ``group``'s snapshot records (chunk, manifest, segment, part)."""
+    if (e := key_epoch(key, group)) is not None:
+        return e
+    for parse in (segment_of, part_of):
+        with contextlib.suppress(ValueError):
+            return parse(key, group)[0] // EPOCH
+    return None
 
 
 def key_epoch(key: bytes, group: str) -> int | None:
@@ -296,10 +322,9 @@ def part_of(key: bytes, group: str) -> tuple[int, str]:
 
 
 def parts_of(group: str, parts: dict[str, tuple[int, int]], values: dict[bytes, bytes]
-             ) -> list[tuple[str, bytes]]:
-    """The records of a snapshot's parts, checked against its map; ``StateError`` naming
-    the key of one missing or damaged."""
-    out = []
+             ) -> Iterator[tuple[str, bytes]]:
+    """The records of a snapshot's parts, checked against its map, one at a time;
+    ``StateError`` naming the key of one missing or damaged."""
     for name, (seq, crc) in sorted(parts.items()):
         key = part_key(group, seq, name)
         value = values.get(key)
@@ -308,10 +333,10 @@ def parts_of(group: str, parts: dict[str, tuple[int, int]], values: dict[bytes, 
         if zlib.crc32(value) != crc:
             raise StateError(f"state record {key!r} is corrupt (checksum)")
         try:
-            out.append((name, zlib.decompress(value)))
+            data = zlib.decompress(value)
         except zlib.error as exc:
             raise StateError(f"state record {key!r} is unreadable: {exc}") from None
-    return out
+        yield name, data
 
 
 def encode(snap: Snapshot, group: str, catalog: Catalog) -> list[tuple[bytes, bytes]]:

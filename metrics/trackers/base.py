@@ -19,7 +19,7 @@ publisher asks for it per window when it publishes the window (metrics/publish.p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import msgspec
@@ -80,7 +80,7 @@ class Tracker(Protocol):
     #: per keyed table, the msgspec type of one hour of it (a commit's part)
     part_types: ClassVar[dict[str, Any]]
 
-    def tables(self) -> dict[str, Keyed[Any, Any]]:
+    def tables(self) -> Mapping[str, Table[Any, Any]]:
         """Its keyed state, by table name (what commits write hour by hour)."""
         ...
 
@@ -204,8 +204,45 @@ class Keyed(Generic[K, V]):
         dirty, self.dirty = self.dirty, set()
         return dirty
 
+    def filed(self) -> Iterable[int]:
+        """The hours some key is filed under."""
+        return self.by_hour.keys()
+
+    def resident(self) -> Iterable[V]:
+        """The values held in memory (all of them)."""
+        return self.data.values()
+
     def replace(self, data: dict[K, V]) -> None:
         """Start over from a restored state (every hour dirty: nothing written yet)."""
         self.data, self.hours, self.by_hour, self._canon = {}, {}, {}, {}
+        self.fill(data)
+
+    def fill(self, data: dict[K, V]) -> None:
+        """Add keys (a takeover's parts)."""
         for key, value in data.items():
             self.put(key, value)
+
+
+class Table(Protocol[K, V]):
+    """What a tracker and a commit ask of a keyed table: ``Keyed``, or in a worker one on
+    disk (streams/table_disk.py) for the tables that grow with the audience."""
+
+    def get(self, key: K) -> V | None: ...
+    def __contains__(self, key: K) -> bool: ...
+    def __len__(self) -> int: ...
+    def put(self, key: K, value: V) -> None: ...
+    def touch(self, key: K) -> None: ...
+    def delete(self, key: K) -> V: ...
+    def sweep(self, cutoff_ts: int) -> list[tuple[K, V]]: ...
+    def hour(self, hour: int) -> dict[K, Any]: ...
+    def drain(self) -> set[int]: ...
+    def filed(self) -> Iterable[int]: ...
+    def resident(self) -> Iterable[V]: ...
+    def replace(self, data: dict[K, V]) -> None: ...
+    def fill(self, data: dict[K, V]) -> None: ...
+    @property
+    def data(self) -> dict[K, V]: ...
+
+
+#: makes a table on disk: (name, what its values expire by, key type, value type)
+TableFactory = Callable[[str, Callable[[Any], int], Any, Any], Table[Any, Any]]

@@ -23,7 +23,7 @@ import msgspec
 
 from metrics.constants import DAY_MS, UNKNOWN
 from metrics.events import Event
-from metrics.trackers.base import Dims, DimsMemo, Fact, Keyed, net_change
+from metrics.trackers.base import Dims, DimsMemo, Fact, Keyed, Table, TableFactory, net_change
 
 _EMAIL_DIMS: Final = frozenset({"campaign_id", "segment"})
 
@@ -83,10 +83,14 @@ class SendCohorts:
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
         #: (campaign, contact) -> its sends and responses, filed by the latest of them
-        self.cohorts: Keyed[Key, Cohort] = Keyed(_latest)
+        self.cohorts: Table[Key, Cohort] = Keyed(_latest)
         #: campaign -> its lifetime tally, filed by its latest event
         self.campaigns: Keyed[str, Tally] = Keyed(_tally_last)
         self._dims = DimsMemo()  # a send's dims: one tuple per campaign and segment
+
+    def spill(self, make: TableFactory) -> None:
+        """Its cohorts, one per (campaign, contact) reached: on disk (a worker's)."""
+        self.cohorts = make(f"{self.name}.cohorts", _latest, Key, Cohort)
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -181,13 +185,13 @@ class SendCohorts:
         self.cohorts.replace(state.cohorts)
         self.campaigns.replace(state.campaigns)
 
-    def tables(self) -> dict[str, Keyed[Any, Any]]:
+    def tables(self) -> dict[str, Table[Any, Any]]:
         return {"cohorts": self.cohorts, "campaigns": self.campaigns}
 
     def loaded(self) -> None:
         """Decoded apart, every send held its own dims: one tuple each again."""
         memo = self._dims
-        for c in self.cohorts.data.values():
+        for c in self.cohorts.resident():
             c.sends = [(ts, memo(d)) for ts, d in c.sends]
 
     def __len__(self) -> int:

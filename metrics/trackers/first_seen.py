@@ -9,7 +9,7 @@ import msgspec
 
 from metrics.constants import UNKNOWN
 from metrics.events import Event
-from metrics.trackers.base import Dims, DimsMemo, Fact, Keyed
+from metrics.trackers.base import Dims, DimsMemo, Fact, Keyed, Table, TableFactory
 
 _EMAIL_DIMS: Final = frozenset({"campaign_id", "segment"})
 
@@ -40,8 +40,12 @@ class FirstSeen:
 
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
-        self.first: Keyed[Key, tuple[int, Dims]] = Keyed(_first_ts)
+        self.first: Table[Key, tuple[int, Dims]] = Keyed(_first_ts)
         self._dims = DimsMemo()
+
+    def spill(self, make: TableFactory) -> None:
+        """Its keys, one per (campaign, contact) that answered: on disk (a worker's)."""
+        self.first = make(f"{self.name}.first", _first_ts, Key, tuple[int, Dims])
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -72,11 +76,13 @@ class FirstSeen:
     def restore(self, state: FirstSeenState) -> None:
         self.first.replace(state.first)
 
-    def tables(self) -> dict[str, Keyed[Any, Any]]:
+    def tables(self) -> dict[str, Table[Any, Any]]:
         return {"first": self.first}
 
     def loaded(self) -> None:
         """Decoded apart, every key held its own dims: one tuple each again."""
+        if not isinstance(self.first, Keyed):  # on disk: decoded as read, a few at a time
+            return
         memo, data = self._dims, self.first.data
         for key, (ts, dims) in data.items():
             data[key] = (ts, memo(dims))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Final
 from metrics.trackers.account_purchases import AccountPurchases
 from metrics.trackers.account_revenue import AccountRevenue
 from metrics.trackers.attribution import Attribution
-from metrics.trackers.base import Tracker
+from metrics.trackers.base import TableFactory, Tracker
 from metrics.trackers.cohorts import SendCohorts
 from metrics.trackers.first_seen import UniqueClickers, UniqueOpeners
 from metrics.trackers.lead_scoring import LeadScoring
@@ -40,6 +40,19 @@ def trackers_used(catalog: Catalog) -> list[type[Tracker]]:
     catalog, Catalog.restrict, lacks the other families' aggregates)."""
     used = {a.builtin for a in catalog.aggregates.values() if a.builtin is not None}
     return [t for t in TRACKERS if t.family in catalog.families and used & set(t.builtins)]
+
+
+def make_trackers(catalog: Catalog, tables: TableFactory | None = None) -> dict[str, Tracker]:
+    """The trackers a catalog runs, by name, set up: their settings in the catalog, and
+    (``tables`` given: a worker's) their large tables on disk."""
+    out: dict[str, Tracker] = {}
+    for cls in trackers_used(catalog):
+        tracker = out[cls.name] = cls(catalog.families[cls.family].state_ms)
+        if hasattr(tracker, "configure"):  # settings of its own in the catalog
+            tracker.configure(catalog)
+        if tables is not None and hasattr(tracker, "spill"):
+            tracker.spill(tables)
+    return out
 
 
 def _check_unique() -> None:

@@ -16,7 +16,7 @@ from metrics.errors import StateError
 from streams.broker import free_port
 from streams.health import BrokerWatch, OffsetReset, Thinned, connect_error
 from streams.settings import Settings
-from streams.state import Snapshot, encode
+from streams.state import Snapshot, claim_key, encode
 from streams.topics import input_topics
 from streams.worker import KpiShell
 from tests.helpers import DEFAULT_CATALOG, final_values
@@ -131,6 +131,7 @@ def test_unreadable_state_stops_the_takeover_loudly() -> None:
     sh, _ = shell(table)
     email = sh.shards["email"]
     table.data.update(encode(Snapshot(1, email.engine.snapshot(), {}, {}, []), "email", other))
+    table.data[claim_key("email")] = b"0"  # its owner claimed it (no claim: a late write)
     with pytest.raises(StateError, match="other windows, grace or currency"):
         asyncio.run(sh.on_state_recovered({"email"}))
     assert not email.active

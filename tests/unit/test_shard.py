@@ -6,6 +6,7 @@ state table, re-reads after a hole, and replays skipped. The I/O is a recording 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,7 +18,7 @@ from metrics.records import window_key
 from streams.settings import Settings
 from streams.shard import Shard
 from streams.shard_ports import Outputs
-from streams.state import Offsets
+from streams.state import EPOCH, Offsets, record_epoch
 from tests.helpers import DEFAULT_CATALOG, final_values, replay
 
 SETTINGS = replace(Settings(), snapshot_interval=0.0, idle_timeout=0.0)
@@ -309,6 +310,81 @@ def test_a_refused_state_write_keeps_the_worker_and_the_finals_and_retries() -> 
     other = new_shard(FakeIO(), table)
     run(other.activate(table.records("email"), 0.0))
     assert other.engine.events_total == shard.engine.events_total
+
+
+def test_a_commit_that_reached_a_broker_back_empty_is_passed_over() -> None:
+    """A commit in flight when the broker went away lands on the one that came back empty:
+    its manifest and chunks, and the parts it changed, but neither the owner's claim nor the
+    parts an earlier commit wrote (the CI failure of stop 35: ``state record ...|pt|... is
+    missing``). Its offsets are the old log's: the next owner counts from nothing, in an
+    epoch above it, and deletes it with its first commit."""
+    lines = traffic()
+    parts = batches(lines)
+    table = FakeTable()
+    first = new_shard(FakeIO(), table)
+
+    async def go() -> None:
+        await first.activate([], 0.0)
+        for b in parts[:len(parts) // 2]:
+            await first.handle(b)
+        await first.snapshot(force=True)
+        before = dict(table.data)
+        await first.handle(parts[len(parts) // 2])
+        await first.snapshot(force=True)
+        late = {k: v for k, v in table.data.items() if before.get(k) != v}
+        assert any(b"|manifest|" in k for k in late) and not any(b"|claim" in k for k in late)
+        assert set(before) - set(late), "an earlier commit's records the late one needs"
+        table.data = late  # the broker came back empty, then the late write reached it
+
+    run(go())
+    io2 = FakeIO()
+    second = new_shard(io2, table)
+
+    async def again() -> None:
+        await second.activate(table.records("email"), 0.0)
+        assert second.applied == {} and second.snapshot_seq // EPOCH > first.snapshot_seq // EPOCH
+        for b in parts:
+            await second.handle(b)
+        await second.snapshot(force=True)
+
+    run(again())
+    assert second.engine.events_total == first_run_counts(lines)
+    old = first.snapshot_seq // EPOCH
+    assert not [k for k in table.data if record_epoch(k, "email") == old], "orphans deleted"
+
+
+def test_a_commit_whose_shard_is_lost_meanwhile_writes_no_manifest() -> None:
+    """Lost while a commit's records were in flight (they may reach a broker that came back
+    empty): the commit stops before its manifest, so nothing restorable points at them."""
+    io = FakeIO()
+    table = LosingTable()
+    shard = new_shard(io, table)
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        for b in batches(traffic()):
+            await shard.handle(b)
+        table.on_write = shard.lose
+        assert await shard.snapshot(force=True) is False
+
+    run(go())
+    assert table.on_write is None, "the commit wrote its records"
+    assert not [k for k in table.data if b"|manifest|" in k]
+    assert any(b"|pt|" in k for k in table.data) and not io.windows()
+
+
+class LosingTable(FakeTable):
+    """Runs ``on_write`` (once) while a write is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_write: Callable[[], Awaitable[None]] | None = None
+
+    async def write(self, records: list[tuple[bytes, bytes]]) -> None:
+        hook, self.on_write = self.on_write, None
+        if hook is not None:
+            await hook()
+        await super().write(records)
 
 
 def test_another_worker_takes_over_from_the_state_table_without_loss_or_double() -> None:

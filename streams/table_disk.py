@@ -1,0 +1,338 @@
+"""A tracker's large keyed tables on disk: RocksDB (rocksdict) behind a bounded cache.
+
+The worker's ``TableFactory`` (metrics/trackers/base.py). A send cohort per (campaign,
+contact) over the email horizon is the state that grows with the audience: 1.9 M of them
+held 2 GB of Python objects at 10 M ids. Here a table holds in memory at most ``CACHE_KEYS``
+keys (those read or changed since the cache was last emptied); the rest are in RocksDB, whose
+caches are bounded by configuration (streams/dedup_disk.py: ``store_options``).
+
+The store is no durable copy: what a commit makes durable are the tables' hours as parts
+(metrics/snapshot.py), as for the tables in memory, and a takeover fills the store again
+from them. So it is emptied whenever its shard is taken over or handed over, may be written
+at any time (a cache emptied between two commits), and needs no marker.
+
+Keys, after the table's one-byte prefix: ``d`` + key -> the hour it is filed under
+(4 bytes) + its value; ``h`` + hour (4 bytes) + key -> "" (what an hour holds: a commit's
+part of it, and expiry). Keys and values are MessagePack, decoded against their types.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import struct
+from collections.abc import Callable, Hashable, Iterable
+from pathlib import Path
+from typing import Any, Final, Generic, TypeVar
+
+import msgspec
+import rocksdict
+
+from metrics.constants import HOUR_MS
+from streams.dedup_disk import store_options
+
+#: the keys a table keeps in memory (read or changed since its cache was last emptied)
+CACHE_KEYS: Final = 50_000
+_HOUR: Final = struct.Struct(">I")
+_BIAS: Final = 1 << 31  # hours stored unsigned, so that they sort as numbers do
+_STORES: Final = itertools.count()  # names the folder of each store a process opens
+_ENCODE: Final = msgspec.msgpack.Encoder().encode
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+# a cached key: its value (None: absent), the hour it is filed under on disk and in
+# memory (None: none)
+_VALUE, _DISK_H, _HOUR_AT = 0, 1, 2
+
+
+class DiskTables:
+    """One shard's store of tables: one RocksDB, a prefix per table."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._mine = path.with_name(f"{path.name}.{os.getpid()}.{next(_STORES)}")
+        self._db: rocksdict.Rdict | None = None
+        self.tables: list[DiskKeyed[Any, Any]] = []
+
+    @property
+    def db(self) -> rocksdict.Rdict:
+        if self._db is None:
+            self.open()
+        assert self._db is not None
+        return self._db
+
+    def open(self) -> None:
+        """Empty and open: what it held is in the changelog's parts."""
+        if self._db is not None:
+            return
+        # a folder of its own: a former owner of the shard on this data directory may still
+        # hold one; those of processes gone (killed) are removed
+        for old in self.path.parent.glob(self.path.name + ".*.*"):
+            pid = old.name.split(".")[-2]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(self._mine, ignore_errors=True)
+        self._mine.parent.mkdir(parents=True, exist_ok=True)
+        self._db = rocksdict.Rdict(str(self._mine), options=store_options())
+
+    def close(self) -> None:
+        """Handed over: nothing of it is kept (the next takeover fills it again)."""
+        for table in self.tables:
+            table.forget()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        shutil.rmtree(self._mine, ignore_errors=True)
+
+    def table(self, name: str, ts_of: Callable[[Any], int], key_type: Any, value_type: Any
+              ) -> DiskKeyed[Any, Any]:
+        """A new table (``name`` for errors and /health; its prefix is its rank)."""
+        if len(self.tables) >= 255:
+            raise ValueError("at most 255 tables on disk per shard")
+        table: DiskKeyed[Any, Any] = DiskKeyed(self, bytes([len(self.tables)]), name, ts_of,
+                                               key_type, value_type)
+        self.tables.append(table)
+        return table
+
+
+class DiskKeyed(Generic[K, V]):
+    """``Keyed`` (metrics/trackers/base.py) with its keys on disk. A value from ``get`` is
+    the tracker's to change until its next ``get``/``put`` on the table (which may empty the
+    cache); a change is ``touch``ed before that."""
+
+    def __init__(self, store: DiskTables, prefix: bytes, name: str,
+                 ts_of: Callable[[V], int], key_type: Any, value_type: Any):
+        self.store = store
+        self.name = name
+        self.ts_of = ts_of
+        self._d, self._h = prefix + b"d", prefix + b"h"
+        self._key = msgspec.msgpack.Decoder(key_type).decode
+        self._value = msgspec.msgpack.Decoder(value_type).decode
+        self.cache: dict[K, list[Any]] = {}
+        self.changed: set[K] = set()  # cached keys not yet written to disk
+        self.counts: dict[int, int] = {}  # hour -> keys filed under it
+        self.dirty: set[int] = set()  # hours changed since the last ``drain``
+        self._len = 0
+
+    # ---- Keyed ----------------------------------------------------------------------------
+
+    def get(self, key: K) -> V | None:
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = self._load(key)
+        value: V | None = entry[_VALUE]
+        return value
+
+    def __contains__(self, key: K) -> bool:
+        return self.get(key) is not None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def put(self, key: K, value: V) -> None:
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = self._load(key)
+        if entry[_VALUE] is None:
+            self._len += 1
+        entry[_VALUE] = value
+        self.touch(key)
+
+    def touch(self, key: K) -> None:
+        entry = self.cache[key]  # a KeyError here: touched after the cache was emptied
+        hour = self.ts_of(entry[_VALUE]) // HOUR_MS
+        old = entry[_HOUR_AT]
+        if old != hour:
+            if old is not None:
+                self._unfile(old)
+            self.counts[hour] = self.counts.get(hour, 0) + 1
+            entry[_HOUR_AT] = hour
+        self.dirty.add(hour)
+        self.changed.add(key)
+
+    def delete(self, key: K) -> V:
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = self._load(key)
+        value: V | None = entry[_VALUE]
+        if value is None:
+            raise KeyError(key)
+        self._unfile(entry[_HOUR_AT])
+        entry[_VALUE], entry[_HOUR_AT] = None, None
+        self._len -= 1
+        self.changed.add(key)
+        return value
+
+    def _unfile(self, hour: int) -> None:
+        n = self.counts[hour] - 1
+        if n:
+            self.counts[hour] = n
+        else:
+            del self.counts[hour]
+        self.dirty.add(hour)
+
+    def sweep(self, cutoff_ts: int) -> list[tuple[K, V]]:
+        """Delete the keys of the hours before the one holding ``cutoff_ts``; returns them."""
+        cutoff_h = cutoff_ts // HOUR_MS
+        hours = [h for h in self.counts if h < cutoff_h]
+        if not hours:
+            return []
+        self.flush()
+        removed: list[tuple[K, V]] = []
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        db = self.store.db
+        keys = self._scan(self._h, self._h + _pack(cutoff_h))
+        for kb, raw in zip(keys, self._values(keys), strict=True):
+            if raw is not None:  # (an index entry is never left behind, but be sure)
+                removed.append((self._key(kb), self._value(memoryview(raw)[4:])))
+                batch.delete(self._d + kb)
+        batch.delete_range(self._h, self._h + _pack(cutoff_h))
+        db.write(batch)
+        for key in [k for k, e in self.cache.items()
+                    if e[_HOUR_AT] is not None and e[_HOUR_AT] < cutoff_h]:
+            del self.cache[key]
+        for h in hours:
+            del self.counts[h]
+        self.dirty.update(hours)
+        self._len -= len(removed)
+        return removed
+
+    def hour(self, hour: int) -> dict[K, Any]:
+        """The keys filed under an hour, with their values encoded (what a commit writes of
+        it: the part reads as a ``dict[K, V]``)."""
+        self.flush()
+        keys = self._scan(self._h + _pack(hour), self._h + _pack(hour + 1))
+        return {self._key(kb): msgspec.Raw(raw[4:])
+                for kb, raw in zip(keys, self._values(keys), strict=True)}
+
+    def drain(self) -> set[int]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+    def filed(self) -> Iterable[int]:
+        """The hours some key is filed under."""
+        return self.counts.keys()
+
+    def resident(self) -> Iterable[V]:
+        """The values held in memory."""
+        return [e[_VALUE] for e in self.cache.values() if e[_VALUE] is not None]
+
+    def replace(self, data: dict[K, V]) -> None:
+        """Start over from a restored state (every hour dirty: nothing written yet)."""
+        self.forget()
+        db = self.store.db
+        db.delete_range(self._d, self._d + b"\xff")
+        db.delete_range(self._h, self._h + b"\xff")
+        self.fill(data)
+
+    def fill(self, data: dict[K, V]) -> None:
+        """Keys new to the table (a takeover's parts: each key is in one), written in one
+        batch, not read first."""
+        self.flush()
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        counts, ts_of = self.counts, self.ts_of
+        for key, value in data.items():
+            if key in self.cache:  # not new after all: as any change
+                self.put(key, value)
+                continue
+            kb, hour = _ENCODE(key), ts_of(value) // HOUR_MS
+            batch.put(self._d + kb, _pack(hour) + _ENCODE(value))
+            batch.put(self._h + _pack(hour) + kb, b"")
+            counts[hour] = counts.get(hour, 0) + 1
+            self.dirty.add(hour)
+            self._len += 1
+        self.store.db.write(batch)
+
+    @property
+    def data(self) -> dict[K, V]:
+        """Every key with its value, read from disk (a whole snapshot, tests)."""
+        self.flush()
+        db = self.store.db
+        it = db.iter()
+        it.seek(self._d)
+        out: dict[K, V] = {}
+        while it.valid():
+            k = bytes(it.key())
+            if not k.startswith(self._d):
+                break
+            out[self._key(k[len(self._d):])] = self._value(memoryview(bytes(it.value()))[4:])
+            it.next()
+        return out
+
+    # ---- the cache ------------------------------------------------------------------------
+
+    def forget(self) -> None:
+        """Nothing held in memory (the store is emptied by its owner)."""
+        self.cache, self.changed, self.counts, self.dirty = {}, set(), {}, set()
+        self._len = 0
+
+    def _load(self, key: K) -> list[Any]:
+        if len(self.cache) >= CACHE_KEYS:
+            self.flush()
+            self.cache = {}
+        raw = self.store.db.get(self._d + _ENCODE(key))
+        if raw is None:
+            entry: list[Any] = [None, None, None]
+        else:
+            hour = _HOUR.unpack_from(raw)[0] - _BIAS
+            entry = [self._value(memoryview(raw)[4:]), hour, hour]
+        self.cache[key] = entry
+        return entry
+
+    def flush(self) -> None:
+        """Write the changed keys to disk, in one batch."""
+        if not self.changed:
+            return
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        pack = _pack
+        for key in self.changed:
+            entry = self.cache[key]
+            kb = _ENCODE(key)
+            disk_h, hour = entry[_DISK_H], entry[_HOUR_AT]
+            if disk_h is not None and disk_h != hour:
+                batch.delete(self._h + pack(disk_h) + kb)
+            if entry[_VALUE] is None:
+                if disk_h is not None:
+                    batch.delete(self._d + kb)
+            else:
+                batch.put(self._d + kb, pack(hour) + _ENCODE(entry[_VALUE]))
+                if disk_h != hour:
+                    batch.put(self._h + pack(hour) + kb, b"")
+            entry[_DISK_H] = hour
+        self.store.db.write(batch)
+        self.changed = set()
+
+    def _values(self, keys: list[bytes]) -> list[Any]:
+        """The records of these keys (encoded), which are all on disk."""
+        want: list[str | int | float | bytes | bool] = [self._d + kb for kb in keys]
+        got = self.store.db.get(want) if want else []
+        return list(got or [])
+
+    def _scan(self, start: bytes, stop: bytes) -> list[bytes]:
+        """The keys (encoded) of the index entries from ``start`` up to ``stop``."""
+        it = self.store.db.iter()
+        it.seek(start)
+        out = []
+        while it.valid():
+            k = bytes(it.key())
+            if k >= stop:
+                break
+            out.append(k[len(self._h) + 4:])
+            it.next()
+        return out
+
+
+def _pack(hour: int) -> bytes:
+    return _HOUR.pack(hour + _BIAS)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

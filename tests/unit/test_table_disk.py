@@ -1,0 +1,209 @@
+"""A tracker's tables on disk (streams/table_disk.py): the same answers as ``Keyed`` in
+memory under any sequence of operations, with at most the cache's keys in Python; an engine
+whose send cohorts are on disk counts, commits and restores exactly as one holding them in
+memory."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from metrics.constants import HOUR_MS
+from metrics.engine import EngineConfig, KpiEngine
+from metrics.snapshot import EngineState
+from metrics.trackers.base import Keyed
+from metrics.trackers.first_seen import UniqueOpeners
+from streams import table_disk
+from streams.table_disk import DiskKeyed, DiskTables
+from tests.helpers import DEFAULT_CATALOG
+from tests.unit.test_parts import Store, comparable
+from tests.unit.test_snapshot import events, run
+
+Key = tuple[str, str]
+
+
+class Val(msgspec.Struct, array_like=True):
+    ts: int
+    n: int
+
+
+def _ts(v: Val) -> int:
+    return v.ts
+
+
+@pytest.fixture
+def tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(table_disk, "CACHE_KEYS", 16)  # the cache emptied again and again
+    store = DiskTables(tmp_path / "tables")
+    yield store
+    store.close()
+
+
+def _decoded(part: dict[Key, Any]) -> dict[Key, Val]:
+    return {k: v if isinstance(v, Val) else msgspec.msgpack.decode(v, type=Val)
+            for k, v in part.items()}
+
+
+def test_a_table_on_disk_answers_as_one_in_memory(tables: DiskTables) -> None:
+    rnd = random.Random(7)
+    mem: Keyed[Key, Val] = Keyed(_ts)
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    keys = [(f"c{i % 5}", f"k{i}") for i in range(120)]
+    now = 50 * HOUR_MS
+    for _ in range(6000):
+        key = rnd.choice(keys)
+        op = rnd.random()
+        if op < 0.45:  # a tracker's read-modify-touch, or a new key
+            a, b = mem.get(key), disk.get(key)
+            assert a == b
+            if a is None:
+                ts = now + rnd.randrange(-3 * HOUR_MS, HOUR_MS)
+                mem.put(key, Val(ts, 1))
+                disk.put(key, Val(ts, 1))
+            else:
+                assert b is not None
+                ts = max(a.ts, now + rnd.randrange(-HOUR_MS, HOUR_MS))
+                a.ts, a.n, b.ts, b.n = ts, a.n + 1, ts, b.n + 1
+                mem.touch(key)
+                disk.touch(key)
+        elif op < 0.55 and key in mem:
+            assert key in disk
+            assert mem.delete(key) == disk.delete(key)
+        elif op < 0.6:
+            assert key in mem or key not in disk
+        elif op < 0.62:
+            now += HOUR_MS // 2
+            cutoff = now - 4 * HOUR_MS
+            assert sorted(mem.sweep(cutoff)) == sorted(disk.sweep(cutoff))
+        elif op < 0.7:  # a commit: the hours changed, and what each holds
+            assert mem.drain() == disk.drain()
+            assert set(mem.filed()) == set(disk.filed())
+            for h in mem.filed():
+                assert mem.hour(h) == _decoded(disk.hour(h))
+        assert len(mem) == len(disk)
+        assert len(disk.cache) <= table_disk.CACHE_KEYS
+    assert mem.data == disk.data
+    assert len(mem) > 30
+
+
+def test_memory_holds_the_cache_only(tables: DiskTables) -> None:
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    for i in range(5000):
+        disk.put(("c", f"k{i}"), Val(i * 1000, i))
+        assert len(disk.cache) <= 16
+    assert len(disk) == 5000 and len(disk.data) == 5000
+    assert disk.get(("c", "k4321")) == Val(4_321_000, 4321)
+    disk.replace({("c", "x"): Val(1, 1)})
+    assert disk.data == {("c", "x"): Val(1, 1)} and len(disk) == 1
+
+
+def test_a_table_filled_at_once_answers_as_one_filled_key_by_key(tables: DiskTables) -> None:
+    data = {("c", f"k{i}"): Val(i * 600_000, i) for i in range(300)}
+    mem: Keyed[Key, Val] = Keyed(_ts)
+    mem.fill(data)
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    disk.get(("c", "k7"))  # cached as absent: filled as any change
+    disk.fill(data)
+    assert len(disk) == len(mem) == 300 and disk.drain() == mem.drain()
+    assert set(disk.filed()) == set(mem.filed())
+    assert all(mem.hour(h) == _decoded(disk.hour(h)) for h in mem.filed())
+    assert sorted(disk.sweep(100 * 600_000)) == sorted(mem.sweep(100 * 600_000))
+    assert disk.data == mem.data and len(disk) == len(mem) > 150
+
+
+def test_each_process_has_its_folder_and_a_dead_ones_goes(tmp_path: Path) -> None:
+    dead = tmp_path / "tables.999999999.0"  # no such process
+    dead.mkdir()
+    live = tmp_path / f"tables.{os.getppid()}.0"  # a former owner still running
+    live.mkdir()
+    store, again = DiskTables(tmp_path / "tables"), DiskTables(tmp_path / "tables")
+    store.table("t", _ts, Key, Val).put(("a", "b"), Val(1, 1))
+    again.table("t", _ts, Key, Val).put(("a", "b"), Val(2, 2))  # one of this process too
+    mine = [p for p in tmp_path.iterdir() if p.name.startswith(f"tables.{os.getpid()}.")]
+    assert len(mine) == 2 and live.is_dir() and not dead.exists()
+    store.close()
+    assert not store._mine.exists() and again._mine.is_dir() and live.is_dir()
+    again.close()
+
+
+def _engine(tables: DiskTables | None) -> KpiEngine:
+    return KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=0),
+                     tables=tables.table if tables else None)
+
+
+def _restored(store: Store, tables: DiskTables) -> KpiEngine:
+    engine = _engine(tables)
+    engine.restore(msgspec.msgpack.decode(store.core, type=EngineState))
+    engine.load_parts(sorted(store.parts.items()))
+    return engine
+
+
+def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
+        tables: DiskTables, tmp_path: Path) -> None:
+    evs = events(seed=21)
+    mem, disk = _engine(None), _engine(tables)
+    t: dict[str, Any] = disk.trackers
+    assert isinstance(t["send_cohorts"].cohorts, DiskKeyed)
+    out_mem: list[dict[str, Any]] = []
+    out_disk: list[dict[str, Any]] = []
+    store_mem, store_disk = Store(), Store()
+    cut = len(evs) // 2
+    for a, b in ((0, cut // 2), (cut // 2, cut)):
+        run(mem, evs[a:b], out_mem)
+        run(disk, evs[a:b], out_disk)
+        store_mem.commit(mem)
+        store_disk.commit(disk)
+    assert out_mem == out_disk and len(out_mem) > 100
+    assert comparable(mem) == comparable(disk)
+    # the parts written: the same names, the same data
+    assert set(store_mem.parts) == set(store_disk.parts)
+    assert comparable(store_mem.restore()) == comparable(store_disk.restore())
+    # a takeover in another process: its tables filled from the parts, then on as before
+    other = DiskTables(tmp_path / "other")
+    restored = _restored(store_disk, other)
+    assert comparable(restored) == comparable(mem)
+    out_restored = list(out_mem)
+    run(mem, evs[cut:], out_mem)
+    run(restored, evs[cut:], out_restored)
+    assert out_mem == out_restored
+    other.close()
+
+
+def test_a_takeover_keeps_nothing_of_what_the_trackers_held_before(
+        tables: DiskTables) -> None:
+    """A shard handed over and taken back: its trackers start from the parts alone, not
+    from what they held at the handover (keys the other owner dropped stay dropped)."""
+    evs = events(seed=22)
+    for engine in (_engine(None), _engine(tables)):
+        store = Store()
+        run(engine, evs[:2000], [])
+        store.commit(engine)
+        before = comparable(store.restore())
+        run(engine, evs[2000:], [])  # what the other owner made of the rest: not restored
+        engine.restore(msgspec.msgpack.decode(store.core, type=EngineState))
+        engine.load_parts(sorted(store.parts.items()))
+        assert comparable(engine) == before
+
+
+def test_unique_openers_on_disk_count_as_in_memory(tables: DiskTables) -> None:
+    """Not in the default catalog (it counts by send cohort), but a catalog may use them."""
+    mem, disk = UniqueOpeners(24 * HOUR_MS), UniqueOpeners(24 * HOUR_MS)
+    disk.spill(tables.table)
+    assert isinstance(disk.first, DiskKeyed)
+    rnd = random.Random(5)
+    dims = tuple((("campaign_id", f"c{i}"), ("segment", "s")) for i in range(3))
+    for i in range(4000):
+        key = (f"c{rnd.randrange(3)}", f"k{rnd.randrange(300)}")
+        ts = i * 60_000 + rnd.randrange(-6 * HOUR_MS, 0)  # shuffled within hours
+        d = dims[int(key[0][1])]
+        assert mem.observe_key(key, ts, d) == disk.observe_key(key, ts, d)
+        if i % 500 == 0:
+            mem.expire(i * 60_000)
+            disk.expire(i * 60_000)
+            assert len(mem) == len(disk)
+    assert mem.first.data == disk.first.data and len(mem) > 100
