@@ -173,9 +173,9 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                parts: Iterable[tuple[str, bytes]]) -> None:
     """Fill a restored core with its parts; what no longer fits the catalog (a KPI, a
     window, a tracker gone) is left out. Nothing is left to write after."""
-    types = {(n, table): t.part_types[table] for n, t in trackers.items()
-             for table in t.part_types}
     tables = {n: t.tables() for n, t in trackers.items()}
+    types = {(n, table): tables[n][table].part_type(t.part_types[table])
+             for n, t in trackers.items() for table in t.part_types}
     memo: dict[Any, Any] = {}  # equal keys across parts: one object (metrics/sharing.py)
     for bits, data in decode_parts(parts, types):
         if bits[0] == "w":
@@ -195,7 +195,7 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                     k: (rows, share_keys(revs, memo)) for k, (rows, revs) in data.items()
                     if k in kpis}
         else:
-            tables[bits[1]][bits[2]].fill(data)
+            tables[bits[1]][bits[2]].fill(data, int(bits[3]))
     for fw in windows.values():
         for spec in fw.specs:  # closed windows are kept in closing order (expire)
             spec.closed = dict(sorted(spec.closed.items()))

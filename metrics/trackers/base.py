@@ -217,10 +217,14 @@ class Keyed(Generic[K, V]):
         self.data, self.hours, self.by_hour, self._canon = {}, {}, {}, {}
         self.fill(data)
 
-    def fill(self, data: dict[K, V]) -> None:
-        """Add keys (a takeover's parts)."""
+    def fill(self, data: dict[K, V], hour: int | None = None) -> None:
+        """Add keys (a takeover's parts; ``hour``: the part's, values as ``part_type``)."""
         for key, value in data.items():
             self.put(key, value)
+
+    def part_type(self, declared: Any) -> Any:
+        """The type a part of this table is decoded as (``declared``: the tracker's)."""
+        return declared
 
 
 class Table(Protocol[K, V]):
@@ -239,7 +243,8 @@ class Table(Protocol[K, V]):
     def filed(self) -> Iterable[int]: ...
     def resident(self) -> Iterable[V]: ...
     def replace(self, data: dict[K, V]) -> None: ...
-    def fill(self, data: dict[K, V]) -> None: ...
+    def fill(self, data: dict[K, V], hour: int | None = None) -> None: ...
+    def part_type(self, declared: Any) -> Any: ...
     @property
     def data(self) -> dict[K, V]: ...
 

@@ -15,6 +15,7 @@ import pytest
 
 from metrics.constants import HOUR_MS
 from metrics.engine import EngineConfig, KpiEngine
+from metrics.errors import StateError
 from metrics.snapshot import EngineState
 from metrics.trackers.base import Keyed
 from metrics.trackers.first_seen import UniqueOpeners
@@ -114,6 +115,41 @@ def test_a_table_filled_at_once_answers_as_one_filled_key_by_key(tables: DiskTab
     assert all(mem.hour(h) == _decoded(disk.hour(h)) for h in mem.filed())
     assert sorted(disk.sweep(100 * 600_000)) == sorted(mem.sweep(100 * 600_000))
     assert disk.data == mem.data and len(disk) == len(mem) > 150
+
+
+def test_parts_filled_as_they_are_encoded_read_as_the_values_they_hold(
+        tables: DiskTables) -> None:
+    """A takeover writes a part's values without decoding them (``part_type``, ``fill``
+    with the part's hour): the table answers as one filled with the values."""
+    data = {("c", f"k{i}"): Val(i * 600_000, i) for i in range(300)}
+    mem: Keyed[Key, Val] = Keyed(_ts)
+    mem.fill(data)
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    disk.get(("c", "k7"))  # cached as absent: filled as any change
+    for hour in mem.filed():
+        part = msgspec.msgpack.encode(mem.hour(hour))
+        disk.fill(msgspec.msgpack.decode(part, type=disk.part_type(dict[Key, Val])), hour)
+    assert len(disk) == 300 and disk.drain() == mem.drain()
+    assert all(mem.hour(h) == _decoded(disk.hour(h)) for h in mem.filed())
+    assert disk.get(("c", "k7")) == Val(7 * 600_000, 7) and disk.data == data
+    assert sorted(disk.sweep(100 * 600_000)) == sorted(mem.sweep(100 * 600_000))
+
+
+def test_a_part_value_that_is_none_fails_by_its_key_when_read(tmp_path: Path,
+                                                              tables: DiskTables) -> None:
+    """Written unread, a value that is not one (corrupt, or crafted: a pickle that would
+    create a file) gives a ``StateError`` naming the table and the key when it is read."""
+    target = tmp_path / "pwned"
+    crafted = b"cos\nsystem\n(S'touch " + str(target).encode() + b"'\ntR."
+    part = msgspec.msgpack.encode({("c", "good"): Val(5 * HOUR_MS, 1), ("c", "bad"): crafted})
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    disk.fill(msgspec.msgpack.decode(part, type=disk.part_type(dict[Key, Val])), 5)
+    assert disk.get(("c", "good")) == Val(5 * HOUR_MS, 1)
+    with pytest.raises(StateError, match=r"table 't': the value of \('c', 'bad'\)"):
+        disk.get(("c", "bad"))
+    with pytest.raises(StateError, match="'bad'"):
+        disk.sweep(6 * HOUR_MS)
+    assert not target.exists()
 
 
 def test_each_process_has_its_folder_and_a_dead_ones_goes(tmp_path: Path) -> None:
