@@ -92,13 +92,28 @@ def store_options() -> rocksdict.Options:
     return opts
 
 
-class DiskDedup:
+class LazyStore:
+    """A RocksDB store opened on first use (``open``), closed on handover."""
+
+    _db: rocksdict.Rdict | None = None
+
+    @property
+    def db(self) -> rocksdict.Rdict:
+        if self._db is None:
+            self.open()
+        assert self._db is not None
+        return self._db
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+
+class DiskDedup(LazyStore):
     """``DedupStore`` over RocksDB. Opened when its shard is taken over, closed when it is
     handed over (another worker on the same data directory may take it then)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._db: rocksdict.Rdict | None = None
         self.pending: dict[str, int] = {}  # remembered since the last drain
         self.flushing: dict[str, int] = {}  # drained, not yet persisted
         self.cutoff_h = 0  # ids of hours before it are expired
@@ -109,13 +124,6 @@ class DiskDedup:
         self._recheck: set[str] = set()
 
     # ---- opening --------------------------------------------------------------------------
-
-    @property
-    def db(self) -> rocksdict.Rdict:
-        if self._db is None:
-            self.open()
-        assert self._db is not None
-        return self._db
 
     def open(self) -> None:
         if self._db is not None:

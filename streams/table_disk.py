@@ -31,7 +31,7 @@ import rocksdict
 
 from metrics.constants import HOUR_MS
 from metrics.errors import StateError
-from streams.dedup_disk import store_options
+from streams.dedup_disk import LazyStore, store_options
 
 #: the keys a table keeps in memory (read or changed since its cache was last emptied)
 CACHE_KEYS: Final = 50_000
@@ -48,21 +48,13 @@ V = TypeVar("V")
 _VALUE, _DISK_H, _HOUR_AT = 0, 1, 2
 
 
-class DiskTables:
+class DiskTables(LazyStore):
     """One shard's store of tables: one RocksDB, a prefix per table."""
 
     def __init__(self, path: Path):
         self.path = path
         self._mine = path.with_name(f"{path.name}.{os.getpid()}.{next(_STORES)}")
-        self._db: rocksdict.Rdict | None = None
         self.tables: list[DiskKeyed[Any, Any]] = []
-
-    @property
-    def db(self) -> rocksdict.Rdict:
-        if self._db is None:
-            self.open()
-        assert self._db is not None
-        return self._db
 
     def open(self) -> None:
         """Empty and open: what it held is in the changelog's parts."""
