@@ -1,13 +1,18 @@
 """The accounts stage in a worker (metrics/feed.py): shards copy the events it reads onto the
 internal topic `kpi-account-events`, and the accounts shard reads them from there.
 
-Each message names the input partition its event came from (the key,
-``{topic}|{partition}``), which is the copy's watermark source in the accounts shard: its
+Each message names the input partition its events came from (the key,
+``{topic}|{partition}``), which is the copies' watermark source in the accounts shard: its
 event time is the minimum over the input partitions that feed it, however they spread over
 the internal topic's partitions (one input partition's messages always land in the same one,
-in order). A copy is the input message's value, unchanged; after every batch a shard also
-sends, per input partition, a progress mark (``\\x00`` + event time) when its events went
-further than its copies, so a partition with nothing to copy never holds the stage back.
+in order). A message is a frame of the copies of a batch from one input partition (``\x01``,
+then per copy its length, its input message's timestamp and its value, unchanged), up to
+``FRAME_BYTES``: one Kafka record per copied event made the copies a tenth of the worker's
+time. After every batch a shard also sends, per input partition, a progress mark (``\x00`` +
+event time) when its events went further than its copies, so a partition with nothing to
+copy never holds the stage back. A copy larger than a frame goes alone, unframed, as the
+input message it copies (which the broker took): the reader takes a message that is not a
+frame or a mark as one copy.
 
 A shard's copies are out before its commit counts the input they copy (the commit flushes
 the producer first), and a shard re-reading input after a crash copies it again: the
@@ -16,7 +21,9 @@ accounts shard counts each event id once, so nothing is lost or counted twice.
 
 from __future__ import annotations
 
+import struct
 import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
@@ -36,6 +43,11 @@ if TYPE_CHECKING:
     from metrics.engine import KpiEngine
 
 _MARK: Final = b"\x00"
+_FRAME: Final = b"\x01"
+#: a framed copy's head: its length, and its input message's timestamp (ms; -1: none)
+_HEAD: Final = struct.Struct(">Iq")
+#: the most bytes of copies in one message (Kafka's default limit is 1 MiB)
+FRAME_BYTES: Final = 256 * 1024
 
 
 class Sends(Protocol):
@@ -52,7 +64,8 @@ class FeedOut:
     def __init__(self, settings: Settings, reads: frozenset[str]):
         self.topic = settings.topic(ACCOUNTS_TOPIC)
         self.reads = reads  # the copy types the stage reads (metrics/feed.py: stage_reads)
-        self._copies: list[tuple[bytes, bytes, float | None]] = []
+        #: per input partition in this batch: its copies (value, timestamp)
+        self._copies: dict[tuple[str, int], list[tuple[bytes, float | None]]] = {}
         #: per input partition in this batch: its latest event time and that event's
         #: timestamp, and its latest copy's event time
         self._reached: dict[tuple[str, int], tuple[int, float | None, int]] = {}
@@ -63,21 +76,63 @@ class FeedOut:
         ts = ev.ts_ms
         seen, seen_at, last_copy = self._reached.get(tp, (0, None, 0))
         if copied(ev, self.reads):
-            self._copies.append((_key(tp), raw, stamp))
+            copies = self._copies.get(tp)
+            if copies is None:
+                self._copies[tp] = [(raw, stamp)]
+            else:
+                copies.append((raw, stamp))
             last_copy = max(last_copy, ts)
         if ts > seen:
             seen, seen_at = ts, stamp
         self._reached[tp] = (seen, seen_at, last_copy)
 
     async def send(self, io: Sends) -> None:
-        """The batch's copies, then the progress marks their events went beyond."""
-        copies, self._copies = self._copies, []
+        """The batch's copies, framed, then the progress marks their events went beyond."""
+        copies, self._copies = self._copies, {}
         reached, self._reached = self._reached, {}
-        for key, raw, stamp in copies:
-            await io.send(self.topic, key, raw, stamp)
+        for tp, tp_copies in copies.items():
+            key = _key(tp)
+            for frame, stamp in frames(tp_copies):
+                await io.send(self.topic, key, frame, stamp)
         for tp, (seen, seen_at, last_copy) in reached.items():
             if seen > last_copy:
                 await io.send(self.topic, _key(tp), _MARK + str(seen).encode(), seen_at)
+
+
+def frames(copies: Iterable[tuple[bytes, float | None]]
+           ) -> Iterator[tuple[bytes, float | None]]:
+    """Copies (value, timestamp in seconds) as frames of at most ``FRAME_BYTES``, each with
+    the timestamp of its last copy; a larger copy alone and unframed (framed, an input
+    message at the broker's size limit would pass it)."""
+    parts: list[bytes] = [_FRAME]
+    size = 0
+    last: float | None = None
+    head = _HEAD.pack
+    for raw, stamp in copies:
+        n = len(raw) + _HEAD.size
+        if size and size + n > FRAME_BYTES:
+            yield b"".join(parts), last
+            parts, size = [_FRAME], 0
+        if n > FRAME_BYTES:
+            yield raw, stamp
+            continue
+        parts += (head(len(raw), -1 if stamp is None else round(stamp * 1000)), raw)
+        size += n
+        last = stamp
+    if size:
+        yield b"".join(parts), last
+
+
+class Copy:
+    """A framed copy as a message the shard may route (late, or invalid): the frame's
+    coordinates, the copy's value."""
+
+    __slots__ = ("key", "offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(self, msg: Any, value: bytes, stamp: float | None):
+        self.topic, self.partition, self.offset, self.key = (
+            msg.topic, msg.partition, msg.offset, msg.key)
+        self.value, self.timestamp = value, stamp
 
 
 class FeedIn:
@@ -121,22 +176,50 @@ class FeedIn:
                 emitted_at, scoring if isinstance(scoring, LeadScoring) else None):
             await io.send(self.scores_topic, account.encode(), orjson.dumps(rec))
 
-    def read(self, key: bytes | None, raw: bytes, parse: Parser
-             ) -> tuple[Source, Event | Invalid | int]:
-        """A message of the internal topic: its source, and its copy (an event of the
-        accounts family), or the event time its progress mark says, or why it is unusable.
+    def read(self, msg: Any, raw: bytes, parse: Parser
+             ) -> tuple[Source, list[tuple[Any, Event | Invalid | int, int | None]]]:
+        """A message of the internal topic: its source, and per copy in it the message to
+        route it by, the copy (an event of the accounts family) or why it is unusable, and
+        its input message's timestamp (ms); or the event time its progress mark says.
         ``parse`` takes any input type (the copies come from several topics)."""
-        source = _source(key)
+        stamp = msg.timestamp
+        arrival = round(stamp * 1000) if stamp else None
+        source = _source(msg.key)
         if source is None:
-            return "", Invalid("bad_value:key")
-        if raw[:1] == _MARK:
+            return "", [(msg, Invalid("bad_value:key"), arrival)]
+        head = raw[:1]
+        if head == _MARK:
             digits = raw[1:]
-            return source, int(digits) if digits.isdigit() else Invalid("bad_value:ts")
-        ev = parse(raw)
-        if type(ev) is not Event:
-            return source, ev
-        copy = copy_for_accounts(ev)
-        return source, copy if copy is not None else Invalid("wrong_topic")
+            return source, [(msg, int(digits) if digits.isdigit() else Invalid("bad_value:ts"),
+                             arrival)]
+        if head != _FRAME:  # one copy, unframed
+            return source, [(msg, _copy(raw, parse), arrival)]
+        out: list[tuple[Any, Event | Invalid | int, int | None]] = []
+        view, at, end, size = memoryview(raw), 1, len(raw), _HEAD.size
+        while at < end:
+            n, ms = _HEAD.unpack_from(raw, at) if at + size <= end else (end, 0)
+            at += size
+            if at + n > end:  # cut short
+                out.append((msg, Invalid("bad_value:frame"), arrival))
+                break
+            value = bytes(view[at:at + n])
+            at += n
+            copy_at = None if ms < 0 else ms
+            out.append((Copy(msg, value, None if copy_at is None else copy_at / 1000),
+                        _copy(value, parse), copy_at))
+        return source, out
+
+    def take(self, engine: KpiEngine, msg: Any, raw: bytes, parse: Parser,
+             rejected: list[tuple[Any, str]]) -> None:
+        """Apply a message of the internal topic; what is unusable goes to ``rejected``."""
+        source, copies = self.read(msg, raw, parse)
+        for ref, parsed, arrival in copies:
+            if type(parsed) is int:
+                engine.progress(ACCOUNTS, source, parsed, arrival)
+            elif type(parsed) is Event:
+                engine.ingest(parsed, source, ref, arrival)
+            else:
+                rejected.append((ref, parsed.reason))  # type: ignore[union-attr]
 
     def register(self, engine: KpiEngine) -> None:
         """Every feeding partition holds the stage's watermark until it speaks (or goes
@@ -157,6 +240,14 @@ def feed_of(settings: Settings, catalog: Catalog, families: tuple[str, ...]
         ltv = catalog.kpis.get("customer_lifetime_value")  # its scale: the lifespan assumed
         return FeedIn(settings, catalog.currency, ltv.scale if ltv is not None else 3.0)
     return FeedOut(settings, stage_reads(catalog)) if FEEDING_FAMILIES & set(families) else None
+
+
+def _copy(raw: bytes, parse: Parser) -> Event | Invalid:
+    ev = parse(raw)
+    if type(ev) is not Event:
+        return ev
+    copy = copy_for_accounts(ev)
+    return copy if copy is not None else Invalid("wrong_topic")
 
 
 def _key(tp: tuple[str, int]) -> bytes:

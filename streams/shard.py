@@ -24,7 +24,7 @@ from metrics.alerts import AlertEvaluator, alert_key
 from metrics.baselines import Baselines, BaselineState
 from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
-from metrics.events import ACCOUNTS, Event, Parser, event_parser
+from metrics.events import Event, Parser, event_parser
 from metrics.records import update_key, window_key
 from metrics.timestamps import wall_ms
 from streams.dedup_disk import DiskDedup
@@ -333,8 +333,7 @@ class Shard:
         parsers: dict[str, Parser] = {}  # topic -> its family's parser, for this batch
         rejected: list[tuple[Any, str]] = []
         last_offsets: dict[tuple[str, int], int] = {}
-        applied = self.applied
-        owned = self.owned
+        applied, owned = self.applied, self.owned
         stale: dict[tuple[str, int], int] = {}
         gaps = self.gaps
         fed, feeds = self.feed_in, self.feed_out  # the accounts stage (streams/feed.py)
@@ -356,14 +355,15 @@ class Shard:
                 self.stale_skipped += 1
                 stale[tp] = msg.offset if last is None else last + 1
                 continue
-            where = await gaps.where(io, tp, msg.offset, last)
-            if where == "replayed":  # re-read after a restart: already in the state
-                self.replayed_skipped += 1
-                continue
-            if where == "hole":
-                self.stale_skipped += 1
-                stale[tp] = last + 1  # type: ignore[operator]
-                continue
+            if last is not None and msg.offset != last + 1:  # not the next one
+                where = await gaps.where(io, tp, msg.offset, last)
+                if where == "replayed":  # re-read after a restart: already in the state
+                    self.replayed_skipped += 1
+                    continue
+                if where == "hole":
+                    self.stale_skipped += 1
+                    stale[tp] = last + 1
+                    continue
             applied[tp] = msg.offset
             raw = msg.value if isinstance(msg.value, bytes) else b""
             parse = parsers.get(msg.topic)
@@ -371,25 +371,24 @@ class Shard:
                 parse = parsers[msg.topic] = event_parser(
                     now_ms=now, currency=currency,
                     topic_family=None if fed else family_of(settings, msg.topic))
-            source, parsed = fed.read(msg.key, raw, parse) if fed else (tp, parse(raw))
-            stamp = msg.timestamp  # seconds (Faust), the broker's record timestamp
-            arrival = round(stamp * 1000) if stamp else None
-            if type(parsed) is int:  # the accounts stage: a feeding partition's progress
-                engine.progress(ACCOUNTS, source, parsed, arrival)
-            elif type(parsed) is Event:
-                engine.ingest(parsed, source, msg, arrival)
+            last_offsets[tp] = msg.offset
+            if fed:  # the accounts stage: framed copies, or a feeding partition's progress
+                fed.take(engine, msg, raw, parse, rejected)
+                continue
+            parsed = parse(raw)
+            if type(parsed) is Event:
+                stamp = msg.timestamp  # seconds (Faust), the broker's record timestamp
+                engine.ingest(parsed, tp, msg, round(stamp * 1000) if stamp else None)
                 if feeds:
                     feeds.add(tp, parsed, raw, stamp)
             else:
-                reason: str = parsed.reason  # type: ignore[union-attr]
-                stats.invalid[reason] = stats.invalid.get(reason, 0) + 1
-                rejected.append((msg, reason))
-            last_offsets[tp] = msg.offset
+                rejected.append((msg, parsed.reason))  # type: ignore[union-attr]
         if feeds:
             await feeds.send(io)
         late = engine.late_refs  # every event found late, held ones included
         engine.late_refs = []
         for msg, reason in rejected:
+            stats.invalid[reason] = stats.invalid.get(reason, 0) + 1
             await io.route(out.topic_dlq, msg, reason)
         for msg in late:
             await io.route(out.topic_late, msg, "late")

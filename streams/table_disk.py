@@ -3,13 +3,13 @@
 The worker's ``TableFactory`` (metrics/trackers/base.py). A send cohort per (campaign,
 contact) over the email horizon is the state that grows with the audience: 1.9 M of them
 held 2 GB of Python objects at 10 M ids. Here a table holds in memory at most ``CACHE_KEYS``
-keys (those read or changed since the cache was last emptied); the rest are in RocksDB, whose
+keys (the half read last is kept when it is full); the rest are in RocksDB, whose
 caches are bounded by configuration (streams/dedup_disk.py: ``store_options``).
 
 The store is no durable copy: what a commit makes durable are the tables' hours as parts
 (metrics/snapshot.py), as for the tables in memory, and a takeover fills the store again
 from them. So it is emptied whenever its shard is taken over or handed over, may be written
-at any time (a cache emptied between two commits), and needs no marker.
+at any time (keys evicted from the cache between two commits), and needs no marker.
 
 Keys, after the table's one-byte prefix: ``d`` + key -> the hour it is filed under
 (4 bytes) + its value; ``h`` + hour (4 bytes) + key -> "" (what an hour holds: a commit's
@@ -33,7 +33,7 @@ from metrics.constants import HOUR_MS
 from metrics.errors import StateError
 from streams.dedup_disk import LazyStore, store_options
 
-#: the keys a table keeps in memory (read or changed since its cache was last emptied)
+#: the most keys a table keeps in memory (those read or changed last)
 CACHE_KEYS: Final = 50_000
 _HOUR: Final = struct.Struct(">I")
 _BIAS: Final = 1 << 31  # hours stored unsigned, so that they sort as numbers do
@@ -92,8 +92,8 @@ class DiskTables(LazyStore):
 
 class DiskKeyed(Generic[K, V]):
     """``Keyed`` (metrics/trackers/base.py) with its keys on disk. A value from ``get`` is
-    the tracker's to change until its next ``get``/``put`` on the table (which may empty the
-    cache); a change is ``touch``ed before that."""
+    the tracker's to change until its next ``get``/``put`` on the table (which may evict it
+    from the cache); a change is ``touch``ed before that."""
 
     def __init__(self, store: DiskTables, prefix: bytes, name: str,
                  ts_of: Callable[[V], int], key_type: Any, value_type: Any):
@@ -135,7 +135,7 @@ class DiskKeyed(Generic[K, V]):
         self.touch(key)
 
     def touch(self, key: K) -> None:
-        entry = self.cache[key]  # a KeyError here: touched after the cache was emptied
+        entry = self.cache[key]  # a KeyError here: touched after it was evicted
         hour = self.ts_of(entry[_VALUE]) // HOUR_MS
         old = entry[_HOUR_AT]
         if old != hour:
@@ -281,8 +281,7 @@ class DiskKeyed(Generic[K, V]):
 
     def _load(self, key: K) -> list[Any]:
         if len(self.cache) >= CACHE_KEYS:
-            self.flush()
-            self.cache = {}
+            self._evict()
         raw = self.store.db.get(self._d + _ENCODE(key))
         if raw is None:
             entry: list[Any] = [None, None, None]
@@ -301,13 +300,29 @@ class DiskKeyed(Generic[K, V]):
             raise StateError(f"table {self.name!r}: the value of {key!r} is unreadable: "
                              f"{exc}") from None
 
+    def _evict(self) -> None:
+        """Drop the half of the cache loaded first, written first if changed. A key's
+        events come close together (a send, its delivery, its opens), so the keys loaded
+        last are those read again soonest: emptying the whole cache made every one of them
+        a read from disk."""
+        cache = self.cache
+        old = list(itertools.islice(cache, len(cache) // 2))
+        changed = self.changed
+        self._write([k for k in old if k in changed])
+        changed.difference_update(old)
+        for key in old:
+            del cache[key]
+
     def flush(self) -> None:
         """Write the changed keys to disk, in one batch."""
-        if not self.changed:
-            return
+        if self.changed:
+            self._write(self.changed)
+            self.changed = set()
+
+    def _write(self, keys: Iterable[K]) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
         pack = _pack
-        for key in self.changed:
+        for key in keys:
             entry = self.cache[key]
             kb = _ENCODE(key)
             disk_h, hour = entry[_DISK_H], entry[_HOUR_AT]
@@ -322,7 +337,6 @@ class DiskKeyed(Generic[K, V]):
                     batch.put(self._h + pack(hour) + kb, b"")
             entry[_DISK_H] = hour
         self.store.db.write(batch)
-        self.changed = set()
 
     def _values(self, keys: list[bytes]) -> list[Any]:
         """The records of these keys (encoded), which are all on disk."""

@@ -97,13 +97,14 @@ class SendCohorts:
         key = (d.campaign_id, d.contact_id)
         ts = ev.ts_ms
         c = self.cohorts.get(key)
-        if c is None:
+        if c is None:  # filed once, with its first event in it
             c = Cohort([], [])
+            changes = self._in_order(c, ev, ts)
             self.cohorts.put(key, c)
-            latest = -1
-        else:
-            latest = _latest(c)
-            self._prune(c, max(ts, latest))
+            self._tally(d.campaign_id, ts, ev.type == "email.sent", changes)
+            return changes
+        latest = _latest(c)
+        self._prune(c, max(ts, latest))
         if ts > latest or (ts == latest and ev.type != "email.sent"):
             changes = self._in_order(c, ev, ts)  # the common case, without recounting
             self.cohorts.touch(key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -24,7 +25,7 @@ from metrics.events import (
     parse_event,
 )
 from metrics.feed import FEEDING_FAMILIES, copy_for_accounts
-from streams.feed import FeedIn, FeedOut, feed_of
+from streams.feed import FRAME_BYTES, FeedIn, FeedOut, feed_of, frames
 from streams.settings import Settings
 from streams.shard import Shard
 from streams.shard_ports import Outputs
@@ -192,11 +193,13 @@ async def test_a_shard_copies_what_the_stage_reads_and_marks_the_rest() -> None:
     assert [(t, k) for t, k, _ in io.messages] == [
         ("t.kpi-account-events", b"t.web-events|2"), ("t.kpi-account-events", b"t.crm-events|0"),
         ("t.kpi-account-events", b"t.web-events|2")]
-    # the copies are the input messages as they were; web went past its copy: a mark
-    assert io.messages[0][2] == orjson.dumps(batch[1][1])
-    assert io.messages[2][2] == b"\x00" + str(T0 + 4 * HOUR).encode()
-    # the input's timestamps go with them: a copy's own, a mark's event's (v2)
+    # the copies are the input messages as they were, framed with their timestamps (ms);
+    # web went past its copy: a mark
     raws = [orjson.dumps(e) for _, e in batch]
+    assert io.messages[0][2] == b"\x01" + len(raws[1]).to_bytes(4, "big") + round(
+        (100.0 + len(raws[1])) * 1000).to_bytes(8, "big") + raws[1]
+    assert io.messages[2][2] == b"\x00" + str(T0 + 4 * HOUR).encode()
+    # the input's timestamps go with them: a frame's last copy's, a mark's event's (v2)
     assert io.stamps == [100.0 + len(raws[1]), 100.0 + len(raws[2]), 100.0 + len(raws[3])]
     await out.send(io)  # nothing more: a batch's copies go once
     assert len(io.messages) == 3
@@ -204,15 +207,40 @@ async def test_a_shard_copies_what_the_stage_reads_and_marks_the_rest() -> None:
     fed = feed_of(settings, DEFAULT_CATALOG, (ACCOUNTS,))
     assert isinstance(fed, FeedIn)
     assert len(fed.sources) == 5 * settings.partitions
-    read = [fed.read(k, v, parse) for _, k, v in io.messages]
-    assert read[0][0] == web and type(read[0][1]) is Event
-    assert read[0][1].type == "account.order"
-    assert read[1][1].type == "account.deal"  # type: ignore[union-attr]
-    assert read[2] == (web, T0 + 4 * HOUR)
-    assert fed.read(None, b"{}", parse)[1] == Invalid("bad_value:key")
+
+    def read(key: bytes | None, value: bytes) -> tuple[Any, list[tuple[Any, Any, Any]]]:
+        return fed.read(Msg("t.kpi-account-events", 0, 7, value, key, 50.0), value, parse)
+    got = [read(k, v) for _, k, v in io.messages]
+    assert got[0][0] == web and len(got[0][1]) == 1
+    ref, order, arrival = got[0][1][0]
+    assert type(order) is Event and order.type == "account.order"
+    assert arrival == round((100.0 + len(raws[1])) * 1000)  # the copy's, not the frame's
+    assert (ref.topic, ref.offset, ref.value) == ("t.kpi-account-events", 7, raws[1])
+    assert got[1][1][0][1].type == "account.deal"
+    assert got[2] == (web, [(ANY, T0 + 4 * HOUR, 50_000)])
+    assert read(None, b"{}")[1][0][1] == Invalid("bad_value:key")
     view = orjson.dumps(ev("v", "page.viewed", 1, session_id="s", page="/"))
-    assert fed.read(b"t.web-events|1", view, parse)[1] == Invalid("wrong_topic")
-    assert fed.read(b"t.web-events|1", b"\x00soon", parse)[1] == Invalid("bad_value:ts")
+    assert read(b"t.web-events|1", view)[1][0][1] == Invalid("wrong_topic")  # unframed
+    assert read(b"t.web-events|1", b"\x00soon")[1][0][1] == Invalid("bad_value:ts")
+    cut = read(b"t.web-events|1", io.messages[0][2][:-3])[1]  # a frame cut short
+    assert [p for _, p, _ in cut] == [Invalid("bad_value:frame")]
+
+
+def test_a_batch_of_copies_goes_in_frames_of_bounded_size() -> None:
+    raws = [bytes([65 + i % 26]) * (1000 + i) for i in range(700)]  # 944,650 bytes of copies
+    copies = [(r, 10.0 + i) for i, r in enumerate(raws)]
+    out = list(frames(copies))
+    assert len(out) == 4  # each as full as the next copy allows
+    assert all(FRAME_BYTES - 1712 < len(f) <= FRAME_BYTES + 1 for f, _ in out[:-1])
+    fed = FeedIn(Settings())
+    parse = event_parser(now_ms=NOW)
+    back: list[bytes] = []
+    for f, stamp in out:
+        _, got = fed.read(Msg("kpi-account-events", 0, 1, f, b"web-events|0", stamp), f,
+                          parse)
+        back += [ref.value for ref, _, _ in got]
+        assert stamp == copies[len(back) - 1][1]  # the frame's: its last copy's
+    assert back == raws  # every copy, in order, unchanged
 
 
 def test_the_stage_engine_fed_copies_publishes_what_replay_does() -> None:
@@ -380,9 +408,63 @@ def test_the_stage_copies_only_what_the_catalog_reads() -> None:
     out = feed_of(Settings(), catalog, ("email",))
     assert isinstance(out, FeedOut) and out.reads == reads
     out.add(("email-events", 0), opened, b"{}", None)
-    assert out._copies == []
+    assert out._copies == {}
     engine = KpiEngine(catalog, EngineConfig(idle_timeout_ms=0))
     engine.ingest(opened)
     engine.ingest(order)
     assert "account.email_open" not in engine.events_total
     assert engine.events_total.get("account.order") == 1
+
+
+def test_the_accounts_shard_routes_a_framed_copy_by_itself(tmp_path: Path) -> None:
+    """A late or unusable copy in a frame goes to `kpi-late` / `kpi-dlq` alone, its own
+    value with the frame's coordinates; the frame's other copies count."""
+    settings = replace(SETTINGS, partitions=1)
+    part = DEFAULT_CATALOG.restrict((ACCOUNTS,))
+    topic = settings.topic("kpi-account-events")
+    out = Outputs("kpi-windows", "kpi-updates", "kpi-dlq", "kpi-late", History(),
+                  lambda s: None)
+
+    class Routing(FakeIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.values: list[bytes] = []
+
+        async def route(self, topic: str, msg: Any, reason: str) -> None:
+            await super().route(topic, msg, reason)
+            self.values.append(msg.value)
+
+    io = Routing()
+    io.tps = {(topic, 0)}
+    shard = Shard(ACCOUNTS, part, {topic}, settings, io, FakeTable(), out, tmp_path,
+                  FeedIn(settings))
+    far = T0 + 40 * 24 * HOUR
+    marks = [Msg(topic, 0, i, b"\x00" + str(far).encode(), f"{t}|0".encode(), 1.0)
+             for i, t in enumerate(["crm-events", "spend-events", "web-events",
+                                    "email-events", "social-events"])]
+    new = orjson.dumps(ev("o2", "order.placed", 40 * 24, cart_id="k", amount=5))
+    old = orjson.dumps(ev("o1", "order.placed", 2, cart_id="k", amount=7))
+    junk = b'{"event_id": "j"}'
+    (frame, _), = frames([(new, 2.0), (old, 2.0), (junk, 2.0)])
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        await shard.handle([*marks, Msg(topic, 0, 5, frame, b"web-events|0", 2.0)])
+    run(go())
+    assert shard.engine.events_total == {"account.order": 1}
+    assert sorted(io.routed) == [("kpi-dlq", 0, 5, "missing_field:type"),
+                                 ("kpi-late", 0, 5, "late")]
+    assert sorted(io.values) == sorted([old, junk])
+
+
+def test_a_copy_larger_than_a_frame_goes_alone_as_it_was() -> None:
+    """Framed, an input message at the broker's size limit would pass it: it goes as the
+    input message it copies, between the frames of the copies before and after it."""
+    small, big = b'{"a": 1}', b"{" + b" " * FRAME_BYTES + b"}"
+    out = list(frames([(small, 1.0), (big, 2.0), (small, 3.0)]))
+    assert [len(f) for f, _ in out] == [1 + 12 + len(small), len(big), 1 + 12 + len(small)]
+    assert out[1] == (big, 2.0) and [s for _, s in out] == [1.0, 2.0, 3.0]
+    fed = FeedIn(Settings())
+    _, got = fed.read(Msg("kpi-account-events", 0, 1, big, b"web-events|0", 2.0), big,
+                      event_parser(now_ms=NOW))
+    assert [(ref.value, arrival) for ref, _, arrival in got] == [(big, 2000)]

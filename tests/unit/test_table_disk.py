@@ -103,6 +103,17 @@ def test_memory_holds_the_cache_only(tables: DiskTables) -> None:
     assert disk.data == {("c", "x"): Val(1, 1)} and len(disk) == 1
 
 
+def test_a_full_cache_keeps_the_keys_read_last(tables: DiskTables) -> None:
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    for i in range(16):
+        disk.put(("c", f"k{i}"), Val(i * 1000, i))
+    assert disk.get(("c", "k16")) is None  # the 17th key: the 8 read first leave
+    assert list(disk.cache) == [("c", f"k{i}") for i in range(8, 17)]
+    assert disk.changed == {("c", f"k{i}") for i in range(8, 16)}  # the rest are written
+    assert disk.data == {("c", f"k{i}"): Val(i * 1000, i) for i in range(16)}
+    assert disk.get(("c", "k3")) == Val(3000, 3)  # read back from disk
+
+
 def test_a_table_filled_at_once_answers_as_one_filled_key_by_key(tables: DiskTables) -> None:
     data = {("c", f"k{i}"): Val(i * 600_000, i) for i in range(300)}
     mem: Keyed[Key, Val] = Keyed(_ts)
