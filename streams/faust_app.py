@@ -46,6 +46,7 @@ from streams.heap import pin_mmap_threshold
 from streams.kafka_client import client_kwargs, first_offset, ssl_context
 from streams.membership import MemberMemory
 from streams.settings import Settings, local_state_dir, malloc_tuned, scratch_dir
+from streams.shard_ports import InputRecord
 from streams.table_copy import LocalCopy, log_matches
 from streams.tansu import is_tansu, log_ends
 from streams.topics import (
@@ -154,22 +155,6 @@ def _source_headers(msg: Any, error: str) -> list[tuple[str, bytes]]:
             ("source_offset", str(msg.offset).encode())]
 
 
-class InputRecord:
-    """An input record as the shell reads it: what it uses of Faust's message (whose
-    timestamp is in seconds too), made for every record fetched."""
-
-    __slots__ = ("key", "offset", "partition", "timestamp", "topic", "value")
-
-    def __init__(self, topic: str, partition: int, offset: int, timestamp_ms: int | None,
-                 key: bytes | None, value: bytes | None):
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self.timestamp = timestamp_ms / 1000 if timestamp_ms is not None else None
-        self.key = key
-        self.value = value
-
-
 def durable_consumer(shell: KpiShell, tansu: bool = False,
                      member: MemberMemory | None = None) -> type:
     """Faust's aiokafka consumer with these changes, all through the consumer-class seam
@@ -222,11 +207,12 @@ def durable_consumer(shell: KpiShell, tansu: bool = False,
                 raise
 
         async def _fetch_batch(self, timeout: float) -> list[InputRecord]:
-            """Faust's ``getmany`` a partition at a time: its checks (flow, generation,
-            partitions still active) once per partition, not per message, and light input
-            records rather than Faust's messages (a quarter of the worker's Kafka path was
-            that per-message bookkeeping). The state table's changelog records still take
-            Faust's own path, message by message, to its recovery."""
+            """Faust's ``getmany`` a partition at a time, and light input records rather
+            than Faust's messages (a quarter of the worker's Kafka path was that
+            per-message bookkeeping). Its checks are kept where their answer can change:
+            partitions still active, once per partition; flow and generation before each
+            record of the state table's changelog, whose records still take Faust's own
+            path to its recovery, with an await each (input records take none)."""
             records, active = await self._wait_next_records(timeout)
             if records is None or self.should_stop:
                 return []
@@ -240,18 +226,20 @@ def durable_consumer(shell: KpiShell, tansu: bool = False,
             generation = app.consumer_generation_id
             buffered = self._buffered_partitions
             batch: list[InputRecord] = []
+            read_offset = self._read_offset
             for tp, recs in records.items():
-                if not self.flow_active or app.consumer_generation_id != generation:
-                    break  # a rebalance began (during a recovery callback)
                 if not recs or not (active is None or tp in active or tp in buffered):
                     continue
                 if tp.topic in inputs:
                     batch += [InputRecord(r.topic, r.partition, r.offset, r.timestamp, r.key,
                                           r.value) for r in recs]
-                else:  # the state changelog, while Faust recovers it
-                    for r in recs:
-                        await self.callback(self._to_message(tp, r))
-                self._read_offset[tp] = recs[-1].offset
+                    read_offset[tp] = recs[-1].offset
+                    continue
+                for r in recs:  # the state changelog, while Faust recovers it
+                    if not self.flow_active or app.consumer_generation_id != generation:
+                        return batch  # a rebalance began (during a recovery callback)
+                    await self.callback(self._to_message(tp, r))
+                    read_offset[tp] = r.offset
             return batch
 
         async def highwaters(self, *partitions: TP) -> Any:

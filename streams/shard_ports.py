@@ -1,5 +1,6 @@
 """What a shard talks to outside its engine: the consumer and producer (``ShardIO``), the
-state table (``StateStore``) and where its records go (``Outputs``). The Faust adapter
+input records they hand over (``InputRecord``), the state table (``StateStore``) and where
+its records go (``Outputs``). The Faust adapter
 (streams/faust_app.py) provides them in a worker; unit tests provide in-memory ones.
 """
 
@@ -12,6 +13,22 @@ from typing import Any, Protocol
 from streams.state import Offsets
 
 TP = tuple[str, int]  # (topic, partition)
+
+
+class InputRecord:
+    """An input record as the shell reads it: what it uses of Faust's message (whose
+    timestamp is in seconds too), made by the adapter for every record fetched."""
+
+    __slots__ = ("key", "offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(self, topic: str, partition: int, offset: int, timestamp_ms: int | None,
+                 key: bytes | None, value: bytes | None):
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp_ms / 1000 if timestamp_ms is not None else None
+        self.key = key
+        self.value = value
 
 
 class ShardIO(Protocol):

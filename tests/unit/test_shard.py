@@ -802,3 +802,13 @@ def test_timed_commits_wait_while_a_backlog_is_read_and_resume_after() -> None:
         assert len(io.commits) == before + 1 and not shard.outbox
 
     run(go())
+
+
+def test_an_input_record_reads_as_a_faust_message() -> None:
+    """What the adapter hands the shards: Faust's message fields, timestamp in seconds."""
+    from streams.shard_ports import InputRecord
+    rec = InputRecord(TOPIC, 1, 7, 1_700_000_000_123, b"k", b"{}")
+    assert (rec.topic, rec.partition, rec.offset, rec.key, rec.value) == (TOPIC, 1, 7, b"k",
+                                                                          b"{}")
+    assert rec.timestamp == 1_700_000_000.123
+    assert InputRecord(TOPIC, 1, 7, None, None, None).timestamp is None
