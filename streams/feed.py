@@ -37,6 +37,7 @@ from metrics.records import iso_ms
 from metrics.trackers.account_purchases import AccountPurchases
 from metrics.trackers.lead_scoring import LeadScoring, mql_record
 from streams.settings import Settings
+from streams.shard_ports import InputRecord
 from streams.topics import ACCOUNTS_TOPIC, MQL_TOPIC, SCORES_TOPIC, family_topic
 
 if TYPE_CHECKING:
@@ -123,18 +124,6 @@ def frames(copies: Iterable[tuple[bytes, float | None]]
         yield b"".join(parts), last
 
 
-class Copy:
-    """A framed copy as a message the shard may route (late, or invalid): the frame's
-    coordinates, the copy's value."""
-
-    __slots__ = ("key", "offset", "partition", "timestamp", "topic", "value")
-
-    def __init__(self, msg: Any, value: bytes, stamp: float | None):
-        self.topic, self.partition, self.offset, self.key = (
-            msg.topic, msg.partition, msg.offset, msg.key)
-        self.value, self.timestamp = value, stamp
-
-
 class FeedIn:
     """The accounts shard's side: the input partitions it is fed from (its watermark's
     sources), the copies read back as the stage's events, and what the stage tells of
@@ -195,18 +184,19 @@ class FeedIn:
         if head != _FRAME:  # one copy, unframed
             return source, [(msg, _copy(raw, parse), arrival)]
         out: list[tuple[Any, Event | Invalid | int, int | None]] = []
-        view, at, end, size = memoryview(raw), 1, len(raw), _HEAD.size
+        at, end, size = 1, len(raw), _HEAD.size
         while at < end:
             n, ms = _HEAD.unpack_from(raw, at) if at + size <= end else (end, 0)
             at += size
             if at + n > end:  # cut short
                 out.append((msg, Invalid("bad_value:frame"), arrival))
                 break
-            value = bytes(view[at:at + n])
+            value = raw[at:at + n]
             at += n
             copy_at = None if ms < 0 else ms
-            out.append((Copy(msg, value, None if copy_at is None else copy_at / 1000),
-                        _copy(value, parse), copy_at))
+            # routed (late, or invalid) as itself, with the frame's coordinates
+            ref = InputRecord(msg.topic, msg.partition, msg.offset, copy_at, msg.key, value)
+            out.append((ref, _copy(value, parse), copy_at))
         return source, out
 
     def take(self, engine: KpiEngine, msg: Any, raw: bytes, parse: Parser,

@@ -3,7 +3,7 @@
 The worker's ``TableFactory`` (metrics/trackers/base.py). A send cohort per (campaign,
 contact) over the email horizon is the state that grows with the audience: 1.9 M of them
 held 2 GB of Python objects at 10 M ids. Here a table holds in memory at most ``CACHE_KEYS``
-keys (the half read last is kept when it is full); the rest are in RocksDB, whose
+keys (the half loaded last is kept when it is full); the rest are in RocksDB, whose
 caches are bounded by configuration (streams/dedup_disk.py: ``store_options``).
 
 The store is no durable copy: what a commit makes durable are the tables' hours as parts
@@ -33,7 +33,7 @@ from metrics.constants import HOUR_MS
 from metrics.errors import StateError
 from streams.dedup_disk import LazyStore, store_options
 
-#: the most keys a table keeps in memory (those read or changed last)
+#: the most keys a table keeps in memory (those loaded from disk or created last)
 CACHE_KEYS: Final = 50_000
 _HOUR: Final = struct.Struct(">I")
 _BIAS: Final = 1 << 31  # hours stored unsigned, so that they sort as numbers do
