@@ -45,6 +45,7 @@ from streams.health import tame_client_logs
 from streams.heap import pin_mmap_threshold
 from streams.kafka_client import client_kwargs, first_offset, ssl_context
 from streams.membership import MemberMemory
+from streams.partitioner import kafka_partitioner
 from streams.settings import Settings, local_state_dir, malloc_tuned, scratch_dir
 from streams.shard_ports import InputRecord
 from streams.table_copy import LocalCopy, log_matches
@@ -356,6 +357,8 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
         # one batch in flight per partition: a shard's state partition takes a commit's
         # records 512 KiB at a time, not 16 KiB (aiokafka's default)
         producer_max_batch_size=512 * 1024,
+        # murmur2 as Kafka's clients compute it, compiled (aiokafka's is pure Python)
+        producer_partitioner=kafka_partitioner,
         # a backlog's batches stay small, parsed and applied 10k at a time (Faust's default,
         # no limit, handed over up to 50 MB of fetched records at once; 2,000 cost 15 % of
         # stream_bench's throughput in per-batch work)
