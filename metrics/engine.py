@@ -415,8 +415,8 @@ class KpiEngine:
     def durable(self, ref: Callable[[Any], Any], full: bool = False
                 ) -> tuple[EngineState, Parts, set[str]]:
         """For an incremental commit (metrics/snapshot.py): the core state, the parts that
-        changed since the last call (every part when ``full``) and the names of all parts.
-        Live references: encode them before the next event."""
+        changed since the last call (every part when ``full``), each as what builds its data,
+        and the names of all parts. Live references: encode them before the next event."""
         for fw in self.windows.values():
             fw.settle(self._expanders)
         windows = strip({f: fw.snapshot() for f, fw in self.windows.items()})

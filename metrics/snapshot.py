@@ -9,7 +9,8 @@ raises ``StateError``, it never runs code (no pickle anywhere in the state path)
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Iterator
+import functools
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Any, Final
 
 import msgspec
@@ -89,7 +90,11 @@ def decode_state(blob: bytes) -> EngineState:
 #     p|{family}|{window}|{end}        a published window's rows, per KPI
 #     t|{tracker}|{table}|{hour}       an hour of a tracker's keyed table
 
-Parts = dict[str, Any]  # part name -> plain data (live references: encode before going on)
+#: part name -> what builds its plain data (live references: encode before going on). Built
+#: one part at a time by the commit, each encoded and let go before the next: a backlog's
+#: commit changes many hours of the keyed tables, and all their data built at once was the
+#: worker's largest burst of small objects (docs/benchmarks.md, stop 39)
+Parts = dict[str, Callable[[], Any]]
 
 _AGG: Final = msgspec.msgpack.Decoder(dict[tuple[str, str, str | tuple[str, ...]], int])
 #: a published window's part, its rows left encoded (checked with _ROWS, then kept so)
@@ -132,6 +137,10 @@ def decode_parts(parts: Iterable[tuple[str, bytes]], part_types: dict[tuple[str,
         yield bits, data
 
 
+def _live(data: Any) -> Callable[[], Any]:
+    return lambda: data
+
+
 def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                   trackers: dict[str, Tracker], full: bool) -> tuple[Parts, set[str]]:
     """The parts changed since the last call (every one when ``full``), and every name."""
@@ -143,20 +152,20 @@ def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
             name = f"w|{fam}|p|{start}"
             names.add(name)
             if full or start in panes:
-                parts[name] = agg
+                parts[name] = _live(agg)
         for spec in fw.specs:
             wname = spec.spec.name
             for end, agg in spec.closed.items():
                 name = f"w|{fam}|c|{wname}|{end}"
                 names.add(name)
                 if full or (wname, end) in closed:
-                    parts[name] = agg
+                    parts[name] = _live(agg)
     published = publisher.drain_changes()
     for key in publisher.published:
         name = f"p|{key[0]}|{key[1]}|{key[2]}"
         names.add(name)
         if full or key in published:
-            parts[name] = publisher.part(key)
+            parts[name] = functools.partial(publisher.part, key)
     for tname, tracker in trackers.items():
         for table, keyed in tracker.tables().items():
             dirty = keyed.drain()
@@ -164,7 +173,7 @@ def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                 name = f"t|{tname}|{table}|{hour}"
                 names.add(name)
                 if full or hour in dirty:
-                    parts[name] = keyed.hour(hour)
+                    parts[name] = functools.partial(keyed.hour, hour)
     return parts, names
 
 

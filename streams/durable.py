@@ -111,8 +111,8 @@ class Durable:
         by_hour = changes.by_hour()
         extra = encode_segments(by_hour, self.name, seq)
         new_segments = {segment_key(self.name, seq, hour): (seq, hour) for hour in by_hour}
-        for name, data in changed.items():
-            value = zlib.compress(_ENCODE(data), 1)
+        for name, build in changed.items():  # one part's data at a time (Parts)
+            value = zlib.compress(_ENCODE(build()), 1)
             extra.append((part_key(self.name, seq, name), value))
             parts[name] = (seq, zlib.crc32(value))
         chain = {**self.chain, seq // EPOCH: seq}

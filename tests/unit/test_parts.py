@@ -10,6 +10,7 @@ import random
 from typing import Any
 
 import msgspec
+import pytest
 
 from kpi_engine.generator import GeneratorConfig
 from metrics.engine import EngineConfig, KpiEngine
@@ -31,7 +32,7 @@ class Store:
     def commit(self, engine: KpiEngine, full: bool = False) -> None:
         core, changed, names = engine.durable(lambda r: r, full)
         self.core = ENCODE(core)
-        encoded = {n: ENCODE(d) for n, d in changed.items()}
+        encoded = {n: ENCODE(build()) for n, build in changed.items()}
         self.parts = {n: v for n, v in self.parts.items() if n in names}
         self.parts.update(encoded)
         assert set(self.parts) == names
@@ -161,3 +162,26 @@ def test_a_commit_under_a_trickle_writes_a_small_part_of_the_state() -> None:
     assert whole > 5_000_000
     assert max(store.written[1:]) < whole / 5, (whole, store.written)
     assert comparable(store.restore()) == comparable(engine)
+
+
+def test_a_commit_builds_each_keyed_hour_only_when_it_encodes_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backlog's commit changes many hours of the keyed tables: built all at once they
+    were the worker's largest burst of small objects (docs/benchmarks.md, stop 39)."""
+    engine = KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=0))
+    run(engine, events(seed=13), [])
+    built: list[int] = []
+    for cls in {type(t) for tr in engine.trackers.values() for t in tr.tables().values()}:
+        def hour(self: Any, h: int, _hour: Any = cls.hour) -> Any:
+            built.append(h)
+            return _hour(self, h)
+        monkeypatch.setattr(cls, "hour", hour)
+    _, changed, names = engine.durable(lambda r: r, True)
+    keyed = [n for n in changed if n.startswith("t|")]
+    assert len(keyed) > 10 and set(changed) == names
+    assert built == []  # nothing built before the commit asks for it
+    sizes = []
+    for name in keyed:
+        sizes.append(len(ENCODE(changed[name]())))
+        assert len(built) == len(sizes)  # one hour per part, as it is encoded
+    assert all(sizes)
