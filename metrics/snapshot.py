@@ -89,6 +89,8 @@ def decode_state(blob: bytes) -> EngineState:
 #     w|{family}|c|{window}|{end}      a closed window's values (Agg)
 #     p|{family}|{window}|{end}        a published window's rows, per KPI
 #     t|{tracker}|{table}|{hour}       an hour of a tracker's keyed table
+#     t|{tracker}|{table}|d|{n}        a delta of a table on disk: its keys changed since
+#                                      the commit before, over its hours as last written
 
 #: part name -> what builds its plain data (live references: encode before going on). Built
 #: one part at a time by the commit, each encoded and let go before the next: a backlog's
@@ -110,11 +112,12 @@ def strip(windows: dict[str, WindowsState]) -> dict[str, WindowsState]:
             for f, w in windows.items()}
 
 
-def decode_parts(parts: Iterable[tuple[str, bytes]], part_types: dict[tuple[str, str], Any]
+def decode_parts(parts: Iterable[tuple[str, bytes]], part_types: dict[tuple[str, ...], Any]
                  ) -> Iterator[tuple[list[str], Any]]:
     """Each part's name split, and its data checked against its schema (``part_types``:
-    (tracker, table) -> type), one at a time (a table on disk is never whole in memory).
-    ``StateError`` naming the part when it is not readable."""
+    (tracker, table) -> type, (tracker, table, "d") -> a delta's), one at a time (a table
+    on disk is never whole in memory). ``StateError`` naming the part when it is not
+    readable."""
     for name, raw in parts:
         bits = name.split("|")
         try:
@@ -126,7 +129,9 @@ def decode_parts(parts: Iterable[tuple[str, bytes]], part_types: dict[tuple[str,
                     _ROWS.decode(rows)  # readable, or the part is not
                     data[kpi] = (bytes(rows), revs)  # a copy: not a view of the whole part
             elif bits[0] == "t":
-                type_ = part_types.get((bits[1], bits[2]))
+                delta = bits[3] == "d"
+                int(bits[4] if delta else bits[3])  # a number, or the part is not readable
+                type_ = part_types.get((bits[1], bits[2], "d") if delta else (bits[1], bits[2]))
                 if type_ is None:
                     continue  # a tracker the catalog no longer uses
                 data = msgspec.msgpack.decode(raw, type=type_)
@@ -168,12 +173,15 @@ def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
             parts[name] = functools.partial(publisher.part, key)
     for tname, tracker in trackers.items():
         for table, keyed in tracker.tables().items():
-            dirty = keyed.drain()
+            plan = keyed.commit(full)
             for hour in keyed.filed():
                 name = f"t|{tname}|{table}|{hour}"
                 names.add(name)
-                if full or hour in dirty:
+                if full or hour in plan.hours:
                     parts[name] = functools.partial(keyed.hour, hour)
+            names.update(f"t|{tname}|{table}|d|{n}" for n in plan.deltas)
+            if plan.delta is not None:
+                parts[f"t|{tname}|{table}|d|{plan.delta[0]}"] = plan.delta[1]
     return parts, names
 
 
@@ -183,8 +191,12 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
     """Fill a restored core with its parts; what no longer fits the catalog (a KPI, a
     window, a tracker gone) is left out. Nothing is left to write after."""
     tables = {n: t.tables() for n, t in trackers.items()}
-    types = {(n, table): tables[n][table].part_type(t.part_types[table])
-             for n, t in trackers.items() for table in t.part_types}
+    types: dict[tuple[str, ...], Any] = {}
+    for n, t in trackers.items():
+        for table, declared in t.part_types.items():
+            types[(n, table)] = tables[n][table].part_type(declared)
+            types[(n, table, "d")] = tables[n][table].delta_type(declared)
+    deltas: dict[tuple[str, str], list[tuple[int, Any]]] = {}
     memo: dict[Any, Any] = {}  # equal keys across parts: one object (metrics/sharing.py)
     for bits, data in decode_parts(parts, types):
         if bits[0] == "w":
@@ -203,8 +215,15 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                 publisher.published[(bits[1], bits[2], int(bits[3]))] = {
                     k: (rows, share_keys(revs, memo)) for k, (rows, revs) in data.items()
                     if k in kpis}
+        elif bits[3] == "d":  # applied over the hours once they are all in
+            deltas.setdefault((bits[1], bits[2]), []).append((int(bits[4]), data))
         else:
             tables[bits[1]][bits[2]].fill(data, int(bits[3]))
+    for (tname, table), found in deltas.items():
+        keyed = tables[tname][table]
+        keyed.drain()
+        for number, data in sorted(found, key=lambda d: d[0]):
+            keyed.load_delta(number, data)
     for fw in windows.values():
         for spec in fw.specs:  # closed windows are kept in closing order (expire)
             spec.closed = dict(sorted(spec.closed.items()))

@@ -20,7 +20,7 @@ publisher asks for it per window when it publishes the window (metrics/publish.p
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, get_args
 
 import msgspec
 
@@ -226,6 +226,34 @@ class Keyed(Generic[K, V]):
         """The type a part of this table is decoded as (``declared``: the tracker's)."""
         return declared
 
+    def commit(self, full: bool) -> TableCommit:
+        """What a commit writes of it: the hours changed since the last one (every hour
+        when ``full``); never a delta (the tables that write deltas are on disk)."""
+        dirty = self.drain()
+        return TableCommit(set(self.by_hour) if full else dirty, [], None)
+
+    def delta_type(self, declared: Any) -> Any:
+        return tuple[self.part_type(declared), list[get_args(declared)[0]]]  # type: ignore[misc]
+
+    def load_delta(self, n: int, delta: tuple[dict[K, V], list[K]]) -> None:
+        """Apply a restored delta (a table on disk wrote it: streams/table_disk.py)."""
+        puts, gone = delta
+        for key, value in puts.items():
+            self.put(key, value)
+        for key in gone:
+            if key in self.data:
+                self.delete(key)
+
+
+class TableCommit(NamedTuple):
+    """What a commit writes of a keyed table (``Table.commit``)."""
+
+    hours: set[int]  # the hours written whole
+    deltas: list[int]  # the deltas the state still needs, in order (the new one's included)
+    #: the new delta, if any: its number, and what builds its data (the changed keys' values
+    #: encoded, and the keys gone)
+    delta: tuple[int, Callable[[], Any]] | None
+
 
 class Table(Protocol[K, V]):
     """What a tracker and a commit ask of a keyed table: ``Keyed``, or in a worker one on
@@ -245,6 +273,9 @@ class Table(Protocol[K, V]):
     def replace(self, data: dict[K, V]) -> None: ...
     def fill(self, data: dict[K, V], hour: int | None = None) -> None: ...
     def part_type(self, declared: Any) -> Any: ...
+    def commit(self, full: bool) -> TableCommit: ...
+    def delta_type(self, declared: Any) -> Any: ...
+    def load_delta(self, n: int, delta: Any) -> None: ...
     @property
     def data(self) -> dict[K, V]: ...
 

@@ -466,7 +466,8 @@ def test_the_fixture_is_the_previous_format() -> None:
 def test_a_crafted_pickle_as_a_part_fails_by_name_and_runs_nothing(tmp_path: Path) -> None:
     payload, target = _attack(tmp_path)
     engine = shard(FakeIO(), FakeTable(), tmp_path / "a").engine
-    for name in ("w|email|p|0", "p|email|5m|0", "t|send_cohorts|cohorts|5"):
+    for name in ("w|email|p|0", "p|email|5m|0", "t|send_cohorts|cohorts|5",
+                 "t|send_cohorts|cohorts|d|3", "t|send_cohorts|cohorts|d|x"):
         with pytest.raises(StateError, match=name.replace("|", r"\|")):
             engine.load_parts([(name, payload)])
     table = FakeTable()

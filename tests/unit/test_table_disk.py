@@ -146,6 +146,111 @@ def test_parts_filled_as_they_are_encoded_read_as_the_values_they_hold(
     assert sorted(disk.sweep(100 * 600_000)) == sorted(mem.sweep(100 * 600_000))
 
 
+class Changelog:
+    """A table's parts as commits leave them (as metrics/snapshot.py names and restores
+    them): its hours written whole, then its deltas, applied in order over them."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, bytes] = {}
+        self.keys_written: list[int] = []  # keys per commit
+
+    def commit(self, table: Any, full: bool = False) -> Any:
+        plan = table.commit(full)
+        names = {str(h) for h in table.filed()} | {f"d|{n}" for n in plan.deltas}
+        written: dict[str, Any] = {str(h): table.hour(h) for h in table.filed()
+                                   if full or h in plan.hours}
+        if plan.delta is not None:
+            written[f"d|{plan.delta[0]}"] = plan.delta[1]()
+        self.keys_written.append(sum(len(v) if isinstance(v, dict) else len(v[0]) + len(v[1])
+                                     for v in written.values()))
+        self.parts = {n: v for n, v in self.parts.items() if n in names}
+        self.parts.update({n: msgspec.msgpack.encode(v) for n, v in written.items()})
+        return plan
+
+    def restore(self, table: Any) -> None:
+        deltas = []
+        for name, raw in self.parts.items():
+            if name.startswith("d|"):
+                deltas.append((int(name[2:]), msgspec.msgpack.decode(
+                    raw, type=table.delta_type(dict[Key, Val]))))
+            else:
+                table.fill(msgspec.msgpack.decode(raw, type=table.part_type(dict[Key, Val])),
+                           int(name))
+        table.drain()
+        for n, delta in sorted(deltas, key=lambda d: d[0]):
+            table.load_delta(n, delta)
+        table.drain()
+
+
+def test_commits_write_deltas_that_restore_the_table_exactly(tmp_path: Path,
+                                                             tables: DiskTables) -> None:
+    """Keys moved between hours, deleted, swept and evicted from the cache, with a commit
+    every few changes: restoring the changelog at any commit, into a table on disk or in
+    memory, gives the table's keys, values and hours; commits write deltas and, from time
+    to time, the changed hours whole. Every third commit the table is taken over."""
+    rnd = random.Random(11)
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    log = Changelog()
+    keys = [(f"c{i % 7}", f"k{i}") for i in range(400)]
+    now = 100 * HOUR_MS
+    kinds = []
+    for step in range(1, 1201):
+        key = rnd.choice(keys)
+        op = rnd.random()
+        cur = disk.get(key)
+        if cur is None:
+            disk.put(key, Val(now + rnd.randrange(-5 * HOUR_MS, HOUR_MS), 1))
+        elif op < 0.8:  # on, maybe to a later hour
+            cur.ts, cur.n = max(cur.ts, now + rnd.randrange(-2 * HOUR_MS, HOUR_MS)), cur.n + 1
+            disk.touch(key)
+        else:
+            disk.delete(key)
+        now += rnd.randrange(0, 60_000)
+        if step % 150 == 0:
+            disk.sweep(now - 4 * HOUR_MS)
+        if step % 7 == 0:
+            plan = log.commit(disk)
+            kinds.append("delta" if plan.delta else "hours" if plan.hours else "none")
+            if step % 21 == 0:
+                want = disk.data
+                other = DiskTables(tmp_path / f"other{step}")
+                back: DiskKeyed[Key, Val] = other.table("t", _ts, Key, Val)
+                log.restore(back)
+                mem: Keyed[Key, Val] = Keyed(_ts)
+                log.restore(mem)
+                assert back.data == want == mem.data and len(back) == len(want)
+                assert dict(back.counts) == dict(disk.counts)
+                assert {h: len(mem.hour(h)) for h in mem.filed()} == dict(disk.counts)
+                # a takeover: the restored table goes on over what the changelog holds
+                assert back.deltas == disk.deltas
+                disk.store.close()
+                disk = back
+    assert kinds.count("delta") > 50 and kinds.count("hours") > 5
+    disk.store.close()
+
+
+def test_a_commit_writes_the_keys_changed_not_their_hours(tables: DiskTables) -> None:
+    """A busy hour's keys written once; a commit after 10 of them changed writes those 10."""
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    log = Changelog()
+    for i in range(5000):
+        disk.put(("c", f"k{i}"), Val(7 * HOUR_MS + i, 1))
+    log.commit(disk)
+    assert log.keys_written == [5000]
+    for round_ in range(3):
+        for i in range(10):
+            v = disk.get(("c", f"k{round_ * 10 + i}"))
+            assert v is not None
+            v.n += 1
+            disk.touch(("c", f"k{round_ * 10 + i}"))
+        plan = log.commit(disk)
+        assert plan.hours == set() and plan.delta is not None
+    assert log.keys_written == [5000, 10, 10, 10]
+    assert set(log.parts) == {str(7), "d|0", "d|1", "d|2"}
+    full = log.commit(disk, full=True)  # a new tenure: the hours whole, the deltas gone
+    assert full.deltas == [] and set(log.parts) == {str(7)}
+
+
 def test_a_part_value_that_is_none_fails_by_its_key_when_read(tmp_path: Path,
                                                               tables: DiskTables) -> None:
     """Written unread, a value that is not one (corrupt, or crafted: a pickle that would
@@ -207,8 +312,11 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
         store_disk.commit(disk)
     assert out_mem == out_disk and len(out_mem) > 100
     assert comparable(mem) == comparable(disk)
-    # the parts written: the same names, the same data
-    assert set(store_mem.parts) == set(store_disk.parts)
+    # the parts written: the same names, but for the deltas of the table on disk (the second
+    # commit wrote the cohorts it changed, not their hours whole)
+    deltas = {n for n in store_disk.parts if n.startswith("t|send_cohorts|cohorts|d|")}
+    assert deltas
+    assert set(store_mem.parts) == set(store_disk.parts) - deltas
     assert comparable(store_mem.restore()) == comparable(store_disk.restore())
     # a takeover in another process: its tables filled from the parts, then on as before
     other = DiskTables(tmp_path / "other")
