@@ -177,7 +177,7 @@ def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
             for hour in keyed.filed():
                 name = f"t|{tname}|{table}|{hour}"
                 names.add(name)
-                if full or hour in plan.hours:
+                if hour in plan.hours:
                     parts[name] = functools.partial(keyed.hour, hour)
             names.update(f"t|{tname}|{table}|d|{n}" for n in plan.deltas)
             if plan.delta is not None:
@@ -221,7 +221,6 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
             tables[bits[1]][bits[2]].fill(data, int(bits[3]))
     for (tname, table), found in deltas.items():
         keyed = tables[tname][table]
-        keyed.drain()
         for number, data in sorted(found, key=lambda d: d[0]):
             keyed.load_delta(number, data)
     for fw in windows.values():

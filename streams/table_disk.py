@@ -117,7 +117,6 @@ class DiskKeyed(Generic[K, V]):
         self.stale: set[int] = set()  # hours changed since the deltas began
         self.deltas: list[int] = []  # the deltas since, in order
         self._delta_keys = 0  # the keys they hold
-        self._next_delta = 0
 
     # ---- Keyed ----------------------------------------------------------------------------
 
@@ -232,12 +231,11 @@ class DiskKeyed(Generic[K, V]):
                 or self._delta_keys + len(pending) >= sum(self.counts.get(h, 0)
                                                           for h in stale))):
             self.stale, self.deltas, self._delta_keys = set(), [], 0
-            return TableCommit(stale, [], None)
+            return TableCommit(set(self.counts) if full else stale, [], None)
         self.stale = stale
         if not pending:
             return TableCommit(set(), list(self.deltas), None)
-        n = self._next_delta
-        self._next_delta += 1
+        n = self.deltas[-1] + 1 if self.deltas else 0
         self.deltas.append(n)
         self._delta_keys += len(pending)
         return TableCommit(set(), list(self.deltas), (n, lambda: self._delta(pending)))
@@ -256,7 +254,7 @@ class DiskKeyed(Generic[K, V]):
             else:
                 puts[key] = msgspec.Raw(_ENCODE(entry[_VALUE]))
         if evicted:
-            got = self.store.db.get([self._d + _ENCODE(k) for k in evicted]) or []
+            got = self._values([_ENCODE(k) for k in evicted])
             for key, raw in zip(evicted, got, strict=True):
                 if raw is None:
                     gone.append(key)
@@ -268,19 +266,19 @@ class DiskKeyed(Generic[K, V]):
         return tuple[dict[self.key_type, msgspec.Raw], list[self.key_type]]  # type: ignore[name-defined]
 
     def load_delta(self, n: int, delta: tuple[dict[K, Any], list[K]]) -> None:
-        """Apply a restored delta over the hours filled (``fill``); the hours it changes are
-        written whole by the next commit that does not write a delta."""
+        """Apply a restored delta over the hours filled (``fill``, all of them first); the
+        hours it changes are written whole by the next commit that does not write a delta."""
+        self.drain()  # the fills' hours: written as they are
         puts, gone = delta
         for key, raw in puts.items():
             self.put(key, self._value(raw, key))
         for key in gone:
-            if self.get(key) is not None:
+            if key in self:
                 self.delete(key)
         self.stale |= self.drain()
         self.pending = set()
         self.deltas.append(n)
         self._delta_keys += len(puts) + len(gone)
-        self._next_delta = max(self._next_delta, n + 1)
 
     def filed(self) -> Iterable[int]:
         """The hours some key is filed under."""
@@ -416,7 +414,7 @@ class DiskKeyed(Generic[K, V]):
         self.store.db.write(batch)
 
     def _values(self, keys: list[bytes]) -> list[Any]:
-        """The records of these keys (encoded), which are all on disk."""
+        """The records of these keys (encoded; None: not on disk)."""
         want: list[str | int | float | bytes | bool] = [self._d + kb for kb in keys]
         got = self.store.db.get(want) if want else []
         return list(got or [])

@@ -158,7 +158,7 @@ class Changelog:
         plan = table.commit(full)
         names = {str(h) for h in table.filed()} | {f"d|{n}" for n in plan.deltas}
         written: dict[str, Any] = {str(h): table.hour(h) for h in table.filed()
-                                   if full or h in plan.hours}
+                                   if h in plan.hours}
         if plan.delta is not None:
             written[f"d|{plan.delta[0]}"] = plan.delta[1]()
         self.keys_written.append(sum(len(v) if isinstance(v, dict) else len(v[0]) + len(v[1])
@@ -176,7 +176,6 @@ class Changelog:
             else:
                 table.fill(msgspec.msgpack.decode(raw, type=table.part_type(dict[Key, Val])),
                            int(name))
-        table.drain()
         for n, delta in sorted(deltas, key=lambda d: d[0]):
             table.load_delta(n, delta)
         table.drain()
