@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
+
 if TYPE_CHECKING:
     from metrics.catalog import Kpi
 
@@ -39,6 +41,14 @@ def dims_text(dims: dict[str, str]) -> str:
 def window_key(rec: dict[str, Any]) -> str:
     """Key of a closed-window record on `kpi-windows`: {kpi}|{window}|{dims}|{end}."""
     return f"{rec['kpi']}|{rec['window']}|{dims_text(rec['dims'])}|{rec['end']}"
+
+
+def window_message(rec: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(key, value) of a closed-window record on `kpi-windows`, to be held until sent. The
+    value is copied out of orjson's buffer: orjson shrinks a ~1 KB block to the record's
+    ~300 bytes, and thousands of those held between other objects left the heap full of
+    holes no later block fits (a 6-day backlog's worker grew from ~600 MB to 960 MB)."""
+    return window_key(rec).encode(), bytes(memoryview(orjson.dumps(rec)))
 
 
 def update_key(rec: dict[str, Any]) -> str:

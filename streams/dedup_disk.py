@@ -67,11 +67,18 @@ def hour_of(ts: int) -> int:
 #: (with the filters and indexes, charged to it), whatever their number
 CACHE_MB: Final = 64
 _CACHE: list[rocksdict.Cache] = []
+#: the memtables (writes not yet flushed) of every store a process opens, together, and
+#: charged to the block cache: RocksDB holds at most ``CACHE_MB`` in all. Each store's own
+#: bound (2 x 8 MB) let a worker's ten stores hold 160 MB, beside a full cache
+MEMTABLES_MB: Final = 32
+_MEMTABLES: list[rocksdict.WriteBufferManager] = []
 
 
 def store_options() -> rocksdict.Options:
     if not _CACHE:
         _CACHE.append(rocksdict.Cache(CACHE_MB * 1024 * 1024))
+        _MEMTABLES.append(rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            MEMTABLES_MB * 1024 * 1024, False, _CACHE[0]))
     opts = rocksdict.Options(raw_mode=True)
     opts.create_if_missing(True)
     table = rocksdict.BlockBasedOptions()
@@ -89,6 +96,7 @@ def store_options() -> rocksdict.Options:
     # memtables: at most 2 x 8 MB per shard before they go to disk
     opts.set_write_buffer_size(8 * 1024 * 1024)
     opts.set_max_write_buffer_number(2)
+    opts.set_write_buffer_manager(_MEMTABLES[0])
     return opts
 
 

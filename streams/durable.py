@@ -102,7 +102,7 @@ class Durable:
     # ---- commit ---------------------------------------------------------------------------
 
     def prepare(self, engine: KpiEngine, seq: int, applied: Offsets, invalid: dict[str, int],
-                outbox: list[dict[str, Any]], alerts: list[HeldBreach],
+                outbox: list[bytes], alerts: list[HeldBreach],
                 baselines: BaselineState) -> Commit:
         """Encode a commit; under the shard's lock (the engine's state is read live)."""
         changes = self.dedup.drain()

@@ -25,7 +25,7 @@ from metrics.baselines import Baselines, BaselineState
 from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, Parser, event_parser
-from metrics.records import update_key, window_key
+from metrics.records import update_key, window_message
 from metrics.timestamps import wall_ms
 from streams.dedup_disk import DiskDedup
 from streams.durable import Abandoned, Commit, Durable
@@ -82,8 +82,9 @@ class Shard:
         self._snapshot_applied: Offsets = {}
         self._last_snapshot_at = time.monotonic()
         self.replayed_skipped = 0
-        self.outbox: list[tuple[float, dict[str, Any]]] = []  # (batch start, record)
-        self.resend: list[dict[str, Any]] = []
+        # (batch start, key, JSON): held as sent, ~300 bytes, not as a ~1 KB dict each
+        self.outbox: list[tuple[float, bytes, bytes]] = []
+        self.resend: list[tuple[bytes, bytes]] = []  # (key, JSON)
         self.committing = 0  # closed windows of the commit under way, sent once it is durable
         #: what may wait for a commit (``uncommitted``) before a batch waits for one
         self.max_uncommitted = MAX_UNCOMMITTED
@@ -111,7 +112,7 @@ class Shard:
         self.resume_wall()  # the time the state spent stored was no quiet time
         # another owner may have sent newer values since this worker last did: send all
         self._open_mark, self._open_sent = None, {}
-        self.resend = snap.outbox if snap else []  # it may not have gone out before the crash
+        self.resend = snap.resend() if snap else []  # it may not have gone out before the crash
         self.applied = dict(snap.applied) if snap else {}
         self._snapshot_applied = dict(self.applied)
         self.stats.invalid = dict(snap.invalid) if snap else {}
@@ -207,9 +208,9 @@ class Shard:
             applied = dict(self.applied)
             outbox, self.outbox = self.outbox, []
             # under the lock: state and offsets agree; the restored outbox in it until sent
+            pending = [v for _, v in self.resend] + [v for _, _, v in outbox]
             commit = self.durable.prepare(self.engine, self.snapshot_seq + 1, applied,
-                                          dict(self.stats.invalid),
-                                          [*self.resend, *(r for _, r in outbox)],
+                                          dict(self.stats.invalid), pending,
                                           self.alerts.snapshot(), self.baselines.snapshot())
         self.committing = len(outbox)  # still pending (/health) until sent or back in the outbox
         try:
@@ -218,7 +219,7 @@ class Shard:
             self.committing = 0
 
     async def _commit(self, commit: Commit, applied: Offsets,
-                      outbox: list[tuple[float, dict[str, Any]]]) -> bool:
+                      outbox: list[tuple[float, bytes, bytes]]) -> bool:
         try:
             await self.durable.write(commit)
         except (*BROKER_ERRORS, Abandoned) as exc:
@@ -241,7 +242,7 @@ class Shard:
             except BROKER_ERRORS as exc:  # durable: the next tick sends them again
                 log.warning("%s: %d closed windows not sent (%s: %s); sending them again",
                             self.name, len(outbox), type(exc).__name__, exc)
-                self.resend += [r for _, r in outbox]
+                self.resend += [(k, v) for _, k, v in outbox]
         else:
             log.warning("%s: offsets not committed; %d closed windows wait", self.name,
                         len(outbox))
@@ -400,7 +401,7 @@ class Shard:
     async def publish_finals(self, records: list[dict[str, Any]], t0: float) -> None:
         """Closed windows wait in the outbox for the snapshot that makes them durable; anomalies
         go out now (`kpi-alerts`), and what the stage tells (`kpi-accounts`, `kpi-mql`)."""
-        self.outbox += [(t0, rec) for rec in records]
+        self.outbox += [(t0, *window_message(r)) for r in records]
         self.out.history.add(records)
         if records and self.baselines.kpis:
             for event in self.baselines.observe(records, records[0]["emitted_at"]):
@@ -409,13 +410,13 @@ class Shard:
         if self.feed_in:  # new MQLs at once, account scores with closed windows
             await self.feed_in.send_stage(self.engine, self.io, records)
 
-    async def _send_finals(self, outbox: list[tuple[float, dict[str, Any]]]) -> None:
-        send = self.io.send
-        for _, rec in outbox:
-            await send(self.out.topic_windows, window_key(rec).encode(), orjson.dumps(rec))
+    async def _send_finals(self, outbox: list[tuple[float, bytes, bytes]]) -> None:
+        send, topic = self.io.send, self.out.topic_windows
+        for _, key, value in outbox:
+            await send(topic, key, value)
         await self.io.flush()
         now = time.perf_counter()
-        for t0 in {t0 for t0, _ in outbox}:
+        for t0 in {t0 for t0, _, _ in outbox}:
             self.out.emit_latency(now - t0)
 
     async def _mark_behind(self) -> None:
@@ -433,7 +434,7 @@ class Shard:
         """Emit interval: idle watermark advance, then open-window values."""
         t0 = time.perf_counter()
         if self.resend:  # the restored snapshot's outbox, first of all
-            await self._send_finals([(t0, r) for r in self.resend])
+            await self._send_finals([(t0, k, v) for k, v in self.resend])
             self.resend = []
         if not self.active:
             return
@@ -493,7 +494,6 @@ class Shard:
             "durable": self.applied == self._snapshot_applied,
             "state": e.state_sizes(),
             "ids_loaded": self.durable.ids_loaded,
-            # the epochs whose snapshots the state table holds for this shard: one, once
-            # this owner's first snapshot is durable (streams/state.py)
+            # the epochs the state table holds for it: one once its first commit is durable
             "state_epochs": sorted(self.durable.epochs),
         }

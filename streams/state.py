@@ -26,7 +26,7 @@ import hashlib
 import logging
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -37,6 +37,7 @@ from metrics.alerts import HeldBreach
 from metrics.baselines import BaselineState
 from metrics.catalog import Catalog
 from metrics.errors import StateError
+from metrics.records import window_key, window_message
 from metrics.snapshot import EngineState
 
 log = logging.getLogger("kpi_engine.state")
@@ -66,8 +67,9 @@ class Snapshot:
     invalid: dict[str, int]
     #: closed-window records the state counts as published; sent once the snapshot is
     #: durable (and again after a restore), so every revision on kpi-windows belongs to a
-    #: durable history and a crash can never leave a higher stale revision behind
-    outbox: list[dict[str, Any]]
+    #: durable history and a crash can never leave a higher stale revision behind. Their
+    #: JSON, as sent (earlier versions wrote maps: ``decode`` makes them JSON)
+    outbox: list[bytes]
     #: epoch -> the last commit of that epoch whose segments belong to this state
     chain: dict[int, int] = dataclasses.field(default_factory=dict)
     #: names the shard's state history since it was first created (a local store made for
@@ -83,6 +85,18 @@ class Snapshot:
     #: the alert breaches under way: kpi-alerts goes on from them after a restart
     alerts: list[HeldBreach] = dataclasses.field(default_factory=list)
     baselines: BaselineState = dataclasses.field(default_factory=BaselineState)
+
+    def resend(self) -> list[tuple[bytes, bytes]]:
+        """The outbox as (key, JSON value) records for `kpi-windows`; a record that is not a
+        closed window's gives a ``StateError``, not a worker stopped at its first send."""
+        out = []
+        for i, rec in enumerate(self.outbox):
+            try:
+                out.append((window_key(orjson.loads(rec)).encode(), rec))
+            except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+                raise StateError(f"outbox record {i}: not a closed window's ({exc!r})") \
+                    from exc
+        return out
 
 
 class SourceRef(NamedTuple):
@@ -110,7 +124,7 @@ class StoredSnapshot(msgspec.Struct, gc=False):
     engine: EngineState
     applied: dict[tuple[str, int], int]
     invalid: dict[str, int]
-    outbox: list[dict[str, Any]]
+    outbox: Sequence[bytes | dict[str, Any]]  # maps: as earlier versions wrote them
     chain: dict[int, int] = {}
     lineage: str = ""
     parts: dict[str, tuple[int, int]] = {}
@@ -467,8 +481,9 @@ def _assemble(manifest: Manifest, chunks: dict[tuple[str, int], bytes]) -> Snaps
         raise StateError(f"snapshot {manifest.seq} is corrupt (checksum)")
     try:
         data = _DECODE(zlib.decompress(blob))
-    except (zlib.error, msgspec.DecodeError, ValueError) as exc:
-        raise StateError(f"snapshot {manifest.seq} is unreadable: {exc}") from None
-    return Snapshot(manifest.seq, data.engine, data.applied, data.invalid, data.outbox,
-                    data.chain, data.lineage, manifest.format, manifest.aggregates, data.parts,
+        outbox = [r if isinstance(r, bytes) else window_message(r)[1] for r in data.outbox]
+    except (zlib.error, msgspec.DecodeError, ValueError, TypeError, KeyError) as exc:
+        raise StateError(f"snapshot {manifest.seq} is unreadable: {exc!r}") from None
+    return Snapshot(manifest.seq, data.engine, data.applied, data.invalid, outbox, data.chain,
+                    data.lineage, manifest.format, manifest.aggregates, data.parts,
                     data.alerts, data.baselines)

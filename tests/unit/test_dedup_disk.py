@@ -6,8 +6,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import rocksdict
+
 from metrics.dedup import DedupState, MemoryDedup
-from streams.dedup_disk import DiskDedup
+from streams.dedup_disk import MEMTABLES_MB, DiskDedup, store_options
 
 H = 3_600_000
 
@@ -75,3 +77,26 @@ def test_a_migrated_state_goes_out_with_the_next_commit(tmp_path: Path) -> None:
     d.restore(DedupState(1, {"x": 10, "y": 20}, 0))  # a format 3 snapshot's ids
     assert "stale" not in d and "x" in d
     assert d.drain().ids == {"x": 10, "y": 20}
+
+
+def test_the_stores_memtables_are_bounded_together_and_charged_to_the_cache(
+        tmp_path: Path) -> None:
+    """Each store alone would keep up to 8 MB of writes in its memtable before flushing:
+    six stores of 7 MB each would hold 42 MB. Together they stay near ``MEMTABLES_MB``,
+    and what they hold is counted in the block cache that bounds RocksDB's memory."""
+    stores = [rocksdict.Rdict(str(tmp_path / f"s{i}"), options=store_options())
+              for i in range(6)]
+    try:
+        value = b"v" * 1000
+        for i, db in enumerate(stores):
+            for j in range(7 * 1024):  # 7 MB
+                db[b"k%d-%d" % (i, j)] = value
+        held = sum(db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+                   for db in stores)
+        cache = stores[0].property_int_value("rocksdb.block-cache-usage") or 0
+        assert held <= (MEMTABLES_MB + 4) * 1024 * 1024, held
+        assert cache >= held * 0.9, (cache, held)  # the memtables' share is in the cache
+        assert all(db[b"k%d-%d" % (i, 7 * 1024 - 1)] == value for i, db in enumerate(stores))
+    finally:
+        for db in stores:
+            db.close()

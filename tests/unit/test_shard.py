@@ -255,7 +255,7 @@ def test_a_restored_outbox_survives_a_snapshot_taken_before_it_is_sent() -> None
             await first.handle(b)
         io.refuse_commits = True  # the state is written, the offsets are not: not sent
         await first.snapshot(force=True)
-        waiting = {window_key(r) for _, r in first.outbox}
+        waiting = {key.decode() for _, key, _ in first.outbox}
         assert waiting and not io.windows()
         second = new_shard(FakeIO(), table)
         await second.activate(table.records("email"), 0.0)

@@ -7,12 +7,14 @@ import copy
 import random
 from typing import Any
 
+import orjson
 import pytest
 
 from kpi_engine.generator import GeneratorConfig
 from metrics.dedup import DedupState
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event
+from metrics.records import window_key
 from metrics.snapshot import EngineState, decode_state, encode_state
 from streams.state import (
     CHUNK_BYTES,
@@ -110,13 +112,13 @@ def test_state_records_round_trip_across_slots_and_chunks() -> None:
     big = state(n=7)
     big.dedup["email"] = DedupState(1, {rnd.randbytes(16).hex(): i
                                         for i in range(3 * CHUNK_BYTES // 32)})
-    snap = Snapshot(7, big, {("email-events", 0): 41}, {"not_json": 2}, [{"kpi": "x"}])
+    snap = Snapshot(7, big, {("email-events", 0): 41}, {"not_json": 2}, [b'{"kpi":"x"}'])
     records = encode(snap, "g1", DEFAULT_CATALOG)
     assert len(records) >= 3 and records[-1][0] == f"g1|manifest|{slot_of(7)}".encode()
     other = encode(Snapshot(1, state(), {}, {}, []), "other-group", DEFAULT_CATALOG)
     got = decode(other + records, "g1", DEFAULT_CATALOG)
     assert got is not None and got.seq == 7 and encode_state(got.engine) == encode_state(big)
-    assert got.applied == {("email-events", 0): 41} and got.outbox == [{"kpi": "x"}]
+    assert got.applied == {("email-events", 0): 41} and got.outbox == [b'{"kpi":"x"}']
     # the next snapshot writes the other slot; an unfinished one (no manifest) is ignored
     nxt = encode(Snapshot(8, state(n=8), {}, {}, []), "g1", DEFAULT_CATALOG)
     assert slot_of(8) != slot_of(7)
@@ -223,3 +225,30 @@ def test_malformed_records_are_passed_over_and_reported_the_snapshot_restored() 
     assert owner_epoch(JUNK + claim("g", 2), "g", 0) == 3
     assert set(superseded([k for k, _ in JUNK], "g", 5 * EPOCH)) == {
         b"g|1.0|zero", b"g|manifest|1.1", b"g|manifest|1.0"}
+
+
+def test_an_outbox_written_as_maps_is_read_and_resent_as_the_same_json() -> None:
+    """Earlier versions wrote the outbox's closed windows as MessagePack maps; this one
+    holds and writes them as the JSON it sends. A state with maps restores to the records
+    and keys those versions would have sent; a record that is no closed window's, or no
+    JSON, stops the restore with a StateError, not the worker at its first send."""
+    rec = {"kpi": "email_open_rate", "window": "1h", "start": "2026-01-01T00:00:00Z",
+           "end": "2026-01-01T01:00:00Z", "dims": {"campaign_id": "c1"}, "value": 0.25,
+           "numerator": 1, "denominator": 4, "unit": "ratio", "final": True,
+           "revision": 0, "emitted_at": "2026-01-01T01:00:05.000Z"}
+    old = Snapshot(3, state(), {}, {}, [rec])  # type: ignore[list-item]  # as written before
+    got = decode(encode(old, "g1", DEFAULT_CATALOG), "g1", DEFAULT_CATALOG)
+    assert got is not None and got.outbox == [orjson.dumps(rec)]
+    assert got.resend() == [(window_key(rec).encode(), orjson.dumps(rec))]
+    new = decode(encode(Snapshot(4, state(), {}, {}, got.outbox), "g1", DEFAULT_CATALOG),
+                 "g1", DEFAULT_CATALOG)
+    assert new is not None and new.resend() == got.resend()
+    for bad in (b"not json", b'{"kpi": "x"}', b"[1, 2]"):
+        snap = decode(encode(Snapshot(5, state(), {}, {}, [bad]), "g1", DEFAULT_CATALOG),
+                      "g1", DEFAULT_CATALOG)
+        assert snap is not None
+        with pytest.raises(StateError, match="outbox record 0"):
+            snap.resend()
+    unjson = Snapshot(6, state(), {}, {}, [{"kpi": b"\x00"}])  # type: ignore[list-item]
+    with pytest.raises(StateError, match="unreadable"):
+        decode(encode(unjson, "g1", DEFAULT_CATALOG), "g1", DEFAULT_CATALOG)
