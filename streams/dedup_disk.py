@@ -93,7 +93,7 @@ def store_options() -> rocksdict.Options:
     table.set_index_type(rocksdict.BlockBasedIndexType.two_level_index_search())
     table.set_pin_top_level_index_and_filter(True)
     opts.set_block_based_table_factory(table)
-    # memtables: at most 2 x 8 MB per shard before they go to disk
+    # memtables: at most 2 x 8 MB per store before they go to disk, MEMTABLES_MB for all
     opts.set_write_buffer_size(8 * 1024 * 1024)
     opts.set_max_write_buffer_number(2)
     opts.set_write_buffer_manager(_MEMTABLES[0])

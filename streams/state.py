@@ -37,7 +37,7 @@ from metrics.alerts import HeldBreach
 from metrics.baselines import BaselineState
 from metrics.catalog import Catalog
 from metrics.errors import StateError
-from metrics.records import window_key, window_message
+from metrics.records import window_key
 from metrics.snapshot import EngineState
 
 log = logging.getLogger("kpi_engine.state")
@@ -481,8 +481,9 @@ def _assemble(manifest: Manifest, chunks: dict[tuple[str, int], bytes]) -> Snaps
         raise StateError(f"snapshot {manifest.seq} is corrupt (checksum)")
     try:
         data = _DECODE(zlib.decompress(blob))
-        outbox = [r if isinstance(r, bytes) else window_message(r)[1] for r in data.outbox]
-    except (zlib.error, msgspec.DecodeError, ValueError, TypeError, KeyError) as exc:
+        # maps as earlier versions wrote them: their JSON (``Snapshot.resend`` checks them)
+        outbox = [r if isinstance(r, bytes) else orjson.dumps(r) for r in data.outbox]
+    except (zlib.error, msgspec.DecodeError, ValueError, TypeError) as exc:
         raise StateError(f"snapshot {manifest.seq} is unreadable: {exc!r}") from None
     return Snapshot(manifest.seq, data.engine, data.applied, data.invalid, outbox, data.chain,
                     data.lineage, manifest.format, manifest.aggregates, data.parts,
