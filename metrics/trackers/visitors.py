@@ -17,7 +17,7 @@ import msgspec
 
 from metrics.constants import UNKNOWN
 from metrics.events import Event
-from metrics.trackers.base import Dims, DimsMemo, Fact, Keyed, net_change
+from metrics.trackers.base import Dims, DimsMemo, Fact, Keyed, Table, TableFactory, net_change
 
 _WEB_DIMS: Final = frozenset({"channel", "campaign_id"})
 
@@ -70,10 +70,19 @@ class Visitors:
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
         #: session -> its visitor, first view and conversions, filed by its last event
-        self.sessions: Keyed[str, Visit] = Keyed(_visit_ts)
-        #: visitor -> its firsts and sessions, with the facts it contributes now
-        self.visitors: Keyed[str, tuple[Visitor, list[Fact]]] = Keyed(_visitor_ts)
+        self.sessions: Table[str, Visit] = Keyed(_visit_ts)
+        #: visitor -> its firsts and sessions, with the facts it contributes now, filed by
+        #: its latest event
+        self.visitors: Table[str, tuple[Visitor, list[Fact]]] = Keyed(_visitor_ts)
         self._dims = DimsMemo()  # a view's dims: one tuple per campaign and channel
+
+    def spill(self, make: TableFactory) -> None:
+        """Its sessions and visitors, one per session and visitor over the horizon: on disk
+        (a worker's). A value read is changed until the next read of its table only: a
+        session is put back after its visitor's other sessions are read (``_leave``)."""
+        self.sessions = make(f"{self.name}.sessions", _visit_ts, str, Visit)
+        self.visitors = make(f"{self.name}.visitors", _visitor_ts, str,
+                             tuple[Visitor, list[Fact]])
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -100,7 +109,7 @@ class Visitors:
             if cur is None or (ts, dims) < cur:
                 visit.goals[goal] = (ts, dims)
         visit.last_ts = max(visit.last_ts, ts)
-        self.sessions.touch(sid)
+        self.sessions.put(sid, visit)  # put, not touch: ``_leave`` may have evicted it
         who = _who(sid, visit)
         held = self.visitors.get(who)
         if held is None:
@@ -134,7 +143,11 @@ class Visitors:
         return self._refresh(who)
 
     def _refresh(self, who: str) -> list[Fact]:
-        v, before = self.visitors.data[who]
+        """The facts of a visitor just changed (its sessions, its latest event, its firsts),
+        and filed again by its latest event whether they changed or not."""
+        held = self.visitors.get(who)
+        assert held is not None
+        v, before = held
         after: list[Fact] = []
         conv = min(v.goals.values()) if v.goals else None
         base = v.first if v.first is not None else conv
@@ -147,6 +160,7 @@ class Visitors:
                 for goal in sorted(v.goals):
                     after.append((v.goals[goal][0], "goal_visitors", (*dims, ("goal", goal)), 1))
         if after == before:
+            self.visitors.touch(who)
             return []
         self.visitors.put(who, (v, after))
         return net_change(before, after)
@@ -166,24 +180,24 @@ class Visitors:
         self.sessions.replace(state.sessions)
         self.visitors.replace(state.visitors)
 
-    def tables(self) -> dict[str, Keyed[Any, Any]]:
+    def tables(self) -> dict[str, Table[Any, Any]]:
         return {"sessions": self.sessions, "visitors": self.visitors}
 
     def loaded(self) -> None:
-        """Decoded apart, every first view held its own dims: one tuple each again."""
+        """Decoded apart, every first view held its own dims: one tuple each again (of the
+        values in memory: in place, what a table on disk holds is not changed)."""
         memo = self._dims
-        for visit in self.sessions.data.values():
+        for visit in self.sessions.resident():
             if visit.first is not None:
                 visit.first = (visit.first[0], memo(visit.first[1]))
             if visit.goals:
                 visit.goals = {g: (ts, memo(d)) for g, (ts, d) in visit.goals.items()}
-        data = self.visitors.data
-        for who, (v, facts) in data.items():
+        for v, facts in self.visitors.resident():
             if v.first is not None:
                 v.first = (v.first[0], memo(v.first[1]))
             if v.goals:
                 v.goals = {g: (ts, memo(d)) for g, (ts, d) in v.goals.items()}
-            data[who] = (v, [(ts, b, memo(d), n) for ts, b, d, n in facts])
+            facts[:] = [(ts, b, memo(d), n) for ts, b, d, n in facts]
 
     def __len__(self) -> int:
         return len(self.visitors) + len(self.sessions)

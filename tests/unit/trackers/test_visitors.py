@@ -99,3 +99,20 @@ def test_visitor_conversion_rate_by_replay() -> None:
     demo = pick(records, "web_visitor_conversion_rate", "24h", "2026-11-02T10:00:00Z",
                 goal="demo")
     assert (demo["numerator"], demo["denominator"]) == (2, 3)
+
+
+def test_a_returning_visitor_is_remembered_from_its_latest_visit() -> None:
+    """The horizon runs from a visitor's latest page view: one back every 7 hours over 21
+    hours (horizon 10 hours) counts once, and is filed, for expiry and for the commit that
+    writes its hour, at its latest visit even when no fact of it changed."""
+    t = Visitors(horizon_ms=10 * 60 * MIN)
+    facts: list[Fact] = []
+    for i in range(4):
+        at = T0 + i * 7 * 60 * MIN
+        facts += t.observe(ev("page.viewed", at, f"s{i}", visitor_id="v1"))
+        t.expire(at)
+        held = t.visitors.get("v1")
+        assert held is not None and held[0].sessions[-1] == f"s{i}"
+        assert t.visitors.hours["v1"] == at // 3_600_000  # filed at its latest visit
+        assert at // 3_600_000 in t.visitors.drain()  # ... so the next commit writes it
+    assert counts(facts) == {"visitors": 1}
