@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from metrics.events import Event, parse_event
-from metrics.trackers.base import Fact
+from metrics.trackers.base import Fact, Keyed
 from metrics.trackers.visitors import Visitors
 from tests.helpers import DEFAULT_CATALOG, ms, pick, replay
 
@@ -113,6 +113,8 @@ def test_a_returning_visitor_is_remembered_from_its_latest_visit() -> None:
         t.expire(at)
         held = t.visitors.get("v1")
         assert held is not None and held[0].sessions[-1] == f"s{i}"
-        assert t.visitors.hours["v1"] == at // 3_600_000  # filed at its latest visit
-        assert at // 3_600_000 in t.visitors.drain()  # ... so the next commit writes it
+        table = t.visitors
+        assert isinstance(table, Keyed)
+        assert table.hours["v1"] == at // 3_600_000  # filed at its latest visit
+        assert at // 3_600_000 in table.drain()  # ... so the next commit writes it
     assert counts(facts) == {"visitors": 1}
