@@ -91,9 +91,8 @@ class Visitors:
                                  ("channel", d.channel)))
         sid: str = d.session_id
         visit = self.sessions.get(sid)
-        if visit is None:
+        if visit is None:  # filed by the put below, once it is whole
             visit = Visit(None, None, {}, ts)
-            self.sessions.put(sid, visit)
         out: list[Fact] = []
         if ev.type == "page.viewed":
             if visit.first is None or (ts, dims) < visit.first:
