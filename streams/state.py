@@ -37,7 +37,7 @@ from metrics.alerts import HeldBreach
 from metrics.baselines import BaselineState
 from metrics.catalog import Catalog
 from metrics.errors import StateError
-from metrics.records import window_key
+from metrics.records import held_json, window_key
 from metrics.snapshot import EngineState
 
 log = logging.getLogger("kpi_engine.state")
@@ -482,7 +482,7 @@ def _assemble(manifest: Manifest, chunks: dict[tuple[str, int], bytes]) -> Snaps
     try:
         data = _DECODE(zlib.decompress(blob))
         # maps as earlier versions wrote them: their JSON (``Snapshot.resend`` checks them)
-        outbox = [r if isinstance(r, bytes) else orjson.dumps(r) for r in data.outbox]
+        outbox = [r if isinstance(r, bytes) else held_json(r) for r in data.outbox]
     except (zlib.error, msgspec.DecodeError, ValueError, TypeError) as exc:
         raise StateError(f"snapshot {manifest.seq} is unreadable: {exc!r}") from None
     return Snapshot(manifest.seq, data.engine, data.applied, data.invalid, outbox, data.chain,
