@@ -40,7 +40,7 @@ from streams.assignor import place
 from streams.broker import port_is_open
 from streams.dashboard import page
 from streams.errors import SettingsError
-from streams.faust_table import StateTable
+from streams.faust_table import PromptTableManager, StateTable
 from streams.health import tame_client_logs
 from streams.heap import pin_mmap_threshold
 from streams.kafka_client import client_kwargs, first_offset, ssl_context
@@ -367,6 +367,7 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
         # static membership when named: a kill -9'd worker restarted under the same id is
         # assigned again at once, not after its old session times out (ENGINEERING.md §2)
         consumer_group_instance_id=settings.instance_id or None,
+        TableManager=PromptTableManager,  # no fixed second's wait at every start
     )
     shells: list[KpiShell] = []  # the table's recovery callback needs the shell, made next
 
