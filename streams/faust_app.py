@@ -1,8 +1,7 @@
 """The Faust seam: every use of Faust's API, private parts included, is in this module and
 streams/faust_table.py (the state table).
 
-faust-streaming is pinned to the versions this adapter is tested against (pyproject.toml).
-What it adapts, each through a seam Faust offers:
+faust-streaming is pinned to the tested versions (pyproject.toml). Each part is a seam Faust offers:
 
 - ``durable_consumer``: the consumer class. Fetched input batches go straight to the shell
   (streams/worker.py), whole; offsets are committed only as far as a durable snapshot covers.
@@ -69,6 +68,8 @@ AUTO_OFFSET_RESET: Final = "earliest"
 PROBE_EVERY_S: Final = 2.0
 #: the most messages one fetch hands the shell
 MAX_POLL_RECORDS: Final = 10_000
+#: how long the broker may hold a fetch that found nothing (Faust fixes 1.5 s)
+FETCH_MAX_WAIT_MS: Final = 250
 
 
 class FaustIO:
@@ -169,11 +170,18 @@ def durable_consumer(shell: KpiShell, tansu: bool = False,
     - on the embedded broker only (``tansu``), a changelog's end comes from a fetch, not
       ListOffsets (streams/tansu.py), so recovery reads the newest snapshot whole;
     - with a ``member`` memory, the first join asks for the member id of the previous
-      process (streams/membership.py).
+      process (streams/membership.py);
+    - an empty fetch is held ``FETCH_MAX_WAIT_MS``: with one fetch in flight per broker,
+      input partitions resumed after a restore waited for Faust's 1.5 s one to return.
     """
     inputs = set(shell.shard_of_topic)
 
     class RejoiningThread(AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its start()
+            return consumer
+
         async def on_start(self) -> None:
             await super().on_start()  # the coordinator exists now; it joins once subscribed
             previous = member.recall() if member is not None else None

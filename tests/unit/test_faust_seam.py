@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import textwrap
+from typing import Any
 
 from faust.tables import TableManager
 
@@ -38,3 +39,20 @@ def test_the_worker_app_uses_it_with_its_state_table_added_before_start() -> Non
     tables, names = asyncio.run(build())
     assert type(tables) is PromptTableManager
     assert names == ["kpi-state"]
+
+
+def test_an_empty_fetch_is_held_a_quarter_second_not_fausts_one_and_a_half() -> None:
+    """aiokafka keeps one fetch in flight per broker: input partitions resumed after a
+    restore wait for it, so a restart counted its first event up to 1.5 s after Ready."""
+    from streams.faust_app import FETCH_MAX_WAIT_MS, make_app
+
+    async def build() -> int:
+        settings = load_settings({"broker": "kafka://127.0.0.1:1"}, {})
+        app, _ = make_app(settings, load_catalog())
+        faust_consumer: Any = app.consumer
+        consumer = faust_consumer._thread._create_worker_consumer(app.transport)
+        await consumer.stop()
+        return int(consumer._fetch_max_wait_ms)
+
+    assert FETCH_MAX_WAIT_MS == 250
+    assert asyncio.run(build()) == FETCH_MAX_WAIT_MS
