@@ -179,29 +179,40 @@ class DiskKeyed(Generic[K, V]):
 
     def sweep(self, cutoff_ts: int) -> list[tuple[K, V]]:
         """Delete the keys of the hours before the one holding ``cutoff_ts``; returns them."""
+        return self._cut(cutoff_ts, values=True)
+
+    def drop(self, cutoff_ts: int) -> int:
+        """``sweep`` with the values unread; returns how many keys went. Sweeping the send
+        cohorts of a day-old hour read and decoded ~70,000 values nobody used (at 10 M ids,
+        half the CPU of a trickle crossing an hour)."""
+        return len(self._cut(cutoff_ts, values=False))
+
+    def _cut(self, cutoff_ts: int, values: bool) -> list[Any]:
+        """The keys of the hours before ``cutoff_ts`` deleted: (key, value) pairs, or the
+        keys alone unless ``values``."""
         cutoff_h = cutoff_ts // HOUR_MS
         hours = [h for h in self.counts if h < cutoff_h]
         if not hours:
             return []
         self.flush()
-        removed: list[tuple[K, V]] = []
         batch = rocksdict.WriteBatch(raw_mode=True)
-        db = self.store.db
         keys = self._scan(self._h, self._h + _pack(cutoff_h))
-        for kb, raw in zip(keys, self._values(keys), strict=True):
-            if raw is not None:  # (an index entry is never left behind, but be sure)
-                key = self._key(kb)
-                removed.append((key, self._value(memoryview(raw)[4:], key)))
-                batch.delete(self._d + kb)
+        # an index entry is never left behind (``_write`` moves both in one batch)
+        removed: list[Any] = [self._key(kb) for kb in keys]
+        if values:
+            removed = [(key, self._value(memoryview(raw)[4:], key))
+                       for key, raw in zip(removed, self._values(keys), strict=True)]
+        for kb in keys:
+            batch.delete(self._d + kb)
         batch.delete_range(self._h, self._h + _pack(cutoff_h))
-        db.write(batch)
+        self.store.db.write(batch)
         for key in [k for k, e in self.cache.items()
                     if e[_HOUR_AT] is not None and e[_HOUR_AT] < cutoff_h]:
             del self.cache[key]
         for h in hours:
             del self.counts[h]
         self.dirty.update(hours)
-        self.pending.update(k for k, _ in removed)
+        self.pending.update([k for k, _ in removed] if values else removed)
         self._len -= len(removed)
         return removed
 

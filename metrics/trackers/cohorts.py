@@ -176,7 +176,7 @@ class SendCohorts:
         raise NotImplementedError("its facts are final as they come")
 
     def expire(self, watermark: int) -> None:
-        self.cohorts.sweep(watermark - self.horizon_ms)
+        self.cohorts.drop(watermark - self.horizon_ms)
         self.campaigns.sweep(watermark - SCORECARD_HORIZON_MS)
 
     def snapshot(self) -> CohortsState:

@@ -68,7 +68,7 @@ class FirstSeen:
         raise NotImplementedError("its facts are final as they come")
 
     def expire(self, watermark: int) -> None:
-        self.first.sweep(watermark - self.horizon_ms)
+        self.first.drop(watermark - self.horizon_ms)
 
     def snapshot(self) -> FirstSeenState:
         return FirstSeenState(self.VERSION, self.first.data)

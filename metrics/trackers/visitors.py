@@ -169,8 +169,8 @@ class Visitors:
 
     def expire(self, watermark: int) -> None:
         cutoff = watermark - self.horizon_ms
-        self.sessions.sweep(cutoff)
-        self.visitors.sweep(cutoff)
+        self.sessions.drop(cutoff)
+        self.visitors.drop(cutoff)
 
     def snapshot(self) -> VisitorsState:
         return VisitorsState(self.VERSION, self.sessions.data, self.visitors.data)
