@@ -68,8 +68,8 @@ AUTO_OFFSET_RESET: Final = "earliest"
 PROBE_EVERY_S: Final = 2.0
 #: the most messages one fetch hands the shell
 MAX_POLL_RECORDS: Final = 10_000
-#: how long the broker may hold a fetch that found nothing (Faust fixes 1.5 s)
-FETCH_MAX_WAIT_MS: Final = 250
+#: how long the broker may hold an empty fetch: the client's default (Faust fixes 1.5 s)
+FETCH_MAX_WAIT_MS: Final = 500
 
 
 class FaustIO:
