@@ -208,9 +208,10 @@ def test_commits_write_deltas_that_restore_the_table_exactly(tmp_path: Path,
         else:
             disk.delete(key)
         now += rnd.randrange(0, 60_000)
-        if step % 150 == 0:  # with the values read, or not
-            assert isinstance(disk.sweep(now - 4 * HOUR_MS) if step % 300 else
-                              disk.drop(now - 4 * HOUR_MS), list if step % 300 else int)
+        if step % 300 == 150:
+            assert isinstance(disk.sweep(now - 4 * HOUR_MS), list)
+        elif step % 300 == 0:  # the values unread
+            assert isinstance(disk.drop(now - 4 * HOUR_MS), int)
         if step % 7 == 0:
             plan = log.commit(disk)
             kinds.append("delta" if plan.delta else "hours" if plan.hours else "none")
