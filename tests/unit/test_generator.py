@@ -66,3 +66,25 @@ def test_incident_window_is_bounded() -> None:
     assert bounce_rate(0, 180) < 0.15
     assert bounce_rate(220, 380) > 0.2
     assert bounce_rate(420, 580) < 0.15
+
+
+def test_late_events_come_only_once_the_live_stream_has_run_late_after_s() -> None:
+    """The crash test's seed-23 stream had its late lead 19 messages in, in the history a
+    producer sends in one burst: same arrival millisecond as the family's first events on
+    other partitions, where no order is known, so the worker counted it (once in CI) while
+    the generator called it late. Every late event now follows late_after_s of live stream,
+    and is still 40 days behind its family's first event."""
+    cfg = GeneratorConfig(rate=150, duration_s=600, seed=23, history_days=2, late=0.01,
+                          late_after_s=120)
+    gen = Generator(cfg)
+    first: dict[str, int] = {}
+    late = 0
+    for at, (topic, raw) in gen.messages():
+        ts = ms(orjson.loads(raw)["ts"].replace("Z", "+00:00"))
+        if b"-late-" not in raw:
+            first.setdefault(topic, ts)
+            continue
+        late += 1
+        assert at > cfg.start_ms + 120_000, (topic, at)
+        assert ts == first[topic] - 40 * 86_400_000
+    assert late == sum(gen.stats.late.values()) > 10
