@@ -176,7 +176,7 @@ def durable_consumer(shell: KpiShell, tansu: bool = False,
     """
     inputs = set(shell.shard_of_topic)
 
-    class RejoiningThread(AIOKafkaConsumerThread):
+    class KpiConsumerThread(AIOKafkaConsumerThread):
         def _create_worker_consumer(self, transport: Any) -> Any:
             consumer = super()._create_worker_consumer(transport)
             consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its start()
@@ -190,7 +190,7 @@ def durable_consumer(shell: KpiShell, tansu: bool = False,
 
     class DurableConsumer(FaustKafkaConsumer):
         def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
-            return RejoiningThread(self, loop=self.loop, beacon=self.beacon)
+            return KpiConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
         async def _drain_messages(self, fetcher: Any) -> None:
             consumer_stopped = self._stopped.is_set
