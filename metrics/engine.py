@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from msgspec.structs import replace
+
 from metrics import codegen
 from metrics.catalog import Aggregate, Catalog
-from metrics.clock import Source, Watermark, hold, judge_held, source_of, unhold
+from metrics.clock import HeldEvent, Source, Watermark, hold, judge_held, restored, unhold
 from metrics.constants import NEVER, NEVER_END, TOTAL
 from metrics.counting import apply_late, count_interpreted
 from metrics.dedup import DedupStore, MemoryDedup
@@ -133,10 +135,9 @@ class KpiEngine:
                                                   for f in fams)])
             for name, fams in shards.items()}
         self._next_close = {f: NEVER for f in catalog.families}
-        #: events of a family whose windows have not started yet: (event, ref, arrival,
-        #: source), arrival when the broker took it (if known), in each source's order
-        self._held: dict[str, list[tuple[Event, Any, int | None, Source]]] = {
-            f: [] for f in catalog.families}
+        #: events of a family whose windows have not started yet (clock.hold: encoded, with
+        #: ref, arrival at the broker if known, and source), in each source's order
+        self._held: dict[str, list[HeldEvent]] = {f: [] for f in catalog.families}
         #: refs of every event found late (held ones included); the shell drains it
         self.late_refs: list[Any] = []
         self._partners: dict[str, set[str]] = {f: set() for f in catalog.families}
@@ -178,7 +179,7 @@ class KpiEngine:
         ts = ev.ts_ms
         if not fw.started:
             seen.remember(eid, ts)
-            self._held[fam].append((ev, ref, arrival, source))
+            self._held[fam].append(hold(ev, ref, arrival, source))
             wm.observe(source, ts)
             if wm.value == NEVER:
                 return "held"
@@ -208,10 +209,11 @@ class KpiEngine:
                 self.due = True
             return
         held = self._held[family]
-        if held and held[-1][0].type == PROGRESS_MARK and held[-1][2:] == (arrival, source):
-            ts = max(ts, held.pop()[0].ts_ms)  # a source's marks of one moment: the furthest
+        if held and held[-1].type == PROGRESS_MARK and (
+                held[-1].arrival, held[-1].source) == (arrival, source):
+            ts = max(ts, held.pop().ts_ms)  # a source's marks of one moment: the furthest
         mark = Event("", PROGRESS_MARK, ts, family, _MARK(event_id="-", ts=ts))
-        held.append((mark, None, arrival, source))
+        held.append(hold(mark, None, arrival, source))
         if wm.value != NEVER:
             self.due = True  # advance() starts the family
 
@@ -247,20 +249,22 @@ class KpiEngine:
         fw = self.windows[fam]
         held, self._held[fam] = self._held[fam], []
         counted, late = judge_held(held, fw.cfg.longest_ms + fw.cfg.grace_ms)
-        if any(h[0].type == PROGRESS_MARK for h in held):
-            counted = [ev for ev in counted if ev.type != PROGRESS_MARK]
-            late = [(ev, ref) for ev, ref in late if ev.type != PROGRESS_MARK]
+        if any(h.type == PROGRESS_MARK for h in held):
+            counted = [h for h in counted if h.type != PROGRESS_MARK]
+            late = [h for h in late if h.type != PROGRESS_MARK]
             if not counted and not late:
                 return  # marks only: the family starts at its first event
-        fw.start(min((ev.ts_ms for ev in counted), default=self.watermarks[fam].value))
+        fw.start(min((h.ts_ms for h in counted), default=self.watermarks[fam].value))
         self._next_close[fam] = self._compute_next_close(fam)
         dedup = self.dedup[self._shard_of[fam]]
-        for ev, ref in late:
+        for h in late:
             self.late_total[fam] += 1
-            self.late_refs.append(ref)
-            dedup.forget(ev.event_id)
-        for ev in counted:
-            self._count[ev.type](ev, fw)
+            self.late_refs.append(h.ref)
+            dedup.forget(h.event_id)
+        count = self._count
+        for h in counted:
+            ev = unhold(h)
+            count[ev.type](ev, fw)
         if self.watermarks[fam].value >= self._next_close[fam]:
             self.due = True
 
@@ -405,7 +409,7 @@ class KpiEngine:
         return EngineState(
             ENGINE_STATE_VERSION, windows=windows,
             watermarks={f: wm.snapshot() for f, wm in self.watermarks.items()},
-            held={f: [hold(ev, ref(r), a, src) for ev, r, a, src in held]
+            held={f: [replace(h, ref=ref(h.ref)) for h in held]
                   for f, held in self._held.items()},
             dedup={s: d.snapshot() for s, d in self.dedup.items()}, trackers=trackers,
             publisher=publisher,
@@ -440,8 +444,8 @@ class KpiEngine:
             fw.restore(state.windows[f])
         for f, wm in self.watermarks.items():
             wm.restore(state.watermarks[f])
-        self._held = {f: [(unhold(h), ref(h.ref), h.arrival, source_of(h))
-                          for h in state.held.get(f, ())] for f in self.catalog.families}
+        self._held = {f: [restored(h, ref(h.ref)) for h in state.held.get(f, ())]
+                      for f in self.catalog.families}
         for s, d in self.dedup.items():
             d.restore(state.dedup[s])
         for n, t in self.trackers.items():
@@ -485,7 +489,7 @@ class KpiEngine:
 
     def held(self, family: str) -> list[tuple[Event, Any]]:
         """The events a family holds, with their refs, in arrival order."""
-        return [(h[0], h[1]) for h in self._held[family]]
+        return [(unhold(h), h.ref) for h in self._held[family]]
 
     def state_sizes(self) -> dict[str, int]:
         return {
