@@ -242,8 +242,8 @@ def hold(ev: Event, ref: Any, arrival: int | None = None, source: Any = None) ->
 def unhold(h: HeldEvent) -> Event:
     """The event ``hold`` encoded. Its values were checked when it was parsed; a state
     record that is not one gives a ``StateError``, never a wrong event."""
-    struct = data_type(h.type)
     try:
+        struct = data_type(h.type)
         values = _DECODE(h.data)
         if type(values) is dict:  # the previous format: checked against the type
             data = msgspec.msgpack.decode(h.data, type=struct)

@@ -504,8 +504,11 @@ def test_a_forged_held_event_fails_the_restore_naming_it() -> None:
     e.assign_source("email", 1)
     e.ingest(sent(T0, eid="ok"), source=0)
     state = e.snapshot()
-    for bad in ([1, 2], ["x"] * 40, {"event_id": 5}):
-        forged = msgspec.structs.replace(state.held["email"][0], event_id="forged",
+    real = state.held["email"][0]
+    for type_, bad in (("email.sent", [1, 2]), ("email.sent", ["x"] * 40),
+                       ("email.sent", {"event_id": 5}), ("no.such", msgspec.msgpack.decode(
+                           real.data))):
+        forged = msgspec.structs.replace(real, event_id="forged", type=type_,
                                          data=msgspec.msgpack.encode(bad))
         st = msgspec.structs.replace(state, held={**state.held, "email": [forged]})
         with pytest.raises(StateError, match="held event 'forged'"):
