@@ -231,7 +231,7 @@ def _hashable(source: Any) -> Any:
 
 def hold(ev: Event, ref: Any, arrival: int | None = None, source: Any = None) -> HeldEvent:
     """An event held as it is stored: its field values encoded. A backlog's first seconds
-    hold every event read before each partition of its family has spoken (40,000-90,000
+    hold every event read before each partition of its family has spoken (40,000-130,000
     per family in a 6-day backlog, three families at once); as ``Event`` objects (450-700 B
     each) they were the worker's largest transient, and the pools they left behind set its
     RSS for good. Encoded as an array: 210-250 B (as a map with the field names: ~500 B)."""
@@ -245,11 +245,9 @@ def unhold(h: HeldEvent) -> Event:
     try:
         struct = data_type(h.type)
         values = _DECODE(h.data)
-        if type(values) is dict:  # the previous format: checked against the type
-            data = msgspec.msgpack.decode(h.data, type=struct)
-        else:
-            data = msgspec.convert(dict(zip(struct.__struct_fields__, values, strict=True)),
-                                   struct)
+        if type(values) is not dict:  # a map with the field names: the previous format
+            values = dict(zip(struct.__struct_fields__, values, strict=True))
+        data = msgspec.convert(values, struct)
     except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError) as exc:
         raise StateError(f"held event {h.event_id!r}: its data is unreadable: {exc}") from None
     return Event(h.event_id, h.type, h.ts_ms, h.family, data)

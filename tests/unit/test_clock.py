@@ -472,8 +472,8 @@ def _mixed_events(n: int) -> list[Event]:
 
 def test_a_held_event_costs_a_fraction_of_the_parsed_event_and_comes_back_equal() -> None:
     """A backlog's first seconds hold every event read before each partition of its family
-    has spoken: 40,000-90,000 per family in a 6-day backlog (state_bench), three families at
-    once. Held as parsed events they cost 450-700 B each; their field values encoded as an
+    has spoken: 40,000-130,000 per family in a 6-day backlog (state_bench), three families
+    at once. Held as parsed events they cost 450-700 B each; their field values encoded as an
     array, ~250 B (as a map with the field names, ~500: no better than the events)."""
     gc.collect()
     tracemalloc.start()
