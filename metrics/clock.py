@@ -118,6 +118,13 @@ class Watermark:
             self.touched.add(source)
             self.idle.discard(source)
 
+    def spoken(self) -> list[Source]:
+        """While the watermark is not known yet, the sources that delivered an event: what
+        they bring next is held until the others speak (or go idle)."""
+        if self.value != NEVER:
+            return []
+        return [s for s, t in self.sources.items() if t != NEVER]
+
     def expecting(self) -> bool:
         """No event yet, but an assigned source that is not idle may still bring one."""
         return self.value == NEVER and any(s not in self.idle for s in self.sources)

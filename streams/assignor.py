@@ -13,7 +13,7 @@ member has room. A member with no shard stands by. When a member stops or dies, 
 go to the others, which continue from their latest durable snapshots: a shard's partition
 of the state table's changelog goes with it, so Faust recovers it on the new owner
 (streams/faust_app.py: StateTable). The Faust assignor that applies it is in
-streams/faust_app.py.
+streams/faust_assignor.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The Faust seam: every use of Faust's API, private parts included, is in this module and
-streams/faust_table.py (the state table).
+"""The Faust seam: every use of Faust's API, private parts included, is in this module,
+streams/faust_table.py (the state table) and streams/faust_assignor.py (the assignor).
 
 faust-streaming is pinned to the tested versions (pyproject.toml). Each part is a seam Faust offers:
 
@@ -8,7 +8,8 @@ faust-streaming is pinned to the tested versions (pyproject.toml). Each part is 
 - ``StateTable`` (streams/faust_table.py, the seam's other module): a Faust table holding
   the shards' snapshots, recovered by Faust from its changelog (one partition per shard)
   and kept on local disk, so that a restart reads the changelog's tail only.
-- ``shard_assignor``: the partition assignor, handing whole shards (streams/assignor.py).
+- ``shard_assignor`` (streams/faust_assignor.py): the partition assignor, handing whole
+  shards (streams/assignor.py).
 - ``FaustIO``: the producer and consumer as a shard uses them (streams/shard.py: ShardIO).
 - ``make_app`` / ``run_worker``: the app, its agent, timer, signals and web pages.
 """
@@ -23,8 +24,6 @@ from typing import Any, Final
 import faust
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.protocol.commit import OffsetCommitRequest
-from faust.assignor.client_assignment import ClientAssignment
-from faust.assignor.partition_assignor import PartitionAssignor
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.exceptions import NotReady, ProducerSendError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -35,10 +34,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from metrics.catalog import Catalog, load_catalog
 from metrics.errors import StateError
 from metrics.runtime import tune_gc
-from streams.assignor import place
 from streams.broker import port_is_open
 from streams.dashboard import page
 from streams.errors import SettingsError
+from streams.faust_assignor import shard_assignor
 from streams.faust_table import PromptTableManager, StateTable
 from streams.health import tame_client_logs
 from streams.heap import pin_mmap_threshold
@@ -172,7 +171,9 @@ def durable_consumer(shell: KpiShell, tansu: bool = False,
     - with a ``member`` memory, the first join asks for the member id of the previous
       process (streams/membership.py);
     - an empty fetch is held ``FETCH_MAX_WAIT_MS``: with one fetch in flight per broker,
-      input partitions resumed after a restore waited for Faust's 1.5 s one to return.
+      input partitions resumed after a restore waited for Faust's 1.5 s one to return;
+    - the partitions whose next records would only be held (``KpiShell.waiting``) are left
+      out of the fetch, their records in the broker.
     """
     inputs = set(shell.shard_of_topic)
 
@@ -251,6 +252,16 @@ def durable_consumer(shell: KpiShell, tansu: bool = False,
                     read_offset[tp] = r.offset
             return batch
 
+        async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+            # partitions whose next records would only be held are left in the broker
+            wait = shell.waiting()
+            if wait and active_partitions:
+                active_partitions = {tp for tp in active_partitions if tp not in wait}
+                if not active_partitions:  # aiokafka reads none as all of them
+                    await asyncio.sleep(min(timeout, 0.1))
+                    return {}
+            return await super()._getmany(active_partitions, timeout)
+
         async def highwaters(self, *partitions: TP) -> Any:
             ends = await super().highwaters(*partitions)
             if tansu:
@@ -272,57 +283,6 @@ def durable_consumer(shell: KpiShell, tansu: bool = False,
             return bool(await super()._commit(clamped))
 
     return DurableConsumer
-
-
-def shard_assignor(shard_of_topic: Mapping[str, str],
-                   weights: Mapping[str, float] | None = None,
-                   state_topic: str | None = None,
-                   state_partition: Mapping[str, int] | None = None
-                   ) -> type[PartitionAssignor]:
-    """Faust's assignor, with whole shards handed to members (topics the map lacks form
-    one more shard, named by the empty string); ``weights``, a live mapping, gives each
-    shard's traffic as this worker last saw it. A shard's partition of ``state_topic``, the
-    state table's changelog (``state_partition``: shard -> partition), goes to its owner."""
-    partition_of: Mapping[str, int] = state_partition or {}
-
-    class ShardAssignor(PartitionAssignor):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._previous: dict[str, set[str]] = {}
-
-        def _perform_assignment(self, cluster: Any, member_metadata: Any) -> Any:
-            # the shards each member held before this rebalance (sticky ownership)
-            self._previous = {}
-            for member_id, metadata in member_metadata.items():
-                before = self._get_client_metadata(metadata).assignment
-                if before is not None:
-                    self._previous[member_id] = {shard_of_topic.get(t, "")
-                                                 for t, p in before.actives.items()
-                                                 if p and t != state_topic}
-            return super()._perform_assignment(cluster, member_metadata)
-
-        def _protocol_assignments(self, assignments: Any, cl_distribution: Any,
-                                  tp_distribution: Any, topic_groups: Any) -> Any:
-            merged: dict[str, set[int]] = {}
-            for a in assignments.values():
-                for topic, partitions in a.actives.items():
-                    if topic != state_topic:
-                        merged.setdefault(topic, set()).update(partitions)
-            owner = place({shard_of_topic.get(t, "") for t in merged}, list(assignments),
-                          self._previous, weights)
-            whole = {m: ClientAssignment(
-                actives={t: sorted(p) for t, p in sorted(merged.items())
-                         if owner[shard_of_topic.get(t, "")] == m},
-                standbys={}) for m in assignments}
-            if state_topic is not None:
-                for shard, m in owner.items():
-                    if shard in partition_of:
-                        whole[m].actives.setdefault(state_topic, []).append(
-                            partition_of[shard])
-            return super()._protocol_assignments(whole, cl_distribution, tp_distribution,
-                                                  topic_groups)
-
-    return ShardAssignor
 
 
 def faust_credentials(s: Settings) -> Any:

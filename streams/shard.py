@@ -25,7 +25,7 @@ from metrics.baselines import Baselines, BaselineState
 from metrics.catalog import Catalog
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, Parser, event_parser
-from metrics.records import update_key, window_message
+from metrics.records import window_message
 from metrics.timestamps import wall_ms
 from streams.dedup_disk import DiskDedup
 from streams.durable import Abandoned, Commit, Durable
@@ -37,6 +37,7 @@ from streams.shard_ports import Outputs, ShardIO, StateStore
 from streams.state import EPOCH, Offsets, Snapshot, claim_key, decode, orphaned, owner_epoch
 from streams.table_disk import DiskTables
 from streams.topics import family_of
+from streams.updates import OpenValues
 
 log = logging.getLogger("kpi_engine.worker")
 
@@ -44,6 +45,9 @@ log = logging.getLogger("kpi_engine.worker")
 #: closed-window record counting as ten (~40 MB; a commit every 5 s holds far fewer in steady
 #: flow: at 50,000 the early commits cost a quarter of stream_bench's throughput)
 MAX_UNCOMMITTED: Final = 200_000
+#: events held before a family starts (~230 B each) beyond which its partitions that spoke
+#: wait in the broker (``waiting``): a 6-day backlog held 170k-400k, which set the RSS
+MAX_HELD: Final = 20_000
 
 
 class Shard:
@@ -88,6 +92,7 @@ class Shard:
         self.committing = 0  # closed windows of the commit under way, sent once it is durable
         #: what may wait for a commit (``uncommitted``) before a batch waits for one
         self.max_uncommitted = MAX_UNCOMMITTED
+        self.max_held = MAX_HELD  # events held before the consumer leaves some unread
         #: one batch, one emit or one snapshot at a time: a snapshot sees whole batches only
         self._state_lock = asyncio.Lock()
         #: input partitions registered as watermark sources, and those Faust revoked that
@@ -99,19 +104,14 @@ class Shard:
         self.active = False
         self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
         self.gaps = Gaps()  # what the broker said of the partitions' logs (streams/gaps.py)
-        #: the open records as of the engine's change mark (an idle shard reuses them), and
-        #: per `kpi-updates` key what was last sent: only changed values go out again
-        self._open_mark: tuple[Any, ...] | None = None
-        self._open: list[dict[str, Any]] = []
-        self._open_sent: dict[str, tuple[Any, ...]] = {}
+        self.open_values = OpenValues()  # what goes to `kpi-updates` (streams/updates.py)
 
     def restore(self, records: list[tuple[bytes, bytes]], snap: Snapshot | None,
                 epoch: int) -> None:
         self.gaps.restart()
         self.durable.restore(self.engine, records, snap)
         self.resume_wall()  # the time the state spent stored was no quiet time
-        # another owner may have sent newer values since this worker last did: send all
-        self._open_mark, self._open_sent = None, {}
+        self.open_values.forget()  # another owner may have sent newer values since
         self.resend = snap.resend() if snap else []  # it may not have gone out before the crash
         self.applied = dict(snap.applied) if snap else {}
         self._snapshot_applied = dict(self.applied)
@@ -257,6 +257,15 @@ class Shard:
     def uncommitted(self) -> int:
         """What waits for the next commit, in ids (a closed-window record weighs ten)."""
         return 10 * len(self.outbox) + self.dedup.uncommitted()
+
+    def waiting(self) -> set[Any]:
+        """The partitions the consumer leaves in the broker for now (over ``max_held`` held):
+        those that spoke of a family whose watermark is not known yet (the accounts stage's
+        sources are other shards' partitions: left alone)."""
+        e = self.engine
+        if not self.active or self.feed_in is not None or e.held_total <= self.max_held:
+            return set()
+        return {s for wm in e.watermarks.values() for s in wm.spoken()}
 
     @property
     def durable_next(self) -> Offsets:
@@ -444,26 +453,14 @@ class Shard:
             await self.publish_finals(self.engine.advance(), t0)
             await self.gaps.find_skipped(self.io, self.owned, self.applied)
         await self.snapshot()
-        # the open values follow only the events counted and the watermarks (closes, settling
-        # and expiry move with them): an unchanged mark means unchanged values
-        mark = self.engine.change_mark()
-        send = self.io.send
-        if mark != self._open_mark:  # at rest nothing is recomputed (the idle worker's CPU)
-            self._open_mark, self._open = mark, self.engine.open_records()
-            sent, self._open_sent = self._open_sent, {}
-            for rec in self._open:
-                key = update_key(rec)
-                sig = (rec["start"], rec["end"], rec["numerator"], rec["denominator"],
-                       rec.get("lower"), rec.get("upper"))
-                self._open_sent[key] = sig
-                if sent.get(key) != sig:  # unchanged since it was last sent: not again
-                    await send(self.out.topic_updates, key.encode(), orjson.dumps(rec))
-        current = self.stats.kpis = self._open
+        current = self.stats.kpis = await self.open_values.emit(self.engine, self.io,
+                                                                self.out.topic_updates)
         emitted_at = current[0]["emitted_at"] if current else ""
         now = {f: self.engine.watermark(f) for f in self.catalog.families}
         for event in self.alerts.observe(current, emitted_at, now,
                                          self.engine.publisher.partial_open):
-            await send(self.out.topic_alerts, alert_key(event).encode(), orjson.dumps(event))
+            await self.io.send(self.out.topic_alerts, alert_key(event).encode(),
+                               orjson.dumps(event))
 
     def _update_lag(self, last_offsets: dict[tuple[str, int], int]) -> None:
         for tp, offset in last_offsets.items():

@@ -221,6 +221,10 @@ class KpiShell:
             self.first_event_at = t0
         self.last_batch_done_at = time.time()
 
+    def waiting(self) -> set[tuple[str, int]]:
+        """Input partitions the consumer leaves unread for now (``Shard.waiting``)."""
+        return set().union(*(sh.waiting() for sh in self.shards.values()))
+
     async def tick(self) -> None:
         await self._retry_activations()
         cut_off = self.broker is not None and self.broker.problem() is not None

@@ -134,8 +134,10 @@ def test_watermark_is_the_minimum_over_sources() -> None:
     e.ingest(sent(T0 + 10 * MIN), source="p0")
     e.advance()
     assert open_rate_5m(e.advance(), "2026-11-01T00:01:00Z") == []  # p1 holds it back
+    assert e.watermarks["email"].spoken() == ["p0"]  # what p0 brings next is held too
     e.ingest(sent(T0 + MIN), source="p1")
     assert e.watermarks["email"].value == T0 + MIN
+    assert e.watermarks["email"].spoken() == []  # known: nothing more is held
     # p1 lags 9 minutes behind p0: an event it delivers at 00:02 is not late
     assert e.ingest(sent(T0 + 2 * MIN), source="p1") == "ok"
     e.forget_source("p1")  # revoked: it no longer holds the watermark back
