@@ -96,6 +96,7 @@ class KpiShell:
         #: owned shards whose activation failed, with why; retried from ``tick``
         self.not_activated: dict[str, str] = {}
         self._retry_at = 0.0
+        self._waiting: set[tuple[str, int]] = set()  # as the consumer last asked
 
     async def refresh_traffic(self) -> None:
         try:
@@ -223,7 +224,13 @@ class KpiShell:
 
     def waiting(self) -> set[tuple[str, int]]:
         """Input partitions the consumer leaves unread for now (``Shard.waiting``)."""
-        return set().union(*(sh.waiting() for sh in self.shards.values()))
+        now: set[tuple[str, int]] = set().union(*(sh.waiting() for sh in self.shards.values()))
+        if now - self._waiting:  # their lag grows meanwhile: say why
+            log.warning("%d input partitions wait in the broker until each of their families' "
+                        "partitions has spoken or gone idle (%s)", len(now),
+                        ", ".join(sorted(f"{t}/{p}" for t, p in now)))
+        self._waiting = now
+        return now
 
     async def tick(self) -> None:
         await self._retry_activations()
@@ -295,6 +302,9 @@ class KpiShell:
             durable = durable and h["durable"]
         out |= {"late_by_family": late_by_family, "state": state, "durable": durable,
                 "state_epochs": epochs,
+                # input partitions left in the broker while their families hold events
+                # (streams/shard.py: MAX_HELD)
+                "waiting": sorted(f"{t}/{p}" for t, p in self._waiting),
                 # per shard, how its takeover loaded the event ids: from the local store
                 # (and how many from the changelog), or rebuilt from the changelog
                 "ids_loaded": loaded,

@@ -47,6 +47,8 @@ def test_a_backlog_on_one_partition_is_held_only_so_far_and_then_counted_once(
     # over the bound by one fetch at most; before, all of the partition's backlog was held
     assert MAX_HELD < held <= MAX_HELD + MAX_POLL_RECORDS, worker.detail()
     assert worker.health()["events"] == 0
+    assert worker.health()["waiting"] == [f"{topic}/0"]  # why its lag grows
+    assert "1 input partitions wait in the broker" in worker.log_path.read_text()
     # the family's other partitions speak (an hour ahead): it starts, and the partition
     # left in the broker is read on from where it stopped
     later = start + n * 1000 + 3_600_000
@@ -55,3 +57,4 @@ def test_a_backlog_on_one_partition_is_held_only_so_far_and_then_counted_once(
     wait_for(lambda: worker.health()["events"] == n + 3, 60, "every event counted", worker)
     health = worker.health()
     assert (health["held"], health["late"], health["duplicates"]) == (0, 0, 0), health
+    assert health["waiting"] == []
