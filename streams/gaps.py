@@ -54,11 +54,14 @@ class Gaps:
         self.before: dict[TP, int] = {}
         self.reread_from: dict[TP, int] = {}  # offset a partition was last read again from
         self._positions: dict[TP, int | None] = {}  # the consumer's, at the last look
+        self._moved: set[TP] = set()  # partitions whose position moved since their re-read
 
     def restart(self) -> None:
-        """A new tenure: the logs may have moved on since the last one."""
+        """A new tenure: the logs may have moved on since the last one, and what the last
+        one read again went with its batches."""
         self.before = {}
         self._positions = {}
+        self.reread_from = {}
 
     async def before_start(self, io: Any, tp: TP) -> int | None:
         """For a partition the state holds nothing of, the offset just before its log's
@@ -97,6 +100,7 @@ class Gaps:
     async def reread(self, io: Any, tp: TP, offset: int) -> None:
         log.warning("re-reading %s[%d] from %d", *tp, offset)
         self.reread_from[tp] = offset
+        self._moved.discard(tp)
         await io.seek(tp, offset)
 
     async def find_skipped(self, io: Any, owned: set[TP], applied: dict[TP, int]) -> None:
@@ -104,11 +108,16 @@ class Gaps:
         lacks is noticed when the next one arrives (``where``); this finds the ones no
         message follows: the consumer's position stands still past the state's next offset
         (Faust drops a fetched batch it does not hand over, and seeks back only to committed
-        offsets). A moving position has its messages on their way: left alone."""
+        offsets). A moving position has its messages on their way: left alone. A partition
+        read again from where the state stops is read again once more only when the consumer
+        has read on since and the broker has records there: what it read was dropped too (a
+        rebalance), not a gap of the log's own (the kill loop's family waiting for good)."""
         for tp in sorted(owned):
             pos = await io.position(tp)
             seen, self._positions[tp] = self._positions.get(tp), pos
             if pos is None or pos != seen:
+                if seen is not None:
+                    self._moved.add(tp)
                 continue
             last = applied.get(tp)
             if last is None:
@@ -116,6 +125,16 @@ class Gaps:
                 if last is None:
                     continue
             nxt = last + 1
-            if pos > nxt and self.reread_from.get(tp) != nxt:
-                log.warning("%s[%d]: the consumer is at %d, the state at %d", *tp, pos, nxt)
-                await self.reread(io, tp, nxt)
+            if pos <= nxt or (self.reread_from.get(tp) == nxt and not (
+                    tp in self._moved and await self._has_records(io, tp, nxt, pos))):
+                continue
+            log.warning("%s[%d]: the consumer is at %d, the state at %d", *tp, pos, nxt)
+            await self.reread(io, tp, nxt)
+
+    async def _has_records(self, io: Any, tp: TP, start: int, end: int) -> bool:
+        """Whether the log has a record from ``start`` before ``end`` (False: unknown)."""
+        try:
+            first = await io.first_offset(tp, start)
+        except BROKER_ERRORS:
+            return False
+        return first is not None and first < end

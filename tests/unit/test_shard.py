@@ -680,6 +680,48 @@ def test_messages_the_consumer_passed_with_none_after_them_are_read_again() -> N
     run(go())
 
 
+def test_a_re_read_dropped_again_is_read_again_and_a_gap_of_the_log_is_not() -> None:
+    """The messages read again were dropped too (a rebalance stopped the flow; Faust seeks
+    back only to committed offsets): the consumer read on past them and stands still again.
+    They are read again once more, as the broker has them; a trailing gap of the log's own
+    (no record there) is read again once only. Left unread, the kill loop's social family
+    waited for good on its one partition that never spoke."""
+    async def dropped_again(io: FakeIO, shard: Shard, msgs: list[Msg], gap: bool) -> None:
+        await shard.activate([], 0.0)
+        await shard.handle(msgs[:10])
+        if gap:
+            io.gaps = set(range(10, 20))  # the log has no record from 10 to 19
+        io.positions = {(TOPIC, 0): 20}
+        await shard.tick()
+        await shard.tick()
+        assert io.seeks == [((TOPIC, 0), 10)]
+        io.positions[(TOPIC, 0)] = 14  # reading on from 10 ...
+        await shard.tick()
+        io.positions[(TOPIC, 0)] = 20  # ... and what it read dropped: standing still
+        await shard.tick()
+        await shard.tick()
+
+    for gap in (False, True):
+        io, shard, msgs = one_batch(partitions=1, n=30)
+        run(dropped_again(io, shard, msgs, gap))
+        assert io.seeks == [((TOPIC, 0), 10)] * (1 if gap else 2), gap
+    # a new tenure (a revoke and a takeover) reads again what the last one did
+    io, shard, msgs = one_batch(partitions=1, n=30)
+
+    async def takeover() -> None:
+        await shard.activate([], 0.0)
+        await shard.handle(msgs[:10])
+        io.positions = {(TOPIC, 0): 20}
+        await shard.tick()
+        await shard.tick()
+        shard.gaps.restart()
+        await shard.tick()
+        await shard.tick()
+
+    run(takeover())
+    assert io.seeks == [((TOPIC, 0), 10)] * 2
+
+
 def test_a_standby_counts_nothing() -> None:
     io, table = FakeIO(), FakeTable()
     shard = new_shard(io, table)
