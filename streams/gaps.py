@@ -132,7 +132,11 @@ class Gaps:
             await self.reread(io, tp, nxt)
 
     async def _has_records(self, io: Any, tp: TP, start: int, end: int) -> bool:
-        """Whether the log has a record from ``start`` before ``end`` (False: unknown)."""
+        """Whether the log has a record from ``start`` before ``end`` (False: unknown).
+        Asked once per move of the consumer since the re-read: a log ending on a gap of its
+        own (transaction markers) would otherwise cost a fetch, waiting for a record that
+        never comes, at every emit."""
+        self._moved.discard(tp)
         try:
             first = await io.first_offset(tp, start)
         except BROKER_ERRORS:

@@ -25,7 +25,7 @@ class OpenValues:
         self.mark, self.sent = None, {}
 
     async def emit(self, engine: KpiEngine, io: ShardIO, topic: str) -> list[dict[str, Any]]:
-        """The current open records, those changed since they were last sent sent first.
+        """The current open records, after sending those changed since they last went out.
         They follow only the events counted and the watermarks (closes, settling and
         expiry move with them): an unchanged mark means unchanged values, and at rest
         nothing is recomputed (the idle worker's CPU)."""
