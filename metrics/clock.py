@@ -125,6 +125,14 @@ class Watermark:
             return []
         return [s for s, t in self.sources.items() if t != NEVER]
 
+    def awaited(self) -> list[Source]:
+        """While the watermark is not known yet, the sources it waits for: assigned, nothing
+        delivered, not idle (with no idle timeout, a source that never delivers holds it for
+        good)."""
+        if self.value != NEVER:
+            return []
+        return [s for s, t in self.sources.items() if t == NEVER and s not in self.idle]
+
     def expecting(self) -> bool:
         """No event yet, but an assigned source that is not idle may still bring one."""
         return self.value == NEVER and any(s not in self.idle for s in self.sources)

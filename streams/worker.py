@@ -97,6 +97,7 @@ class KpiShell:
         self.not_activated: dict[str, str] = {}
         self._retry_at = 0.0
         self._waiting: set[tuple[str, int]] = set()  # as the consumer last asked
+        self._stage_awaits: list[Any] = []  # as last logged
 
     async def refresh_traffic(self) -> None:
         try:
@@ -254,10 +255,25 @@ class KpiShell:
                 self._traffic_task is None or self._traffic_task.done()):
             # beside the emits, not in their way: reading sizes can wait on the cluster
             self._traffic_task = asyncio.ensure_future(self.refresh_traffic())
+        self._log_stage_holding()
         now = time.monotonic()
         consumed = sum(sum(sh.engine.events_total.values()) for sh in self.active)
         self.event_rate.sample(now, consumed)
         self.heap.after(consumed, any(sh.catching_up() for sh in self.active), now)
+
+    def _log_stage_holding(self) -> None:
+        """The accounts stage holds its copies in memory while an input partition feeding it
+        has not delivered (it cannot leave them in the broker as the families do: they are
+        other shards' output). Past ``Shard.max_held`` held, say which partitions it waits for."""
+        for sh in self.active:
+            if sh.feed_in is None:
+                continue
+            awaits = stage_awaits(sh) if sh.engine.held_total > sh.max_held else []
+            if set(awaits) - set(self._stage_awaits):  # once, not as each one delivers
+                log.warning("the accounts stage holds %d copies in memory until these input "
+                            "partitions deliver or go idle (idle_timeout): %s",
+                            sh.engine.held_total, ", ".join(_names(awaits)))
+            self._stage_awaits = awaits
 
     def problems(self) -> list[str]:
         """Why this worker is not doing its job, if it is not: /health is 503 while any."""
@@ -292,7 +308,8 @@ class KpiShell:
             loaded[sh.name] = h["ids_loaded"]
             if sh.feed_in is not None:  # copies of counted input: not counted twice
                 out["accounts_stage"] = {k: h[k] for k in _SUMMED} | {
-                    "watermark": sh.engine.watermark(ACCOUNTS)}  # epoch ms
+                    "watermark": sh.engine.watermark(ACCOUNTS),  # epoch ms
+                    "awaiting": _names(stage_awaits(sh))}
             else:
                 for k in _SUMMED:
                     out[k] += h[k]
@@ -353,3 +370,12 @@ class KpiShell:
                 if (window is None or r["window"] == window)
                 and (kpi is None or r["kpi"] == kpi)
                 and all(r["dims"].get(k) == v for k, v in dims.items())]
+
+
+def stage_awaits(sh: Shard) -> list[Any]:
+    """The input partitions the accounts stage waits for before its event time is known."""
+    return sorted(sh.engine.watermarks[ACCOUNTS].awaited(), key=str)
+
+
+def _names(sources: list[Any]) -> list[str]:
+    return [f"{s[0]}/{s[1]}" if isinstance(s, tuple) else str(s) for s in sources]

@@ -24,11 +24,11 @@ from tests.integration.test_streaming_equals_replay import produce
 pytestmark = pytest.mark.integration
 
 
-def views(topic: str, start_ms: int, first: int, n: int, partition: int
-          ) -> list[tuple[str, bytes, int | None]]:
+def views(topic: str, start_ms: int, first: int, n: int, partition: int,
+          **extra: str) -> list[tuple[str, bytes, int | None]]:
     return [(topic, orjson.dumps({
         "event_id": f"v{i}", "type": "page.viewed", "ts": iso_ms(start_ms + i * 1000),
-        "session_id": f"s{i // 5}", "page": "/pricing"}), partition)
+        "session_id": f"s{i // 5}", "page": "/pricing", **extra}), partition)
         for i in range(first, first + n)]
 
 
@@ -58,3 +58,32 @@ def test_a_backlog_on_one_partition_is_held_only_so_far_and_then_counted_once(
     health = worker.health()
     assert (health["held"], health["late"], health["duplicates"]) == (0, 0, 0), health
     assert health["waiting"] == []
+
+
+def test_the_accounts_stage_names_the_partitions_it_holds_its_copies_for(
+        broker: EmbeddedBroker, isolated: Settings,
+        start_worker: Callable[[Settings], WorkerProc]) -> None:
+    """The stage's input is other shards' copies: it cannot leave them in the broker, so it
+    holds them until every input partition feeding it has delivered (or gone idle). With no
+    idle timeout and partitions that never deliver, it says which ones, in /health and in
+    the log (docs/operations.md)."""
+    settings = isolated  # no idle timeout
+    topic = settings.topic(FAMILY_TOPIC["web"])
+    start = int(time.time() * 1000) - 2 * 86_400_000
+    worker = start_worker(settings)
+    # page views naming an account are copied to the stage, held ones too
+    asyncio.run(produce(broker.bootstrap, views(topic, start, 0, MAX_HELD + 5_000, 0,
+                                                account_id="acme")))
+    wait_for(lambda: worker.health().get("accounts_stage", {}).get("held", 0) > MAX_HELD, 60,
+             "the stage holding copies", worker)
+    stage = worker.health()["accounts_stage"]
+    assert stage["events"] == 0
+    awaiting = stage["awaiting"]
+    assert f"{topic}/0" not in awaiting  # it delivered
+    assert {f"{topic}/{p}" for p in (1, 2, 3)} <= set(awaiting), stage
+    assert settings.topic(FAMILY_TOPIC["email"]) + "/0" in awaiting
+    wait_for(lambda: "the accounts stage holds" in worker.log_path.read_text(), 30,
+             "the log line", worker)
+    line = next(ln for ln in worker.log_path.read_text().splitlines()
+                if "the accounts stage holds" in ln)
+    assert f"{topic}/1" in line and f"{topic}/0," not in line, line

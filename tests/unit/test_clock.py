@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from kpi_engine.generator import Generator, GeneratorConfig
-from metrics.clock import hold, unhold
+from metrics.clock import Watermark, hold, unhold
+from metrics.constants import NEVER
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.errors import StateError
 from metrics.events import Event, parse_event
@@ -135,9 +136,11 @@ def test_watermark_is_the_minimum_over_sources() -> None:
     e.advance()
     assert open_rate_5m(e.advance(), "2026-11-01T00:01:00Z") == []  # p1 holds it back
     assert e.watermarks["email"].spoken() == ["p0"]  # what p0 brings next is held too
+    assert e.watermarks["email"].awaited() == ["p1"]  # what it waits for
     e.ingest(sent(T0 + MIN), source="p1")
     assert e.watermarks["email"].value == T0 + MIN
     assert e.watermarks["email"].spoken() == []  # known: nothing more is held
+    assert e.watermarks["email"].awaited() == []
     # p1 lags 9 minutes behind p0: an event it delivers at 00:02 is not late
     assert e.ingest(sent(T0 + 2 * MIN), source="p1") == "ok"
     e.forget_source("p1")  # revoked: it no longer holds the watermark back
@@ -515,3 +518,22 @@ def test_a_forged_held_event_fails_the_restore_naming_it() -> None:
         st = msgspec.structs.replace(state, held={**state.held, "email": [forged]})
         with pytest.raises(StateError, match="held event 'forged'"):
             engine().restore(st)
+
+
+def test_awaited_names_the_sources_holding_an_unknown_watermark_back() -> None:
+    """What /health shows of the accounts stage (`awaiting`): assigned sources that have
+    delivered nothing and are not idle; none once the watermark is known."""
+    wm = Watermark()
+    wm.assign("p0", 0)
+    wm.assign("p1", 0)
+    wm.assign("p2", 20_000)  # assigned later: not quiet as long
+    wm.observe("p0", T0)
+    wm.idle_advance(1_000, 30_000)
+    assert wm.awaited() == ["p1", "p2"]
+    wm.observe("p0", T0)  # p0 delivers again: not quiet
+    wm.idle_advance(35_000, 30_000)  # p1 quiet for the idle timeout: no longer waited for
+    assert wm.value == NEVER
+    assert wm.awaited() == ["p2"]
+    wm.observe("p2", T0 + MIN)
+    assert wm.value == T0
+    assert wm.awaited() == []
