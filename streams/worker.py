@@ -229,7 +229,7 @@ class KpiShell:
         if now - self._waiting:  # their lag grows meanwhile: say why
             log.warning("%d input partitions wait in the broker until each of their families' "
                         "partitions has spoken or gone idle (%s)", len(now),
-                        ", ".join(sorted(f"{t}/{p}" for t, p in now)))
+                        ", ".join(sorted(_names(list(now)))))
         self._waiting = now
         return now
 
@@ -321,7 +321,7 @@ class KpiShell:
                 "state_epochs": epochs,
                 # input partitions left in the broker while their families hold events
                 # (streams/shard.py: MAX_HELD)
-                "waiting": sorted(f"{t}/{p}" for t, p in self._waiting),
+                "waiting": sorted(_names(list(self._waiting))),
                 # per shard, how its takeover loaded the event ids: from the local store
                 # (and how many from the changelog), or rebuilt from the changelog
                 "ids_loaded": loaded,
@@ -378,4 +378,5 @@ def stage_awaits(sh: Shard) -> list[Any]:
 
 
 def _names(sources: list[Any]) -> list[str]:
+    """Watermark sources as /health and the log name them: ``topic/partition``."""
     return [f"{s[0]}/{s[1]}" if isinstance(s, tuple) else str(s) for s in sources]
