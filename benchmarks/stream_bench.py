@@ -1,13 +1,15 @@
 """Streaming throughput on the embedded broker, against the raw aiokafka limit, in one run.
 
-    python benchmarks/stream_bench.py [N] [--workers K]   (default 300,000 events, 1 worker)
+    python benchmarks/stream_bench.py [N] [--workers K] [--processes P]
+    (default 300,000 events, 1 worker of 1 process)
 
 (a) raw: an aiokafka consumer reads the N events with getmany and decodes each with orjson;
 (b) worker: a `kpi-engine worker` process consumes the same N events through the full
     default catalog (validation, dedup, windows, DLQ routing, closed windows published to
     kpi-windows). Its rate is N over the time from its first batch to the end of its last.
     With K workers in one group (they share the catalog's shards), from the first batch of
-    any of them to the end of the last one's last batch.
+    any of them to the end of the last one's last batch. With P processes per worker
+    (`kpi-engine worker --processes P`), the same span from the worker's merged /health.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("n", nargs="?", type=int, default=300_000)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--processes", type=int, default=1)
     args = ap.parse_args()
     n_target = args.n
     rate = 500
@@ -78,7 +81,8 @@ def main() -> None:
         workers, logs = [], []
         for i, port in enumerate(ports):
             env = dict(os.environ, KPI_BROKER=broker.url, KPI_WEB_PORT=str(port),
-                       KPI_IDLE_TIMEOUT="0", KPI_DATA_DIR=os.path.join(tmp, str(i)))
+                       KPI_IDLE_TIMEOUT="0", KPI_PROCESSES=str(args.processes),
+                       KPI_DATA_DIR=os.path.join(tmp, str(i)))
             logs.append(open(os.path.join(tmp, f"worker-{i}.log"), "wb"))  # noqa: SIM115
             workers.append(subprocess.Popen(
                 [sys.executable, "-m", "kpi_engine.cli", "worker"], env=env, stdout=logs[-1],
@@ -86,6 +90,12 @@ def main() -> None:
         try:
             while True:
                 time.sleep(0.5)
+                ended = [i for i, w in enumerate(workers) if w.poll() is not None]
+                if ended:
+                    logs[ended[0]].flush()
+                    with open(logs[ended[0]].name, "rb") as f:
+                        tail = f.read()[-3000:].decode(errors="replace")
+                    sys.exit(f"worker {ended[0]} ended before counting the events:\n{tail}")
                 try:
                     hs = [health(port) for port in ports]
                 except OSError:
@@ -99,6 +109,9 @@ def main() -> None:
                 min(h["first_batch_at"] for h in busy)
             worker_rate = n / span
             owned = [sorted(s for s, r in h["shards"].items() if r == "active") for h in hs]
+            if args.processes > 1:
+                owned = [(p["shards"], p["events"], round(p["busy_s"] or 0, 2))
+                         for h in hs for p in h["processes"]]
         finally:
             for w in workers:
                 w.terminate()
@@ -109,8 +122,10 @@ def main() -> None:
     print(f"events: {n:,}")
     print(f"(a) raw aiokafka getmany + orjson decode: {raw_rate:,.0f} events/s")
     label = "worker" if args.workers == 1 else f"{args.workers} workers"
+    if args.processes > 1:
+        label += f" of {args.processes} processes"
     print(f"(b) kpi-engine {label}, full catalog: {worker_rate:,.0f} events/s")
-    if args.workers > 1:
+    if args.workers > 1 or args.processes > 1:
         print(f"    shards owned at the end: {owned}")
     print(f"ratio (b)/(a): {worker_rate / raw_rate:.3f}")
 

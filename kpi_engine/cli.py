@@ -144,6 +144,9 @@ def demo(**o: Any) -> int:
               help="partitions when creating topics (KPI_PARTITIONS, default 4)")
 @click.option("--data-dir", help="where local state (event ids, RocksDB) survives restarts "
               "(KPI_DATA_DIR, default: a temporary folder, rebuilt from Kafka on restart)")
+@click.option("--processes", type=int,
+              help="processes of this worker, one core each, behind its one web address: "
+              "members of the group as that many workers would be (KPI_PROCESSES, default 1)")
 @click.option("--log-level",
               type=click.Choice(["debug", "info", "warning", "error", "critical"]),
               help="(KPI_LOG_LEVEL, default warning)")
@@ -154,7 +157,7 @@ def worker(**o: Any) -> int:
 
     return run_worker(load_settings(_pick(o, *KAFKA_FLAGS, "web_host", "web_port", "catalog",
                                           "group_id", "instance_id", "partitions", "data_dir",
-                                          "log_level")))
+                                          "processes", "log_level")))
 
 
 @cli.command()

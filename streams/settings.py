@@ -52,6 +52,8 @@ class Settings:
     session_timeout_s: Positive = 6.0
     heartbeat_interval_s: Positive = 1.0
     data_dir: str = ""  # faust data dir; empty: a temporary directory
+    #: processes of one worker (streams/processes.py): each uses a core of the host
+    processes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     log_level: str = "warning"
     # Kafka security (streams/kafka_client.py)
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
@@ -159,6 +161,19 @@ def check_kafka(s: Settings) -> None:
                             "and its key)")
     if s.min_insync_replicas > s.replication_factor:
         raise SettingsError("min_insync_replicas: must not exceed replication_factor")
+
+
+def settings_environ(settings: Settings, environ: Mapping[str, str] | None = None
+                     ) -> dict[str, str]:
+    """An environment (this process's, or ``environ``) whose KPI_ variables are exactly
+    ``settings``: what a child process that loads its settings from it gets back."""
+    env = {k: v for k, v in (os.environ if environ is None else environ).items()
+           if k not in ENV_NAMES.values()}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if value is not None:
+            env[ENV_NAMES[f.name]] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
 
 
 def scratch_dir(prefix: str) -> Path:

@@ -44,8 +44,10 @@ log = logging.getLogger("kpi_engine.worker")
 TRAFFIC_EVERY_S: Final = 30.0
 
 #: health fields summed over the shards a worker owns
-_SUMMED: Final = ("events", "invalid", "duplicates", "late", "held", "replayed_skipped",
+SUMMED: Final = ("events", "invalid", "duplicates", "late", "held", "replayed_skipped",
                   "stale_skipped", "state_skipped", "snapshot_seq", "pending_finals")
+#: how /health's problem begins when a worker owns no shard (streams/merged.py reads it)
+NO_SHARD_ACTIVE: Final = "no shard active"
 #: seconds between attempts to activate a shard whose activation failed (the broker away)
 RETRY_ACTIVATION_S: Final = 2.0
 #: the fewest seconds between two log lines of emits the broker cut short
@@ -283,7 +285,7 @@ class KpiShell:
             out.append(broker)
         out += [f"shard {n} not activated: {why}" for n, why in sorted(self.not_activated.items())]
         if not self.active:
-            out.append("no shard active: this worker counts nothing (waiting for an "
+            out.append(f"{NO_SHARD_ACTIVE}: this worker counts nothing (waiting for an "
                        "assignment, or the group has more workers than shards)")
         return out
 
@@ -296,7 +298,7 @@ class KpiShell:
                                "role": "active" if self.active else "standby",
                                "shards": {n: "active" if sh.active else "standby"
                                           for n, sh in self.shards.items()}}
-        out.update(dict.fromkeys(_SUMMED, 0))
+        out.update(dict.fromkeys(SUMMED, 0))
         late_by_family: dict[str, int] = {}
         state: dict[str, int] = {}
         epochs: dict[str, list[int]] = {}
@@ -307,11 +309,11 @@ class KpiShell:
             epochs[sh.name] = h["state_epochs"]
             loaded[sh.name] = h["ids_loaded"]
             if sh.feed_in is not None:  # copies of counted input: not counted twice
-                out["accounts_stage"] = {k: h[k] for k in _SUMMED} | {
+                out["accounts_stage"] = {k: h[k] for k in SUMMED} | {
                     "watermark": sh.engine.watermark(ACCOUNTS),  # epoch ms
                     "awaiting": _names(stage_awaits(sh))}
             else:
-                for k in _SUMMED:
+                for k in SUMMED:
                     out[k] += h[k]
                 late_by_family.update(h["late_by_family"])
             for k, v in h["state"].items():

@@ -107,6 +107,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProc]]:
             "KPI_DATA_DIR": str(data_dir),
             "KPI_EMIT_INTERVAL": str(settings.emit_interval),
             "KPI_SNAPSHOT_INTERVAL": str(settings.snapshot_interval),
+            "KPI_PROCESSES": str(settings.processes),
         })
         if settings.catalog is not None:
             env["KPI_CATALOG"] = settings.catalog
