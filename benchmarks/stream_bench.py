@@ -93,8 +93,8 @@ def main() -> None:
                 ended = [i for i, w in enumerate(workers) if w.poll() is not None]
                 if ended:
                     logs[ended[0]].flush()
-                    with open(logs[ended[0]].name, "rb") as f:
-                        tail = f.read()[-3000:].decode(errors="replace")
+                    with open(logs[ended[0]].name, "rb") as log_file:
+                        tail = log_file.read()[-3000:].decode(errors="replace")
                     sys.exit(f"worker {ended[0]} ended before counting the events:\n{tail}")
                 try:
                     hs = [health(port) for port in ports]
@@ -108,8 +108,9 @@ def main() -> None:
             span = max(h["last_batch_done_at"] for h in busy) - \
                 min(h["first_batch_at"] for h in busy)
             worker_rate = n / span
-            owned = [sorted(s for s, r in h["shards"].items() if r == "active") for h in hs]
-            if args.processes > 1:
+            owned: list[Any] = [sorted(s for s, r in h["shards"].items() if r == "active")
+                                for h in hs]
+            if args.processes > 1:  # (shards, events, busy seconds) per process
                 owned = [(p["shards"], p["events"], round(p["busy_s"] or 0, 2))
                          for h in hs for p in h["processes"]]
         finally:
