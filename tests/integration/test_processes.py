@@ -11,6 +11,7 @@ import re
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
@@ -155,6 +156,20 @@ def test_the_processes_stop_when_the_worker_is_killed_9(
     worker = start_worker(replace(isolated, processes=2))
     wait_for(lambda: both_own_shards(worker), 60, "both processes to own shards", worker)
     pids = [p["pid"] for p in processes(worker)]
+    assert worker.get("/metrics").count(b"# TYPE kpi_engine_events_total counter") == 1
+    # a process that does not answer fails the scrape (no partial sums) and /health
+    time.sleep(2 * isolated.emit_interval)  # past the cached rendering
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            worker.get("/metrics")
+        assert failed.value.code == 503
+        assert f"(pid {pids[1]}): not answering" in failed.value.read().decode()
+        health = worker.health()
+        assert health["status"] == "unavailable"
+        assert health["problems"] == [f"process 1 (pid {pids[1]}): not answering"]
+    finally:
+        os.kill(pids[1], signal.SIGCONT)
     worker.proc.kill()
     worker.proc.wait()
     wait_for(lambda: not any(alive(pid) for pid in pids), 40, "the processes to stop")
