@@ -9,6 +9,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -28,6 +29,7 @@ from tests.integration.test_crash_recovery import Scenario, produce_paced
 from tests.integration.test_streaming_equals_replay import produce
 from tests.integration.test_worker_counts import scrape
 from tests.integration.test_worker_process import listening
+from tests.tools import require
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +109,10 @@ def test_a_worker_of_two_processes_counts_once_across_a_kill_9_and_serves_one_ad
              and "kpi_email_open_rate" in scrape(worker), 20, "both processes' KPIs", worker)
     text = worker.get("/metrics").decode()
     assert text.count("# TYPE kpi_engine_events_total counter") == 1
+    # Prometheus's own parser and linter accept the merged exposition
+    check = subprocess.run([require("promtool"), "check", "metrics"], input=text.encode(),
+                           capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
     m = scrape(worker)
     assert sum(m["kpi_engine_events_total"].values()) == \
         health["events"] + health["accounts_stage"]["events"]
@@ -127,7 +133,15 @@ def test_a_worker_of_two_processes_counts_once_across_a_kill_9_and_serves_one_ad
     assert {"email_open_rate", "web_bounce_rate"} <= names
     only = get_json(worker, "/kpis?kpi=email_open_rate&window=1h")["kpis"]
     assert only and {(r["kpi"], r["window"]) for r in only} == {("email_open_rate", "1h")}
-    current = {r["kpi"] for r in get_json(worker, "/dashboard/state")["current"]}
+    # every field a single worker's /health and /dashboard/state carry, the merged ones do
+    port = processes(worker)[0]["web_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard/state", timeout=5) as r:
+        one = orjson.loads(r.read())
+    state = get_json(worker, "/dashboard/state")
+    assert set(one) == set(state) and set(one["health"]) <= set(state["health"])
+    assert set(one["health"]) - {"events_per_s", "lag", "watermark_delay_s"} <= \
+        set(worker.health())
+    current = {r["kpi"] for r in state["current"]}
     assert {"email_open_rate", "web_bounce_rate"} <= current
     accounts = get_json(worker, "/accounts")["accounts"]
     assert accounts and [a["account_id"] for a in accounts] == \
