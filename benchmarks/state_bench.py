@@ -17,6 +17,9 @@ directory) consumes it all; then
 ``--ids N`` adds a run holding N event ids: N minimal ``email.sent`` events over 6 days.
 ``--instance-id NAME`` starts every worker under that static group membership name, so a
 restarted worker is assigned its shards without waiting for the killed one's session.
+``--processes P`` runs the worker as P processes (``kpi-engine worker --processes``): RSS
+and CPU are then summed over the worker and its processes (the peak: the sum of their
+peaks, an upper bound), and kill -9 hits every one of them at once.
 """
 
 from __future__ import annotations
@@ -59,7 +62,25 @@ def counted(h: dict[str, Any]) -> int:
     return sum(int(h[k]) for k in ("events", "invalid", "duplicates", "late", "held"))
 
 
+def tree(pid: int) -> list[int]:
+    """A process and its descendants."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return [pid]
+    return [pid] + [p for kid in kids for p in tree(int(kid))]
+
+
 def proc_stat(pid: int) -> tuple[float, int, int]:
+    """(CPU seconds, RSS bytes, peak RSS bytes) of a process and its descendants, summed."""
+    out = (0.0, 0, 0)
+    for p in tree(pid):
+        cpu, rss, peak = one_stat(p)
+        out = (out[0] + cpu, out[1] + rss, out[2] + peak)
+    return out
+
+
+def one_stat(pid: int) -> tuple[float, int, int]:
     """(CPU seconds, RSS bytes, peak RSS bytes) of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -76,6 +97,9 @@ class Worker:
     log: Any
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        if sig == signal.SIGKILL:  # the host's crash: every process of the worker at once
+            for pid in tree(self.proc.pid)[1:]:
+                os.kill(pid, sig)
         self.proc.send_signal(sig)
         self.proc.wait(timeout=60)
         self.log.close()
@@ -83,12 +107,15 @@ class Worker:
 
 #: ``--instance-id``: every worker started under this name (static group membership)
 INSTANCE_ID: list[str] = []
+#: ``--processes``: the worker's processes
+PROCESSES: list[int] = [1]
 
 
 def start_worker(broker: EmbeddedBroker, data_dir: Path, log_path: Path) -> Worker:
     port = free_port()
     env = dict(os.environ, KPI_BROKER=broker.url, KPI_WEB_PORT=str(port),
-               KPI_IDLE_TIMEOUT="0", KPI_DATA_DIR=str(data_dir))
+               KPI_IDLE_TIMEOUT="0", KPI_DATA_DIR=str(data_dir),
+               KPI_PROCESSES=str(PROCESSES[0]))
     if INSTANCE_ID:
         env["KPI_INSTANCE_ID"] = INSTANCE_ID[0]
     log = open(log_path, "ab")  # noqa: SIM115
@@ -177,6 +204,7 @@ def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_
         consumed_s = time.monotonic() - t
         settle(w)
         _, rss, peak = proc_stat(w.proc.pid)
+        each = [one_stat(p)[1] for p in tree(w.proc.pid)]  # the worker's, then its processes'
         cpu0 = proc_stat(w.proc.pid)[0]
         time.sleep(10)
         idle = (proc_stat(w.proc.pid)[0] - cpu0) / 10
@@ -205,6 +233,9 @@ def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_
           f"{consumed_s:.0f} s: {n / consumed_s:,.0f} events/s); ids held: {ids}")
     print(f"  RSS after consuming: {rss / mb:,.0f} MB (peak {peak / mb:,.0f} MB); after the "
           f"trickle: {rss_after / mb:,.0f} MB")
+    if len(each) > 1:
+        print(f"  RSS after consuming per process: {', '.join(f'{r / mb:,.0f}' for r in each)} MB "
+              "(the parent first)")
     print(f"  trickle of 20 events/s for {wall:.0f} s: {cpu * 100:.1f} % of a core (at rest: "
           f"{idle * 100:.1f} %)")
     print(f"  restart after kill -9 to counting: {local_s:.1f} s with the local store "
@@ -222,7 +253,9 @@ def main() -> None:
     ap.add_argument("--trickle-s", type=float, default=30)
     ap.add_argument("--instance-id", default="",
                     help="static group membership: the workers' KPI_INSTANCE_ID")
+    ap.add_argument("--processes", type=int, default=1, help="the worker's KPI_PROCESSES")
     args = ap.parse_args()
+    PROCESSES[:] = [args.processes]
     INSTANCE_ID[:] = [args.instance_id] if args.instance_id else []
     with tempfile.TemporaryDirectory() as tmp:
         for days in args.days:

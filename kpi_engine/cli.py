@@ -152,12 +152,16 @@ def demo(**o: Any) -> int:
               help="(KPI_LOG_LEVEL, default warning)")
 def worker(**o: Any) -> int:
     """A production worker on a Kafka cluster."""
-    from streams.faust_app import run_worker
     from streams.settings import load_settings
 
-    return run_worker(load_settings(_pick(o, *KAFKA_FLAGS, "web_host", "web_port", "catalog",
-                                          "group_id", "instance_id", "partitions", "data_dir",
-                                          "processes", "log_level")))
+    settings = load_settings(_pick(o, *KAFKA_FLAGS, "web_host", "web_port", "catalog",
+                                   "group_id", "instance_id", "partitions", "data_dir",
+                                   "processes", "log_level"))
+    if settings.processes > 1:  # a parent without Faust: its processes run the worker
+        from streams.processes import run_processes
+        return run_processes(settings)
+    from streams.faust_app import run_worker
+    return run_worker(settings)
 
 
 @cli.command()

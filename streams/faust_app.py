@@ -44,7 +44,6 @@ from streams.heap import pin_mmap_threshold
 from streams.kafka_client import client_kwargs, first_offset, ssl_context
 from streams.membership import MemberMemory
 from streams.partitioner import kafka_partitioner
-from streams.processes import run_processes
 from streams.settings import Settings, local_state_dir, malloc_tuned, scratch_dir
 from streams.shard_ports import InputRecord
 from streams.table_copy import LocalCopy, log_matches
@@ -437,8 +436,6 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
 
 
 def run_worker(settings: Settings) -> int:
-    if settings.processes > 1:
-        return run_processes(settings)
     catalog = load_catalog(settings.catalog)
     if port_is_open(settings.web_host, settings.web_port):
         raise SettingsError(f"--web-port {settings.web_port}: {settings.web_host}:"

@@ -15,6 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+#: /health fields summed over the shards a worker owns (and over a worker's processes)
+SUMMED: Final = ("events", "invalid", "duplicates", "late", "held", "replayed_skipped",
+                 "stale_skipped", "state_skipped", "snapshot_seq", "pending_finals")
+#: how /health's problem begins when a worker owns no shard
+NO_SHARD_ACTIVE: Final = "no shard active"
 #: the client loggers that repeat a line per retry while the broker is away
 CLIENT_LOGGERS: Final = ("aiokafka", "aiokafka.conn", "aiokafka.client",
                          "aiokafka.cluster", "aiokafka.consumer.fetcher",

@@ -16,7 +16,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from streams.worker import NO_SHARD_ACTIVE, SUMMED
+from streams.health import NO_SHARD_ACTIVE, SUMMED
 
 #: fields of the processes' /health taken as a union of their (disjoint) keys
 _UNITED: Final = ("late_by_family", "state_epochs", "ids_loaded")

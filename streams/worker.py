@@ -24,7 +24,7 @@ from streams.errors import BrokerError
 from streams.exporter import Exposition, ShellStats, make_registry
 from streams.feed import feed_of
 from streams.gaps import BROKER_ERRORS
-from streams.health import BrokerWatch
+from streams.health import NO_SHARD_ACTIVE, SUMMED, BrokerWatch
 from streams.heap import HeapTrimmer
 from streams.kafka_client import client_kwargs
 from streams.settings import Settings, local_state_dir
@@ -43,11 +43,6 @@ log = logging.getLogger("kpi_engine.worker")
 
 TRAFFIC_EVERY_S: Final = 30.0
 
-#: health fields summed over the shards a worker owns
-SUMMED: Final = ("events", "invalid", "duplicates", "late", "held", "replayed_skipped",
-                  "stale_skipped", "state_skipped", "snapshot_seq", "pending_finals")
-#: how /health's problem begins when a worker owns no shard (streams/merged.py reads it)
-NO_SHARD_ACTIVE: Final = "no shard active"
 #: seconds between attempts to activate a shard whose activation failed (the broker away)
 RETRY_ACTIVATION_S: Final = 2.0
 #: the fewest seconds between two log lines of emits the broker cut short

@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.health import NO_SHARD_ACTIVE, SUMMED
 from streams.merged import merge_dashboard, merge_health, merge_metrics
 from streams.processes import process_env
 from streams.settings import Settings, load_settings
-from streams.worker import NO_SHARD_ACTIVE, SUMMED
 
 
 def exposition(events: dict[str, int], gauges: dict[str, float], latencies: list[float]
