@@ -189,10 +189,10 @@ class Processes:
             loop.add_signal_handler(sig, stop.set)
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, self.settings.web_host, self.settings.web_port).start()
-        self.start()
         code = 0
         try:
+            self.start()  # before the pages are served: they name the processes
+            await web.TCPSite(runner, self.settings.web_host, self.settings.web_port).start()
             while not stop.is_set():
                 ended = self.ended()
                 if ended:
