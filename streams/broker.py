@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from streams.errors import BrokerError
+from streams.errors import BrokerError, SettingsError
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -29,6 +29,13 @@ def port_is_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
+
+
+def refuse_busy_web_port(host: str, port: int) -> None:
+    """A worker's web port in use stops it at once, with one line naming the setting."""
+    if port_is_open(host, port):
+        raise SettingsError(f"--web-port {port}: {host}:{port} is already in use "
+                            "(KPI_WEB_PORT)")
 
 
 def die_with_parent() -> None:

@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from metrics.catalog import Catalog, load_catalog
 from metrics.errors import StateError
 from metrics.runtime import tune_gc
-from streams.broker import port_is_open
+from streams.broker import refuse_busy_web_port
 from streams.dashboard import page
 from streams.errors import SettingsError
 from streams.faust_assignor import shard_assignor
@@ -437,9 +437,7 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
 
 def run_worker(settings: Settings) -> int:
     catalog = load_catalog(settings.catalog)
-    if port_is_open(settings.web_host, settings.web_port):
-        raise SettingsError(f"--web-port {settings.web_port}: {settings.web_host}:"
-                            f"{settings.web_port} is already in use (KPI_WEB_PORT)")
+    refuse_busy_web_port(settings.web_host, settings.web_port)
     tune_gc()
     if not malloc_tuned():
         pin_mmap_threshold()

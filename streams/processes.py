@@ -28,9 +28,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from metrics.catalog import load_catalog
-from streams.broker import die_with_parent, free_port, port_is_open
+from streams.broker import die_with_parent, free_port, refuse_busy_web_port
 from streams.dashboard import page
-from streams.errors import SettingsError
 from streams.merged import merge_dashboard, merge_health, merge_metrics
 from streams.settings import Settings, settings_environ
 from streams.topics import create_topics
@@ -216,9 +215,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def run_processes(settings: Settings) -> int:
     """The worker as ``settings.processes`` processes behind one address."""
-    if port_is_open(settings.web_host, settings.web_port):
-        raise SettingsError(f"--web-port {settings.web_port}: {settings.web_host}:"
-                            f"{settings.web_port} is already in use (KPI_WEB_PORT)")
+    refuse_busy_web_port(settings.web_host, settings.web_port)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     # once, here: a catalog that does not load stops the worker before any process starts,

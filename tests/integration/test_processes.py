@@ -27,7 +27,7 @@ from streams.settings import Settings
 from tests.integration.conftest import WorkerProc, consumed, wait_for
 from tests.integration.test_crash_recovery import Scenario, produce_paced
 from tests.integration.test_streaming_equals_replay import produce
-from tests.integration.test_worker_counts import scrape
+from tests.integration.test_worker_counts import parse_exposition, scrape
 from tests.integration.test_worker_process import listening
 from tests.tools import require
 
@@ -156,13 +156,9 @@ def test_a_worker_of_two_processes_counts_once_across_a_kill_9_and_serves_one_ad
 
 
 def scrape_port(port: int) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+    """A process's own /metrics, on its loopback port."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            m = re.match(r'^(\w+)(?:\{(.*)\})? ([0-9.e+]+)$', line)
-            if m:
-                out.setdefault(m.group(1), {})[m.group(2) or ""] = float(m.group(3))
-    return out
+        return parse_exposition(resp.read().decode())
 
 
 def test_the_processes_stop_when_the_worker_is_killed_9(

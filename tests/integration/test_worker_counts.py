@@ -35,8 +35,13 @@ _SAMPLE = re.compile(r'^(\w+)\{(.*)\} ([0-9.e+]+)$')
 
 def scrape(worker: WorkerProc) -> dict[str, dict[str, float]]:
     """metric name -> label text -> value"""
+    return parse_exposition(worker.get("/metrics").decode())
+
+
+def parse_exposition(text: str) -> dict[str, dict[str, float]]:
+    """metric name -> label text -> value"""
     out: dict[str, dict[str, float]] = {}
-    for line in worker.get("/metrics").decode().splitlines():
+    for line in text.splitlines():
         m = _SAMPLE.match(line)
         if m:
             out.setdefault(m.group(1), {})[m.group(2)] = float(m.group(3))
