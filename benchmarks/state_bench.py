@@ -19,7 +19,9 @@ directory) consumes it all; then
 restarted worker is assigned its shards without waiting for the killed one's session.
 ``--processes P`` runs the worker as P processes (``kpi-engine worker --processes``): RSS
 and CPU are then summed over the worker and its processes (the peak: the sum of their
-peaks, an upper bound), and kill -9 hits every one of them at once.
+peaks, an upper bound), and kill -9 hits every one of them at once. Each process's RSS and
+PSS are shown too: summed RSS counts the pages they share (the interpreter, the libraries)
+once per process, summed PSS once in all.
 """
 
 from __future__ import annotations
@@ -88,6 +90,16 @@ def one_stat(pid: int) -> tuple[float, int, int]:
                   .splitlines() if ":" in line)
     return (cpu, int(status["VmRSS"].split()[0]) * 1024,
             int(status["VmHWM"].split()[0]) * 1024)
+
+
+def pss(pid: int) -> int:
+    """A process's proportional set size: pages it shares with others (the interpreter,
+    the libraries: every process of a worker maps them) counted once across them, where
+    adding the processes' RSS counts them once per process."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 @dataclass
@@ -204,7 +216,8 @@ def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_
         consumed_s = time.monotonic() - t
         settle(w)
         _, rss, peak = proc_stat(w.proc.pid)
-        each = [one_stat(p)[1] for p in tree(w.proc.pid)]  # the worker's, then its processes'
+        # the worker's, then its processes'
+        each = [(one_stat(p)[1], pss(p)) for p in tree(w.proc.pid)]
         cpu0 = proc_stat(w.proc.pid)[0]
         time.sleep(10)
         idle = (proc_stat(w.proc.pid)[0] - cpu0) / 10
@@ -234,8 +247,10 @@ def measure(label: str, messages: list[tuple[str, bytes]], end_ms: int, trickle_
     print(f"  RSS after consuming: {rss / mb:,.0f} MB (peak {peak / mb:,.0f} MB); after the "
           f"trickle: {rss_after / mb:,.0f} MB")
     if len(each) > 1:
-        print(f"  RSS after consuming per process: {', '.join(f'{r / mb:,.0f}' for r in each)} MB "
-              "(the parent first)")
+        print(f"  after consuming, per process (the parent first): RSS "
+              f"{', '.join(f'{r / mb:,.0f}' for r, _ in each)} MB; PSS "
+              f"{', '.join(f'{p / mb:,.0f}' for _, p in each)} MB, "
+              f"{sum(p for _, p in each) / mb:,.0f} MB in all")
     print(f"  trickle of 20 events/s for {wall:.0f} s: {cpu * 100:.1f} % of a core (at rest: "
           f"{idle * 100:.1f} %)")
     print(f"  restart after kill -9 to counting: {local_s:.1f} s with the local store "

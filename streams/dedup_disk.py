@@ -63,22 +63,35 @@ def hour_of(ts: int) -> int:
     return (ts if ts >= 0 else -ts - 1) // HOUR_MS
 
 
-#: the block cache every shard's store shares: what RocksDB keeps in memory of the ids
-#: (with the filters and indexes, charged to it), whatever their number
+#: the block cache every store of a process shares: what RocksDB keeps in memory of the
+#: ids and tables (with the filters and indexes, charged to it), whatever their number. Its
+#: size is the worker's ``KPI_STATE_CACHE_MB``, divided among its processes (``set_cache_mb``)
 CACHE_MB: Final = 64
 _CACHE: list[rocksdict.Cache] = []
-#: the memtables (writes not yet flushed) of every store a process opens, together, and
-#: charged to the block cache: RocksDB holds at most ``CACHE_MB`` in all. Each store's own
-#: bound (2 x 8 MB) let a worker's ten stores hold 160 MB, beside a full cache
-MEMTABLES_MB: Final = 32
+#: the memtables (writes not yet flushed) of every store a process opens, together, are
+#: charged to the block cache, and take at most half of it: RocksDB holds at most the
+#: cache's size in all. Each store's own bound (2 x 8 MB) let a worker's ten stores hold
+#: 160 MB, beside a full cache
+MEMTABLES_MB: Final = CACHE_MB // 2
 _MEMTABLES: list[rocksdict.WriteBufferManager] = []
+_CACHE_MB: list[int] = [CACHE_MB]
+
+
+def set_cache_mb(mb: int) -> None:
+    """This process's RocksDB memory, its stores together (the worker's settings); a cache
+    already made is resized."""
+    _CACHE_MB[0] = mb
+    if _CACHE:
+        _CACHE[0].set_capacity(mb * 1024 * 1024)
+        _MEMTABLES[0].set_buffer_size(mb // 2 * 1024 * 1024)
 
 
 def store_options() -> rocksdict.Options:
     if not _CACHE:
-        _CACHE.append(rocksdict.Cache(CACHE_MB * 1024 * 1024))
+        mb = _CACHE_MB[0]
+        _CACHE.append(rocksdict.Cache(mb * 1024 * 1024))
         _MEMTABLES.append(rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
-            MEMTABLES_MB * 1024 * 1024, False, _CACHE[0]))
+            mb // 2 * 1024 * 1024, False, _CACHE[0]))
     opts = rocksdict.Options(raw_mode=True)
     opts.create_if_missing(True)
     table = rocksdict.BlockBasedOptions()
@@ -93,7 +106,7 @@ def store_options() -> rocksdict.Options:
     table.set_index_type(rocksdict.BlockBasedIndexType.two_level_index_search())
     table.set_pin_top_level_index_and_filter(True)
     opts.set_block_based_table_factory(table)
-    # memtables: at most 2 x 8 MB per store before they go to disk, MEMTABLES_MB for all
+    # memtables: at most 2 x 8 MB per store before they go to disk, half the cache for all
     opts.set_write_buffer_size(8 * 1024 * 1024)
     opts.set_max_write_buffer_number(2)
     opts.set_write_buffer_manager(_MEMTABLES[0])

@@ -49,14 +49,16 @@ def process_env(settings: Settings, index: int, port: int,
                 environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of process ``index``: the worker's settings (flags included), its
     pages on a loopback port of its own, its own local state folder and static member id
-    (two processes must not open one RocksDB, nor join under one id)."""
+    (two processes must not open one RocksDB, nor join under one id), and its share of the
+    worker's RocksDB memory."""
     data_dir = settings.data_dir
     if data_dir:
         data_dir = os.path.join(data_dir, f"process-{index}")
         os.makedirs(data_dir, exist_ok=True)  # Faust makes its folder, not the parents
     instance_id = f"{settings.instance_id}-{index}" if settings.instance_id else ""
     return settings_environ(replace(settings, web_host="127.0.0.1", web_port=port,
-                                    processes=1, data_dir=data_dir, instance_id=instance_id),
+                                    processes=1, data_dir=data_dir, instance_id=instance_id,
+                                    state_cache_mb=settings.state_cache_mb // settings.processes),
                             environ)
 
 

@@ -28,6 +28,8 @@ Port = Annotated[int, msgspec.Meta(gt=0, lt=65536)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+#: the least RocksDB cache a process works with (its memtables take half of it)
+MIN_CACHE_MB: Final = 8
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ class Settings:
     data_dir: str = ""  # faust data dir; empty: a temporary directory
     #: processes of one worker (streams/processes.py): each uses a core of the host
     processes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    #: RocksDB's memory for the worker's state, its processes together (each gets its share)
+    state_cache_mb: Annotated[int, msgspec.Meta(ge=8)] = 64
+    #: keys each table on disk keeps in memory (streams/table_disk.py)
+    state_cache_keys: Annotated[int, msgspec.Meta(ge=100)] = 50_000
     log_level: str = "warning"
     # Kafka security (streams/kafka_client.py)
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
@@ -134,6 +140,7 @@ def load_settings(flags: Mapping[str, Any] | None = None,
     if s.log_level.lower() not in LOG_LEVELS:
         raise SettingsError(f"log_level: {s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     check_kafka(s)
+    check_state_memory(s)
     return s
 
 
@@ -161,6 +168,12 @@ def check_kafka(s: Settings) -> None:
                             "and its key)")
     if s.min_insync_replicas > s.replication_factor:
         raise SettingsError("min_insync_replicas: must not exceed replication_factor")
+
+
+def check_state_memory(s: Settings) -> None:
+    if s.state_cache_mb < MIN_CACHE_MB * s.processes:
+        raise SettingsError(f"state_cache_mb: {s.state_cache_mb} MB for {s.processes} "
+                            f"processes: at least {MIN_CACHE_MB} MB each")
 
 
 def settings_environ(settings: Settings, environ: Mapping[str, str] | None = None

@@ -67,7 +67,8 @@ class Shard:
         self.topics = topics  # its families' input topics
         base = (state_dir or scratch_dir("kpi-state-")) / name.replace("+", "_")
         #: the shard's event ids and its large tracker tables, on disk (its families share)
-        self.dedup, tables = DiskDedup(base / "dedup"), DiskTables(base / "tables")
+        self.dedup = DiskDedup(base / "dedup")
+        tables = DiskTables(base / "tables", settings.state_cache_keys)
         self.engine = KpiEngine(catalog, EngineConfig(
             dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
             idle_timeout_ms=int(settings.idle_timeout * 1000)), clock=wall_ms,

@@ -30,6 +30,8 @@ from typing import Any, Final
 import rocksdict
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.dedup_disk import store_options
+
 log = logging.getLogger("kpi_engine.state")
 
 _MARK: Final = struct.Struct(">qI")  # covered offset, checksum of the record there
@@ -63,10 +65,10 @@ class LocalCopy:
     def db(self) -> rocksdict.Rdict:
         if self._db is None:
             self.path.mkdir(parents=True, exist_ok=True)
-            opts = rocksdict.Options(raw_mode=True)
-            opts.create_if_missing(True)
-            # written once per commit, read at a restart: small memtables (RocksDB's default,
-            # 2 x 64 MB, would count against the worker's memory bound)
+            # the process's cache and memtable budget (KPI_STATE_CACHE_MB), not a block cache
+            # of its own beside it; written once per commit, read at a restart: small
+            # memtables (RocksDB's default, 2 x 64 MB, would count against the bound)
+            opts = store_options()
             opts.set_write_buffer_size(4 * 1024 * 1024)
             opts.set_max_write_buffer_number(2)
             try:

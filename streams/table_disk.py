@@ -2,9 +2,9 @@
 
 The worker's ``TableFactory`` (metrics/trackers/base.py). A send cohort per (campaign,
 contact) over the email horizon is the state that grows with the audience: 1.9 M of them
-held 2 GB of Python objects at 10 M ids. Here a table holds in memory at most ``CACHE_KEYS``
-keys (the half loaded last is kept when it is full); the rest are in RocksDB, whose
-caches are bounded by configuration (streams/dedup_disk.py: ``store_options``).
+held 2 GB of Python objects at 10 M ids. Here a table holds in memory at most
+``KPI_STATE_CACHE_KEYS`` keys (the half loaded last is kept when it is full); the rest are
+in RocksDB, whose caches are bounded by ``KPI_STATE_CACHE_MB`` (streams/dedup_disk.py).
 
 The store is no durable copy: what a commit makes durable are the tables' hours as parts
 (metrics/snapshot.py), as for the tables in memory, and a takeover fills the store again
@@ -34,7 +34,8 @@ from metrics.errors import StateError
 from metrics.trackers.base import TableCommit
 from streams.dedup_disk import LazyStore, store_options
 
-#: the most keys a table keeps in memory (those loaded from disk or created last)
+#: the most keys a table keeps in memory (those loaded from disk or created last): the
+#: default of ``KPI_STATE_CACHE_KEYS`` (Settings.state_cache_keys)
 CACHE_KEYS: Final = 50_000
 #: the most deltas a table's state holds over its hours before a commit writes them again
 MAX_DELTAS: Final = 32
@@ -54,8 +55,9 @@ _VALUE, _DISK_H, _HOUR_AT = 0, 1, 2
 class DiskTables(LazyStore):
     """One shard's store of tables: one RocksDB, a prefix per table."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, cache_keys: int = CACHE_KEYS):
         self.path = path
+        self.cache_keys = cache_keys  # per table
         self._mine = path.with_name(f"{path.name}.{os.getpid()}.{next(_STORES)}")
         self.tables: list[DiskKeyed[Any, Any]] = []
 
@@ -377,7 +379,7 @@ class DiskKeyed(Generic[K, V]):
         self.pending, self.stale, self.deltas, self._delta_keys = set(), set(), [], 0
 
     def _load(self, key: K) -> list[Any]:
-        if len(self.cache) >= CACHE_KEYS:
+        if len(self.cache) >= self.store.cache_keys:
             self._evict()
         raw = self.store.db.get(self._d + _ENCODE(key))
         if raw is None:

@@ -20,6 +20,7 @@ from metrics.constants import NEVER
 from metrics.engine import KpiEngine
 from metrics.events import ACCOUNTS
 from streams.dashboard import History, RateMeter, catalog_meta
+from streams.dedup_disk import set_cache_mb
 from streams.errors import BrokerError
 from streams.exporter import Exposition, ShellStats, make_registry
 from streams.feed import feed_of
@@ -74,6 +75,7 @@ class KpiShell:
                       self.history, self.emit_latency.observe, settings.topic("kpi-alerts"))
         shard_of = shard_topics(settings, catalog)
         self.state_dir = local_state_dir(settings)
+        set_cache_mb(settings.state_cache_mb)  # the stores the shards open share it
         self.shards = {name: Shard(name, catalog.restrict(fams),
                                    {t for t, n in shard_of.items() if n == name}, settings, io,
                                    state, out, self.state_dir, feed_of(settings, catalog, fams))

@@ -9,7 +9,7 @@ from pathlib import Path
 import rocksdict
 
 from metrics.dedup import DedupState, MemoryDedup
-from streams.dedup_disk import MEMTABLES_MB, DiskDedup, store_options
+from streams.dedup_disk import CACHE_MB, MEMTABLES_MB, DiskDedup, set_cache_mb, store_options
 
 H = 3_600_000
 
@@ -84,6 +84,27 @@ def test_the_stores_memtables_are_bounded_together_and_charged_to_the_cache(
     """Each store alone would keep up to 8 MB of writes in its memtable before flushing:
     six stores of 7 MB each would hold 42 MB. Together they stay near ``MEMTABLES_MB``,
     and what they hold is counted in the block cache that bounds RocksDB's memory."""
+    held = fill_six_stores(tmp_path)
+    assert held <= (MEMTABLES_MB + 4) * 1024 * 1024, held
+
+
+def test_a_smaller_budget_bounds_the_memtables_of_stores_already_open(tmp_path: Path) -> None:
+    """``KPI_STATE_CACHE_MB`` (a worker's processes share it): the cache, and with it the
+    memtables' half, shrink for the stores a process opened before and after."""
+    before = rocksdict.Rdict(str(tmp_path / "before"), options=store_options())
+    set_cache_mb(16)
+    try:
+        before[b"k"] = b"v"
+        held = fill_six_stores(tmp_path)
+        assert held <= (8 + 4) * 1024 * 1024, held  # 16 MB: 8 MB of memtables
+        assert held >= 4 * 1024 * 1024, held  # they are still used
+    finally:
+        set_cache_mb(CACHE_MB)
+        before.close()
+
+
+def fill_six_stores(tmp_path: Path) -> int:
+    """Write 7 MB to each of six stores; what their memtables hold together."""
     stores = [rocksdict.Rdict(str(tmp_path / f"s{i}"), options=store_options())
               for i in range(6)]
     try:
@@ -94,9 +115,9 @@ def test_the_stores_memtables_are_bounded_together_and_charged_to_the_cache(
         held = sum(db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
                    for db in stores)
         cache = stores[0].property_int_value("rocksdb.block-cache-usage") or 0
-        assert held <= (MEMTABLES_MB + 4) * 1024 * 1024, held
         assert cache >= held * 0.9, (cache, held)  # the memtables' share is in the cache
         assert all(db[b"k%d-%d" % (i, 7 * 1024 - 1)] == value for i, db in enumerate(stores))
+        return held
     finally:
         for db in stores:
             db.close()

@@ -156,12 +156,13 @@ def test_each_process_starts_with_the_workers_settings_on_a_loopback_port_of_its
     s = Settings(broker="kafka://b1:9092,b2:9092", topic_prefix="acme.", partitions=8,
                  web_host="0.0.0.0", web_port=7000, group_id="kpis", instance_id="host-a",
                  idle_timeout=12.5, data_dir=str(tmp_path), processes=2,
-                 ssl_check_hostname=False, log_level="info")
+                 ssl_check_hostname=False, log_level="info", state_cache_mb=100,
+                 state_cache_keys=2000)
     env = process_env(s, 1, 7301, environ={"PATH": "/bin", "KPI_BROKER": "kafka://old:1"})
     assert env["PATH"] == "/bin"
     loaded = load_settings(environ=env)
     assert loaded == replace(s, web_host="127.0.0.1", web_port=7301, processes=1,
-                             instance_id="host-a-1",
+                             instance_id="host-a-1", state_cache_mb=50,  # its share
                              data_dir=str(tmp_path / "process-1"))
     assert (tmp_path / "process-1").is_dir()  # Faust makes its folder, not the parents
     # no data dir or instance id: none made up for the process

@@ -59,13 +59,17 @@ def test_every_setting_is_checked_once_with_the_variable_named() -> None:
                        ({"KPI_SASL_MECHANISM": "MD5"}, "sasl_mechanism"),
                        ({"KPI_SSL_CAFILE": "/nonexistent/ca.pem"}, "no such file"),
                        ({"KPI_REPLICATION_FACTOR": "1", "KPI_MIN_INSYNC_REPLICAS": "2"},
-                        "must not exceed")]:
+                        "must not exceed"),
+                       ({"KPI_STATE_CACHE_MB": "4"}, "KPI_STATE_CACHE_MB: '4': Expected int >= 8"),
+                       ({"KPI_PROCESSES": "4", "KPI_STATE_CACHE_MB": "24"},
+                        "state_cache_mb: 24 MB for 4 processes: at least 8 MB each")]:
         with pytest.raises(SettingsError, match=re.escape(words)):
             load_settings({}, env)
     s = load_settings({}, {"KPI_SSL_CHECK_HOSTNAME": "false", "KPI_REPLICATION_FACTOR": "3",
-                           "KPI_MIN_INSYNC_REPLICAS": "2", "KPI_SNAPSHOT_INTERVAL": "10s"})
+                           "KPI_MIN_INSYNC_REPLICAS": "2", "KPI_SNAPSHOT_INTERVAL": "10s",
+                           "KPI_PROCESSES": "4", "KPI_STATE_CACHE_MB": "32"})
     assert (s.ssl_check_hostname, s.replication_factor, s.min_insync_replicas,
-            s.snapshot_interval) == (False, 3, 2, 10.0)
+            s.snapshot_interval, s.state_cache_mb) == (False, 3, 2, 10.0, 32)
 
 
 def test_secrets_never_show_in_the_settings_repr() -> None:

@@ -193,6 +193,30 @@ def test_a_shard_counts_routes_and_publishes_finals_only_once_durable() -> None:
     assert want and final_values(io.windows()) == want
 
 
+def test_a_shard_with_few_keys_in_memory_counts_as_replay() -> None:
+    """``KPI_STATE_CACHE_KEYS``: each table on disk keeps at most that many keys in memory,
+    the rest read back from RocksDB when their events come: the same windows."""
+    lines = traffic()
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table, replace(SETTINGS, state_cache_keys=100))
+    tables = shard.durable.tables
+    assert tables is not None and tables.cache_keys == 100
+    cached: list[int] = []
+
+    async def go() -> None:
+        await shard.activate(table.records("email"), 0.0)
+        for b in batches(lines):
+            await shard.handle(b)
+            cached.append(max(len(t.cache) for t in tables.tables))
+        await shard.snapshot(force=True)
+
+    run(go())
+    assert max(cached) == 100  # full, and never over
+    assert max(len(t) for t in tables.tables) > 300  # most keys were on disk only
+    want = {k: v for k, v in oracle(lines).items() if k in final_values(io.windows())}
+    assert want and final_values(io.windows()) == want
+
+
 def test_finals_of_a_commit_under_way_are_still_pending() -> None:
     """/health's pending_finals counts the closed windows of a commit still being written:
     a first commit after a whole log re-read takes seconds, and a reader told "none

@@ -19,8 +19,8 @@ from metrics.errors import StateError
 from metrics.snapshot import EngineState
 from metrics.trackers.base import Keyed
 from metrics.trackers.first_seen import UniqueOpeners
-from streams import table_disk
-from streams.table_disk import DiskKeyed, DiskTables
+from streams.settings import Settings
+from streams.table_disk import CACHE_KEYS, DiskKeyed, DiskTables
 from tests.helpers import DEFAULT_CATALOG
 from tests.unit.test_parts import Store, comparable
 from tests.unit.test_snapshot import events, run
@@ -38,9 +38,8 @@ def _ts(v: Val) -> int:
 
 
 @pytest.fixture
-def tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(table_disk, "CACHE_KEYS", 16)  # the cache emptied again and again
-    store = DiskTables(tmp_path / "tables")
+def tables(tmp_path: Path) -> Any:
+    store = DiskTables(tmp_path / "tables", cache_keys=16)  # the cache emptied again and again
     yield store
     store.close()
 
@@ -90,9 +89,13 @@ def test_a_table_on_disk_answers_as_one_in_memory(tables: DiskTables) -> None:
             for h in mem.filed():
                 assert mem.hour(h) == _decoded(disk.hour(h))
         assert len(mem) == len(disk)
-        assert len(disk.cache) <= table_disk.CACHE_KEYS
+        assert len(disk.cache) <= tables.cache_keys == 16
     assert mem.data == disk.data
     assert len(mem) > 30
+
+
+def test_the_cache_size_defaults_to_the_settings_default(tmp_path: Path) -> None:
+    assert DiskTables(tmp_path / "t").cache_keys == CACHE_KEYS == Settings().state_cache_keys
 
 
 def test_memory_holds_the_cache_only(tables: DiskTables) -> None:
