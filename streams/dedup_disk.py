@@ -74,24 +74,24 @@ _CACHE: list[rocksdict.Cache] = []
 #: 160 MB, beside a full cache
 MEMTABLES_MB: Final = CACHE_MB // 2
 _MEMTABLES: list[rocksdict.WriteBufferManager] = []
-_CACHE_MB: list[int] = [CACHE_MB]
+_MB: Final = 1024 * 1024
 
 
 def set_cache_mb(mb: int) -> None:
-    """This process's RocksDB memory, its stores together (the worker's settings); a cache
-    already made is resized."""
-    _CACHE_MB[0] = mb
-    if _CACHE:
-        _CACHE[0].set_capacity(mb * 1024 * 1024)
-        _MEMTABLES[0].set_buffer_size(mb // 2 * 1024 * 1024)
+    """This process's RocksDB memory, its stores together (the worker's settings): made at
+    that size, or resized for the stores already open."""
+    if not _CACHE:
+        _CACHE.append(rocksdict.Cache(mb * _MB))
+        _MEMTABLES.append(rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            mb // 2 * _MB, False, _CACHE[0]))
+    else:
+        _CACHE[0].set_capacity(mb * _MB)
+        _MEMTABLES[0].set_buffer_size(mb // 2 * _MB)
 
 
 def store_options() -> rocksdict.Options:
-    if not _CACHE:
-        mb = _CACHE_MB[0]
-        _CACHE.append(rocksdict.Cache(mb * 1024 * 1024))
-        _MEMTABLES.append(rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
-            mb // 2 * 1024 * 1024, False, _CACHE[0]))
+    if not _CACHE:  # no worker settings (a test, a benchmark): the default
+        set_cache_mb(CACHE_MB)
     opts = rocksdict.Options(raw_mode=True)
     opts.create_if_missing(True)
     table = rocksdict.BlockBasedOptions()

@@ -57,7 +57,7 @@ class Settings:
     #: processes of one worker (streams/processes.py): each uses a core of the host
     processes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     #: RocksDB's memory for the worker's state, its processes together (each gets its share)
-    state_cache_mb: Annotated[int, msgspec.Meta(ge=8)] = 64
+    state_cache_mb: Annotated[int, msgspec.Meta(ge=MIN_CACHE_MB)] = 64
     #: keys each table on disk keeps in memory (streams/table_disk.py)
     state_cache_keys: Annotated[int, msgspec.Meta(ge=100)] = 50_000
     log_level: str = "warning"
