@@ -285,5 +285,12 @@ class Table(Protocol[K, V]):
     def data(self) -> dict[K, V]: ...
 
 
-#: makes a table on disk: (name, what its values expire by, key type, value type)
-TableFactory = Callable[[str, Callable[[Any], int], Any, Any], Table[Any, Any]]
+class TableFactory(Protocol):
+    """Makes a table on disk: its name, what its values expire by, its key and value types,
+    and what a value read back from disk goes through before the tracker sees it (``canon``:
+    a value decoded apart holds its own dims tuples and strings, ~400 bytes a dims, which
+    the tracker's memos share among the values it made)."""
+
+    def __call__(self, name: str, ts_of: Callable[[Any], int], key_type: Any,
+                 value_type: Any, canon: Callable[[Any], Any] | None = None
+                 ) -> Table[Any, Any]: ...

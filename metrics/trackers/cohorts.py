@@ -16,6 +16,7 @@ for ``SCORECARD_HORIZON_MS`` is forgotten.
 
 from __future__ import annotations
 
+import sys
 from bisect import insort
 from typing import Any, ClassVar, Final
 
@@ -35,6 +36,13 @@ _BUILTIN: Final = {"delivered": "cohort_delivered", "opened": "cohort_opened",
                    "bounced": "cohort_bounced", "hard": "cohort_hard_bounced",
                    "unsubscribed": "cohort_unsubscribed"}
 
+
+#: a response's event type -> its kind: one string per kind, held by every response (a
+#: kind cut from the type each time was a string per response, 55 bytes)
+_KIND: Final = {f"email.{k}": k for k in ("delivered", "opened", "clicked", "bounced",
+                                          "unsubscribed")}
+#: a kind -> the one string of it (those decoded from disk are strings of their own)
+_KINDS: Final = {k: k for k in (*_KIND.values(), "hard")}
 
 #: tally slots: sent, then the sends answered per builtin
 SLOTS: Final = ("sent", *_BUILTIN.values())
@@ -90,11 +98,12 @@ class SendCohorts:
 
     def spill(self, make: TableFactory) -> None:
         """Its cohorts, one per (campaign, contact) reached: on disk (a worker's)."""
-        self.cohorts = make(f"{self.name}.cohorts", _latest, Key, Cohort)
+        self.cohorts = make(f"{self.name}.cohorts", _latest, Key, Cohort, self._canon)
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
-        key = (d.campaign_id, d.contact_id)
+        # one string per campaign in the keys held (each event decodes its own)
+        key = (sys.intern(d.campaign_id), d.contact_id)
         ts = ev.ts_ms
         c = self.cohorts.get(key)
         if c is None:  # filed once, with its first event in it
@@ -114,7 +123,7 @@ class SendCohorts:
         if ev.type == "email.sent":
             insort(c.sends, (ts, self._dims(_send_dims(d))))
         else:
-            kind = ev.type.removeprefix("email.")
+            kind = _KIND[ev.type]
             insort(c.responses, (ts, kind))
             if kind == "bounced" and d.bounce == "hard":
                 insort(c.responses, (ts, "hard"))
@@ -131,7 +140,7 @@ class SendCohorts:
         if ev.type == "email.sent":
             c.sends.append((ts, self._dims(_send_dims(d))))
             return []
-        kind = ev.type.removeprefix("email.")
+        kind = _KIND[ev.type]
         kinds = [kind, "hard"] if kind == "bounced" and d.bounce == "hard" else [kind]
         out: list[Fact] = []
         if c.sends:
@@ -191,9 +200,15 @@ class SendCohorts:
 
     def loaded(self) -> None:
         """Decoded apart, every send held its own dims: one tuple each again."""
-        memo = self._dims
         for c in self.cohorts.resident():
-            c.sends = [(ts, memo(d)) for ts, d in c.sends]
+            self._canon(c)
+
+    def _canon(self, c: Cohort) -> Cohort:
+        """A cohort decoded apart, its dims and kinds the ones shared by the others."""
+        memo = self._dims
+        c.sends = [(ts, memo(d)) for ts, d in c.sends]
+        c.responses = [(ts, _KINDS.get(k, k)) for ts, k in c.responses]
+        return c
 
     def __len__(self) -> int:
         return len(self.cohorts)

@@ -45,7 +45,8 @@ class FirstSeen:
 
     def spill(self, make: TableFactory) -> None:
         """Its keys, one per (campaign, contact) that answered: on disk (a worker's)."""
-        self.first = make(f"{self.name}.first", _first_ts, Key, tuple[int, Dims])
+        self.first = make(f"{self.name}.first", _first_ts, Key, tuple[int, Dims],
+                          self._canon)
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -81,11 +82,14 @@ class FirstSeen:
 
     def loaded(self) -> None:
         """Decoded apart, every key held its own dims: one tuple each again."""
-        if not isinstance(self.first, Keyed):  # on disk: decoded as read, a few at a time
+        if not isinstance(self.first, Keyed):  # on disk: through ``_canon`` as read
             return
-        memo, data = self._dims, self.first.data
-        for key, (ts, dims) in data.items():
-            data[key] = (ts, memo(dims))
+        data = self.first.data
+        for key, cur in data.items():
+            data[key] = self._canon(cur)
+
+    def _canon(self, cur: tuple[int, Dims]) -> tuple[int, Dims]:
+        return cur[0], self._dims(cur[1])
 
     def __len__(self) -> int:
         return len(self.first)

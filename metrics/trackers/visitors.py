@@ -11,7 +11,7 @@ are a function of the set of events, whatever their order.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 import msgspec
 
@@ -48,6 +48,11 @@ class VisitorsState(msgspec.Struct, gc=False):
     visitors: dict[str, tuple[Visitor, list[Fact]]]
 
 
+#: a fact's builtin -> the one string of it (those decoded from disk are strings of their own)
+_NAMES: Final = {b: b for b in ("visitors", "converting_visitors", "goal_visitors")}
+V = TypeVar("V", Visit, Visitor)
+
+
 class Visitors:
     """Visitors and converting visitors; their channel and campaign are those of their
     first page view (else of their first conversion)."""
@@ -80,9 +85,10 @@ class Visitors:
         """Its sessions and visitors, one per session and visitor over the horizon: on disk
         (a worker's). A value read is changed until the next read of its table only: a
         session is put back after its visitor's other sessions are read (``_leave``)."""
-        self.sessions = make(f"{self.name}.sessions", _visit_ts, str, Visit)
+        self.sessions = make(f"{self.name}.sessions", _visit_ts, str, Visit,
+                             self._canon_visit)
         self.visitors = make(f"{self.name}.visitors", _visitor_ts, str,
-                             tuple[Visitor, list[Fact]])
+                             tuple[Visitor, list[Fact]], self._canon_visitor)
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -91,6 +97,7 @@ class Visitors:
                                  ("channel", d.channel)))
         sid: str = d.session_id
         visit = self.sessions.get(sid)
+        new = visit is None
         if visit is None:  # filed by the put below, once it is whole
             visit = Visit(None, None, {}, ts)
         out: list[Fact] = []
@@ -101,7 +108,11 @@ class Visitors:
             if vid is not None and (visit.visitor is None or vid < visit.visitor):
                 old = _who(sid, visit)
                 visit.visitor = vid
-                out += self._leave(old, sid)
+                # a new session has no stand-in to leave (made with its session, and they
+                # expire together): looking it up left a missing key in a disk table's cache,
+                # half of the visitors' cache in a day of traffic
+                if not new:
+                    out += self._leave(old, sid)
         else:
             goal: str = d.goal
             cur = visit.goals.get(goal)
@@ -185,18 +196,26 @@ class Visitors:
     def loaded(self) -> None:
         """Decoded apart, every first view held its own dims: one tuple each again (of the
         values in memory: in place, what a table on disk holds is not changed)."""
-        memo = self._dims
         for visit in self.sessions.resident():
-            if visit.first is not None:
-                visit.first = (visit.first[0], memo(visit.first[1]))
-            if visit.goals:
-                visit.goals = {g: (ts, memo(d)) for g, (ts, d) in visit.goals.items()}
-        for v, facts in self.visitors.resident():
-            if v.first is not None:
-                v.first = (v.first[0], memo(v.first[1]))
-            if v.goals:
-                v.goals = {g: (ts, memo(d)) for g, (ts, d) in v.goals.items()}
-            facts[:] = [(ts, b, memo(d), n) for ts, b, d, n in facts]
+            self._canon_visit(visit)
+        for held in self.visitors.resident():
+            self._canon_visitor(held)
+
+    def _canon_visit(self, visit: V) -> V:
+        """A session or visitor decoded apart, its dims the ones the others share."""
+        memo = self._dims
+        if visit.first is not None:
+            visit.first = (visit.first[0], memo(visit.first[1]))
+        if visit.goals:
+            visit.goals = {g: (ts, memo(d)) for g, (ts, d) in visit.goals.items()}
+        return visit
+
+    def _canon_visitor(self, held: tuple[Visitor, list[Fact]]
+                       ) -> tuple[Visitor, list[Fact]]:
+        self._canon_visit(held[0])
+        memo, facts = self._dims, held[1]
+        facts[:] = [(ts, _NAMES.get(b, b), memo(d), n) for ts, b, d, n in facts]
+        return held
 
     def __len__(self) -> int:
         return len(self.visitors) + len(self.sessions)

@@ -387,3 +387,94 @@ def test_unique_openers_on_disk_count_as_in_memory(tables: DiskTables) -> None:
             disk.expire(i * 60_000)
             assert len(mem) == len(disk)
     assert mem.first.data == disk.first.data and len(mem) > 100
+
+
+def test_a_key_deleted_before_it_was_written_leaves_the_cache(tables: DiskTables) -> None:
+    """Nothing of it is on disk to delete: it keeps no room in the cache, reads as gone,
+    and the commit's delta says it is gone; a key deleted once written leaves the cache
+    when the deletion is written."""
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    log = Changelog()
+    kept = {("c", f"kept{i}"): Val(HOUR_MS + i, 1) for i in range(10)}
+    for key, value in kept.items():
+        disk.put(key, value)
+    disk.put(("c", "written"), Val(HOUR_MS, 2))
+    log.commit(disk)
+    disk.flush()
+    disk.put(("c", "brief"), Val(HOUR_MS, 3))
+    assert disk.delete(("c", "brief")) == Val(HOUR_MS, 3)
+    assert ("c", "brief") not in disk.cache and not disk.changed
+    assert disk.delete(("c", "written")) == Val(HOUR_MS, 2)
+    assert disk.cache[("c", "written")][0] is None  # its deletion not yet written
+    plan = log.commit(disk)
+    assert plan.delta is not None
+    puts, gone = plan.delta[1]()
+    assert puts == {} and sorted(gone) == [("c", "brief"), ("c", "written")]
+    disk.flush()
+    assert list(disk.cache) == list(kept)
+    assert disk.get(("c", "brief")) is None and disk.get(("c", "written")) is None
+    assert len(disk) == 10 and disk.data == kept
+
+
+def test_keys_filed_under_one_hour_share_its_int(tables: DiskTables) -> None:
+    """One int per hour, not per key (32 bytes a key), read from disk or filed here."""
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    hour = 490_000 * HOUR_MS  # 2025: an int Python does not share by itself
+    for i in range(40):  # over the 16 keys of the cache: some read back from disk
+        disk.put(("c", f"k{i}"), Val(hour + i, i))
+    for i in range(40):
+        assert disk.get(("c", f"k{i}")) == Val(hour + i, i)
+    hours = {id(entry[2]) for entry in disk.cache.values()}
+    assert len(disk.cache) > 1 and len(hours) == 1
+
+
+def test_the_store_writes_no_log_ahead(tables: DiskTables) -> None:
+    """Rebuilt at every open, never recovered: a write-ahead log would write it twice."""
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    for i in range(2000):
+        disk.put(("c", f"k{i}"), Val(i * 1000, i))
+    disk.flush()
+    logs = list(tables.path.parent.glob(f"{tables.path.name}.*/*.log"))
+    assert logs and all(p.stat().st_size == 0 for p in logs)
+
+
+def test_values_read_back_share_the_trackers_dims_and_names(tables: DiskTables) -> None:
+    """Cohorts, sessions and visitors read back from disk hold the tracker's one tuple per
+    dims and one string per kind or builtin, as the values it makes do: decoded apart,
+    each held its own (~400 bytes a dims)."""
+    engine = _engine(tables)
+    run(engine, events(seed=23), [])
+    t: dict[str, Any] = engine.trackers
+    disk_tables = (t["send_cohorts"].cohorts, t["visitors"].sessions, t["visitors"].visitors)
+    for table in disk_tables:  # the cache emptied, then keys read back from disk
+        keys = list(table.data)[:12]
+        table.flush()
+        table.cache.clear()
+        assert all(table.get(k) is not None for k in keys)
+    dims: list[Any] = []
+    names: list[str] = []
+    for c in disk_tables[0].resident():
+        dims += [d for _, d in c.sends]
+        names += [k for _, k in c.responses]
+    for visit in disk_tables[1].resident():
+        dims += [d for _, d in visit.goals.values()] + ([visit.first[1]] if visit.first else [])
+    for _, facts in disk_tables[2].resident():
+        dims += [d for _, _, d, _ in facts]
+        names += [b for _, b, _, _ in facts]
+    assert len(dims) > 24 and len(names) > 12
+    assert len({id(d) for d in dims}) == len(set(dims)) < len(dims)
+    assert len({id(n) for n in names}) == len(set(names)) < len(names)
+
+
+def test_new_sessions_leave_no_missing_visitors_in_the_cache(tmp_path: Path) -> None:
+    """A new session's stand-in visitor cannot exist (made with its session, they expire
+    together): it is not looked up, so the visitors' cache holds visitors only (the
+    lookups left a missing key per new session, half the cache in a day of traffic)."""
+    store = DiskTables(tmp_path / "t", cache_keys=100_000)
+    engine = _engine(store)
+    run(engine, events(seed=24), [])
+    t: dict[str, Any] = engine.trackers
+    visitors = t["visitors"].visitors
+    assert len(visitors) > 100
+    assert [k for k, e in visitors.cache.items() if e[0] is None] == []
+    store.close()
