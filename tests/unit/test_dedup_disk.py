@@ -10,7 +10,15 @@ from pathlib import Path
 import rocksdict
 
 from metrics.dedup import DedupState, MemoryDedup
-from streams.dedup_disk import CACHE_MB, MEMTABLES_MB, DiskDedup, set_cache_mb, store_options
+from streams.dedup_disk import (
+    ARENA_BLOCK,
+    CACHE_MB,
+    MEMTABLES_MB,
+    DiskDedup,
+    set_cache_mb,
+    store_options,
+)
+from streams.heap import MMAP_THRESHOLD_BYTES
 
 H = 3_600_000
 
@@ -139,3 +147,8 @@ def settle(stores: list[rocksdict.Rdict]) -> None:
               + (db.property_int_value("rocksdb.num-running-flushes") or 0) for db in stores):
         assert time.monotonic() < deadline, "RocksDB's flushes did not finish in 30 s"
         time.sleep(0.01)
+
+
+def test_a_memtables_blocks_are_mapped_apart_from_the_heap() -> None:
+    """A flushed memtable's blocks go back to the OS, not into holes in the heap."""
+    assert MMAP_THRESHOLD_BYTES < ARENA_BLOCK <= 1024 * 1024
