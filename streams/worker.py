@@ -258,7 +258,9 @@ class KpiShell:
         now = time.monotonic()
         consumed = sum(sum(sh.engine.events_total.values()) for sh in self.active)
         self.event_rate.sample(now, consumed)
-        self.heap.after(consumed, any(sh.catching_up() for sh in self.active), now)
+        # a backlog is through once what it closed is sent (with the commits after it)
+        sent = not any(sh.outbox or sh.resend or sh.committing for sh in self.active)
+        self.heap.after(consumed, any(sh.catching_up() for sh in self.active), now, sent)
 
     def _log_stage_holding(self) -> None:
         """The accounts stage holds its copies in memory while an input partition feeding it

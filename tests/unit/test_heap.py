@@ -6,14 +6,19 @@ import os
 import subprocess
 import sys
 
-from streams.heap import TRIM_AFTER_EVENTS, TRIM_EVERY_S, HeapTrimmer, malloc_trim
+from streams.heap import (
+    TRIM_AFTER_EVENTS,
+    TRIM_BACKLOG_EVERY_S,
+    TRIM_EVERY_S,
+    HeapTrimmer,
+    malloc_trim,
+)
 
 
 def test_a_trim_follows_a_burst_once_caught_up_and_at_most_once_a_minute() -> None:
     calls: list[int] = []
     heap = HeapTrimmer(calls.append)
     n = TRIM_AFTER_EVENTS
-    assert not heap.after(n, busy=True, now=0.0)  # still catching up
     assert not heap.after(n - 1, busy=False, now=1.0)  # too little consumed
     assert heap.after(n, busy=False, now=2.0)
     assert calls == [0]
@@ -21,6 +26,25 @@ def test_a_trim_follows_a_burst_once_caught_up_and_at_most_once_a_minute() -> No
     assert heap.after(3 * n, busy=False, now=2.0 + TRIM_EVERY_S)
     assert not heap.after(3 * n + 10, busy=False, now=500.0)  # nothing new since
     assert heap.trims == 2
+
+
+def test_a_backlog_is_trimmed_once_through_and_what_it_closed_sent() -> None:
+    """A trim in a pause of a backlog (no shard behind for a moment) must not leave the
+    memory of its tail: once a shard was behind, the first moment none is and the closed
+    windows are sent trims again, however soon after the last trim (seconds apart)."""
+    calls: list[int] = []
+    heap = HeapTrimmer(calls.append)
+    n = TRIM_AFTER_EVENTS
+    assert not heap.after(0, busy=True, now=0.0)  # a backlog: still catching up
+    assert heap.after(n // 2, busy=False, now=10.0)  # a pause: whatever was consumed
+    assert not heap.after(2 * n, busy=True, now=11.0)  # behind again
+    assert not heap.after(3 * n, busy=False, now=12.0, sent=False)  # its windows not out
+    assert not heap.after(3 * n, busy=False, now=10.0 + TRIM_BACKLOG_EVERY_S - 1)
+    assert heap.after(3 * n, busy=False, now=10.0 + TRIM_BACKLOG_EVERY_S)
+    assert calls == [0, 0]
+    # then the steady rule again: nothing without more traffic, a minute apart
+    assert not heap.after(3 * n + 10, busy=False, now=500.0)
+    assert heap.after(4 * n, busy=False, now=501.0)
 
 
 def test_glibc_trims_for_real() -> None:
