@@ -259,6 +259,10 @@ class Shard:
         """What waits for the next commit, in ids (a closed-window record weighs ten)."""
         return 10 * len(self.outbox) + self.dedup.uncommitted()
 
+    def pending_finals(self) -> int:
+        """Closed windows not yet on kpi-windows (they wait for a durable snapshot)."""
+        return len(self.outbox) + len(self.resend) + self.committing
+
     def waiting(self) -> set[Any]:
         """The partitions the consumer leaves in the broker for now (over ``max_held`` held):
         those that spoke of a family whose watermark is not known yet (the accounts stage's
@@ -487,8 +491,7 @@ class Shard:
             "stale_skipped": self.stale_skipped,
             "state_skipped": self.stats.state_skipped,
             "snapshot_seq": self.snapshot_seq,
-            # closed windows not yet on kpi-windows (they wait for a durable snapshot)
-            "pending_finals": len(self.outbox) + len(self.resend) + self.committing,
+            "pending_finals": self.pending_finals(),
             "durable": self.applied == self._snapshot_applied,
             "state": e.state_sizes(),
             "ids_loaded": self.durable.ids_loaded,

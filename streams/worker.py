@@ -259,7 +259,7 @@ class KpiShell:
         consumed = sum(sum(sh.engine.events_total.values()) for sh in self.active)
         self.event_rate.sample(now, consumed)
         # a backlog is through once what it closed is sent (with the commits after it)
-        sent = not any(sh.outbox or sh.resend or sh.committing for sh in self.active)
+        sent = not any(sh.pending_finals() for sh in self.active)
         self.heap.after(consumed, any(sh.catching_up() for sh in self.active), now, sent)
 
     def _log_stage_holding(self) -> None:
