@@ -49,6 +49,7 @@ from metrics.plans import (
 from metrics.publish import Publisher
 from metrics.records import iso_ms
 from metrics.scorecards import Scorecards
+from metrics.shelf import ShelfFactory, mem_shelf
 from metrics.snapshot import (
     ENGINE_STATE_VERSION,
     Counters,
@@ -96,11 +97,11 @@ class KpiEngine:
 
     def __init__(self, catalog: Catalog, config: EngineConfig | None = None,
                  clock: Clock | None = None, dedup: DedupFactory | None = None,
-                 tables: TableFactory | None = None):
+                 tables: TableFactory | None = None, shelves: ShelfFactory = mem_shelf):
         self.catalog = catalog
         self.config = config = config or EngineConfig()
         self._clock: Clock = clock or (lambda: 0)
-        self.windows = {f: FamilyWindows(cfg) for f, cfg in catalog.families.items()}
+        self.windows = {f: FamilyWindows(cfg, shelves) for f, cfg in catalog.families.items()}
         self.watermarks = {f: Watermark() for f in catalog.families}
         by_event: dict[str, list[Aggregate]] = {}
         for agg in catalog.aggregates.values():
@@ -147,7 +148,7 @@ class KpiEngine:
         settling = {b for t in TRACKERS if t.settles for b in t.builtins}
         self.publisher = Publisher(catalog, self._kpi_rows, {
             k.name for k in catalog.kpis.values()
-            if any(catalog.aggregates[a].builtin in settling for a in k.aggregates())})
+            if any(catalog.aggregates[a].builtin in settling for a in k.aggregates())}, shelves)
         self._flushing = False
         #: set when a watermark passed a window close: call advance()
         self.due = False
@@ -324,8 +325,10 @@ class KpiEngine:
                                for spec, end, _ in fw.close_until(wm.value, keep)]
                 self._next_close[fam] = self._compute_next_close(fam)
         out = self.publisher.publish(closed, self, iso_ms(self._clock()))
-        for fam in closed:
-            self._expire(fam, self.watermarks[fam].value)
+        for fam, fw in self.windows.items():
+            if fam in closed:
+                self._expire(fam, self.watermarks[fam].value)
+            fw.flush()  # the snapshots of the windows it revised too
         return out
 
     @property
@@ -423,7 +426,7 @@ class KpiEngine:
         and the names of all parts. Live references: encode them before the next event."""
         for fw in self.windows.values():
             fw.settle(self._expanders)
-        windows = strip({f: fw.snapshot() for f, fw in self.windows.items()})
+        windows = strip({f: fw.snapshot(closed=False) for f, fw in self.windows.items()})
         core = self._state(windows, self.publisher.snapshot(rows=False), ref, {})
         parts, names = collect_parts(self.windows, self.publisher, self.trackers, full)
         return core, parts, names
@@ -472,9 +475,8 @@ class KpiEngine:
         changed = {a for a in set(written) | set(current) if written.get(a) != current.get(a)}
         bds = self.catalog.breakdowns
 
-        def keep(key: tuple[str, str, Any]) -> bool:
-            agg, bd = key[0], key[1]
-            return agg not in changed and (bd == TOTAL or bd in bds.get(agg, ()))
+        def keep(key: tuple[str, str, Any]) -> bool:  # (aggregate, breakdown, value)
+            return key[0] not in changed and (key[1] == TOTAL or key[1] in bds.get(key[0], ()))
 
         for fw in self.windows.values():
             fw.retain(keep)
@@ -492,9 +494,7 @@ class KpiEngine:
         return [(unhold(h), h.ref) for h in self._held[family]]
 
     def state_sizes(self) -> dict[str, int]:
-        return {
-            "dedup_ids": sum(len(d) for d in self.dedup.values()),
-            **{name: len(t) for name, t in self.trackers.items()},
-            "panes": sum(len(fw.panes) for fw in self.windows.values()),
-            "published_windows": len(self.publisher),
-        }
+        return {"dedup_ids": sum(len(d) for d in self.dedup.values()),
+                **{name: len(t) for name, t in self.trackers.items()},
+                "panes": sum(len(fw.panes) for fw in self.windows.values()),
+                "published_windows": len(self.publisher)}

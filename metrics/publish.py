@@ -5,7 +5,8 @@ A closed window's rows are kept as published while the window can still be revis
 end + longest window + grace), so a revision carries only the rows that changed, each with
 its own revision number. They are kept encoded (MessagePack, as a commit writes them): a
 day of 5-minute windows, or a month of hourly 30-day ones, is read back only when one of
-them is revised, and a row held as Python objects took ~280 bytes.
+them is revised, and a row held as Python objects took ~280 bytes. They are on a shelf
+(metrics/shelf.py): a worker keeps them on disk.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from metrics.constants import NEVER
 from metrics.facts import FactRouter
 from metrics.formulas import SQUARES, Dims, Index, Rows, index_snapshot, merge_indexes
 from metrics.records import iso_boundary, make_record
+from metrics.shelf import ShelfFactory, mem_shelf
 from metrics.trackers import TRACKERS
 from metrics.windows import Agg, FamilyWindows
 
@@ -67,13 +69,16 @@ class Families(Protocol):
 
 class Publisher:
     def __init__(self, catalog: Catalog, kpi_rows: dict[str, Callable[[Index], Rows]],
-                 settling: set[str] | None = None):
+                 settling: set[str] | None = None, shelves: ShelfFactory = mem_shelf):
         self.catalog = catalog
         self._kpi_rows = kpi_rows
         #: KPIs built on facts that settle after their window closes (sessions): final only
         #: once the window's facts are (``Families.settled``)
         self._settling = settling or set()
-        self.published: dict[tuple[str, str, int], dict[str, Kept]] = {}
+        self.published = shelves("published", tuple[str, str, int], dict[str, Kept])
+        #: the published windows read or changed by the publication under way: put back on
+        #: the shelf once it is done
+        self._filing: dict[tuple[str, str, int], dict[str, Kept]] = {}
         self.floor = {f: NEVER for f in catalog.families}
         self.waiting: set[tuple[str, int, str]] = set()
         #: published windows whose rows changed since the last ``drain_changes``
@@ -129,7 +134,11 @@ class Publisher:
                     waiting.add((wname, end, kpi.name))
                 else:
                     out += self._records(kpi, wname, end, idx, emitted_at)
+            for key, filed in self._filing.items():
+                self.published[key] = filed
+            self._filing = {}
         self.waiting = waiting
+        self.published.flush()
         return out
 
     def _closed_index(self, kpi: Kpi, wname: str, end: int, fams: Families,
@@ -178,7 +187,9 @@ class Publisher:
     def _records(self, kpi: Kpi, wname: str, end: int, idx: Index, emitted_at: str
                  ) -> list[Record]:
         key = (kpi.families[0], wname, end)
-        filed = self.published.setdefault(key, {})
+        filed = self._filing.get(key)
+        if filed is None:
+            filed = self._filing[key] = self.published.get(key) or {}
         self.changed.add(key)
         rows = self._kpi_rows[kpi.name](idx)
         sq = self._squares(kpi, idx)
@@ -271,6 +282,7 @@ class Publisher:
             self.floor[fam] = horizon
             for key in [k for k in self.published if k[0] == fam and k[2] < horizon]:
                 del self.published[key]
+            self.published.flush()
 
     def drain_changes(self) -> set[tuple[str, str, int]]:
         changed, self.changed = self.changed & self.published.keys(), set()
@@ -286,13 +298,16 @@ class Publisher:
     def part(self, key: tuple[str, str, int]) -> dict[str, tuple[msgspec.Raw, dict[Dims, int]]]:
         """A published window's rows as a commit's part: encoded as ``Filed`` (the rows are
         already)."""
-        return {n: (msgspec.Raw(b), revs) for n, (b, revs) in self.published[key].items()}
+        filed = self.published.get(key) or {}
+        return {n: (msgspec.Raw(b), revs) for n, (b, revs) in filed.items()}
 
     def restore(self, state: PublisherState) -> None:
         kpis = self.catalog.kpis  # a KPI removed since: its rows go
-        self.published = {k: {n: (_ENCODE_ROWS(rows), revs)
-                               for n, (rows, revs) in by_kpi.items() if n in kpis}
-                          for k, by_kpi in state.published.items()}
+        self.published.clear()
+        for k, by_kpi in state.published.items():
+            self.published[k] = {n: (_ENCODE_ROWS(rows), revs)
+                                 for n, (rows, revs) in by_kpi.items() if n in kpis}
+        self.published.flush()
         self.floor = {f: state.floor.get(f, NEVER) for f in self.catalog.families}
         self.waiting = {w for w in state.waiting if w[2] in kpis}
 

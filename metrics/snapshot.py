@@ -160,11 +160,11 @@ def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
                 parts[name] = _live(agg)
         for spec in fw.specs:
             wname = spec.spec.name
-            for end, agg in spec.closed.items():
+            for end in spec.closed:  # on a shelf: read when its part is built
                 name = f"w|{fam}|c|{wname}|{end}"
                 names.add(name)
                 if full or (wname, end) in closed:
-                    parts[name] = _live(agg)
+                    parts[name] = functools.partial(spec.closed.get, end)
     published = publisher.drain_changes()
     for key in publisher.published:
         name = f"p|{key[0]}|{key[1]}|{key[2]}"
@@ -225,8 +225,10 @@ def load_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
             keyed.load_delta(number, data)
     for fw in windows.values():
         for spec in fw.specs:  # closed windows are kept in closing order (expire)
-            spec.closed = dict(sorted(spec.closed.items()))
+            spec.closed.order()
+        fw.flush()
         fw.mark_written()
+    publisher.published.flush()
     publisher.drain_changes()
     for tracker in trackers.values():
         tracker.loaded()

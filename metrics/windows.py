@@ -9,7 +9,8 @@ millionths), so add-then-subtract is exact and order does not matter.
 A closed window keeps a snapshot while it can still change (its end + longest window + grace):
 an update that lands in it (a late event inside grace, or a stateful retraction such as a
 session turning out not to be single-page) patches the snapshot and marks it dirty, and the
-engine republishes it as a revision.
+engine republishes it as a revision. The snapshots are on a shelf (metrics/shelf.py): a
+worker keeps them on disk.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import msgspec
 
 from metrics.catalog import FamilyConfig, WindowSpec
+from metrics.shelf import Shelf, ShelfFactory, mem_shelf
 
 #: a breakdown's value: a string, or a tuple of them for a combined breakdown (campaign_id+segment)
 DimValue = str | tuple[str, ...]
@@ -57,16 +59,19 @@ WINDOWS_VERSION = 1
 class _Spec:
     __slots__ = ("closed", "last_end", "running", "spec")
 
-    def __init__(self, spec: WindowSpec, last_end: int):
+    def __init__(self, spec: WindowSpec, last_end: int, closed: Shelf[int, Agg]):
         self.spec = spec
         self.last_end = last_end  # windows ending at or before this are closed
         self.running: Agg = {}  # sum of panes in [last_end - size, last_end)
-        self.closed: dict[int, Agg] = {}  # end -> snapshot, while revisable
+        closed.clear()
+        self.closed = closed  # end -> snapshot, while revisable
 
 
 class FamilyWindows:
-    def __init__(self, cfg: FamilyConfig):
+    def __init__(self, cfg: FamilyConfig, shelves: ShelfFactory = mem_shelf):
         self.cfg = cfg
+        #: each window's shelf of closed snapshots, made once (a worker's are on disk)
+        self._shelves = {w.name: shelves(f"{cfg.name}.{w.name}", int, Agg) for w in cfg.windows}
         hop = 0
         for w in cfg.windows:
             hop = gcd(hop, w.hop_ms)
@@ -100,7 +105,8 @@ class FamilyWindows:
         """Windows ending before first event - grace are treated as closed (never emitted)."""
         self.first_ts = first_ts
         base = first_ts - self.cfg.grace_ms
-        self.specs = [_Spec(w, base - base % w.hop_ms) for w in self.cfg.windows]
+        self.specs = [_Spec(w, base - base % w.hop_ms, self._shelves[w.name])
+                      for w in self.cfg.windows]
         self._by_name = {s.spec.name: s for s in self.specs}
         self.frontier = max(s.last_end for s in self.specs)
         self._pane_floor = min(s.last_end - s.spec.size_ms for s in self.specs)
@@ -155,6 +161,7 @@ class FamilyWindows:
                 snap = s.closed.get(end)
                 if snap is not None:
                     snap[key] = snap.get(key, 0) + value
+                    s.closed[end] = snap  # put back: a shelf on disk holds it until a flush
                     self.dirty.add((s.spec.name, end))
                     self._patched_closed.add((s.spec.name, end))
                 end += hop
@@ -227,6 +234,7 @@ class FamilyWindows:
                 old.append(end)
             for end in old:
                 del s.closed[end]
+            s.closed.flush()
         # Running sums only ever subtract panes from last_end - size on.
         floor = min(s.last_end - s.spec.size_ms for s in self.specs)
         if floor > self._pane_floor:
@@ -265,9 +273,12 @@ class FamilyWindows:
         """Drop every value ``keep`` rejects, wherever it is held (a restored state's
         aggregates that were redefined or removed since it was written)."""
         for spec in self.specs:
-            for agg in (spec.running, *spec.closed.values()):
-                for k in [k for k in agg if not keep(k)]:
-                    del agg[k]
+            for k in [k for k in spec.running if not keep(k)]:
+                del spec.running[k]
+            for end, agg in list(spec.closed.items()):
+                if not all(map(keep, agg)):
+                    spec.closed[end] = {k: v for k, v in agg.items() if keep(k)}
+            spec.closed.flush()
         for pane in self.panes.values():
             for k in [k for k in pane if not keep(k)]:
                 del pane[k]
@@ -276,7 +287,7 @@ class FamilyWindows:
         """Current contents of the (still open) window of ``spec`` ending at ``end``."""
         s = self._by_name[spec.name]
         if end <= s.last_end:
-            return dict(s.closed.get(end, {}))
+            return dict(s.closed.get(end) or {})
         acc = dict(s.running)
         for k, v in self._sum_panes(s.last_end, end):
             acc[k] = acc.get(k, 0) + v
@@ -292,14 +303,22 @@ class FamilyWindows:
         s = self._by_name.get(spec_name)
         return None if s is None else s.last_end
 
-    def snapshot(self) -> WindowsState:
-        """The family's state (live references); settle() first: tallies are not kept."""
+    def snapshot(self, closed: bool = True) -> WindowsState:
+        """The family's state (live references); settle() first: tallies are not kept.
+        Without the closed windows' snapshots when not ``closed`` (a commit writes them as
+        parts, metrics/snapshot.py)."""
         if self.pending:
             raise RuntimeError("settle() the pending tallies before a snapshot")
         return WindowsState(WINDOWS_VERSION, self.started, self.frontier, self._pane_floor,
-                            self.panes, [SpecState(s.spec.name, s.last_end, s.running, s.closed)
+                            self.panes, [SpecState(s.spec.name, s.last_end, s.running,
+                                                   dict(s.closed.items()) if closed else {})
                                          for s in self.specs], sorted(self.dirty),
                             self.first_ts)
+
+    def flush(self) -> None:
+        """Write the closed snapshots put since the last flush (a shelf on disk)."""
+        for s in self.specs:
+            s.closed.flush()
 
     def restore(self, state: WindowsState) -> None:
         by_name = {w.name: w for w in self.cfg.windows}
@@ -310,8 +329,11 @@ class FamilyWindows:
         self.pending = {}
         self.specs = []
         for st in state.specs:
-            spec = _Spec(by_name[st.name], st.last_end)
-            spec.running, spec.closed = st.running, st.closed
+            spec = _Spec(by_name[st.name], st.last_end, self._shelves[st.name])
+            spec.running = st.running
+            for end, agg in sorted(st.closed.items()):
+                spec.closed[end] = agg
+            spec.closed.flush()
             self.specs.append(spec)
         self._by_name = {s.spec.name: s for s in self.specs}
         self.dirty = set(state.dirty)

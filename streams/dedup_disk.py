@@ -18,6 +18,7 @@ time, until a commit deletes it.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import struct
 from collections.abc import Iterable
@@ -119,6 +120,17 @@ def store_options() -> rocksdict.Options:
     # its last one: with eight stores a process held ~8 MB past the memtables' budget
     opts.set_arena_block_size(ARENA_BLOCK)
     return opts
+
+
+def alive(pid: int) -> bool:
+    """A process of this id runs (a store's folder named by it is in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 class LazyStore:

@@ -34,8 +34,8 @@ from streams.feed import FeedIn, FeedOut
 from streams.gaps import BROKER_ERRORS, Gaps
 from streams.settings import Settings, scratch_dir
 from streams.shard_ports import Outputs, ShardIO, StateStore
+from streams.shelf_disk import ShardStore
 from streams.state import EPOCH, Offsets, Snapshot, claim_key, decode, orphaned, owner_epoch
-from streams.table_disk import DiskTables
 from streams.topics import family_of
 from streams.updates import OpenValues
 
@@ -68,11 +68,11 @@ class Shard:
         base = (state_dir or scratch_dir("kpi-state-")) / name.replace("+", "_")
         #: the shard's event ids and its large tracker tables, on disk (its families share)
         self.dedup = DiskDedup(base / "dedup")
-        tables = DiskTables(base / "tables", settings.state_cache_keys)
+        tables = ShardStore(base / "tables", settings.state_cache_keys)
         self.engine = KpiEngine(catalog, EngineConfig(
             dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
             idle_timeout_ms=int(settings.idle_timeout * 1000)), clock=wall_ms,
-            dedup=lambda _: self.dedup, tables=tables.table)
+            dedup=lambda _: self.dedup, tables=tables.table, shelves=tables.shelf)
         #: what commits write and takeovers read back (streams/durable.py)
         self.durable = Durable(name, catalog, state, self.dedup, tables)
         #: breaches of the catalog's alerts, on the open values it emits (`kpi-alerts`)

@@ -32,7 +32,7 @@ import rocksdict
 from metrics.constants import HOUR_MS
 from metrics.errors import StateError
 from metrics.trackers.base import TableCommit
-from streams.dedup_disk import LazyStore, store_options
+from streams.dedup_disk import LazyStore, alive, store_options
 
 #: the most keys a table keeps in memory (those loaded from disk or created last): the
 #: default of ``KPI_STATE_CACHE_KEYS`` (Settings.state_cache_keys)
@@ -60,6 +60,7 @@ class DiskTables(LazyStore):
         self.cache_keys = cache_keys  # per table
         self._mine = path.with_name(f"{path.name}.{os.getpid()}.{next(_STORES)}")
         self.tables: list[DiskKeyed[Any, Any]] = []
+        self.shelves: list[Any] = []  # DiskShelf (streams/shelf_disk.py)
 
     def open(self) -> None:
         """Empty and open: what it held is in the changelog's parts."""
@@ -69,7 +70,7 @@ class DiskTables(LazyStore):
         # hold one; those of processes gone (killed) are removed
         for old in self.path.parent.glob(self.path.name + ".*.*"):
             pid = old.name.split(".")[-2]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(self._mine, ignore_errors=True)
         self._mine.parent.mkdir(parents=True, exist_ok=True)
@@ -82,8 +83,8 @@ class DiskTables(LazyStore):
 
     def close(self) -> None:
         """Handed over: nothing of it is kept (the next takeover fills it again)."""
-        for table in self.tables:
-            table.forget()
+        for part in (*self.tables, *self.shelves):
+            part.forget()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -91,13 +92,18 @@ class DiskTables(LazyStore):
 
     def table(self, name: str, ts_of: Callable[[Any], int], key_type: Any, value_type: Any,
               canon: Callable[[Any], Any] | None = None) -> DiskKeyed[Any, Any]:
-        """A new table (``name`` for errors and /health; its prefix is its rank)."""
-        if len(self.tables) >= 255:
-            raise ValueError("at most 255 tables on disk per shard")
-        table: DiskKeyed[Any, Any] = DiskKeyed(self, bytes([len(self.tables)]), name, ts_of,
-                                               key_type, value_type, canon)
+        """A new table (``name`` for errors and /health)."""
+        table: DiskKeyed[Any, Any] = DiskKeyed(self, self.prefix(), name, ts_of, key_type,
+                                               value_type, canon)
         self.tables.append(table)
         return table
+
+    def prefix(self) -> bytes:
+        """A new table's or shelf's prefix: its rank."""
+        rank = len(self.tables) + len(self.shelves)
+        if rank >= 255:
+            raise ValueError("at most 255 tables and shelves on disk per shard")
+        return bytes([rank])
 
 
 class DiskKeyed(Generic[K, V]):
@@ -487,12 +493,3 @@ class DiskKeyed(Generic[K, V]):
 def _pack(hour: int) -> bytes:
     return _HOUR.pack(hour + _BIAS)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True

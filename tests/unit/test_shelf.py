@@ -1,0 +1,148 @@
+"""Shelves (metrics/shelf.py, streams/shelf_disk.py): closed windows and published rows kept
+on disk answer as those held in memory; an engine whose shelves are on disk publishes,
+revises, commits and restores exactly as one holding them, with only the keys in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from metrics.engine import EngineConfig, KpiEngine
+from metrics.errors import StateError
+from metrics.events import Event
+from metrics.shelf import MemShelf
+from metrics.snapshot import EngineState
+from metrics.windows import Agg
+from streams.shelf_disk import FLUSH_AT, DiskShelf, ShardStore
+from tests.helpers import DEFAULT_CATALOG
+from tests.unit.test_parts import Store, comparable
+from tests.unit.test_snapshot import events, run
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    s = ShardStore(tmp_path / "tables", cache_keys=16)
+    yield s
+    s.close()
+
+
+def test_a_mem_shelf_sorts_its_keys_and_has_nothing_to_write() -> None:
+    shelf: MemShelf[int, str] = MemShelf()
+    for k in (30, 10, 20):
+        shelf[k] = str(k)
+    shelf.flush()
+    assert list(shelf) == [30, 10, 20]
+    shelf.order()
+    assert list(shelf.items()) == [(10, "10"), (20, "20"), (30, "30")]
+
+
+def test_a_disk_shelf_answers_as_a_dict_and_holds_its_values_on_disk(store: ShardStore
+                                                                      ) -> None:
+    shelf = store.shelf("crm.30d", int, Agg)
+    assert isinstance(shelf, DiskShelf)
+    want: dict[int, Agg] = {}
+    for end in range(3 * FLUSH_AT, 0, -1):
+        want[end] = {("leads", "channel", f"c{end % 7}"): end, ("leads", "", ""): 2 * end}
+        shelf[end] = dict(want[end])
+        assert len(shelf.cache) < FLUSH_AT  # written in batches, never all held
+    for end in range(1, 3 * FLUSH_AT, 5):
+        del shelf[end]
+        del want[end]
+    patched = shelf.get(42)
+    assert patched is not None
+    patched[("leads", "", "")] += 1  # a change is put back, not made in place only
+    shelf[42] = patched
+    want[42][("leads", "", "")] += 1
+    shelf.flush()
+    assert not shelf.cache
+    assert list(shelf) == list(want) and len(shelf) == len(want)
+    assert dict(shelf.items()) == want
+    assert shelf.get(1) is None and 1 not in shelf and 2 in shelf
+    # each value is in the store, each key deleted is not
+    db = store.db
+    assert db.get(shelf.prefix + msgspec.msgpack.encode(2)) is not None
+    assert db.get(shelf.prefix + msgspec.msgpack.encode(1)) is None
+    shelf.order()
+    assert list(shelf) == sorted(want)
+    # a handover: the store emptied, the shelf holds nothing
+    store.close()
+    assert len(shelf) == 0 and shelf.get(2) is None
+
+
+def test_a_shelf_value_that_is_no_agg_fails_by_its_key(store: ShardStore) -> None:
+    shelf = store.shelf("crm.30d", int, Agg)
+    shelf[7] = {("leads", "", ""): 1}
+    shelf.flush()
+    assert isinstance(shelf, DiskShelf)
+    store.db[shelf.prefix + msgspec.msgpack.encode(7)] = msgspec.msgpack.encode(["x"])
+    with pytest.raises(StateError, match=r"shelf 'crm.30d': the value of 7 is unreadable"):
+        shelf.get(7)
+
+
+def test_tables_and_shelves_share_the_store_under_their_own_prefixes(store: ShardStore
+                                                                     ) -> None:
+    table = store.table("t", lambda v: 0, str, int)
+    shelves = [store.shelf(f"s{i}", int, int) for i in range(3)]
+    prefixes = [table._d[:1], *(s.prefix for s in shelves if isinstance(s, DiskShelf))]
+    assert len(set(prefixes)) == 4
+
+
+def _engine(store: ShardStore | None) -> KpiEngine:
+    return KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=0),
+                     tables=store.table if store else None,
+                     **({"shelves": store.shelf} if store else {}))
+
+
+def _late_ones(evs: list[Event]) -> int:
+    """Events behind the watermark of their family when they come: they revise windows."""
+    seen: dict[str, int] = {}
+    late = 0
+    for ev in evs:
+        late += ev.ts_ms < seen.get(ev.family, ev.ts_ms)
+        seen[ev.family] = max(seen.get(ev.family, 0), ev.ts_ms)
+    return late
+
+
+def test_an_engine_with_its_shelves_on_disk_publishes_commits_and_restores_as_in_memory(
+        store: ShardStore, tmp_path: Path) -> None:
+    """Three days of history (crm and spend: hourly 30-day windows) and events out of
+    order: every final and revision equal, the commits' parts equal, and a takeover in
+    another store goes on as the engine in memory."""
+    evs = events(seed=31)
+    assert _late_ones(evs) > 100
+    mem, disk = _engine(None), _engine(store)
+    out_mem: list[dict[str, Any]] = []
+    out_disk: list[dict[str, Any]] = []
+    store_mem, store_disk = Store(), Store()
+    cut = len(evs) // 2
+    for a, b in ((0, cut // 2), (cut // 2, cut)):
+        run(mem, evs[a:b], out_mem)
+        run(disk, evs[a:b], out_disk)
+        store_mem.commit(mem)
+        store_disk.commit(disk)
+    assert out_mem == out_disk
+    assert any(r["revision"] > 0 for r in out_mem) and len(out_mem) > 1000
+    crm = disk.windows["crm"]
+    assert sum(len(s.closed) for s in crm.specs) > 100
+    # the closed windows and published rows are on disk: at most a flush's worth in memory
+    shelves = store.shelves
+    assert len(shelves) == 1 + sum(len(f.windows) for f in DEFAULT_CATALOG.families.values())
+    assert sum(len(s) for s in shelves) > 1000 > 10 * sum(len(s.cache) for s in shelves)
+    assert comparable(mem) == comparable(disk)
+    deltas = {n for n in store_disk.parts if "|d|" in n}
+    assert set(store_mem.parts) == set(store_disk.parts) - deltas
+    assert all(store_mem.parts[n] == store_disk.parts[n] for n in store_mem.parts
+               if n.startswith(("w|", "p|")))
+    other = ShardStore(tmp_path / "other")
+    restored = _engine(other)
+    restored.restore(msgspec.msgpack.decode(store_disk.core, type=EngineState))
+    restored.load_parts(sorted(store_disk.parts.items()))
+    assert comparable(restored) == comparable(mem)
+    out_restored = list(out_mem)
+    run(mem, evs[cut:], out_mem)
+    run(restored, evs[cut:], out_restored)
+    assert out_mem == out_restored
+    other.close()
