@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from metrics.events import ACCOUNTS, Event
-from metrics.trackers.base import Fact, Keyed, net_change
+from metrics.trackers.base import Fact, Keyed, Table, TableFactory, net_change
 from metrics.trackers.pipeline import WON, Step, insert_step, outcome, step_of
 
 
@@ -46,7 +46,11 @@ class AccountRevenue:
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
         #: deal -> its stage events and facts, filed by its last event
-        self.deals: Keyed[str, WonDeal] = Keyed(_last_ts)
+        self.deals: Table[str, WonDeal] = Keyed(_last_ts)
+
+    def spill(self, make: TableFactory) -> None:
+        """Its deals, kept a year: on disk (a worker's)."""
+        self.deals = make(f"{self.name}.deals", _last_ts, str, WonDeal)
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -67,7 +71,7 @@ class AccountRevenue:
         raise NotImplementedError("its facts are final as they come")
 
     def expire(self, watermark: int) -> None:
-        self.deals.sweep(watermark - self.horizon_ms)
+        self.deals.drop(watermark - self.horizon_ms)
 
     def snapshot(self) -> AccountRevenueState:
         return AccountRevenueState(self.VERSION, self.deals.data)
@@ -75,7 +79,7 @@ class AccountRevenue:
     def restore(self, state: AccountRevenueState) -> None:
         self.deals.replace(state.deals)
 
-    def tables(self) -> dict[str, Keyed[Any, Any]]:
+    def tables(self) -> dict[str, Table[Any, Any]]:
         return {"deals": self.deals}
 
     def loaded(self) -> None:

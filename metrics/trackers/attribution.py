@@ -25,7 +25,7 @@ import msgspec
 
 from metrics.constants import MICRO, UNKNOWN
 from metrics.events import ACCOUNTS, TOUCH_CHANNEL, Event
-from metrics.trackers.base import Dims, Fact, Keyed, net_change
+from metrics.trackers.base import Dims, Fact, Keyed, Table, TableFactory, net_change
 from metrics.trackers.pipeline import WON, Step, deal_account, insert_step, outcome, step_of
 
 if TYPE_CHECKING:
@@ -99,9 +99,16 @@ class Attribution:
         #: longest window + grace; until then the horizon, which keeps more)
         self.reach_ms = horizon_ms
         self._floor = -(2**62)  # touches before this credit nothing revisable
-        self.accounts: Keyed[str, AccountTouches] = Keyed(_last_ts)
-        self.orders: Keyed[str, Purchase] = Keyed(_purchase_ts)
-        self.deals: Keyed[str, Purchase] = Keyed(_last_ts)
+        self.accounts: Table[str, AccountTouches] = Keyed(_last_ts)
+        self.orders: Table[str, Purchase] = Keyed(_purchase_ts)
+        self.deals: Table[str, Purchase] = Keyed(_last_ts)
+
+    def spill(self, make: TableFactory) -> None:
+        """Its accounts, orders and deals, kept up to a year: on disk (a worker's). A value
+        read is changed, then put back, before the next read of its table."""
+        self.accounts = make(f"{self.name}.accounts", _last_ts, str, AccountTouches)
+        self.orders = make(f"{self.name}.orders", _purchase_ts, str, Purchase)
+        self.deals = make(f"{self.name}.deals", _last_ts, str, Purchase)
 
     def configure(self, catalog: Catalog) -> None:
         """The catalog's lookback and half-life, and how late the stage accepts events."""
@@ -181,7 +188,9 @@ class Attribution:
             held.append(key)
             if p.won and p.account == account and p.ts - self.lookback_ms < ts <= p.ts:
                 out.extend(self._credit(key, p, table))
-        acc.purchases = held
+        if held != acc.purchases:
+            acc.purchases = held
+            self.accounts.put(account, acc)
         return out
 
     def _index(self, p: Purchase, key: str, ts: int) -> None:
@@ -196,7 +205,7 @@ class Attribution:
         acc.last_ts = max(acc.last_ts, ts)
         self.accounts.put(p.account, acc)
 
-    def _credit(self, key: str, p: Purchase, table: Keyed[str, Purchase]) -> list[Fact]:
+    def _credit(self, key: str, p: Purchase, table: Table[str, Purchase]) -> list[Fact]:
         after: list[Fact] = []
         if p.won:
             acc = self.accounts.get(p.account) if p.account is not None else None
@@ -218,9 +227,9 @@ class Attribution:
 
     def expire(self, watermark: int) -> None:
         self._floor = watermark - 2 * self.reach_ms - self.lookback_ms
-        self.accounts.sweep(self._floor)
-        self.orders.sweep(watermark - self.reach_ms)
-        self.deals.sweep(watermark - self.horizon_ms)
+        self.accounts.drop(self._floor)
+        self.orders.drop(watermark - self.reach_ms)
+        self.deals.drop(watermark - self.horizon_ms)
 
     def snapshot(self) -> AttributionState:
         return AttributionState(self.VERSION, self.accounts.data, self.orders.data,
@@ -231,7 +240,7 @@ class Attribution:
         self.orders.replace(state.orders)
         self.deals.replace(state.deals)
 
-    def tables(self) -> dict[str, Keyed[Any, Any]]:
+    def tables(self) -> dict[str, Table[Any, Any]]:
         return {"accounts": self.accounts, "orders": self.orders, "deals": self.deals}
 
     def loaded(self) -> None:

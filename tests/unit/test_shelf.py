@@ -13,7 +13,7 @@ import pytest
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.errors import StateError
 from metrics.events import Event
-from metrics.shelf import MemShelf
+from metrics.shelf import MemShelf, mem_shelf
 from metrics.snapshot import EngineState
 from metrics.windows import Agg
 from streams.shelf_disk import FLUSH_AT, DiskShelf, ShardStore
@@ -93,7 +93,7 @@ def test_tables_and_shelves_share_the_store_under_their_own_prefixes(store: Shar
 def _engine(store: ShardStore | None) -> KpiEngine:
     return KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=0),
                      tables=store.table if store else None,
-                     **({"shelves": store.shelf} if store else {}))
+                     shelves=store.shelf if store else mem_shelf)
 
 
 def _late_ones(evs: list[Event]) -> int:

@@ -318,13 +318,16 @@ def _restored(store: Store, tables: DiskTables) -> KpiEngine:
 
 def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
         tables: DiskTables, tmp_path: Path) -> None:
-    """Send cohorts, visitors and their sessions on disk, a cache of 16 keys a table."""
+    """Send cohorts, visitors and their sessions, the accounts stage's touches, orders and
+    deals on disk, a cache of 16 keys a table."""
     evs = events(seed=21)
     mem, disk = _engine(None), _engine(tables)
     t: dict[str, Any] = disk.trackers
     assert isinstance(t["send_cohorts"].cohorts, DiskKeyed)
     assert isinstance(t["visitors"].visitors, DiskKeyed)
     assert isinstance(t["visitors"].sessions, DiskKeyed)
+    assert all(isinstance(table, DiskKeyed) for table in (
+        *t["attribution"].tables().values(), t["account_revenue"].deals))
     out_mem: list[dict[str, Any]] = []
     out_disk: list[dict[str, Any]] = []
     store_mem, store_disk = Store(), Store()
@@ -340,7 +343,8 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
     # commit wrote the cohorts it changed, not their hours whole)
     deltas = {n for n in store_disk.parts if "|d|" in n}
     assert {n.rpartition("|d|")[0] for n in deltas} == {
-        "t|send_cohorts|cohorts", "t|visitors|visitors", "t|visitors|sessions"}
+        "t|send_cohorts|cohorts", "t|visitors|visitors", "t|visitors|sessions",
+        "t|attribution|accounts", "t|attribution|orders"}
     assert set(store_mem.parts) == set(store_disk.parts) - deltas
     assert comparable(store_mem.restore()) == comparable(store_disk.restore())
     # a takeover in another process: its tables filled from the parts, then on as before
