@@ -136,6 +136,14 @@ def test_an_engine_with_its_shelves_on_disk_publishes_commits_and_restores_as_in
     assert set(store_mem.parts) == set(store_disk.parts) - deltas
     assert all(store_mem.parts[n] == store_disk.parts[n] for n in store_mem.parts
                if n.startswith(("w|", "p|")))
+    # a state written by an engine holding them in memory (a worker before the shelves)
+    # reads as the same
+    third = ShardStore(tmp_path / "third")
+    from_mem = _engine(third)
+    from_mem.restore(msgspec.msgpack.decode(store_mem.core, type=EngineState))
+    from_mem.load_parts(sorted(store_mem.parts.items()))
+    assert comparable(from_mem) == comparable(mem)
+    third.close()
     other = ShardStore(tmp_path / "other")
     restored = _engine(other)
     restored.restore(msgspec.msgpack.decode(store_disk.core, type=EngineState))
