@@ -10,16 +10,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from metrics.engine import EngineConfig, KpiEngine
 from metrics.errors import StateError
 from metrics.events import Event
-from metrics.shelf import MemShelf, mem_shelf
-from metrics.snapshot import EngineState
+from metrics.shelf import MemShelf
 from metrics.windows import Agg
 from streams.shelf_disk import FLUSH_AT, DiskShelf, ShardStore
 from tests.helpers import DEFAULT_CATALOG
-from tests.unit.test_parts import Store, comparable
-from tests.unit.test_snapshot import events, run
+from tests.unit.test_parts import comparable
+from tests.unit.test_snapshot import events
+from tests.unit.test_table_disk import engine_on, goes_on_alike, restored_on, side_by_side
 
 
 @pytest.fixture
@@ -90,12 +89,6 @@ def test_tables_and_shelves_share_the_store_under_their_own_prefixes(store: Shar
     assert len(set(prefixes)) == 4
 
 
-def _engine(store: ShardStore | None) -> KpiEngine:
-    return KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=0),
-                     tables=store.table if store else None,
-                     shelves=store.shelf if store else mem_shelf)
-
-
 def _late_ones(evs: list[Event]) -> int:
     """Events behind the watermark of their family when they come: they revise windows."""
     seen: dict[str, int] = {}
@@ -113,16 +106,9 @@ def test_an_engine_with_its_shelves_on_disk_publishes_commits_and_restores_as_in
     another store goes on as the engine in memory."""
     evs = events(seed=31)
     assert _late_ones(evs) > 100
-    mem, disk = _engine(None), _engine(store)
-    out_mem: list[dict[str, Any]] = []
-    out_disk: list[dict[str, Any]] = []
-    store_mem, store_disk = Store(), Store()
+    mem, disk = engine_on(None), engine_on(store)
+    out_mem, out_disk, store_mem, store_disk = side_by_side(mem, disk, evs)
     cut = len(evs) // 2
-    for a, b in ((0, cut // 2), (cut // 2, cut)):
-        run(mem, evs[a:b], out_mem)
-        run(disk, evs[a:b], out_disk)
-        store_mem.commit(mem)
-        store_disk.commit(disk)
     assert out_mem == out_disk
     assert any(r["revision"] > 0 for r in out_mem) and len(out_mem) > 1000
     crm = disk.windows["crm"]
@@ -139,18 +125,10 @@ def test_an_engine_with_its_shelves_on_disk_publishes_commits_and_restores_as_in
     # a state written by an engine holding them in memory (a worker before the shelves)
     # reads as the same
     third = ShardStore(tmp_path / "third")
-    from_mem = _engine(third)
-    from_mem.restore(msgspec.msgpack.decode(store_mem.core, type=EngineState))
-    from_mem.load_parts(sorted(store_mem.parts.items()))
-    assert comparable(from_mem) == comparable(mem)
+    assert comparable(restored_on(store_mem, third)) == comparable(mem)
     third.close()
     other = ShardStore(tmp_path / "other")
-    restored = _engine(other)
-    restored.restore(msgspec.msgpack.decode(store_disk.core, type=EngineState))
-    restored.load_parts(sorted(store_disk.parts.items()))
+    restored = restored_on(store_disk, other)
     assert comparable(restored) == comparable(mem)
-    out_restored = list(out_mem)
-    run(mem, evs[cut:], out_mem)
-    run(restored, evs[cut:], out_restored)
-    assert out_mem == out_restored
+    goes_on_alike(mem, restored, evs[cut:], out_mem)
     other.close()

@@ -16,10 +16,13 @@ import pytest
 from metrics.constants import HOUR_MS
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.errors import StateError
+from metrics.events import Event
+from metrics.shelf import mem_shelf
 from metrics.snapshot import EngineState
 from metrics.trackers.base import Keyed
 from metrics.trackers.first_seen import UniqueOpeners
 from streams.settings import Settings
+from streams.shelf_disk import ShardStore
 from streams.table_disk import CACHE_KEYS, DiskKeyed, DiskTables
 from tests.helpers import DEFAULT_CATALOG
 from tests.unit.test_parts import Store, comparable
@@ -304,32 +307,31 @@ def test_each_process_has_its_folder_and_a_dead_ones_goes(tmp_path: Path) -> Non
     again.close()
 
 
-def _engine(tables: DiskTables | None) -> KpiEngine:
+def engine_on(tables: DiskTables | None) -> KpiEngine:
+    """An engine whose large tables are on disk in ``tables`` (a ``ShardStore``: its
+    shelves too), or in memory."""
     return KpiEngine(DEFAULT_CATALOG, EngineConfig(idle_timeout_ms=0),
-                     tables=tables.table if tables else None)
+                     tables=tables.table if tables else None,
+                     shelves=tables.shelf if isinstance(tables, ShardStore) else mem_shelf)
 
 
-def _restored(store: Store, tables: DiskTables) -> KpiEngine:
-    engine = _engine(tables)
+def restored_on(store: Store, tables: DiskTables) -> KpiEngine:
+    """An engine on ``tables`` restored from what ``store``'s commits wrote."""
+    engine = engine_on(tables)
     engine.restore(msgspec.msgpack.decode(store.core, type=EngineState))
     engine.load_parts(sorted(store.parts.items()))
     return engine
 
 
-def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
-        tables: DiskTables, tmp_path: Path) -> None:
-    """Send cohorts, visitors and their sessions, the accounts stage's touches, orders and
-    deals on disk, a cache of 16 keys a table."""
-    evs = events(seed=21)
-    mem, disk = _engine(None), _engine(tables)
-    t: dict[str, Any] = disk.trackers
-    assert isinstance(t["send_cohorts"].cohorts, DiskKeyed)
-    assert isinstance(t["visitors"].visitors, DiskKeyed)
-    assert isinstance(t["visitors"].sessions, DiskKeyed)
-    assert all(isinstance(table, DiskKeyed) for table in (
-        *t["attribution"].tables().values(), t["account_revenue"].deals))
-    out_mem: list[dict[str, Any]] = []
-    out_disk: list[dict[str, Any]] = []
+Records = list[dict[str, Any]]
+
+
+def side_by_side(mem: KpiEngine, disk: KpiEngine, evs: list[Event]
+                 ) -> tuple[Records, Records, Store, Store]:
+    """The first half of ``evs`` into both engines, each committed after each quarter: what
+    each published, and what its commits wrote."""
+    out_mem: Records = []
+    out_disk: Records = []
     store_mem, store_disk = Store(), Store()
     cut = len(evs) // 2
     for a, b in ((0, cut // 2), (cut // 2, cut)):
@@ -337,6 +339,33 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
         run(disk, evs[a:b], out_disk)
         store_mem.commit(mem)
         store_disk.commit(disk)
+    return out_mem, out_disk, store_mem, store_disk
+
+
+def goes_on_alike(mem: KpiEngine, restored: KpiEngine, rest: list[Event], out: Records
+                  ) -> None:
+    """The rest of the input into both: the same records after ``out`` (what ``mem``
+    published so far)."""
+    out_restored = list(out)
+    run(mem, rest, out)
+    run(restored, rest, out_restored)
+    assert out == out_restored
+
+
+def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
+        tables: DiskTables, tmp_path: Path) -> None:
+    """Send cohorts, visitors and their sessions, the accounts stage's touches, orders and
+    deals on disk, a cache of 16 keys a table."""
+    evs = events(seed=21)
+    mem, disk = engine_on(None), engine_on(tables)
+    t: dict[str, Any] = disk.trackers
+    assert isinstance(t["send_cohorts"].cohorts, DiskKeyed)
+    assert isinstance(t["visitors"].visitors, DiskKeyed)
+    assert isinstance(t["visitors"].sessions, DiskKeyed)
+    assert all(isinstance(table, DiskKeyed) for table in (
+        *t["attribution"].tables().values(), t["account_revenue"].deals))
+    out_mem, out_disk, store_mem, store_disk = side_by_side(mem, disk, evs)
+    cut = len(evs) // 2
     assert out_mem == out_disk and len(out_mem) > 100
     assert comparable(mem) == comparable(disk)
     # the parts written: the same names, but for the deltas of the table on disk (the second
@@ -349,12 +378,9 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
     assert comparable(store_mem.restore()) == comparable(store_disk.restore())
     # a takeover in another process: its tables filled from the parts, then on as before
     other = DiskTables(tmp_path / "other")
-    restored = _restored(store_disk, other)
+    restored = restored_on(store_disk, other)
     assert comparable(restored) == comparable(mem)
-    out_restored = list(out_mem)
-    run(mem, evs[cut:], out_mem)
-    run(restored, evs[cut:], out_restored)
-    assert out_mem == out_restored
+    goes_on_alike(mem, restored, evs[cut:], out_mem)
     other.close()
 
 
@@ -363,7 +389,7 @@ def test_a_takeover_keeps_nothing_of_what_the_trackers_held_before(
     """A shard handed over and taken back: its trackers start from the parts alone, not
     from what they held at the handover (keys the other owner dropped stay dropped)."""
     evs = events(seed=22)
-    for engine in (_engine(None), _engine(tables)):
+    for engine in (engine_on(None), engine_on(tables)):
         store = Store()
         run(engine, evs[:2000], [])
         store.commit(engine)
@@ -446,7 +472,7 @@ def test_values_read_back_share_the_trackers_dims_and_names(tables: DiskTables) 
     """Cohorts, sessions and visitors read back from disk hold the tracker's one tuple per
     dims and one string per kind or builtin, as the values it makes do: decoded apart,
     each held its own (~400 bytes a dims)."""
-    engine = _engine(tables)
+    engine = engine_on(tables)
     run(engine, events(seed=23), [])
     t: dict[str, Any] = engine.trackers
     disk_tables = (t["send_cohorts"].cohorts, t["visitors"].sessions, t["visitors"].visitors)
@@ -475,7 +501,7 @@ def test_new_sessions_leave_no_missing_visitors_in_the_cache(tmp_path: Path) -> 
     together): it is not looked up, so the visitors' cache holds visitors only (the
     lookups left a missing key per new session, half the cache in a day of traffic)."""
     store = DiskTables(tmp_path / "t", cache_keys=100_000)
-    engine = _engine(store)
+    engine = engine_on(store)
     run(engine, events(seed=24), [])
     t: dict[str, Any] = engine.trackers
     visitors = t["visitors"].visitors
