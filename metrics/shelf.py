@@ -30,6 +30,11 @@ class Shelf(Protocol[K, V]):
     def items(self) -> Iterable[tuple[K, V]]: ...
     def clear(self) -> None: ...
 
+    def patch(self, key: K, field: Any, amount: int) -> None:
+        """Add ``amount`` to ``field`` of the value at ``key`` (a dict of ints, there): a
+        shelf on disk keeps it as a delta until the value is read or written."""
+        ...
+
     def order(self) -> None:
         """Sort the keys: they iterate in order after (closed windows expire oldest
         first)."""
@@ -40,6 +45,10 @@ class Shelf(Protocol[K, V]):
 
 class MemShelf(dict[K, V]):
     """A shelf in memory: the values are the ones held, so there is nothing to write."""
+
+    def patch(self, key: K, field: Any, amount: int) -> None:
+        value: Any = self[key]
+        value[field] = value.get(field, 0) + amount
 
     def order(self) -> None:
         items = sorted(self.items())

@@ -158,10 +158,8 @@ class FamilyWindows:
             end = (p // hop + 1) * hop
             stop = min(p + size, s.last_end)
             while end <= stop:
-                snap = s.closed.get(end)
-                if snap is not None:
-                    snap[key] = snap.get(key, 0) + value
-                    s.closed[end] = snap  # put back: a shelf on disk holds it until a flush
+                if end in s.closed:
+                    s.closed.patch(end, key, value)
                     self.dirty.add((s.spec.name, end))
                     self._patched_closed.add((s.spec.name, end))
                 end += hop

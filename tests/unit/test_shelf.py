@@ -71,6 +71,35 @@ def test_a_disk_shelf_answers_as_a_dict_and_holds_its_values_on_disk(store: Shar
     assert len(shelf) == 0 and shelf.get(2) is None
 
 
+def test_patches_of_values_on_disk_are_folded_in_when_read_and_written(store: ShardStore
+                                                                       ) -> None:
+    """A patch of a value not held stays a delta: a read folds it in (as often as it reads),
+    a flush writes the value with it, and a value put replaces what was patched before."""
+    shelf = store.shelf("accounts.30d", int, Agg)
+    assert isinstance(shelf, DiskShelf)
+    total, leads = ("revenue", "", ""), ("leads", "", "")
+    for end in (1, 2, 3):
+        shelf[end] = {total: 10 * end}
+    shelf.flush()
+    shelf.patch(1, total, 5)
+    shelf.patch(1, leads, 1)
+    shelf.patch(1, total, 2)
+    shelf.patch(2, total, -20)
+    assert not shelf.cache  # nothing decoded for a patch
+    assert shelf.get(1) == {total: 17, leads: 1}
+    assert shelf.get(1) == {total: 17, leads: 1}  # read twice, folded once each time
+    shelf[3] = {total: 99}
+    shelf.patch(3, total, 1)  # held: patched in place
+    shelf.flush()
+    on_disk = [store.db.get(shelf.prefix + msgspec.msgpack.encode(e)) for e in (1, 2, 3)]
+    assert [msgspec.msgpack.decode(raw or b"", type=Agg) for raw in on_disk] == [
+        {total: 17, leads: 1}, {total: 0}, {total: 100}]
+    shelf.patch(2, total, 4)
+    shelf[2] = {total: 7}  # put after the patch: the value put is the value
+    shelf.flush()
+    assert dict(shelf.items()) == {1: {total: 17, leads: 1}, 2: {total: 7}, 3: {total: 100}}
+
+
 def test_a_shelf_value_that_is_no_agg_fails_by_its_key(store: ShardStore) -> None:
     shelf = store.shelf("crm.30d", int, Agg)
     shelf[7] = {("leads", "", ""): 1}
