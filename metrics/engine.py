@@ -54,6 +54,7 @@ from metrics.snapshot import (
     ENGINE_STATE_VERSION,
     Counters,
     EngineState,
+    PartNames,
     Parts,
     collect_parts,
     decode_part,
@@ -420,10 +421,9 @@ class KpiEngine:
                               self.due))
 
     def durable(self, ref: Callable[[Any], Any], full: bool = False
-                ) -> tuple[EngineState, Parts, set[str]]:
-        """For an incremental commit (metrics/snapshot.py): the core state, the parts that
-        changed since the last call (every part when ``full``), each as what builds its data,
-        and the names of all parts. Live references: encode them before the next event."""
+                ) -> tuple[EngineState, Parts, PartNames]:
+        """For an incremental commit (metrics/snapshot.py): the core state, what builds each
+        part changed since the last call (all when ``full``), every part's name; live."""
         for fw in self.windows.values():
             fw.settle(self._expanders)
         windows = strip({f: fw.snapshot(closed=False) for f, fw in self.windows.items()})

@@ -10,7 +10,7 @@ raises ``StateError``, it never runs code (no pickle anywhere in the state path)
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Collection, Container, Iterable, Iterator
 from typing import Any, Final
 
 import msgspec
@@ -146,40 +146,67 @@ def _live(data: Any) -> Callable[[], Any]:
     return lambda: data
 
 
+class PartNames:
+    """Every part's name, as its stem (the name but for its last field, a number) -> the
+    numbers: the collections the engine holds them in, read live. A commit asks it of
+    tens of thousands of parts once a year-long table has filled (one per hour of each);
+    a string made for each at every commit was most of a quiet commit's time."""
+
+    def __init__(self) -> None:
+        self.stems: dict[str, Collection[int]] = {}
+
+    def add(self, stem: str, numbers: Collection[int]) -> None:
+        if numbers:
+            self.stems[stem] = numbers
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        stem, _, number = name.rpartition("|")
+        numbers = self.stems.get(stem)
+        return numbers is not None and number.lstrip("-").isdigit() and int(number) in numbers
+
+    def __iter__(self) -> Iterator[str]:
+        for stem, numbers in self.stems.items():
+            for n in numbers:
+                yield f"{stem}|{n}"
+
+    def __len__(self) -> int:
+        return sum(len(n) for n in self.stems.values())
+
+
 def collect_parts(windows: dict[str, FamilyWindows], publisher: Publisher,
-                  trackers: dict[str, Tracker], full: bool) -> tuple[Parts, set[str]]:
+                  trackers: dict[str, Tracker], full: bool) -> tuple[Parts, PartNames]:
     """The parts changed since the last call (every one when ``full``), and every name."""
     parts: Parts = {}
-    names: set[str] = set()
+    names = PartNames()
     for fam, fw in windows.items():
         panes, closed = fw.drain_changes()
-        for start, agg in fw.panes.items():
-            name = f"w|{fam}|p|{start}"
-            names.add(name)
-            if full or start in panes:
-                parts[name] = _live(agg)
+        names.add(f"w|{fam}|p", fw.panes.keys())
+        for start in (fw.panes if full else sorted(panes)):
+            parts[f"w|{fam}|p|{start}"] = _live(fw.panes[start])
         for spec in fw.specs:
             wname = spec.spec.name
-            for end in spec.closed:  # on a shelf: read when its part is built
-                name = f"w|{fam}|c|{wname}|{end}"
-                names.add(name)
-                if full or (wname, end) in closed:
-                    parts[name] = functools.partial(spec.closed.get, end)
+            names.add(f"w|{fam}|c|{wname}", spec.closed.keys())  # on a shelf: read when
+            for end in (spec.closed if full else  # its part is built
+                        sorted(e for n, e in closed if n == wname)):
+                parts[f"w|{fam}|c|{wname}|{end}"] = functools.partial(spec.closed.get, end)
     published = publisher.drain_changes()
+    by_window: dict[tuple[str, str], set[int]] = {}
     for key in publisher.published:
-        name = f"p|{key[0]}|{key[1]}|{key[2]}"
-        names.add(name)
-        if full or key in published:
-            parts[name] = functools.partial(publisher.part, key)
+        by_window.setdefault(key[:2], set()).add(key[2])
+    for (fam, window), ends in by_window.items():
+        names.add(f"p|{fam}|{window}", ends)
+    for key in (publisher.published if full else sorted(published)):
+        parts[f"p|{key[0]}|{key[1]}|{key[2]}"] = functools.partial(publisher.part, key)
     for tname, tracker in trackers.items():
         for table, keyed in tracker.tables().items():
             plan = keyed.commit(full)
-            for hour in keyed.filed():
-                name = f"t|{tname}|{table}|{hour}"
-                names.add(name)
-                if hour in plan.hours:
-                    parts[name] = functools.partial(keyed.hour, hour)
-            names.update(f"t|{tname}|{table}|d|{n}" for n in plan.deltas)
+            filed = keyed.filed()
+            names.add(f"t|{tname}|{table}", filed)
+            for hour in sorted(h for h in plan.hours if h in filed):
+                parts[f"t|{tname}|{table}|{hour}"] = functools.partial(keyed.hour, hour)
+            names.add(f"t|{tname}|{table}|d", list(plan.deltas))
             if plan.delta is not None:
                 parts[f"t|{tname}|{table}|d|{plan.delta[0]}"] = plan.delta[1]
     return parts, names

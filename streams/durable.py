@@ -35,6 +35,7 @@ from metrics.baselines import BaselineState
 from metrics.catalog import Catalog
 from metrics.engine import KpiEngine
 from streams.dedup_disk import Changes, DiskDedup
+from streams.part_map import PartMap
 from streams.state import (
     EPOCH,
     Offsets,
@@ -69,7 +70,7 @@ class Commit:
     records: list[tuple[bytes, bytes]]  # the core's chunks, then the manifest
     extra: list[tuple[bytes, bytes]]  # segments and changed parts, written first
     segments: dict[bytes, tuple[int, int]]  # its segments' keys -> (seq, hour)
-    parts: dict[str, tuple[int, int]]  # part name -> (seq, crc32) after it
+    parts: PartMap  # part name -> (seq, crc32) after it
     chain: dict[int, int]
 
 
@@ -88,7 +89,7 @@ class Durable:
         self.lineage = ""  # names the state's history (a local store of another is not it)
         self.chain: dict[int, int] = {}  # per epoch, the last commit whose segments it holds
         self.segments: dict[bytes, tuple[int, int]] = {}  # segment key -> (seq, hour)
-        self.parts: dict[str, tuple[int, int]] = {}  # part name -> (seq, crc32)
+        self.parts = PartMap()  # part name -> (seq, crc32)
         #: the next commit writes every part: nothing of this tenure is written yet (a
         #: format 3 state), or a write failed midway
         self.full_next = True
@@ -107,14 +108,14 @@ class Durable:
         """Encode a commit; under the shard's lock (the engine's state is read live)."""
         changes = self.dedup.drain()
         core, changed, names = engine.durable(source_ref, self.full_next)
-        parts = {n: v for n, v in self.parts.items() if n in names}
+        parts = self.parts.kept(names)
         by_hour = changes.by_hour()
         extra = encode_segments(by_hour, self.name, seq)
         new_segments = {segment_key(self.name, seq, hour): (seq, hour) for hour in by_hour}
         for name, build in changed.items():  # one part's data at a time (Parts)
             value = zlib.compress(_ENCODE(build()), 1)
             extra.append((part_key(self.name, seq, name), value))
-            parts[name] = (seq, zlib.crc32(value))
+            parts.put(name, seq, zlib.crc32(value))
         chain = {**self.chain, seq // EPOCH: seq}
         snap = Snapshot(seq, core, applied, invalid, outbox, chain, self.lineage, parts=parts,
                         alerts=alerts, baselines=baselines)
@@ -134,8 +135,7 @@ class Durable:
         self.segments.update(commit.segments)
         doomed = [k for k, (_, hour) in self.segments.items() if hour < commit.changes.cutoff_h]
         # a part's previous record, or a part gone
-        doomed += [part_key(self.name, old, n) for n, (old, _) in self.parts.items()
-                   if n not in commit.parts or commit.parts[n][0] != old]
+        doomed += [part_key(self.name, old, n) for n, old in self.parts.replaced(commit.parts)]
         if not self.epoch_clean:
             doomed += superseded([k for k, _ in state.records(self.name)], self.name, seq,
                                  commit.chain, commit.parts)
@@ -173,7 +173,7 @@ class Durable:
                        ref=lambda r: None if r is None else SourceRef(*r))
         self.lineage = (snap.lineage if snap else "") or uuid.uuid4().hex
         self.chain = dict(snap.chain) if snap else {}
-        self.parts = dict(snap.parts) if snap else {}
+        self.parts = snap.parts if snap else PartMap()
         self.full_next = snap is None or snap.format == 3
         self.epoch_clean = False
         self.epochs = {e for k, _ in records if (e := key_epoch(k, self.name)) is not None}

@@ -39,6 +39,7 @@ from metrics.catalog import Catalog
 from metrics.errors import StateError
 from metrics.records import held_json, window_key
 from metrics.snapshot import EngineState
+from streams.part_map import Columns, PartMap
 
 log = logging.getLogger("kpi_engine.state")
 
@@ -50,8 +51,8 @@ EPOCH: Final = 1 << 20
 #: the layout of a stored snapshot; raised when it changes (2: events hold msgspec structs,
 #: combined breakdown values are tuples; 3: typed MessagePack records, no pickle; 4: event
 #: ids as segments, a lineage and a chain; 3 is read and migrated)
-STATE_FORMAT: Final = 4
-READS_FORMATS: Final = (3, 4)
+STATE_FORMAT: Final = 5
+READS_FORMATS: Final = (3, 4, 5)
 
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> last offset applied
 
@@ -81,7 +82,7 @@ class Snapshot:
     aggregates: dict[str, str] | None = None
     #: the engine's parts (metrics/snapshot.py): name -> (seq of the commit that wrote its
     #: current record, crc32 of it); the engine state above is the core without them
-    parts: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    parts: PartMap = dataclasses.field(default_factory=PartMap)
     #: the alert breaches under way: kpi-alerts goes on from them after a restart
     alerts: list[HeldBreach] = dataclasses.field(default_factory=list)
     baselines: BaselineState = dataclasses.field(default_factory=BaselineState)
@@ -127,11 +128,12 @@ class StoredSnapshot(msgspec.Struct, gc=False):
     outbox: Sequence[bytes | dict[str, Any]]  # maps: as earlier versions wrote them
     chain: dict[int, int] = {}
     lineage: str = ""
-    parts: dict[str, tuple[int, int]] = {}
+    parts: dict[str, tuple[int, int]] = {}  # format 4's map: ``part_map`` since
     #: the alert breaches under way (metrics/alerts.py), the seasonal baselines and
     #: anomalies under way (metrics/baselines.py)
     alerts: list[HeldBreach] = []
     baselines: BaselineState = msgspec.field(default_factory=BaselineState)
+    part_map: dict[str, Columns] = {}  # ``PartMap.columns``
 
 
 _ENCODE: Final = msgspec.msgpack.Encoder().encode
@@ -176,13 +178,14 @@ def reads(catalog: Catalog, fmt: int, fingerprint: str) -> bool:
         return False
     if fingerprint == catalog_fingerprint(catalog, fmt):
         return True
-    return fmt == 3 and _PREVIOUS_DEFAULTS.get(fingerprint) == catalog_fingerprint(catalog)
+    return fmt == 3 and _PREVIOUS_DEFAULTS.get(fingerprint) == catalog_fingerprint(catalog, 4)
 
 
 def aggregate_fingerprints(catalog: Catalog) -> dict[str, str]:
     """Per aggregate, its definition: a restored state keeps the values of the aggregates
-    whose definition is unchanged, and only those."""
-    return {n: _digest(STATE_FORMAT, dataclasses.asdict(a)) for n, a in catalog.aggregates.items()}
+    whose definition is unchanged, and only those (digested as format 4 did: no later format
+    changed what an aggregate holds)."""
+    return {n: _digest(4, dataclasses.asdict(a)) for n, a in catalog.aggregates.items()}
 
 
 def slot_of(seq: int) -> str:
@@ -250,14 +253,14 @@ def key_epoch(key: bytes, group: str) -> int | None:
 
 def superseded(keys: Iterable[bytes], group: str, seq: int,
                chain: dict[int, int] | None = None,
-               parts: dict[str, tuple[int, int]] | None = None) -> list[bytes]:
+               parts: PartMap | None = None) -> list[bytes]:
     """Keys of ``group``'s earlier epochs, once snapshot ``seq`` is durable: what a new owner
     deletes so the table (and a compacted changelog) keeps one epoch per shard; of their
     segments and parts, those the snapshot does not hold (``chain``, ``parts``): a former
     owner's late writes."""
     epoch = seq // EPOCH
     seg_tag, part_tag = f"{group}|dd|".encode(), f"{group}|pt|".encode()
-    held = {part_key(group, s, n) for n, (s, _) in (parts or {}).items()}
+    held = {part_key(group, s, n) for n, (s, _) in (parts or PartMap()).items()}
     out = []
     for k in keys:
         if k.startswith(seg_tag):
@@ -335,11 +338,11 @@ def part_of(key: bytes, group: str) -> tuple[int, str]:
     return int(seq), name
 
 
-def parts_of(group: str, parts: dict[str, tuple[int, int]], values: dict[bytes, bytes]
+def parts_of(group: str, parts: PartMap, values: dict[bytes, bytes]
              ) -> Iterator[tuple[str, bytes]]:
     """The records of a snapshot's parts, checked against its map, one at a time;
     ``StateError`` naming the key of one missing or damaged."""
-    for name, (seq, crc) in sorted(parts.items()):
+    for name, (seq, crc) in parts.items():
         key = part_key(group, seq, name)
         value = values.get(key)
         if value is None:
@@ -357,8 +360,8 @@ def encode(snap: Snapshot, group: str, catalog: Catalog) -> list[tuple[bytes, by
     """(key, value) records: the chunks, then the manifest last; keys start ``{group}|``."""
     blob = zlib.compress(_ENCODE(StoredSnapshot(snap.engine, snap.applied, snap.invalid,
                                                 snap.outbox, snap.chain, snap.lineage,
-                                                snap.parts, snap.alerts,
-                                                snap.baselines)), 1)
+                                                {}, snap.alerts, snap.baselines,
+                                                snap.parts.columns())), 1)
     seq = _SEQ.pack(snap.seq)
     slot = slot_of(snap.seq)
     chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
@@ -483,8 +486,10 @@ def _assemble(manifest: Manifest, chunks: dict[tuple[str, int], bytes]) -> Snaps
         data = _DECODE(zlib.decompress(blob))
         # maps as earlier versions wrote them: their JSON (``Snapshot.resend`` checks them)
         outbox = [r if isinstance(r, bytes) else held_json(r) for r in data.outbox]
+        part_map = (PartMap.from_columns(data.part_map) if data.part_map
+                    else PartMap.of(data.parts))  # format 4's
     except (zlib.error, msgspec.DecodeError, ValueError, TypeError) as exc:
         raise StateError(f"snapshot {manifest.seq} is unreadable: {exc!r}") from None
     return Snapshot(manifest.seq, data.engine, data.applied, data.invalid, outbox, data.chain,
-                    data.lineage, manifest.format, manifest.aggregates, data.parts,
+                    data.lineage, manifest.format, manifest.aggregates, part_map,
                     data.alerts, data.baselines)

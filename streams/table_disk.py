@@ -22,7 +22,7 @@ import itertools
 import os
 import shutil
 import struct
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
@@ -322,7 +322,7 @@ class DiskKeyed(Generic[K, V]):
         self.deltas.append(n)
         self._delta_keys += len(puts) + len(gone)
 
-    def filed(self) -> Iterable[int]:
+    def filed(self) -> Collection[int]:
         """The hours some key is filed under."""
         return self.counts.keys()
 

@@ -19,7 +19,7 @@ publisher asks for it per window when it publishes the window (metrics/publish.p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, get_args
 
 import msgspec
@@ -208,7 +208,7 @@ class Keyed(Generic[K, V]):
         dirty, self.dirty = self.dirty, set()
         return dirty
 
-    def filed(self) -> Iterable[int]:
+    def filed(self) -> Collection[int]:
         """The hours some key is filed under."""
         return self.by_hour.keys()
 
@@ -273,7 +273,7 @@ class Table(Protocol[K, V]):
     def drop(self, cutoff_ts: int) -> int: ...
     def hour(self, hour: int) -> dict[K, Any]: ...
     def drain(self) -> set[int]: ...
-    def filed(self) -> Iterable[int]: ...
+    def filed(self) -> Collection[int]: ...
     def resident(self) -> Iterable[V]: ...
     def replace(self, data: dict[K, V]) -> None: ...
     def fill(self, data: dict[K, V], hour: int | None = None) -> None: ...

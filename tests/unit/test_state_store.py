@@ -23,7 +23,7 @@ from metrics.catalog import Catalog, build_catalog
 from metrics.errors import StateError
 from streams.shard import Shard
 from streams.shard_ports import Outputs
-from streams.state import EPOCH, decode_segment, key_epoch, segment_of
+from streams.state import EPOCH, STATE_FORMAT, decode_segment, key_epoch, part_key, segment_of
 from tests.helpers import final_values, ms, replay
 from tests.tools import ROOT
 from tests.unit.test_shard import (
@@ -215,7 +215,7 @@ def _migrate(tmp_path: Path, catalog: Catalog) -> tuple[Shard, FakeIO, dict[str,
     # once migrated, the table holds the new format only: segments, no format 3 manifest
     keys = [k for k, _ in table.records("email")]
     assert any(b"|dd|" in k for k in keys)
-    assert all(orjson.loads(v).get("format") == 4 for k, v in table.records("email")
+    assert all(orjson.loads(v).get("format") == STATE_FORMAT for k, v in table.records("email")
                if b"|manifest|" in k)
     return sh, io, fixture
 
@@ -252,6 +252,42 @@ def test_a_format_3_state_continues_under_the_current_catalog(tmp_path: Path) ->
     restart = max(t for t in stamps if t <= GEN.end_ms)  # not the invalid far-future ones
     after = [k for k in rates if ms(got[k]["start"].replace("Z", "+00:00")) > restart]
     assert after and all(got[k] == want[k] for k in after)
+
+
+FIXTURE_4 = ROOT / "tests" / "fixtures" / "state_format4.msgpack"
+
+
+def test_a_format_4_state_is_read_and_written_again_as_format_5(tmp_path: Path) -> None:
+    """The fixture is the email shard's state table as format 4 wrote it (a part map of one
+    name per part), after the first half of the traffic and two commits (written by main
+    be77866). Restored, it goes on to every window replay gives; the next commit writes
+    format 5, and the table keeps the parts its map names, and only those."""
+    fixture = msgspec.msgpack.decode(FIXTURE_4.read_bytes())
+    records = [(bytes(k), bytes(v)) for k, v in fixture["records"]]
+    assert {orjson.loads(v)["format"] for k, v in records if b"|manifest|" in k} == {4}
+    stored = [k for k, _ in records if b"|pt|" in k]
+    io, table = FakeIO(), FakeTable()
+    table.data.update(records)
+    sh = shard(io, table, tmp_path)
+
+    async def go() -> None:
+        await sh.activate(table.records("email"), 0.0)
+        assert len(sh.durable.parts) == len(stored) > 20  # every part, none lost
+        assert sh.durable.ids_loaded["from"] == "changelog"
+        for b in batches(traffic()):
+            await sh.handle(b)
+        await sh.snapshot(force=True)
+
+    run(go())
+    assert sh.replayed_skipped == fixture["messages"]
+    assert sh.engine.events_total == first_run_counts(traffic())
+    want, got = oracle(traffic()), final_values(io.windows())
+    assert len(got) > 10 and all(got[k] == want[k] for k in got)
+    now = dict(table.records("email"))
+    assert {orjson.loads(v)["format"] for k, v in now.items() if b"|manifest|" in k} \
+        == {STATE_FORMAT}
+    named = {part_key("email", seq, n) for n, (seq, _) in sh.durable.parts.items()}
+    assert {k for k in now if b"|pt|" in k} == named
 
 
 def _attack(tmp_path: Path) -> tuple[bytes, Path]:
