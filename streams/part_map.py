@@ -30,8 +30,14 @@ def _split(name: str) -> tuple[str, int]:
 
 
 class PartMap:
+    """A commit makes a new map from the last one (``kept``, then ``put``), and drops the
+    records the new one no longer names (``replaced``). Most stems are unchanged from one
+    commit to the next: those are copied, compared and encoded as whole dicts and lists,
+    not a part at a time."""
+
     def __init__(self, stems: dict[str, dict[int, int]] | None = None):
         self.stems: dict[str, dict[int, int]] = {} if stems is None else stems
+        self._columns: dict[str, Columns] = {}  # per stem unchanged since encoded
 
     @classmethod
     def of(cls, parts: Mapping[str, tuple[int, int]]) -> PartMap:
@@ -53,13 +59,19 @@ class PartMap:
         return cls(out)
 
     def columns(self) -> dict[str, Columns]:
-        return {stem: (list(numbers), [v >> 32 for v in numbers.values()],
-                       [v & _CRC for v in numbers.values()])
-                for stem, numbers in self.stems.items()}
+        out = {}
+        for stem, numbers in self.stems.items():
+            cols = self._columns.get(stem)
+            if cols is None:
+                cols = self._columns[stem] = (list(numbers), [v >> 32 for v in numbers.values()],
+                                              [v & _CRC for v in numbers.values()])
+            out[stem] = cols
+        return out
 
     def put(self, name: str, seq: int, crc: int) -> None:
         stem, number = _split(name)
         self.stems.setdefault(stem, {})[number] = seq << 32 | crc
+        self._columns.pop(stem, None)
 
     def get(self, name: str) -> tuple[int, int] | None:
         stem, number = _split(name)
@@ -76,20 +88,26 @@ class PartMap:
 
     def kept(self, names: PartNames) -> PartMap:
         """A new map of the parts among ``names`` (the engine's parts now)."""
-        out: dict[str, dict[int, int]] = {}
+        out = PartMap()
         for stem, numbers in names.stems.items():
             held = self.stems.get(stem)
-            if held:
-                kept = {n: held[n] for n in numbers if n in held}
-                if kept:
-                    out[stem] = kept
-        return PartMap(out)
+            if not held:
+                continue
+            if len(held) == len(numbers) and held.keys() == numbers:  # a set compare, in C
+                out.stems[stem] = dict(held)
+                if stem in self._columns:
+                    out._columns[stem] = self._columns[stem]
+            elif kept := {n: held[n] for n in numbers if n in held}:
+                out.stems[stem] = kept
+        return out
 
     def replaced(self, new: PartMap) -> Iterator[tuple[str, int]]:
         """(name, seq) of the records this map names and ``new`` no longer does: a part
         written again, or gone."""
         for stem, numbers in self.stems.items():
             now = new.stems.get(stem, {})
+            if now == numbers:
+                continue
             for n, packed in numbers.items():
                 other = now.get(n)
                 if other is None or other >> 32 != packed >> 32:

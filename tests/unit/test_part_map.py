@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 import msgspec
 import pytest
@@ -13,7 +14,7 @@ from metrics.snapshot import PartNames
 from streams.part_map import Columns, PartMap
 
 
-def names(**stems: list[int]) -> PartNames:
+def names(**stems: Collection[int]) -> PartNames:
     out = PartNames()
     for stem, numbers in stems.items():
         out.add(stem.replace("_", "|"), numbers)
@@ -64,3 +65,15 @@ def test_kept_and_replaced_follow_the_engines_names() -> None:
                                          ("w|crm|p|3", 6)]
     assert list(new.replaced(new)) == []
     assert old.get("w|crm|p|3") == (6, 3)  # kept() made a new map
+
+
+def test_a_stem_unchanged_keeps_its_encoded_columns_and_a_put_renews_them() -> None:
+    old = PartMap.of({"w|crm|p|1": (5, 1), "w|crm|p|2": (5, 2), "t|scoring|leads|9": (4, 4)})
+    before = old.columns()
+    new = old.kept(names(w_crm_p={1: None, 2: None}.keys(), t_scoring_leads=[9]))
+    assert new.columns() == before and new.columns()["w|crm|p"] is before["w|crm|p"]
+    new.put("w|crm|p|2", 9, 20)
+    assert new.columns()["w|crm|p"] == ([1, 2], [5, 9], [1, 20])
+    assert old.columns() == before  # the map it came from is left as it was
+    assert sorted(old.replaced(new)) == [("w|crm|p|2", 5)]
+    assert PartMap.from_columns(new.columns()) == new
