@@ -27,7 +27,7 @@ import msgspec
 
 from metrics.constants import MICRO
 from metrics.events import ACCOUNTS, Event
-from metrics.trackers.base import Dims, Fact, Keyed
+from metrics.trackers.base import Dims, Fact, Keyed, Table, TableFactory
 from metrics.trackers.pipeline import WON, Step, deal_account, insert_step, outcome, step_of
 
 if TYPE_CHECKING:
@@ -103,9 +103,15 @@ class AccountPurchases:
         #: how long a purchase may still be read (configure: horizon + the longest window
         #: + grace; until then twice the horizon, which keeps more)
         self.keep_ms = 2 * horizon_ms
-        self.deals: Keyed[str, DealWins] = Keyed(_last_ts)
+        self.deals: Table[str, DealWins] = Keyed(_last_ts)
         self.purchases: Keyed[str, Purchase] = Keyed(_purchase_ts)
         self._by_time: list[tuple[int, str, str, int]] = []  # (ts, key, account, amount)
+
+    def spill(self, make: TableFactory) -> None:
+        """Its deals, each with its stage history, kept for the horizon (a year): on disk
+        (a worker's). A deal read is changed, then put back, before the next read. The
+        purchases stay in memory: ``_by_time``, which RFM reads a year of, holds them all."""
+        self.deals = make(f"{self.name}.deals", _last_ts, str, DealWins)
 
     def configure(self, catalog: Catalog) -> None:
         fam = catalog.families[ACCOUNTS]
@@ -181,7 +187,7 @@ class AccountPurchases:
         raise NotImplementedError("its values are the window's as it is asked")
 
     def expire(self, watermark: int) -> None:
-        self.deals.sweep(watermark - self.horizon_ms)
+        self.deals.drop(watermark - self.horizon_ms)
         if self.purchases.sweep(watermark - self.keep_ms):
             self.loaded()
 
@@ -193,7 +199,7 @@ class AccountPurchases:
         self.purchases.replace(state.purchases)
         self.loaded()
 
-    def tables(self) -> dict[str, Keyed[Any, Any]]:
+    def tables(self) -> dict[str, Table[Any, Any]]:
         return {"deals": self.deals, "purchases": self.purchases}
 
     def loaded(self) -> None:

@@ -23,7 +23,7 @@ import msgspec
 
 from metrics.constants import DAY_MS, MICRO, UNKNOWN
 from metrics.events import DEAL_STAGES, Event
-from metrics.trackers.base import Dims, Fact, Keyed, net_change
+from metrics.trackers.base import Dims, Fact, Keyed, Table, TableFactory, net_change
 
 _DEAL_DIMS: Final = frozenset({"channel", "campaign_id"})
 
@@ -101,14 +101,24 @@ class Pipeline:
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
         #: lead -> (ts, channel, campaign)
-        self.leads: Keyed[str, tuple[int, str, str]] = Keyed(_lead_ts)
+        self.leads: Table[str, tuple[int, str, str]] = Keyed(_lead_ts)
         #: deal -> its state, and the facts it contributes now (what the next change
         #: retracts), filed by its last event
-        self.deals: Keyed[str, tuple[Deal, list[Fact]]] = Keyed(_deal_ts)
+        self.deals: Table[str, tuple[Deal, list[Fact]]] = Keyed(_deal_ts)
         #: account -> its won deals and the new-customer fact they make, filed by its
         #: latest win (a deal with no account is its own account)
-        self.accounts: Keyed[str, tuple[Wins, list[Fact]]] = Keyed(_account_ts)
+        self.accounts: Table[str, tuple[Wins, list[Fact]]] = Keyed(_account_ts)
         self.deals_by_lead: dict[str, set[str]] = {}
+
+    def spill(self, make: TableFactory) -> None:
+        """Its leads, deals and accounts, kept for the horizon (a year): on disk (a
+        worker's). A value read is changed, then put back, before the next read of its
+        table; the index of deals by lead stays in memory (``loaded`` rebuilds it)."""
+        self.leads = make(f"{self.name}.leads", _lead_ts, str, tuple[int, str, str])
+        self.deals = make(f"{self.name}.deals", _deal_ts, str, tuple[Deal, list[Fact]],
+                          _folded)
+        self.accounts = make(f"{self.name}.accounts", _account_ts, str,
+                             tuple[Wins, list[Fact]])
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -130,12 +140,7 @@ class Pipeline:
     def deal(self, data: Any, ts: int) -> list[Fact]:
         """A deal.stage_changed event (``data``: its struct, metrics.events)."""
         deal_id: str = data.deal_id
-        held = self.deals.get(deal_id)
-        if held is None:
-            d = Deal([])
-            self.deals.put(deal_id, (d, []))
-        else:
-            d = held[0]
+        d, facts = self.deals.get(deal_id) or (Deal([]), [])
         step = step_of(data, ts)
         insert_step(d.history, step)
         fb = (ts, data.channel or UNKNOWN, data.campaign_id or UNKNOWN)
@@ -157,11 +162,13 @@ class Pipeline:
         else:
             out = []
         d.last_ts = max(d.last_ts, ts)
-        self.deals.touch(deal_id)  # changed in place
+        self.deals.put(deal_id, (d, facts))  # changed in place: put back (a table on disk)
         return out + self._refresh(deal_id)
 
     def _refresh(self, deal_id: str) -> list[Fact]:
-        d, before = self.deals.data[deal_id]
+        held = self.deals.get(deal_id)
+        assert held is not None  # a deal a lead names, or one just put
+        d, before = held
         after, win = self._deal_facts(d)
         out = self._set_win(_account_of(deal_id, d), deal_id, win)
         if after == before:
@@ -242,7 +249,7 @@ class Pipeline:
 
     def expire(self, watermark: int) -> None:
         cutoff = watermark - self.horizon_ms
-        self.leads.sweep(cutoff)
+        self.leads.drop(cutoff)
         # an expired deal leaves its account's wins alone: the account stays a customer
         for deal_id, (d, _) in self.deals.sweep(cutoff):
             if d.lead_id is not None:
@@ -251,7 +258,7 @@ class Pipeline:
                     linked.discard(deal_id)
                     if not linked:
                         del self.deals_by_lead[d.lead_id]
-        self.accounts.sweep(cutoff)
+        self.accounts.drop(cutoff)
 
     def snapshot(self) -> PipelineState:
         deals = self.deals.data
@@ -264,20 +271,28 @@ class Pipeline:
         self.accounts.replace(state.accounts)
         self.loaded()
 
-    def tables(self) -> dict[str, Keyed[Any, Any]]:
+    def tables(self) -> dict[str, Table[Any, Any]]:
         return {"leads": self.leads, "deals": self.deals, "accounts": self.accounts}
 
     def loaded(self) -> None:
         self.deals_by_lead = {}
-        for deal_id, (d, _) in self.deals.data.items():
-            if d.entries and not d.history:  # format 1: first entry per stage
-                d.history = sorted((ts, STAGE_INDEX[s], a) for s, (ts, a) in d.entries.items())
-                d.entries = {}
+        for deal_id, held in self.deals.data.items():
+            d, _ = _folded(held)
             if d.lead_id is not None:
                 self.deals_by_lead.setdefault(d.lead_id, set()).add(deal_id)
 
     def __len__(self) -> int:
         return len(self.deals) + len(self.leads) + len(self.accounts)
+
+
+def _folded(held: tuple[Deal, list[Fact]]) -> tuple[Deal, list[Fact]]:
+    """A deal as read from its state: format 1's first entry per stage folded into its
+    ``history``, in place."""
+    d = held[0]
+    if d.entries and not d.history:
+        d.history = sorted((ts, STAGE_INDEX[s], a) for s, (ts, a) in d.entries.items())
+        d.entries = {}
+    return held
 
 
 def outcome(history: list[Step]) -> tuple[int, int, int]:

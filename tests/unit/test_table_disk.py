@@ -355,7 +355,7 @@ def goes_on_alike(mem: KpiEngine, restored: KpiEngine, rest: list[Event], out: R
 def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
         tables: DiskTables, tmp_path: Path) -> None:
     """Send cohorts, visitors and their sessions, the accounts stage's touches, orders and
-    deals on disk, a cache of 16 keys a table."""
+    deals, the pipeline's leads, deals and accounts on disk, a cache of 16 keys a table."""
     evs = events(seed=21)
     mem, disk = engine_on(None), engine_on(tables)
     t: dict[str, Any] = disk.trackers
@@ -363,7 +363,8 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
     assert isinstance(t["visitors"].visitors, DiskKeyed)
     assert isinstance(t["visitors"].sessions, DiskKeyed)
     assert all(isinstance(table, DiskKeyed) for table in (
-        *t["attribution"].tables().values(), t["account_revenue"].deals))
+        *t["attribution"].tables().values(), t["account_revenue"].deals,
+        *t["pipeline"].tables().values(), t["account_purchases"].deals))
     out_mem, out_disk, store_mem, store_disk = side_by_side(mem, disk, evs)
     cut = len(evs) // 2
     assert out_mem == out_disk and len(out_mem) > 100
