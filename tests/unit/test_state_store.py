@@ -11,6 +11,7 @@ import hashlib
 import os
 import pickle
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,20 +192,22 @@ FIXTURE_CATALOG = build_catalog(yaml.safe_load(
     (ROOT / "tests" / "fixtures" / "state_format3_catalog.yaml").read_text())).restrict(("email",))
 
 
-def _migrate(tmp_path: Path, catalog: Catalog) -> tuple[Shard, FakeIO, dict[str, Any]]:
-    """The format 3 fixture restored by a shard with ``catalog``, which then reads the whole
-    traffic (its first half again: skipped)."""
-    fixture = msgspec.msgpack.decode(FIXTURE.read_bytes())
-    records = [(bytes(k), bytes(v)) for k, v in fixture["records"]]
-    assert not any(b"|dd|" in k for k, _ in records)
+def _continued(tmp_path: Path, path: Path, catalog: Catalog, ids_from: str,
+               restored: Callable[[Shard], None] = lambda sh: None
+               ) -> tuple[Shard, FakeIO, FakeTable, dict[str, Any]]:
+    """A fixture (a shard's state table as an earlier format wrote it) restored by a shard
+    with ``catalog`` (then checked by ``restored``), which then reads the whole traffic
+    (its first half again: skipped)."""
+    fixture = msgspec.msgpack.decode(path.read_bytes())
     io, table = FakeIO(), FakeTable()
-    table.data.update(records)
+    table.data.update((bytes(k), bytes(v)) for k, v in fixture["records"])
     sh = shard(io, table, tmp_path, catalog)
 
     async def go() -> None:
         await sh.activate(table.records("email"), 0.0)
-        assert sh.durable.ids_loaded["from"] == "format 3 snapshot"
+        assert sh.durable.ids_loaded["from"] == ids_from
         assert sum(sh.applied.values()) + len(sh.applied) == fixture["messages"]
+        restored(sh)
         for b in batches(traffic()):
             await sh.handle(b)
         await sh.snapshot(force=True)
@@ -212,6 +215,15 @@ def _migrate(tmp_path: Path, catalog: Catalog) -> tuple[Shard, FakeIO, dict[str,
     run(go())
     assert sh.replayed_skipped == fixture["messages"]
     assert sh.engine.events_total == first_run_counts(traffic())
+    return sh, io, table, fixture
+
+
+def _migrate(tmp_path: Path, catalog: Catalog) -> tuple[Shard, FakeIO, dict[str, Any]]:
+    """The format 3 fixture restored by a shard with ``catalog``, which then reads the whole
+    traffic."""
+    assert not any(b"|dd|" in bytes(k) for k, _ in
+                   msgspec.msgpack.decode(FIXTURE.read_bytes())["records"])
+    sh, io, table, fixture = _continued(tmp_path, FIXTURE, catalog, "format 3 snapshot")
     # once migrated, the table holds the new format only: segments, no format 3 manifest
     keys = [k for k, _ in table.records("email")]
     assert any(b"|dd|" in k for k in keys)
@@ -262,25 +274,15 @@ def test_a_format_4_state_is_read_and_written_again_as_format_5(tmp_path: Path) 
     name per part), after the first half of the traffic and two commits (written by main
     be77866). Restored, it goes on to every window replay gives; the next commit writes
     format 5, and the table keeps the parts its map names, and only those."""
-    fixture = msgspec.msgpack.decode(FIXTURE_4.read_bytes())
-    records = [(bytes(k), bytes(v)) for k, v in fixture["records"]]
-    assert {orjson.loads(v)["format"] for k, v in records if b"|manifest|" in k} == {4}
-    stored = [k for k, _ in records if b"|pt|" in k]
-    io, table = FakeIO(), FakeTable()
-    table.data.update(records)
-    sh = shard(io, table, tmp_path)
+    records = msgspec.msgpack.decode(FIXTURE_4.read_bytes())["records"]
+    assert {orjson.loads(bytes(v))["format"] for k, v in records
+            if b"|manifest|" in bytes(k)} == {4}
+    stored = len([k for k, _ in records if b"|pt|" in bytes(k)])
 
-    async def go() -> None:
-        await sh.activate(table.records("email"), 0.0)
-        assert len(sh.durable.parts) == len(stored) > 20  # every part, none lost
-        assert sh.durable.ids_loaded["from"] == "changelog"
-        for b in batches(traffic()):
-            await sh.handle(b)
-        await sh.snapshot(force=True)
+    def every_part(sh: Shard) -> None:
+        assert len(sh.durable.parts) == stored > 20  # every part, none lost
 
-    run(go())
-    assert sh.replayed_skipped == fixture["messages"]
-    assert sh.engine.events_total == first_run_counts(traffic())
+    sh, io, table, _ = _continued(tmp_path, FIXTURE_4, EMAIL, "changelog", every_part)
     want, got = oracle(traffic()), final_values(io.windows())
     assert len(got) > 10 and all(got[k] == want[k] for k in got)
     now = dict(table.records("email"))
