@@ -35,9 +35,11 @@ class PartMap:
     commit to the next: those are copied, compared and encoded as whole dicts and lists,
     not a part at a time."""
 
-    def __init__(self, stems: dict[str, dict[int, int]] | None = None):
+    def __init__(self, stems: dict[str, dict[int, int]] | None = None,
+                 columns: dict[str, Columns] | None = None):
         self.stems: dict[str, dict[int, int]] = {} if stems is None else stems
-        self._columns: dict[str, Columns] = {}  # per stem unchanged since encoded
+        #: per stem unchanged since encoded
+        self._columns: dict[str, Columns] = {} if columns is None else columns
 
     @classmethod
     def of(cls, parts: Mapping[str, tuple[int, int]]) -> PartMap:
@@ -88,18 +90,19 @@ class PartMap:
 
     def kept(self, names: PartNames) -> PartMap:
         """A new map of the parts among ``names`` (the engine's parts now)."""
-        out = PartMap()
+        stems: dict[str, dict[int, int]] = {}
+        columns: dict[str, Columns] = {}
         for stem, numbers in names.stems.items():
             held = self.stems.get(stem)
             if not held:
                 continue
             if len(held) == len(numbers) and held.keys() == numbers:  # a set compare, in C
-                out.stems[stem] = dict(held)
+                stems[stem] = dict(held)
                 if stem in self._columns:
-                    out._columns[stem] = self._columns[stem]
+                    columns[stem] = self._columns[stem]
             elif kept := {n: held[n] for n in numbers if n in held}:
-                out.stems[stem] = kept
-        return out
+                stems[stem] = kept
+        return PartMap(stems, columns)
 
     def replaced(self, new: PartMap) -> Iterator[tuple[str, int]]:
         """(name, seq) of the records this map names and ``new`` no longer does: a part
