@@ -50,7 +50,8 @@ EPOCH: Final = 1 << 20
 
 #: the layout of a stored snapshot; raised when it changes (2: events hold msgspec structs,
 #: combined breakdown values are tuples; 3: typed MessagePack records, no pickle; 4: event
-#: ids as segments, a lineage and a chain; 3 is read and migrated)
+#: ids as segments, a lineage and a chain; 5: the part map by stem, streams/part_map.py;
+#: 3 is read and migrated, 4 read in place)
 STATE_FORMAT: Final = 5
 READS_FORMATS: Final = (3, 4, 5)
 
