@@ -16,16 +16,21 @@ events, as sums of panes are, on the stage's longest window, the one RFM is publ
 active accounts, which read only the window, on every window. Purchases are kept while a
 window that reads them can still be revised (horizon + longest window + grace); deals for
 the horizon after their last event (a deal reopened months later counts once).
+
+What the values read is held per account, packed (``Bought``: 16 bytes a purchase): a year
+of purchases as objects sorted by time took ~350 bytes each, and grew with the traffic. In
+a worker the purchases and deals themselves are on disk (``spill``).
 """
 
 from __future__ import annotations
 
 import bisect
+from array import array
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import msgspec
 
-from metrics.constants import MICRO
+from metrics.constants import HOUR_MS, MICRO
 from metrics.events import ACCOUNTS, Event
 from metrics.trackers.base import Dims, Fact, Keyed, Table, TableFactory
 from metrics.trackers.pipeline import WON, Step, deal_account, insert_step, outcome, step_of
@@ -82,6 +87,44 @@ class Rfm(msgspec.Struct, gc=False):
     last_ts: int  # its last purchase
 
 
+class Bought:
+    """An account's purchases held: their times ascending, and their amounts (millionths),
+    packed."""
+
+    __slots__ = ("amounts", "times")
+
+    def __init__(self) -> None:
+        self.times = array("q")
+        self.amounts = array("q")
+
+    def add(self, ts: int, amount: int) -> None:
+        i = bisect.bisect_right(self.times, ts)
+        self.times.insert(i, ts)
+        self.amounts.insert(i, amount)
+
+    def remove(self, ts: int, amount: int) -> None:
+        """One purchase at ``ts`` of ``amount`` (equal ones are alike: which goes is moot)."""
+        times, amounts = self.times, self.amounts
+        i = bisect.bisect_left(times, ts)
+        while amounts[i] != amount:  # the purchase is held: found before ``ts`` ends
+            i += 1
+        del times[i], amounts[i]
+
+    def before(self, cutoff: int) -> None:
+        """Forget the purchases before ``cutoff``."""
+        i = bisect.bisect_left(self.times, cutoff)
+        del self.times[:i], self.amounts[:i]
+
+    def holds(self, start: int, end: int) -> bool:
+        """Whether a purchase lies in [start, end)."""
+        i = bisect.bisect_left(self.times, start)
+        return i < len(self.times) and self.times[i] < end
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """Where the purchases in [start, end) lie."""
+        return bisect.bisect_left(self.times, start), bisect.bisect_left(self.times, end)
+
+
 class AccountPurchases:
     name: ClassVar[str] = "account_purchases"
     family: ClassVar[str] = ACCOUNTS
@@ -104,14 +147,15 @@ class AccountPurchases:
         #: + grace; until then twice the horizon, which keeps more)
         self.keep_ms = 2 * horizon_ms
         self.deals: Table[str, DealWins] = Keyed(_last_ts)
-        self.purchases: Keyed[str, Purchase] = Keyed(_purchase_ts)
-        self._by_time: list[tuple[int, str, str, int]] = []  # (ts, key, account, amount)
+        self.purchases: Table[str, Purchase] = Keyed(_purchase_ts)
+        self._bought: dict[str, Bought] = {}  # derived: account -> its purchases held
 
     def spill(self, make: TableFactory) -> None:
-        """Its deals, each with its stage history, kept for the horizon (a year): on disk
-        (a worker's). A deal read is changed, then put back, before the next read. The
-        purchases stay in memory: ``_by_time``, which RFM reads a year of, holds them all."""
+        """Its deals, each with its stage history, and its purchases, kept for the horizon (a
+        year) and more: on disk (a worker's). A deal read is changed, then put back, before
+        the next read. What RFM reads stays in memory, packed per account (``Bought``)."""
         self.deals = make(f"{self.name}.deals", _last_ts, str, DealWins)
+        self.purchases = make(f"{self.name}.purchases", _purchase_ts, str, Purchase)
 
     def configure(self, catalog: Catalog) -> None:
         fam = catalog.families[ACCOUNTS]
@@ -141,14 +185,21 @@ class AccountPurchases:
             return
         if old is not None:
             self.purchases.delete(key)
-            self._by_time.pop(bisect.bisect_left(self._by_time, (old[0], key)))
+            ts, account, amount = old
+            bought = self._bought[account]
+            bought.remove(ts, amount)
+            if not bought.times:
+                del self._bought[account]
         if purchase is not None:
             self.purchases.put(key, purchase)
-            bisect.insort(self._by_time, (purchase[0], key, purchase[1], purchase[2]))
+            self._buy(purchase)
 
-    def _between(self, start: int, end: int) -> list[tuple[int, str, str, int]]:
-        by_time = self._by_time
-        return by_time[bisect.bisect_left(by_time, (start,)):bisect.bisect_left(by_time, (end,))]
+    def _buy(self, purchase: Purchase) -> None:
+        ts, account, amount = purchase
+        bought = self._bought.get(account)
+        if bought is None:
+            bought = self._bought[account] = Bought()
+        bought.add(ts, amount)
 
     def window_values(self, start: int, end: int, wanted: frozenset[str] = windowed
                       ) -> list[tuple[str, Dims, float]]:
@@ -156,7 +207,7 @@ class AccountPurchases:
         value)."""
         out: list[tuple[str, Dims, float]] = []
         if "active_accounts" in wanted or "active_account_years" in wanted:
-            n = len({account for _, _, account, _ in self._between(start, end)})
+            n = sum(1 for b in self._bought.values() if b.holds(start, end))
             out += [("active_accounts", (), n),
                     ("active_account_years", (), n * (end - start) / YEAR_MS)]
         if "rfm_accounts" in wanted:
@@ -174,10 +225,12 @@ class AccountPurchases:
         last: dict[str, int] = {}
         freq: dict[str, int] = {}
         money: dict[str, int] = {}
-        for ts, _, account, amount in self._between(at - self.horizon_ms, at):
-            last[account] = ts  # in time order: the last one stays
-            freq[account] = freq.get(account, 0) + 1
-            money[account] = money.get(account, 0) + amount
+        for account, b in self._bought.items():
+            lo, hi = b.span(at - self.horizon_ms, at)
+            if hi > lo:
+                last[account] = b.times[hi - 1]
+                freq[account] = hi - lo
+                money[account] = sum(b.amounts[lo:hi])
         r = _quintiles(last)  # the most recent scores highest
         f, m = _quintiles(freq), _quintiles(money)
         return {a: Rfm((at - last[a]) / 86_400_000, freq[a], money[a] / MICRO, r[a], f[a],
@@ -188,8 +241,14 @@ class AccountPurchases:
 
     def expire(self, watermark: int) -> None:
         self.deals.drop(watermark - self.horizon_ms)
-        if self.purchases.sweep(watermark - self.keep_ms):
-            self.loaded()
+        cutoff = watermark - self.keep_ms
+        if self.purchases.drop(cutoff):  # the hours before the one holding ``cutoff``
+            cutoff -= cutoff % HOUR_MS
+            for account in [a for a, b in self._bought.items() if b.times[0] < cutoff]:
+                bought = self._bought[account]
+                bought.before(cutoff)
+                if not bought.times:
+                    del self._bought[account]
 
     def snapshot(self) -> AccountPurchasesState:
         return AccountPurchasesState(self.VERSION, self.deals.data, self.purchases.data)
@@ -203,8 +262,9 @@ class AccountPurchases:
         return {"deals": self.deals, "purchases": self.purchases}
 
     def loaded(self) -> None:
-        self._by_time = sorted((ts, key, account, amount)
-                               for key, (ts, account, amount) in self.purchases.data.items())
+        self._bought = {}
+        for purchase in sorted(self.purchases.data.values()):
+            self._buy(purchase)
 
     def __len__(self) -> int:
         return len(self.deals) + len(self.purchases)

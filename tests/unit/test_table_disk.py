@@ -355,7 +355,8 @@ def goes_on_alike(mem: KpiEngine, restored: KpiEngine, rest: list[Event], out: R
 def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
         tables: DiskTables, tmp_path: Path) -> None:
     """Send cohorts, visitors and their sessions, the accounts stage's touches, orders and
-    deals, the pipeline's leads, deals and accounts on disk, a cache of 16 keys a table."""
+    deals and purchases, the pipeline's leads, deals and accounts on disk, a cache of 16 keys a
+    table."""
     evs = events(seed=21)
     mem, disk = engine_on(None), engine_on(tables)
     t: dict[str, Any] = disk.trackers
@@ -364,7 +365,7 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
     assert isinstance(t["visitors"].sessions, DiskKeyed)
     assert all(isinstance(table, DiskKeyed) for table in (
         *t["attribution"].tables().values(), t["account_revenue"].deals,
-        *t["pipeline"].tables().values(), t["account_purchases"].deals))
+        *t["pipeline"].tables().values(), *t["account_purchases"].tables().values()))
     out_mem, out_disk, store_mem, store_disk = side_by_side(mem, disk, evs)
     cut = len(evs) // 2
     assert out_mem == out_disk and len(out_mem) > 100
@@ -374,7 +375,7 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
     deltas = {n for n in store_disk.parts if "|d|" in n}
     assert {n.rpartition("|d|")[0] for n in deltas} == {
         "t|send_cohorts|cohorts", "t|visitors|visitors", "t|visitors|sessions",
-        "t|attribution|accounts", "t|attribution|orders"}
+        "t|attribution|accounts", "t|attribution|orders", "t|account_purchases|purchases"}
     assert set(store_mem.parts) == set(store_disk.parts) - deltas
     assert comparable(store_mem.restore()) == comparable(store_disk.restore())
     # a takeover in another process: its tables filled from the parts, then on as before
