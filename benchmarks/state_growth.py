@@ -7,7 +7,7 @@ One engine holds every family, as a worker's shards do: event ids, tracker table
 closed windows on disk (RocksDB, the worker's cache settings), a commit every 20,000 events
 through the worker's own commit path (streams/durable.py) to a state table that keeps the
 records' keys only. The input is ``kpi-engine generate --rate R`` (the default mix after 30
-days of CRM history), read in event-time order as fast as the engine goes.
+days of CRM history, ending a day ago), read in event-time order as fast as the engine goes.
 
 Every ``--every`` days of event time, after a commit and a full garbage collection:
 
@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import ctypes
 import gc
+import math
 import os
 import re
 import subprocess
@@ -151,26 +152,31 @@ def main() -> None:
         loop.run_until_complete(durable.write(durable.prepare(
             engine, seq, {}, {}, [], [], BaselineState())))
 
+    # the live span ends a day before now: the parser rejects events from the future
+    now = wall_ms()
+    start = now - now % DAY_MS - math.ceil(args.days + 1) * DAY_MS
     kpi_engine = Path(sys.executable).with_name("kpi-engine")
     gen = subprocess.Popen([str(kpi_engine), "generate", "--rate", str(args.rate),
-                            "--duration", str(args.days * 86_400), "--out", "-"],
+                            "--duration", str(args.days * 86_400), "--start", str(start),
+                            "--out", "-"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert gen.stdout is not None
-    parse = event_parser(now_ms=wall_ms(), currency=catalog.currency)
+    parse = event_parser(now_ms=now, currency=catalog.currency)
     trim = malloc_trim()
     step = int(args.every * DAY_MS)
-    live_from: int | None = None  # the first live event's day (the CRM history comes first)
+    live_from: int | None = None  # ``start`` once the live span began (after the history)
     next_at = 0
-    n = 0
+    n = rejected = 0
     t0 = time.monotonic()
     print(f"{'day':>5} {'events':>11} {'live':>6} {'free':>6} {'arenas':>6} {'glibc':>6} "
           f"{'rss':>6} {'trimmed':>7} {'records':>8} {'events/s':>9}   (MB)", flush=True)
     for line in gen.stdout:
         ev = parse(line.rstrip(b"\n"))
         if not isinstance(ev, Event):
+            rejected += 1
             continue
         if live_from is None and ev.family not in ("crm", "spend"):
-            live_from = ev.ts_ms - ev.ts_ms % DAY_MS
+            live_from = start
             next_at = live_from + step
         engine.ingest(ev)
         engine.late_refs.clear()
@@ -194,6 +200,8 @@ def main() -> None:
                   f"{n / (time.monotonic() - t0):9,.0f}", flush=True)
             next_at += step
     gen.wait()
+    if rejected:  # the generator's traffic is all valid: a rejection is this script's error
+        sys.exit(f"{rejected:,} events rejected by the parser")
 
 
 if __name__ == "__main__":
