@@ -17,7 +17,9 @@ Every ``--every`` days of event time, after a commit and a full garbage collecti
 - ``glibc``: glibc's heap in use (objects over 512 bytes, RocksDB's caches and memtables);
 - ``rss``: the process's resident memory, then again after ``malloc_trim`` (what a worker
   does once it caught up);
-- ``records``: the state records a restore would read.
+- ``records``: the state records a restore would read;
+- with ``--census``, the deep size of each part of the engine (objects reached from it and
+  not from a part listed before it; the catalog first, so what it shares is its own).
 
 No Kafka client, no Faust and no backlog in flight: ``state_bench.py`` measures those. What
 grows here grows with the days held, whatever the worker around it.
@@ -36,7 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from metrics.baselines import BaselineState
 from metrics.catalog import load_catalog
@@ -44,7 +50,7 @@ from metrics.constants import DAY_MS
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.events import Event, event_parser
 from metrics.timestamps import wall_ms
-from streams.dedup_disk import DiskDedup, set_cache_mb
+from streams.dedup_disk import DiskDedup, LazyStore, set_cache_mb
 from streams.durable import Durable
 from streams.heap import malloc_trim
 from streams.settings import Settings
@@ -120,6 +126,38 @@ def glibc_in_use() -> int:
     return int(info.uordblks + info.hblkhd)
 
 
+_OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+           types.MethodType, LazyStore)  # shared code, or a store every table points to
+
+
+def deep_sizes(parts: list[tuple[str, Any]]) -> list[tuple[str, int]]:
+    """Each part's objects, counted once: those reached from it and from no part before."""
+    seen: set[int] = set()
+    out = []
+    for name, root in parts:
+        size, stack = 0, [root]
+        while stack:
+            obj = stack.pop()
+            if id(obj) in seen or isinstance(obj, _OPAQUE):
+                continue
+            seen.add(id(obj))
+            size += sys.getsizeof(obj)
+            # a struct untracked by the collector (gc=False) shows it no referents
+            stack.extend(msgspec.structs.astuple(obj) if isinstance(obj, msgspec.Struct)
+                         else gc.get_referents(obj))
+        out.append((name, size))
+    return out
+
+
+def census(engine: KpiEngine, durable: Durable) -> str:
+    parts: list[tuple[str, Any]] = [("catalog", engine.catalog)]
+    parts += [(f"windows.{f}", w) for f, w in engine.windows.items()]
+    parts += [("publisher", engine.publisher), ("part map", durable.parts)]
+    parts += [(f"tracker.{n}", t) for n, t in engine.trackers.items()]
+    sizes = deep_sizes(parts)
+    return "  " + ", ".join(f"{n} {b / 1e6:.1f}" for n, b in sizes if b >= 100_000)
+
+
 def rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -130,6 +168,7 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=60.0)
     ap.add_argument("--rate", type=float, default=4.0)
     ap.add_argument("--every", type=float, default=2.0, help="days of event time per line")
+    ap.add_argument("--census", action="store_true", help="deep sizes by part, each line")
     args = ap.parse_args()
     settings = Settings()
     catalog = load_catalog(None)
@@ -198,6 +237,8 @@ def main() -> None:
                   f"{free / mb:6.1f} {arenas / mb:6.1f} {glibc_in_use() / mb:6.1f} "
                   f"{before / mb:6.1f} {rss() / mb:7.1f} {len(store.keys):8,} "
                   f"{n / (time.monotonic() - t0):9,.0f}", flush=True)
+            if args.census:
+                print(census(engine, durable), flush=True)
             next_at += step
     gen.wait()
     if rejected:  # the generator's traffic is all valid: a rejection is this script's error

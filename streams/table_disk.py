@@ -37,6 +37,8 @@ from streams.dedup_disk import LazyStore, alive, store_options
 #: the most keys a table keeps in memory (those loaded from disk or created last): the
 #: default of ``KPI_STATE_CACHE_KEYS`` (Settings.state_cache_keys)
 CACHE_KEYS: Final = 50_000
+#: a cold table (``TableFactory``) keeps this share of them, and at least 2 (evicting half)
+COLD_SHARE: Final = 25
 #: the most deltas a table's state holds over its hours before a commit writes them again
 MAX_DELTAS: Final = 32
 _HOUR: Final = struct.Struct(">I")
@@ -91,10 +93,12 @@ class DiskTables(LazyStore):
         shutil.rmtree(self._mine, ignore_errors=True)
 
     def table(self, name: str, ts_of: Callable[[Any], int], key_type: Any, value_type: Any,
-              canon: Callable[[Any], Any] | None = None) -> DiskKeyed[Any, Any]:
+              canon: Callable[[Any], Any] | None = None, cold: bool = False
+              ) -> DiskKeyed[Any, Any]:
         """A new table (``name`` for errors and /health)."""
+        keys = max(2, self.cache_keys // COLD_SHARE) if cold else self.cache_keys
         table: DiskKeyed[Any, Any] = DiskKeyed(self, self.prefix(), name, ts_of, key_type,
-                                               value_type, canon)
+                                               value_type, canon, keys)
         self.tables.append(table)
         return table
 
@@ -113,8 +117,9 @@ class DiskKeyed(Generic[K, V]):
 
     def __init__(self, store: DiskTables, prefix: bytes, name: str,
                  ts_of: Callable[[V], int], key_type: Any, value_type: Any,
-                 canon: Callable[[V], V] | None = None):
+                 canon: Callable[[V], V] | None = None, cache_keys: int | None = None):
         self.store = store
+        self.cache_keys = store.cache_keys if cache_keys is None else cache_keys
         self.name = name
         self.ts_of = ts_of
         self.canon = canon  # what a value read into the cache goes through (TableFactory)
@@ -401,7 +406,7 @@ class DiskKeyed(Generic[K, V]):
         self.pending, self.stale, self.deltas, self._delta_keys = set(), set(), [], 0
 
     def _load(self, key: K) -> list[Any]:
-        if len(self.cache) >= self.store.cache_keys:
+        if len(self.cache) >= self.cache_keys:
             self._evict()
         raw = self.store.db.get(self._d + _ENCODE(key))
         if raw is None:

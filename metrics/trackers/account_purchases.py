@@ -154,8 +154,8 @@ class AccountPurchases:
         """Its deals, each with its stage history, and its purchases, kept for the horizon (a
         year) and more: on disk (a worker's). A deal read is changed, then put back, before
         the next read. What RFM reads stays in memory, packed per account (``Bought``)."""
-        self.deals = make(f"{self.name}.deals", _last_ts, str, DealWins)
-        self.purchases = make(f"{self.name}.purchases", _purchase_ts, str, Purchase)
+        self.deals = make(f"{self.name}.deals", _last_ts, str, DealWins, cold=True)
+        self.purchases = make(f"{self.name}.purchases", _purchase_ts, str, Purchase, cold=True)
 
     def configure(self, catalog: Catalog) -> None:
         fam = catalog.families[ACCOUNTS]

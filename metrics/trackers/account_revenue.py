@@ -50,7 +50,7 @@ class AccountRevenue:
 
     def spill(self, make: TableFactory) -> None:
         """Its deals, kept a year: on disk (a worker's)."""
-        self.deals = make(f"{self.name}.deals", _last_ts, str, WonDeal)
+        self.deals = make(f"{self.name}.deals", _last_ts, str, WonDeal, cold=True)
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data

@@ -289,8 +289,10 @@ class TableFactory(Protocol):
     """Makes a table on disk: its name, what its values expire by, its key and value types,
     and what a value read back from disk goes through before the tracker sees it (``canon``:
     a value decoded apart holds its own dims tuples and strings, ~400 bytes a dims, which
-    the tracker's memos share among the values it made)."""
+    the tracker's memos share among the values it made). A ``cold`` table is read at the
+    pace of rare events (the CRM's, orders) and keeps a small cache: a year of leads and
+    deals all fit the default one, so on disk they were all still in memory."""
 
     def __call__(self, name: str, ts_of: Callable[[Any], int], key_type: Any,
-                 value_type: Any, canon: Callable[[Any], Any] | None = None
-                 ) -> Table[Any, Any]: ...
+                 value_type: Any, canon: Callable[[Any], Any] | None = None,
+                 cold: bool = False) -> Table[Any, Any]: ...

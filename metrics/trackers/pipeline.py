@@ -113,12 +113,13 @@ class Pipeline:
     def spill(self, make: TableFactory) -> None:
         """Its leads, deals and accounts, kept for the horizon (a year): on disk (a
         worker's). A value read is changed, then put back, before the next read of its
-        table; the index of deals by lead stays in memory (``loaded`` rebuilds it)."""
-        self.leads = make(f"{self.name}.leads", _lead_ts, str, tuple[int, str, str])
+        table; the index of deals by lead stays in memory (``loaded`` rebuilds it). Read at
+        the CRM's pace: small caches (``cold``)."""
+        self.leads = make(f"{self.name}.leads", _lead_ts, str, tuple[int, str, str], cold=True)
         self.deals = make(f"{self.name}.deals", _deal_ts, str, tuple[Deal, list[Fact]],
-                          _folded)
+                          _folded, cold=True)
         self.accounts = make(f"{self.name}.accounts", _account_ts, str,
-                             tuple[Wins, list[Fact]])
+                             tuple[Wins, list[Fact]], cold=True)
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data

@@ -23,7 +23,7 @@ from metrics.trackers.base import Keyed
 from metrics.trackers.first_seen import UniqueOpeners
 from streams.settings import Settings
 from streams.shelf_disk import ShardStore
-from streams.table_disk import CACHE_KEYS, DiskKeyed, DiskTables
+from streams.table_disk import CACHE_KEYS, COLD_SHARE, DiskKeyed, DiskTables
 from tests.helpers import DEFAULT_CATALOG
 from tests.unit.test_parts import Store, comparable
 from tests.unit.test_snapshot import events, run
@@ -99,6 +99,34 @@ def test_a_table_on_disk_answers_as_one_in_memory(tables: DiskTables) -> None:
 
 def test_the_cache_size_defaults_to_the_settings_default(tmp_path: Path) -> None:
     assert DiskTables(tmp_path / "t").cache_keys == CACHE_KEYS == Settings().state_cache_keys
+
+
+def test_a_cold_table_keeps_a_small_cache_and_reads_the_rest_back(tmp_path: Path) -> None:
+    """A table read at the CRM's pace keeps a 25th of the keys (2,000 by default): its
+    values are read back from disk, changed ones included, and the cache never grows
+    past its bound."""
+    store = DiskTables(tmp_path / "t", cache_keys=100)
+    cold: DiskKeyed[str, Any] = store.table("c", lambda v: v[0], str, tuple[int, str],
+                                            cold=True)
+    hot: DiskKeyed[str, Any] = store.table("h", lambda v: v[0], str, tuple[int, str])
+    assert (cold.cache_keys, hot.cache_keys) == (100 // COLD_SHARE, 100) == (4, 100)
+    tiny = DiskTables(tmp_path / "u", cache_keys=8)  # at least 2: an eviction drops half
+    assert tiny.table("one", lambda v: v[0], str, tuple[int, str], cold=True).cache_keys == 2
+    tiny.close()
+    t0, hour = 1_767_225_600_000, HOUR_MS
+    for i in range(300):
+        cold.put(f"k{i}", (t0 + i * hour, f"v{i}"))
+        hot.put(f"k{i}", (t0 + i * hour, f"v{i}"))
+        assert len(cold.cache) <= 4 and len(hot.cache) <= 100
+    for i in range(0, 300, 7):
+        value = cold.get(f"k{i}")
+        assert value == (t0 + i * hour, f"v{i}")
+        cold.put(f"k{i}", (value[0], "changed"))
+    assert all(cold.get(f"k{i}") == (t0 + i * hour, "changed" if i % 7 == 0 else f"v{i}")
+               for i in range(300))
+    assert len(cold.cache) <= 4 and cold.data == {
+        k: (v[0], "changed" if int(k[1:]) % 7 == 0 else v[1]) for k, v in hot.data.items()}
+    store.close()
 
 
 def test_memory_holds_the_cache_only(tables: DiskTables) -> None:
@@ -366,6 +394,12 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
     assert all(isinstance(table, DiskKeyed) for table in (
         *t["attribution"].tables().values(), t["account_revenue"].deals,
         *t["pipeline"].tables().values(), *t["account_purchases"].tables().values()))
+    # the tables read at the CRM's pace keep 2 keys here (16 // 25, at least 2): most reads
+    # of a lead, a deal or a purchase go to disk
+    cold = [*t["pipeline"].tables().values(), *t["account_purchases"].tables().values(),
+            t["account_revenue"].deals]
+    assert {table.cache_keys for table in cold} == {2}
+    assert t["attribution"].orders.cache_keys == t["visitors"].sessions.cache_keys == 16
     out_mem, out_disk, store_mem, store_disk = side_by_side(mem, disk, evs)
     cut = len(evs) // 2
     assert out_mem == out_disk and len(out_mem) > 100
