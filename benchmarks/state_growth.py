@@ -3,11 +3,13 @@ process, over months of event time, measured day by day.
 
     python benchmarks/state_growth.py [--days 60] [--rate 4] [--every 2]
 
-One engine holds every family, as a worker's shards do: event ids, tracker tables and
-closed windows on disk (RocksDB, the worker's cache settings), a commit every 20,000 events
-through the worker's own commit path (streams/durable.py) to a state table that keeps the
-records' keys only. The input is ``kpi-engine generate --rate R`` (the default mix after 30
-days of CRM history, ending a day ago), read in event-time order as fast as the engine goes.
+One engine holds every family, as a worker's shards do (the accounts stage fed its copies
+in the engine, as replay feeds it): event ids (the stage's in a store of its own, as its
+shard's), tracker tables and closed windows on disk with the worker's cache settings, a
+commit every 20,000 events through the worker's own commit path (streams/durable.py) to a
+state table that keeps the records' keys only. The input is ``kpi-engine generate --rate
+R`` (the default mix after 30 days of CRM history, ending a day ago), read in event-time
+order as fast as the engine goes.
 
 Every ``--every`` days of event time, after a commit and a full garbage collection:
 
@@ -48,7 +50,7 @@ from metrics.baselines import BaselineState
 from metrics.catalog import load_catalog
 from metrics.constants import DAY_MS
 from metrics.engine import EngineConfig, KpiEngine
-from metrics.events import Event, event_parser
+from metrics.events import ACCOUNTS, Event, event_parser
 from metrics.timestamps import wall_ms
 from streams.dedup_disk import DiskDedup, LazyStore, set_cache_mb
 from streams.durable import Durable
@@ -174,11 +176,15 @@ def main() -> None:
     catalog = load_catalog(None)
     set_cache_mb(settings.state_cache_mb)
     base = Path(tempfile.mkdtemp(prefix="kpi-state-growth-"))
+    # the input's ids in one store, the accounts stage's in its own, as its shard's: a copy
+    # carries its event's id, and one store would drop every copy as a duplicate
     dedup = DiskDedup(base / "dedup")
+    stage = DiskDedup(base / "dedup-accounts")
     tables = ShardStore(base / "tables", settings.state_cache_keys)
     engine = KpiEngine(catalog, EngineConfig(
         dedup_horizon_ms=int(settings.dedup_horizon_s * 1000), idle_timeout_ms=0),
-        clock=wall_ms, dedup=lambda _: dedup, tables=tables.table, shelves=tables.shelf)
+        clock=wall_ms, dedup=lambda shard: stage if shard == ACCOUNTS else dedup,
+        tables=tables.table, shelves=tables.shelf)
     store = KeysOnly()
     durable = Durable("all", catalog, store, dedup, tables)
     durable.restore(engine, [], None)
@@ -190,6 +196,7 @@ def main() -> None:
         seq += 1
         loop.run_until_complete(durable.write(durable.prepare(
             engine, seq, {}, {}, [], [], BaselineState())))
+        stage.persist(stage.drain(), (durable.lineage, seq))  # as its shard's commit would
 
     # the live span ends a day before now: the parser rejects events from the future
     now = wall_ms()
