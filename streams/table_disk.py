@@ -98,7 +98,7 @@ class DiskTables(LazyStore):
         """A new table (``name`` for errors and /health)."""
         keys = max(2, self.cache_keys // COLD_SHARE) if cold else self.cache_keys
         table: DiskKeyed[Any, Any] = DiskKeyed(self, self.prefix(), name, ts_of, key_type,
-                                               value_type, canon, keys)
+                                               value_type, keys, canon)
         self.tables.append(table)
         return table
 
@@ -116,10 +116,10 @@ class DiskKeyed(Generic[K, V]):
     from the cache); a change is ``touch``ed before that."""
 
     def __init__(self, store: DiskTables, prefix: bytes, name: str,
-                 ts_of: Callable[[V], int], key_type: Any, value_type: Any,
-                 canon: Callable[[V], V] | None = None, cache_keys: int | None = None):
+                 ts_of: Callable[[V], int], key_type: Any, value_type: Any, cache_keys: int,
+                 canon: Callable[[V], V] | None = None):
         self.store = store
-        self.cache_keys = store.cache_keys if cache_keys is None else cache_keys
+        self.cache_keys = cache_keys  # the most keys it keeps in memory
         self.name = name
         self.ts_of = ts_of
         self.canon = canon  # what a value read into the cache goes through (TableFactory)

@@ -185,11 +185,7 @@ class AccountPurchases:
             return
         if old is not None:
             self.purchases.delete(key)
-            ts, account, amount = old
-            bought = self._bought[account]
-            bought.remove(ts, amount)
-            if not bought.times:
-                del self._bought[account]
+            self._unbuy(old)
         if purchase is not None:
             self.purchases.put(key, purchase)
             self._buy(purchase)
@@ -200,6 +196,13 @@ class AccountPurchases:
         if bought is None:
             bought = self._bought[account] = Bought()
         bought.add(ts, amount)
+
+    def _unbuy(self, purchase: Purchase) -> None:
+        ts, account, amount = purchase
+        bought = self._bought[account]
+        bought.remove(ts, amount)
+        if not bought.times:
+            del self._bought[account]
 
     def window_values(self, start: int, end: int, wanted: frozenset[str] = windowed
                       ) -> list[tuple[str, Dims, float]]:
