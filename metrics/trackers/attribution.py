@@ -8,9 +8,13 @@ spend.
 
 Touches are the stage's touch copies (metrics/events.py ``TOUCH_CHANNEL``): email clicks,
 page views, goal conversions, social interactions and leads naming both account and
-campaign. An account's touches are kept per campaign and channel as the packed times of
-its touches (8 bytes a touch): touches at the same millisecond with the same campaign and
-channel are alike, and ties order by campaign, then channel. A touch that arrives after a
+campaign. An account's touches are kept per day (a key of their own, ``touches``), per
+campaign and channel, as the packed times of its touches (8 bytes a touch): touches at the
+same millisecond with the same campaign and channel are alike, and ties order by campaign,
+then channel. A touch reads and writes its day's touches only; a purchase reads the days of
+its lookback. So a table on disk keeps the days read of late in memory, not an account's
+whole lookback (version 1 kept all of an account's touches in one value: 2.3 MB a day more
+held until the lookback filled, docs/benchmarks.md stop 56). A touch that arrives after a
 purchase it precedes re-credits that purchase: the facts depend on the set of events only,
 whatever their order.
 """
@@ -35,6 +39,7 @@ MODELS: Final = ("first_touch", "last_touch", "linear", "time_decay", "position_
 _DIMS: Final = frozenset({"model", "campaign_id", "channel"})
 #: a time-decay weight's resolution: 2**32 for a touch at the purchase, never below 1
 _DECAY_ONE: Final = 2**32
+_DAY_MS: Final = 86_400_000
 
 
 class Touches(msgspec.Struct, array_like=True, gc=False):
@@ -47,10 +52,21 @@ class Touches(msgspec.Struct, array_like=True, gc=False):
     times: bytes
 
 
-class AccountTouches(msgspec.Struct, gc=False):
+class DayTouches(msgspec.Struct, array_like=True, gc=False):
+    """An account's touches of one day (UTC)."""
+
     groups: list[Touches] = []  # sorted by (campaign, channel)
+    last_ts: int = 0
+
+
+class AccountTouches(msgspec.Struct, gc=False):
+    #: version 1 held all of its touches here; moved to its days when first read (migrated)
+    groups: list[Touches] = []
     purchases: list[str] = []  # keys of its purchases held (some may have expired)
     last_ts: int = 0
+    #: the days it has touches of (``ts // day``), sorted, packed as ``array('q')``; some
+    #: may have expired
+    days: bytes = b""
 
 
 class Purchase(msgspec.Struct, gc=False):
@@ -68,6 +84,7 @@ class AttributionState(msgspec.Struct, gc=False):
     accounts: dict[str, AccountTouches]
     orders: dict[str, Purchase]
     deals: dict[str, Purchase]
+    touches: dict[str, DayTouches] = {}  # "{account}|{day}" -> its touches (version 2)
 
 
 class Attribution:
@@ -88,8 +105,9 @@ class Attribution:
     state_type: ClassVar[type[msgspec.Struct]] = AttributionState
     part_types: ClassVar[dict[str, Any]] = {
         "accounts": dict[str, AccountTouches], "orders": dict[str, Purchase],
-        "deals": dict[str, Purchase]}
-    VERSION: ClassVar[int] = 1
+        "deals": dict[str, Purchase], "touches": dict[str, DayTouches]}
+    #: 2: touches per account and day (``touches``); version 1's are moved when read
+    VERSION: ClassVar[int] = 2
 
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
@@ -102,13 +120,16 @@ class Attribution:
         self.accounts: Table[str, AccountTouches] = Keyed(_last_ts)
         self.orders: Table[str, Purchase] = Keyed(_purchase_ts)
         self.deals: Table[str, Purchase] = Keyed(_last_ts)
+        self.touches: Table[str, DayTouches] = Keyed(_last_ts)
 
     def spill(self, make: TableFactory) -> None:
-        """Its accounts, orders and deals, kept up to a year: on disk (a worker's). A value
-        read is changed, then put back, before the next read of its table."""
+        """Its accounts, orders, deals and touches, kept up to a year: on disk (a worker's).
+        A value read is changed, then put back, before the next read of its table. The
+        touches' cache is small: a touch reads today's, a purchase its lookback's once."""
         self.accounts = make(f"{self.name}.accounts", _last_ts, str, AccountTouches)
         self.orders = make(f"{self.name}.orders", _purchase_ts, str, Purchase)
         self.deals = make(f"{self.name}.deals", _last_ts, str, Purchase)
+        self.touches = make(f"{self.name}.touches", _last_ts, str, DayTouches, cold=True)
 
     def configure(self, catalog: Catalog) -> None:
         """The catalog's lookback and half-life, and how late the stage accepts events."""
@@ -163,19 +184,24 @@ class Attribution:
             return []  # no touch (the stage copies only those naming both)
         ts = ev.ts_ms
         channel = d.channel or TOUCH_CHANNEL[ev.type]
-        acc = self.accounts.get(account)
+        day = ts // _DAY_MS
+        key = f"{account}|{day}"
+        bucket = self.touches.get(key)
+        if bucket is None:
+            bucket = DayTouches([], ts)
+        _add(bucket.groups, campaign, channel, [ts])
+        bucket.last_ts = max(bucket.last_ts, ts)
+        self.touches.put(key, bucket)
+        acc = self._account(account)
         if acc is None:
             acc = AccountTouches([], [], ts)
-        groups = acc.groups
-        i = bisect.bisect_left(groups, (campaign, channel), key=_group_key)
-        if i == len(groups) or _group_key(groups[i]) != (campaign, channel):
-            groups.insert(i, Touches(campaign, channel, b""))
-        g = groups[i]
-        times = array("q", g.times)
-        if times and times[0] < self._floor:  # what no revisable purchase reads any more
-            del times[:bisect.bisect_left(times, self._floor)]
-        bisect.insort(times, ts)
-        g.times = times.tobytes()
+        days = array("q", acc.days)
+        if days and days[0] < self._floor // _DAY_MS:  # days no revisable purchase reads
+            del days[:bisect.bisect_left(days, self._floor // _DAY_MS)]
+        i = bisect.bisect_left(days, day)
+        if i == len(days) or days[i] != day:
+            days.insert(i, day)
+        acc.days = days.tobytes()
         acc.last_ts = max(acc.last_ts, ts)
         self.accounts.put(account, acc)
         out: list[Fact] = []
@@ -197,7 +223,7 @@ class Attribution:
         """File the purchase under its account, so the account's later touches find it."""
         if p.account is None:
             return
-        acc = self.accounts.get(p.account)
+        acc = self._account(p.account)
         if acc is None:
             acc = AccountTouches([], [], ts)
         if key not in acc.purchases:
@@ -208,19 +234,58 @@ class Attribution:
     def _credit(self, key: str, p: Purchase, table: Table[str, Purchase]) -> list[Fact]:
         after: list[Fact] = []
         if p.won:
-            acc = self.accounts.get(p.account) if p.account is not None else None
-            before: list[tuple[str, str, list[int]]] = []  # touches in its lookback
-            for g in acc.groups if acc is not None else ():
-                times = memoryview(g.times).cast("q")
-                lo = bisect.bisect_right(times, p.ts - self.lookback_ms)
-                hi = bisect.bisect_right(times, p.ts)
-                if hi > lo:
-                    before.append((g.campaign, g.channel, times[lo:hi].tolist()))
+            acc = self._account(p.account) if p.account is not None else None
+            before = self._lookback(p.account, acc, p.ts) if acc is not None else []
             after = credits(p.ts, p.amount, before, self.half_life_ms)
         out = net_change(p.facts, after)
         p.facts = after
         table.put(key, p)
         return out
+
+    def _lookback(self, account: str | None, acc: AccountTouches, ts: int) -> Credited:
+        """The account's touches that credit a purchase at ``ts``: in its lookback, and not
+        before the floor (those no revisable purchase reads), per campaign and channel."""
+        after = max(ts - self.lookback_ms, self._floor - 1)  # touches after this, up to ts
+        days = memoryview(acc.days).cast("q")
+        got: dict[tuple[str, str], list[int]] = {}
+        for day in days[bisect.bisect_left(days, after // _DAY_MS):
+                        bisect.bisect_right(days, ts // _DAY_MS)]:
+            bucket = self.touches.get(f"{account}|{day}")
+            if bucket is None:
+                continue  # expired
+            for g in bucket.groups:
+                times = memoryview(g.times).cast("q")
+                lo = bisect.bisect_right(times, after)
+                hi = bisect.bisect_right(times, ts)
+                if hi > lo:
+                    got.setdefault((g.campaign, g.channel), []).extend(times[lo:hi].tolist())
+        return [(c, ch, times) for (c, ch), times in sorted(got.items())]
+
+    def _account(self, account: str) -> AccountTouches | None:
+        """The account, its version 1 touches first moved to their days."""
+        acc = self.accounts.get(account)
+        if acc is None or not acc.groups:
+            return acc
+        days = array("q", acc.days)
+        for g in acc.groups:
+            times = array("q", g.times)
+            i = 0
+            while i < len(times):
+                day = times[i] // _DAY_MS
+                j = bisect.bisect_left(times, (day + 1) * _DAY_MS, i)
+                key = f"{account}|{day}"
+                bucket = self.touches.get(key)
+                if bucket is None:
+                    bucket = DayTouches([], times[j - 1])
+                    days.insert(bisect.bisect_left(days, day), day)
+                _add(bucket.groups, g.campaign, g.channel, times[i:j].tolist())
+                bucket.last_ts = max(bucket.last_ts, times[j - 1])
+                self.touches.put(key, bucket)
+                i = j
+        acc.groups = []
+        acc.days = days.tobytes()
+        self.accounts.put(account, acc)
+        return acc
 
     def settled(self, watermark: int, grace_ms: int) -> int:
         raise NotImplementedError("its facts are final as they come")
@@ -228,26 +293,29 @@ class Attribution:
     def expire(self, watermark: int) -> None:
         self._floor = watermark - 2 * self.reach_ms - self.lookback_ms
         self.accounts.drop(self._floor)
+        self.touches.drop(self._floor)
         self.orders.drop(watermark - self.reach_ms)
         self.deals.drop(watermark - self.horizon_ms)
 
     def snapshot(self) -> AttributionState:
         return AttributionState(self.VERSION, self.accounts.data, self.orders.data,
-                                self.deals.data)
+                                self.deals.data, self.touches.data)
 
     def restore(self, state: AttributionState) -> None:
         self.accounts.replace(state.accounts)
         self.orders.replace(state.orders)
         self.deals.replace(state.deals)
+        self.touches.replace(state.touches)
 
     def tables(self) -> dict[str, Table[Any, Any]]:
-        return {"accounts": self.accounts, "orders": self.orders, "deals": self.deals}
+        return {"accounts": self.accounts, "orders": self.orders, "deals": self.deals,
+                "touches": self.touches}
 
     def loaded(self) -> None:
         pass
 
     def __len__(self) -> int:
-        return len(self.accounts) + len(self.orders) + len(self.deals)
+        return len(self.accounts) + len(self.orders) + len(self.deals) + len(self.touches)
 
 
 #: a purchase's touches: per campaign and channel, their times (sorted)
@@ -308,6 +376,20 @@ def split(amount: int, weights: list[int]) -> list[int]:
     return shares
 
 
+def _add(groups: list[Touches], campaign: str, channel: str, times: list[int]) -> None:
+    """Add sorted ``times`` to the group of this campaign and channel (made if new)."""
+    i = bisect.bisect_left(groups, (campaign, channel), key=_group_key)
+    if i == len(groups) or _group_key(groups[i]) != (campaign, channel):
+        groups.insert(i, Touches(campaign, channel, b""))
+    held = array("q", groups[i].times)
+    if not held or held[-1] <= times[0]:
+        held.extend(times)
+    else:
+        for t in times:
+            bisect.insort(held, t)
+    groups[i].times = held.tobytes()
+
+
 def _group_key(g: Touches) -> tuple[str, str]:
     return g.campaign, g.channel
 
@@ -316,7 +398,7 @@ def _dims(campaign: str, channel: str, model: str) -> Dims:
     return (("campaign_id", campaign), ("channel", channel), ("model", model))
 
 
-def _last_ts(x: AccountTouches | Purchase) -> int:
+def _last_ts(x: AccountTouches | Purchase | DayTouches) -> int:
     return x.last_ts
 
 

@@ -395,9 +395,9 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
         *t["attribution"].tables().values(), t["account_revenue"].deals,
         *t["pipeline"].tables().values(), *t["account_purchases"].tables().values()))
     # the tables read at the CRM's pace keep 2 keys here (16 // 25, at least 2): most reads
-    # of a lead, a deal or a purchase go to disk
+    # of a lead, a deal, a purchase or a day of touches go to disk
     cold = [*t["pipeline"].tables().values(), *t["account_purchases"].tables().values(),
-            t["account_revenue"].deals]
+            t["account_revenue"].deals, t["attribution"].touches]
     assert {table.cache_keys for table in cold} == {2}
     assert t["attribution"].orders.cache_keys == t["visitors"].sessions.cache_keys == 16
     out_mem, out_disk, store_mem, store_disk = side_by_side(mem, disk, evs)
@@ -409,7 +409,8 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
     deltas = {n for n in store_disk.parts if "|d|" in n}
     assert {n.rpartition("|d|")[0] for n in deltas} == {
         "t|send_cohorts|cohorts", "t|visitors|visitors", "t|visitors|sessions",
-        "t|attribution|accounts", "t|attribution|orders", "t|account_purchases|purchases"}
+        "t|attribution|accounts", "t|attribution|orders", "t|attribution|touches",
+        "t|account_purchases|purchases"}
     assert set(store_mem.parts) == set(store_disk.parts) - deltas
     assert comparable(store_mem.restore()) == comparable(store_disk.restore())
     # a takeover in another process: its tables filled from the parts, then on as before

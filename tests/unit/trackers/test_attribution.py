@@ -124,8 +124,8 @@ def test_touches_kept_packed_per_campaign_and_channel() -> None:
     t = Attribution(365 * DAY)
     for i in range(500):
         t.observe(touch(i, i / 1440, "x"))  # a touch a minute, one campaign
-    acc = t.accounts.get("a")
-    assert acc is not None and len(acc.groups) == 1 and len(acc.groups[0].times) == 500 * 8
+    day = t.touches.get(f"a|{T0 // DAY}")  # 500 minutes: one day's
+    assert day is not None and len(day.groups) == 1 and len(day.groups[0].times) == 500 * 8
     got = facts_of([deal("d", 0.2, "won", 100)], t)  # after 289 of them
     assert got == {(T0 + int(0.2 * DAY), "attributed_amount",
                     (("campaign_id", "x"), ("channel", "web"), ("model", m))): 100 * MICRO
@@ -203,10 +203,10 @@ def test_state_survives_a_snapshot_and_expires() -> None:
     linear = {dict(d)["campaign_id"]: v for (ts, b, d), v in moved.items()
               if dict(d)["model"] == "linear"}
     assert linear == {"x": -50 * MICRO, "w": 50 * MICRO}
-    assert len(again) == 2  # the account and the deal
+    assert len(again) == 4  # the account, its two days of touches and the deal
     # the deal lasts the horizon after its last event; its account's touches the lookback
     # and twice the reach more (until configured, the reach is the horizon)
     again.expire(T0 + 10 * DAY + 365 * DAY + HOUR)
-    assert len(again) == 1
+    assert len(again) == 3  # the account and its days
     again.expire(T0 + 10 * DAY + 2 * 365 * DAY + 90 * DAY + HOUR)
     assert len(again) == 0
