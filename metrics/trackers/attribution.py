@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import msgspec
@@ -246,20 +247,24 @@ class Attribution:
         """The account's touches that credit a purchase at ``ts``: in its lookback, and not
         before the floor (those no revisable purchase reads), per campaign and channel."""
         after = max(ts - self.lookback_ms, self._floor - 1)  # touches after this, up to ts
+        first, last = after // _DAY_MS, ts // _DAY_MS
         days = memoryview(acc.days).cast("q")
-        got: dict[tuple[str, str], list[int]] = {}
-        for day in days[bisect.bisect_left(days, after // _DAY_MS):
-                        bisect.bisect_right(days, ts // _DAY_MS)]:
+        got: dict[tuple[str, str], array[int]] = {}  # packed: no int object per touch
+        for day in days[bisect.bisect_left(days, first):bisect.bisect_right(days, last)]:
             bucket = self.touches.get(f"{account}|{day}")
             if bucket is None:
                 continue  # expired
             for g in bucket.groups:
+                into = got.get((g.campaign, g.channel))
+                if into is None:
+                    got[(g.campaign, g.channel)] = into = array("q")
+                if first < day < last:  # a day inside the lookback: all of it
+                    into.frombytes(g.times)
+                    continue
                 times = memoryview(g.times).cast("q")
-                lo = bisect.bisect_right(times, after)
-                hi = bisect.bisect_right(times, ts)
-                if hi > lo:
-                    got.setdefault((g.campaign, g.channel), []).extend(times[lo:hi].tolist())
-        return [(c, ch, times) for (c, ch), times in sorted(got.items())]
+                into.frombytes(times[bisect.bisect_right(times, after):
+                                     bisect.bisect_right(times, ts)].cast("B"))
+        return [(c, ch, times) for (c, ch), times in sorted(got.items()) if times]
 
     def _account(self, account: str) -> AccountTouches | None:
         """The account, its version 1 touches first moved to their days."""
@@ -319,7 +324,7 @@ class Attribution:
 
 
 #: a purchase's touches: per campaign and channel, their times (sorted)
-Credited = list[tuple[str, str, list[int]]]
+Credited = Sequence[tuple[str, str, Sequence[int]]]
 
 
 def credits(ts: int, amount: int, touches: Credited, half_life_ms: int) -> list[Fact]:
