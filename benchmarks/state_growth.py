@@ -21,7 +21,8 @@ Every ``--every`` days of event time, after a commit and a full garbage collecti
   does once it caught up);
 - ``records``: the state records a restore would read;
 - with ``--census``, the deep size of each part of the engine (objects reached from it and
-  not from a part listed before it; the catalog first, so what it shares is its own).
+  not from a part listed before it; the catalog first, so what it shares is its own; a
+  tracker's keyed tables each, then the rest of it).
 
 No Kafka client, no Faust and no backlog in flight: ``state_bench.py`` measures those. What
 grows here grows with the days held, whatever the worker around it.
@@ -155,7 +156,9 @@ def census(engine: KpiEngine, durable: Durable) -> str:
     parts: list[tuple[str, Any]] = [("catalog", engine.catalog)]
     parts += [(f"windows.{f}", w) for f, w in engine.windows.items()]
     parts += [("publisher", engine.publisher), ("part map", durable.parts)]
-    parts += [(f"tracker.{n}", t) for n, t in engine.trackers.items()]
+    for n, t in engine.trackers.items():  # each keyed table, then the rest of the tracker
+        parts += [(f"{n}.{tn}", table) for tn, table in t.tables().items()]
+        parts.append((f"tracker.{n}", t))
     sizes = deep_sizes(parts)
     return "  " + ", ".join(f"{n} {b / 1e6:.1f}" for n, b in sizes if b >= 100_000)
 
