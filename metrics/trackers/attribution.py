@@ -41,6 +41,7 @@ _DIMS: Final = frozenset({"model", "campaign_id", "channel"})
 #: a time-decay weight's resolution: 2**32 for a touch at the purchase, never below 1
 _DECAY_ONE: Final = 2**32
 _DAY_MS: Final = 86_400_000
+_ANY: Final = 2**62  # a purchase's time not known: read it
 
 
 class Touches(msgspec.Struct, array_like=True, gc=False):
@@ -68,6 +69,9 @@ class AccountTouches(msgspec.Struct, gc=False):
     #: the days it has touches of (``ts // day``), sorted, packed as ``array('q')``; some
     #: may have expired
     days: bytes = b""
+    #: when each of ``purchases`` counts (packed, in their order; ``_ANY``: not known, as
+    #: version 1 filed them): a touch reads only the purchases it can credit
+    at: bytes = b""
 
 
 class Purchase(msgspec.Struct, gc=False):
@@ -118,6 +122,7 @@ class Attribution:
         #: longest window + grace; until then the horizon, which keeps more)
         self.reach_ms = horizon_ms
         self._floor = -(2**62)  # touches before this credit nothing revisable
+        self._orders_floor = -(2**62)  # orders before this are dropped
         self.accounts: Table[str, AccountTouches] = Keyed(_last_ts)
         self.orders: Table[str, Purchase] = Keyed(_purchase_ts)
         self.deals: Table[str, Purchase] = Keyed(_last_ts)
@@ -125,11 +130,13 @@ class Attribution:
 
     def spill(self, make: TableFactory) -> None:
         """Its accounts, orders, deals and touches, kept up to a year: on disk (a worker's).
-        A value read is changed, then put back, before the next read of its table. The
-        touches' cache is small: a touch reads today's, a purchase its lookback's once."""
+        A value read is changed, then put back, before the next read of its table. Small
+        caches but for the accounts: a touch reads its day's touches, and a purchase only
+        when it may credit the touch (a touch late for it); a purchase reads its lookback's
+        days once."""
         self.accounts = make(f"{self.name}.accounts", _last_ts, str, AccountTouches)
-        self.orders = make(f"{self.name}.orders", _purchase_ts, str, Purchase)
-        self.deals = make(f"{self.name}.deals", _last_ts, str, Purchase)
+        self.orders = make(f"{self.name}.orders", _purchase_ts, str, Purchase, cold=True)
+        self.deals = make(f"{self.name}.deals", _last_ts, str, Purchase, cold=True)
         self.touches = make(f"{self.name}.touches", _last_ts, str, DayTouches, cold=True)
 
     def configure(self, catalog: Catalog) -> None:
@@ -206,17 +213,22 @@ class Attribution:
         acc.last_ts = max(acc.last_ts, ts)
         self.accounts.put(account, acc)
         out: list[Fact] = []
-        held: list[str] = []
-        for key in acc.purchases:
-            table = self.orders if key[0] == "o" else self.deals
-            p = table.get(key)
-            if p is None:
-                continue  # expired: forgotten here too
+        held, held_at = [], array("q")
+        for key, at in zip(acc.purchases, array("q", acc.at), strict=True):
+            if at < (self._orders_floor if key[0] == "o" else self._floor):
+                continue  # dropped (an order), or before any touch still taken
+            if at == _ANY or at - self.lookback_ms < ts <= at:  # it may credit this touch
+                table = self.orders if key[0] == "o" else self.deals
+                p = table.get(key)
+                if p is None:
+                    continue  # expired: forgotten here too
+                at = p.ts
+                if p.won and p.account == account and p.ts - self.lookback_ms < ts <= p.ts:
+                    out.extend(self._credit(key, p, table))
             held.append(key)
-            if p.won and p.account == account and p.ts - self.lookback_ms < ts <= p.ts:
-                out.extend(self._credit(key, p, table))
-        if held != acc.purchases:
-            acc.purchases = held
+            held_at.append(at)
+        if held != acc.purchases or held_at.tobytes() != acc.at:
+            acc.purchases, acc.at = held, held_at.tobytes()
             self.accounts.put(account, acc)
         return out
 
@@ -227,8 +239,13 @@ class Attribution:
         acc = self._account(p.account)
         if acc is None:
             acc = AccountTouches([], [], ts)
-        if key not in acc.purchases:
+        at = array("q", acc.at)
+        if key in acc.purchases:
+            at[acc.purchases.index(key)] = p.ts
+        else:
             acc.purchases.append(key)
+            at.append(p.ts)
+        acc.at = at.tobytes()
         acc.last_ts = max(acc.last_ts, ts)
         self.accounts.put(p.account, acc)
 
@@ -267,10 +284,12 @@ class Attribution:
         return [(c, ch, times) for (c, ch), times in sorted(got.items()) if times]
 
     def _account(self, account: str) -> AccountTouches | None:
-        """The account, its version 1 touches first moved to their days."""
+        """The account, its version 1 touches first moved to their days (and its purchases'
+        times marked unknown)."""
         acc = self.accounts.get(account)
-        if acc is None or not acc.groups:
+        if acc is None or (not acc.groups and len(acc.at) == 8 * len(acc.purchases)):
             return acc
+        acc.at = array("q", [_ANY] * len(acc.purchases)).tobytes()
         days = array("q", acc.days)
         for g in acc.groups:
             times = array("q", g.times)
@@ -297,6 +316,7 @@ class Attribution:
 
     def expire(self, watermark: int) -> None:
         self._floor = watermark - 2 * self.reach_ms - self.lookback_ms
+        self._orders_floor = watermark - self.reach_ms
         self.accounts.drop(self._floor)
         self.touches.drop(self._floor)
         self.orders.drop(watermark - self.reach_ms)

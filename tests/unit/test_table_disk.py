@@ -397,9 +397,10 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
     # the tables read at the CRM's pace keep 2 keys here (16 // 25, at least 2): most reads
     # of a lead, a deal, a purchase or a day of touches go to disk
     cold = [*t["pipeline"].tables().values(), *t["account_purchases"].tables().values(),
-            t["account_revenue"].deals, t["attribution"].touches]
+            t["account_revenue"].deals, t["attribution"].touches, t["attribution"].orders,
+            t["attribution"].deals]
     assert {table.cache_keys for table in cold} == {2}
-    assert t["attribution"].orders.cache_keys == t["visitors"].sessions.cache_keys == 16
+    assert t["attribution"].accounts.cache_keys == t["visitors"].sessions.cache_keys == 16
     out_mem, out_disk, store_mem, store_disk = side_by_side(mem, disk, evs)
     cut = len(evs) // 2
     assert out_mem == out_disk and len(out_mem) > 100

@@ -13,8 +13,8 @@ from typing import Any
 import msgspec
 
 from metrics.events import Event, struct_of
-from metrics.trackers.attribution import Attribution, AttributionState
-from metrics.trackers.base import Dims
+from metrics.trackers.attribution import AccountTouches, Attribution, AttributionState
+from metrics.trackers.base import Dims, Keyed
 from streams.table_disk import DiskKeyed, DiskTables
 
 DAY = 86_400_000
@@ -171,3 +171,46 @@ def test_a_touch_reads_and_writes_its_day_only() -> None:
         event_id="x", ts=0, session_id="s", page="/", campaign_id="c", account_id="a")))
     changed = t.touches.drain()
     assert len(changed) == 1  # one hour of one day's key
+
+
+def test_a_touch_reads_only_the_purchases_it_may_credit() -> None:
+    """Its account's purchases are filed with their times: a touch after them all reads
+    none (the orders' table is on disk with a small cache in a worker), a late touch only
+    those after it within the lookback, and a version 1 account reads each once."""
+    reads: list[str] = []
+
+    class Counted(Keyed[str, Any]):
+        def get(self, key: str) -> Any:
+            reads.append(key)
+            return super().get(key)
+
+    def tracker() -> Attribution:
+        t = Attribution(365 * DAY)
+        t.orders = Counted(lambda p: p.ts)
+        return t
+
+    page = struct_of("account.page_view")
+
+    def touch(i: int, ts: int) -> Event:
+        return Event(f"t{i}", "account.page_view", ts, "accounts", page(
+            event_id="x", ts=0, session_id="s", page="/", campaign_id="c", account_id="a"))
+
+    t = tracker()
+    for i in range(50):  # an order a day
+        t.observe(Event(f"o{i}", "account.order", T0 + i * DAY, "accounts", _Order(10, "a")))
+    reads.clear()
+    for i in range(100):
+        t.observe(touch(i, T0 + 50 * DAY + i))
+    assert reads == []
+    moved = t.observe(touch(100, T0 + 45 * DAY + 1))  # late: before the last four orders
+    assert sorted(reads) == [f"o:o{i}" for i in range(46, 50)]
+    assert {ts for ts, *_ in moved} == {T0 + i * DAY for i in range(46, 50)}
+    # a version 1 account: its purchases' times not filed, each read once, then known
+    old = AccountTouches([], t.accounts.data["a"].purchases, T0 + 50 * DAY)
+    again = tracker()
+    again.restore(msgspec.structs.replace(
+        t.snapshot(), accounts={"a": old}, version=1, touches={}))
+    reads.clear()
+    again.observe(touch(200, T0 + 60 * DAY))
+    again.observe(touch(201, T0 + 60 * DAY + 1))
+    assert sorted(reads) == sorted(f"o:o{i}" for i in range(50))
