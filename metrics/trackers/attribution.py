@@ -340,7 +340,9 @@ class Attribution:
         pass
 
     def __len__(self) -> int:
-        return len(self.accounts) + len(self.orders) + len(self.deals) + len(self.touches)
+        """Its accounts and purchases (its days of touches are the accounts' lookback: they
+        grow for its 90 days and more, a horizon of their own)."""
+        return len(self.accounts) + len(self.orders) + len(self.deals)
 
 
 #: a purchase's touches: per campaign and channel, their times (sorted)
