@@ -206,9 +206,7 @@ class Attribution:
         days = array("q", acc.days)
         if days and days[0] < self._floor // _DAY_MS:  # days no revisable purchase reads
             del days[:bisect.bisect_left(days, self._floor // _DAY_MS)]
-        i = bisect.bisect_left(days, day)
-        if i == len(days) or days[i] != day:
-            days.insert(i, day)
+        _file_day(days, day)
         acc.days = days.tobytes()
         acc.last_ts = max(acc.last_ts, ts)
         self.accounts.put(account, acc)
@@ -240,9 +238,9 @@ class Attribution:
         if acc is None:
             acc = AccountTouches([], [], ts)
         at = array("q", acc.at)
-        if key in acc.purchases:
+        try:
             at[acc.purchases.index(key)] = p.ts
-        else:
+        except ValueError:  # not filed yet
             acc.purchases.append(key)
             at.append(p.ts)
         acc.at = at.tobytes()
@@ -301,7 +299,7 @@ class Attribution:
                 bucket = self.touches.get(key)
                 if bucket is None:
                     bucket = DayTouches([], times[j - 1])
-                    days.insert(bisect.bisect_left(days, day), day)
+                _file_day(days, day)
                 _add(bucket.groups, g.campaign, g.channel, times[i:j].tolist())
                 bucket.last_ts = max(bucket.last_ts, times[j - 1])
                 self.touches.put(key, bucket)
@@ -415,6 +413,13 @@ def _add(groups: list[Touches], campaign: str, channel: str, times: list[int]) -
         for t in times:
             bisect.insort(held, t)
     groups[i].times = held.tobytes()
+
+
+def _file_day(days: array[int], day: int) -> None:
+    """Insert ``day`` in the sorted ``days`` unless it is there."""
+    i = bisect.bisect_left(days, day)
+    if i == len(days) or days[i] != day:
+        days.insert(i, day)
 
 
 def _group_key(g: Touches) -> tuple[str, str]:

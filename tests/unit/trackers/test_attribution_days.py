@@ -16,24 +16,13 @@ from metrics.events import Event, struct_of
 from metrics.trackers.attribution import AccountTouches, Attribution, AttributionState
 from metrics.trackers.base import Dims, Keyed
 from streams.table_disk import DiskKeyed, DiskTables
+from tests.unit.trackers.test_attribution import _Deal, _Order
 
 DAY = 86_400_000
 T0 = 1_772_409_600_000  # 2026-03-02
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "attribution_v1.msgpack"
 
 Net = dict[tuple[int, str, Dims], int]
-
-
-class _Order(msgspec.Struct):
-    amount: float
-    account_id: str | None = None
-
-
-class _Deal(msgspec.Struct):
-    deal_id: str
-    stage: str
-    amount: float | None = None
-    account_id: str | None = None
 
 
 def stream(seed: int = 11, days: int = 200) -> list[Event]:
