@@ -7,13 +7,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
-from metrics.catalog import load_catalog
 from metrics.errors import KpiEngineError
+
+if TYPE_CHECKING:
+    from metrics.catalog import Catalog
 
 #: settings the Kafka-facing commands take as flags (the password only as KPI_SASL_PASSWORD:
 #: a flag would show in the process list)
@@ -22,6 +25,14 @@ KAFKA_FLAGS = ("broker", "topic_prefix", "security_protocol", "sasl_mechanism",
                "ssl_check_hostname", "replication_factor", "min_insync_replicas")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def load_catalog(path: str | Path | None) -> Catalog:
+    """The catalog's modules are imported by the commands that read it, not by every one:
+    the parent of a worker's processes (streams/processes.py) stays small."""
+    from metrics.catalog import load_catalog as load
+
+    return load(path)
 
 
 def kafka_options(*, broker: bool = True) -> Callable[[F], F]:
@@ -257,8 +268,6 @@ def provisioning(catalog: str | None, out: str, grafana_url: str | None) -> int:
     """Write the Prometheus, Alertmanager and Grafana provisioning.
 
     Their configuration, with the catalog's alert rules, dashboards and runbook."""
-    from pathlib import Path
-
     from kpi_engine import provisioning as prov
 
     written = prov.write(load_catalog(catalog), Path(out), grafana_url)
@@ -293,8 +302,6 @@ def _pick(options: dict[str, Any], *names: str) -> dict[str, Any]:
 
 
 def _write(files: Any, out: str) -> int:
-    from pathlib import Path
-
     from kpi_engine import alerting
 
     for path in alerting.write_files(files, Path(out)):
@@ -352,7 +359,6 @@ def _dump_codegen(catalog_path: str | None, out: str) -> int:
     """Every function the engine generates for this catalog, one file each (their names are
     the file names tracebacks show)."""
     import re
-    from pathlib import Path
 
     from metrics import codegen
     from metrics.engine import KpiEngine

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections import deque
 from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from metrics.catalog import Catalog, parse_duration_ms
+from metrics.catalog_types import parse_duration_ms
+
+if TYPE_CHECKING:
+    from metrics.catalog import Catalog
 
 TREND_POINTS: Final = 30  # closed windows kept per KPI and window for the trend line
 

@@ -6,33 +6,38 @@ owning whole shards (streams/assignor.py), as N workers would; this parent serve
 worker's address with their pages merged (streams/merged.py) and runs them as one: a stop
 signal stops them all, and one of them ending ends the worker, so that whatever restarts
 the worker restarts it whole.
+
+The parent counts in the worker's memory, so it holds no more than that job needs: the
+standard library's HTTP server and client, no Kafka client, no Faust, no catalog (a
+short-lived child makes the topics, ``python -m streams.topics``). ~30 MB where the same
+parent on aiohttp with the catalog loaded held 48.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from metrics.catalog import load_catalog
 from streams.broker import die_with_parent, free_port, refuse_busy_web_port
 from streams.dashboard import page
 from streams.merged import merge_dashboard, merge_health, merge_metrics
 from streams.settings import Settings, settings_environ
-from streams.topics import create_topics
 
 log = logging.getLogger("kpi_engine.worker")
 
@@ -41,8 +46,12 @@ log = logging.getLogger("kpi_engine.worker")
 ASK_TIMEOUT_S: Final = 3.0
 #: seconds the processes have to stop on a stop signal before they are killed
 STOP_TIMEOUT_S: Final = 30.0
-#: Prometheus text format, the version spelled out (aiohttp wants the charset apart)
+#: Prometheus text format, the version spelled out
 METRICS_TYPE: Final = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+JSON_TYPE: Final = "application/json"
+
+#: a page's answer: status, content type, body
+Answer = tuple[int, str, bytes]
 
 
 def process_env(settings: Settings, index: int, port: int,
@@ -69,14 +78,24 @@ class Processes:
         self.settings = settings
         self.ports = [free_port() for _ in range(settings.processes)]
         self.procs: list[subprocess.Popen[bytes]] = []
-        self._session: aiohttp.ClientSession | None = None
+        # direct to the processes on loopback, whatever proxy the environment names
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._asks = ThreadPoolExecutor(max_workers=4 * settings.processes,
+                                        thread_name_prefix="ask")
         self._metrics: tuple[float, bytes] | None = None  # when rendered, the text
+        self._metrics_lock = threading.Lock()  # one rendering at a time, as one worker
+        self.pages: dict[str, Callable[[str], Answer]] = {
+            "/metrics": self.metrics, "/health": self.health, "/kpis": self.kpis,
+            "/accounts": self.accounts, "/dashboard": self.dashboard,
+            "/dashboard/state": self.dashboard_state}
 
     @property
     def names(self) -> list[str]:
         return [f"process {i} (pid {p.pid})" for i, p in enumerate(self.procs)]
 
     def start(self) -> None:
+        # from the main thread: a child's parent-death signal follows the thread that
+        # started it, and this one lives as long as the worker
         for i, port in enumerate(self.ports):
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "kpi_engine.cli", "worker"],
@@ -90,61 +109,61 @@ class Processes:
         """(index, exit code) of the processes that have ended."""
         return [(i, p.returncode) for i, p in enumerate(self.procs) if p.poll() is not None]
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+            time.sleep(0.1)
         for p in self.procs:
             if p.poll() is None:
                 log.error("pid %d did not stop within %.0f s: killed", p.pid, STOP_TIMEOUT_S)
                 p.kill()
                 p.wait()
 
-    async def ask(self, path: str, query: str = "") -> list[bytes | None]:
+    def ask(self, path: str, query: str = "") -> list[bytes | None]:
         """Each process's answer to ``path`` (whatever its status: a 503 /health still says
         why), None where it did not answer."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S))
-        session = self._session
-
-        async def one(port: int) -> bytes | None:
+        def one(port: int) -> bytes | None:
             url = f"http://127.0.0.1:{port}{path}" + (f"?{query}" if query else "")
             try:
-                async with session.get(url) as resp:
-                    return await resp.read()
-            except (TimeoutError, aiohttp.ClientError):
+                with self._opener.open(url, timeout=ASK_TIMEOUT_S) as resp:
+                    return bytes(resp.read())
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    return bytes(exc.read())
+            except (OSError, ValueError):  # refused, reset, timed out; a truncated answer
                 return None
 
-        return list(await asyncio.gather(*(one(port) for port in self.ports)))
+        return list(self._asks.map(one, self.ports))
 
-    async def ask_json(self, path: str, query: str = "") -> list[Any]:
+    def ask_json(self, path: str, query: str = "") -> list[Any]:
         out = []
-        for body in await self.ask(path, query):
+        for body in self.ask(path, query):
             try:
                 out.append(None if body is None else orjson.loads(body))
             except orjson.JSONDecodeError:  # a process stopping mid-answer
                 out.append(None)
         return out
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    def metrics(self, query: str) -> Answer:
         # rendered at most once per emit interval, as a single worker's is (Exposition)
-        now = time.monotonic()
-        if self._metrics is None or now - self._metrics[0] >= self.settings.emit_interval:
-            answers = await self.ask("/metrics")
-            silent = [n for n, body in zip(self.names, answers, strict=True) if body is None]
-            if silent:
-                # a failed scrape, not a partial one: without a process's counters the sums
-                # would read as counters going back (a reset to rate()), then jumping up
-                return web.Response(status=503, text=f"{', '.join(silent)}: not answering")
-            self._metrics = (now, merge_metrics([b.decode() for b in answers if b]))
-        return web.Response(body=self._metrics[1], content_type=METRICS_TYPE)
+        with self._metrics_lock:
+            now = time.monotonic()
+            if self._metrics is None or now - self._metrics[0] >= self.settings.emit_interval:
+                answers = self.ask("/metrics")
+                silent = [n for n, body in zip(self.names, answers, strict=True)
+                          if body is None]
+                if silent:
+                    # a failed scrape, not a partial one: without a process's counters the
+                    # sums would read as counters going back (a reset to rate()), then up
+                    return 503, "text/plain", f"{', '.join(silent)}: not answering".encode()
+                self._metrics = (now, merge_metrics([b.decode() for b in answers if b]))
+            return 200, METRICS_TYPE, self._metrics[1]
 
-    async def health(self, request: web.Request) -> web.Response:
-        parts = await self.ask_json("/health")
+    def health(self, query: str) -> Answer:
+        parts = self.ask_json("/health")
         health = merge_health(parts, self.names)
         # which process owns which shards (None: not answering)
         health["processes"] = [
@@ -154,65 +173,85 @@ class Processes:
              "events": None if h is None else h["events"],
              "busy_s": None if h is None else h["busy_s"]}
             for p, port, h in zip(self.procs, self.ports, parts, strict=True)]
-        return _json(health, 503 if health["problems"] else 200)
+        return 503 if health["problems"] else 200, JSON_TYPE, orjson.dumps(health)
 
-    async def dashboard_state(self, request: web.Request) -> web.Response:
-        return _json(merge_dashboard(await self.ask_json("/dashboard/state"), self.names))
+    def dashboard_state(self, query: str) -> Answer:
+        merged = merge_dashboard(self.ask_json("/dashboard/state"), self.names)
+        return 200, JSON_TYPE, orjson.dumps(merged)
 
-    async def kpis(self, request: web.Request) -> web.Response:
-        parts = await self.ask_json("/kpis", request.query_string)
-        return _json({"kpis": [r for p in parts if p is not None for r in p["kpis"]]})
+    def kpis(self, query: str) -> Answer:
+        parts = self.ask_json("/kpis", query)
+        return 200, JSON_TYPE, orjson.dumps(
+            {"kpis": [r for p in parts if p is not None for r in p["kpis"]]})
 
-    async def accounts(self, request: web.Request) -> web.Response:
-        parts = await self.ask_json("/accounts", request.query_string)
-        return _json({"accounts": sorted((r for p in parts if p is not None
-                                          for r in p["accounts"]),
-                                         key=lambda r: r["account_id"])})
+    def accounts(self, query: str) -> Answer:
+        parts = self.ask_json("/accounts", query)
+        return 200, JSON_TYPE, orjson.dumps(
+            {"accounts": sorted((r for p in parts if p is not None for r in p["accounts"]),
+                                key=lambda r: r["account_id"])})
 
-    async def dashboard(self, request: web.Request) -> web.Response:
-        return web.Response(body=page(), content_type="text/html")
+    def dashboard(self, query: str) -> Answer:
+        return 200, "text/html; charset=utf-8", page()
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        routes: dict[str, Callable[[web.Request], Any]] = {
-            "/metrics": self.metrics, "/health": self.health, "/kpis": self.kpis,
-            "/accounts": self.accounts, "/dashboard": self.dashboard,
-            "/dashboard/state": self.dashboard_state}
-        for path, handler in routes.items():
-            app.router.add_get(path, handler)
-        return app
+    def answer(self, target: str) -> Answer:
+        url = urlsplit(target)
+        handler = self.pages.get(url.path)
+        if handler is None:
+            return 404, "text/plain", b"404: Not Found"
+        return handler(url.query)
 
-    async def run(self) -> int:
+    def server(self) -> ThreadingHTTPServer:
+        """The worker's address, a thread per request (a slow process's page holds only the
+        requests that wait for it)."""
+        processes = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as Prometheus scrapes
+
+            def do_GET(self) -> None:
+                try:
+                    status, ctype, body = processes.answer(self.path)
+                except Exception:  # a bug in a merge: one 500, the worker goes on
+                    log.exception("GET %s", self.path)
+                    status, ctype, body = 500, "text/plain", b"500: Internal Server Error"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # no access log, as the processes' own pages
+
+        server = ThreadingHTTPServer((self.settings.web_host, self.settings.web_port), Handler)
+        server.daemon_threads = True
+        return server
+
+    def run(self) -> int:
         """Until a stop signal (exit 0) or a process ending on its own (exit 1)."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
+            signal.signal(sig, lambda *_: stop.set())
+        server = self.server()
+        serving = threading.Thread(target=server.serve_forever, name="web", daemon=True)
         code = 0
         try:
             self.start()  # before the pages are served: they name the processes
-            await web.TCPSite(runner, self.settings.web_host, self.settings.web_port).start()
-            while not stop.is_set():
+            serving.start()
+            while not stop.wait(0.5):
                 ended = self.ended()
                 if ended:
                     log.error("%s: stopping the worker", "; ".join(
                         f"process {i} ended with code {rc}" for i, rc in ended))
                     code = 1
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
         finally:
-            await self.stop()
-            if self._session is not None:
-                await self._session.close()
-            await runner.cleanup()
+            self.stop()
+            if serving.is_alive():
+                server.shutdown()  # (it waits for serve_forever, which must have started)
+            server.server_close()
+            self._asks.shutdown(wait=False, cancel_futures=True)
         return code
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 def run_processes(settings: Settings) -> int:
@@ -222,5 +261,8 @@ def run_processes(settings: Settings) -> int:
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     # once, here: a catalog that does not load stops the worker before any process starts,
     # and the processes find their topics made rather than all making them at once
-    create_topics(settings, load_catalog(settings.catalog))
-    return asyncio.run(Processes(settings).run())
+    made = subprocess.run([sys.executable, "-m", "streams.topics"],
+                          env=settings_environ(settings), stdin=subprocess.DEVNULL, check=False)
+    if made.returncode:
+        return made.returncode
+    return Processes(settings).run()

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from metrics.catalog import parse_duration_ms
+from metrics.catalog_types import parse_duration_ms
 from streams.errors import SettingsError
 
 log = logging.getLogger("kpi_engine")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -12,11 +14,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from metrics.catalog import Catalog
+from metrics.catalog import Catalog, load_catalog
+from metrics.errors import KpiEngineError
 from metrics.events import ACCOUNTS, TOPIC_FAMILIES
 from streams.errors import BrokerError
 from streams.kafka_client import client_kwargs, topic_configs
-from streams.settings import Settings
+from streams.settings import Settings, load_settings
 
 #: the accounts stage's internal topic (streams/feed.py): copies of other families' events
 ACCOUNTS_TOPIC: Final = "kpi-account-events"
@@ -187,3 +190,26 @@ async def topic_sizes(bootstrap: str, topics: list[str],
     for tp, offset in ends.items():
         out[tp.topic] += offset
     return out
+
+
+def main() -> int:
+    """``python -m streams.topics``: the topics of the worker whose settings this process's
+    KPI_ environment holds made, once, by the parent of its processes (streams/processes.py,
+    which keeps Kafka's client and the catalog out of its own memory). Exit codes as the
+    CLI's: 2 for settings or the catalog, 3 for the broker."""
+    try:
+        settings = load_settings()
+        logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] "
+                            "[%(process)d] [%(levelname)s] %(message)s")
+        create_topics(settings, load_catalog(settings.catalog))
+    except BrokerError as exc:
+        print(f"kpi-engine: {exc}", file=sys.stderr)
+        return 3
+    except KpiEngineError as exc:
+        print(f"kpi-engine: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

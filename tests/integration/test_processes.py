@@ -168,6 +168,12 @@ def test_the_processes_stop_when_the_worker_is_killed_9(
     wait_for(lambda: both_own_shards(worker), 60, "both processes to own shards", worker)
     pids = [p["pid"] for p in processes(worker)]
     assert worker.get("/metrics").count(b"# TYPE kpi_engine_events_total counter") == 1
+    # the parent serves the pages without aiohttp, Kafka's client or RocksDB in its memory
+    with open(f"/proc/{worker.proc.pid}/maps") as f:
+        mapped = f.read()
+    assert not re.findall(r"/(aiohttp|aiokafka|rocksdict|yaml)/\S*\.so", mapped)
+    with open(f"/proc/{pids[0]}/maps") as f:  # where a process does map them
+        assert re.findall(r"/(aiohttp|rocksdict)/\S*\.so", f.read())
     # a process that does not answer fails the scrape (no partial sums) and /health
     time.sleep(2 * isolated.emit_interval)  # past the cached rendering
     os.kill(pids[1], signal.SIGSTOP)

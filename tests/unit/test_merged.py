@@ -3,7 +3,11 @@ process starts with (streams/processes.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -172,3 +176,29 @@ def test_each_process_starts_with_the_workers_settings_on_a_loopback_port_of_its
     assert load_settings(environ=process_env(replace(s, broker=None), 0, 7300,
                                              environ={"KPI_BROKER": "kafka://x:1"})
                          ).broker is None
+
+
+def test_the_parent_of_the_processes_loads_no_kafka_client_faust_or_catalog() -> None:
+    """The parent's memory counts in the worker's (48 MB with them, ~30 without): the CLI
+    and streams/processes.py import them only where a command needs them."""
+    code = ("import sys, kpi_engine.cli, streams.processes; "
+            "print(' '.join(sorted(m for m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    heavy = ("faust", "aiokafka", "aiohttp", "yaml", "rocksdict", "metrics.catalog",
+             "metrics.engine", "metrics.events")
+    assert "streams.processes" in out
+    assert [m for m in out if m.split(".")[0] in heavy or m in heavy] == []
+
+
+def test_the_topics_child_stops_the_worker_on_a_catalog_that_does_not_load(
+        tmp_path: Path) -> None:
+    """The parent makes the topics in a child (`python -m streams.topics`); a catalog that
+    does not load is its exit 2 and one line naming the file, before any broker is asked."""
+    bad = tmp_path / "catalog.yaml"
+    bad.write_text("kpis: [")
+    env = {**os.environ, "KPI_CATALOG": str(bad), "KPI_BROKER": "127.0.0.1:1"}
+    done = subprocess.run([sys.executable, "-m", "streams.topics"], capture_output=True,
+                          text=True, env=env, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("kpi-engine: ") and str(bad) in done.stderr
