@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from http.client import HTTPException
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -133,7 +134,7 @@ class Processes:
             except urllib.error.HTTPError as exc:
                 with exc:
                     return bytes(exc.read())
-            except (OSError, ValueError):  # refused, reset, timed out; a truncated answer
+            except (OSError, HTTPException):  # refused, reset, timed out; cut short
                 return None
 
         return list(self._asks.map(one, self.ports))
