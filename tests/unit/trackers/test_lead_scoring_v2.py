@@ -1,0 +1,104 @@
+"""Lead scoring's hours packed in 32 bits (version 2; version 1 packed 64): the crossings,
+the MQL announcements and the accounts' scores are those version 1 gave, from scratch and
+continued from a version 1 state (tests/fixtures/lead_scoring_v1.msgpack, written by main
+e6dc761 from this stream's first half), and an hour costs 8 bytes, not 16."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from metrics.catalog import load_catalog
+from metrics.trackers.lead_scoring import LeadScoring, LeadScoringState
+from tests.unit.trackers.test_lead_scoring import DAY, HOUR, T0, ev, lead, stage
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "lead_scoring_v1.msgpack"
+
+
+def stream(seed: int = 5, days: int = 150) -> list[dict[str, Any]]:
+    """Six accounts' engagement (opens, clicks, page views, pricing pages, goals, social
+    interactions counted 1-5 times; busy and quiet days) and two leads a day, arriving up to
+    two days off event time."""
+    rng = random.Random(seed)
+    out: list[tuple[float, dict[str, Any]]] = []
+    n = 0
+    for day in range(days):
+        for a in range(6):
+            for _ in range(rng.choice([0, 2, 6, 20])):
+                n += 1
+                at = day * 24 + rng.random() * 24
+                kind = rng.randrange(6)
+                acc = f"a{a}"
+                if kind < 2:
+                    e = ev(f"e{n}", ["email.opened", "email.clicked"][kind], at,
+                           campaign_id="nl", contact_id="k", account_id=acc)
+                elif kind < 4:
+                    e = ev(f"e{n}", "page.viewed", at, session_id="s",
+                           page=rng.choice(["/blog", "/pricing/team"]), account_id=acc)
+                elif kind == 4:
+                    e = ev(f"e{n}", "goal.converted", at, session_id="s", goal="demo",
+                           account_id=acc)
+                else:
+                    e = ev(f"e{n}", "social.interaction", at, network="linkedin",
+                           kind="share", count=rng.randrange(1, 6), account_id=acc)
+                out.append((at + rng.random() * 48, e))
+        for i in range(2):
+            n += 1
+            at = day * 24 + rng.random() * 24
+            out.append((at + rng.random() * 48,
+                        lead(f"e{n}", at, f"a{rng.randrange(7)}", f"L{day}-{i}")))
+    out.sort(key=lambda x: (x[0], x[1]["event_id"]))
+    return [e for _, e in out]
+
+
+def run(t: LeadScoring, events: list[dict[str, Any]], seen: int = 0) -> tuple[str, int]:
+    """Feed the events, expiring at a watermark three days behind the latest each new day,
+    and at each new day also announcing and reading every account's score; a digest of it
+    all (the facts, the announced leads and hours, the scores)."""
+    h = hashlib.sha256()
+    for e in stage(events):
+        facts = t.observe(e)
+        h.update(msgspec.msgpack.encode(sorted(facts)))
+        if e.ts_ms // DAY > seen // DAY:
+            seen = e.ts_ms
+            t.expire(seen - 3 * DAY)
+            h.update(msgspec.msgpack.encode(
+                [(k, lead.qualified, round(lead.score, 9)) for k, lead in t.announce()]))
+            h.update(msgspec.msgpack.encode(sorted(t.scores(seen).items())))
+        seen = max(seen, e.ts_ms)
+    return h.hexdigest(), seen
+
+
+def scoring() -> LeadScoring:
+    t = LeadScoring(365 * DAY)
+    t.configure(load_catalog())
+    return t
+
+
+class Fixture(msgspec.Struct):
+    half: int  # events fed before the state was taken
+    seen: int  # the latest event time then
+    state: msgspec.Raw  # LeadScoringState version 1
+    all: str  # version 1's digest over the whole stream
+    second_half: str  # ... over the second half, continued from ``state``
+
+
+def write_fixture() -> None:
+    """Run by main e6dc761 (version 1) to write the fixture."""
+    events = stream()
+    half = len(events) // 2
+    whole, _ = run(scoring(), events)
+    t = scoring()
+    _, seen = run(t, events[:half])
+    state = msgspec.msgpack.encode(t.snapshot())
+    second, _ = run(t, events[half:], seen)
+    FIXTURE.write_bytes(msgspec.msgpack.encode(
+        Fixture(half, seen, msgspec.Raw(state), whole, second)))
+
+
+def fixture() -> Fixture:
+    return msgspec.msgpack.decode(FIXTURE.read_bytes(), type=Fixture)
