@@ -15,9 +15,11 @@ the lead's channel and campaign); ``prior_mqls``, windowed, the crossings in the
 the same length just before (lead velocity). The score is a function of the hours' points,
 summed in hour order: shuffled input gives the same crossings.
 
-State: per account its hours with points, packed (16 bytes an hour), and its leads; no
-object per event. An hour is kept while a revisable crossing can read it (reach +
-lookback), a lead while its crossing can change or a revisable window reads it.
+State: per account its hours with points, packed (8 bytes an hour: 32-bit hours and points,
+an hour's points saturating at 2^31 - 1; version 1 packed 64-bit ones, converted when
+loaded), and its leads; no object per event. An hour is kept while a revisable crossing
+can read it (reach + lookback), a lead while its crossing can change or a revisable window
+reads it.
 """
 
 from __future__ import annotations
@@ -44,15 +46,19 @@ ENGAGEMENT: Final[dict[str, str]] = {
     "account.page_view": "page.viewed", "account.goal": "goal.converted",
     "account.social": "social.interaction"}
 _DIMS: Final = frozenset({"channel", "campaign_id"})
+#: the hours' and points' packing (array typecode): 32 bits since version 2; 64 in version 1
+PACKING: Final = "i"
+_POINTS_MAX: Final = 2**31 - 1
 
 
 class Engagement(msgspec.Struct, gc=False):
     """An account's points per hour, and its leads held."""
 
-    hours: bytes = b""  # epoch hours with points, ascending, packed int64
-    points: bytes = b""  # each one's points, packed int64
+    hours: bytes = b""  # epoch hours with points, ascending, packed (``packing``)
+    points: bytes = b""  # each one's points, packed (``packing``)
     leads: list[str] = []
     last_ts: int = 0
+    packing: str = "q"  # version 1 wrote none: 64 bits
 
 
 class Lead(msgspec.Struct, gc=False):
@@ -83,7 +89,8 @@ class LeadScoring:
     state_type: ClassVar[type[msgspec.Struct]] = LeadScoringState
     part_types: ClassVar[dict[str, Any]] = {
         "accounts": dict[str, Engagement], "leads": dict[str, Lead]}
-    VERSION: ClassVar[int] = 1
+    #: 2: hours and points packed in 32 bits (``PACKING``); version 1's converted when loaded
+    VERSION: ClassVar[int] = 2
 
     def __init__(self, horizon_ms: int):
         self.horizon_ms = horizon_ms
@@ -133,17 +140,17 @@ class LeadScoring:
         hour = ev.ts_ms // HOUR_MS
         acc = self.accounts.get(account)
         if acc is None:
-            acc = Engagement(b"", b"", [], ev.ts_ms)
-        hours, points = array("q", acc.hours), array("q", acc.points)
+            acc = Engagement(b"", b"", [], ev.ts_ms, PACKING)
+        hours, points = array(PACKING, acc.hours), array(PACKING, acc.points)
         if hours and hours[0] < self._floor_h:  # what no revisable crossing reads any more
             cut = bisect.bisect_left(hours, self._floor_h)
             del hours[:cut], points[:cut]
         i = bisect.bisect_left(hours, hour)
         if i < len(hours) and hours[i] == hour:
-            points[i] += pts
+            points[i] = min(points[i] + pts, _POINTS_MAX)
         else:
             hours.insert(i, hour)
-            points.insert(i, pts)
+            points.insert(i, min(pts, _POINTS_MAX))
         acc.hours, acc.points = hours.tobytes(), points.tobytes()
         acc.last_ts = max(acc.last_ts, ev.ts_ms)
         self.accounts.put(account, acc)
@@ -189,7 +196,7 @@ class LeadScoring:
             return out  # no account: never scored
         acc = self.accounts.get(d.account_id)
         if acc is None:
-            acc = Engagement(b"", b"", [], ev.ts_ms)
+            acc = Engagement(b"", b"", [], ev.ts_ms, PACKING)
         acc.leads.append(key)
         acc.last_ts = max(acc.last_ts, ev.ts_ms)
         self.accounts.put(d.account_id, acc)
@@ -216,7 +223,7 @@ class LeadScoring:
             self.accounts.touch(account)
         if not open_:
             return []
-        hours = memoryview(acc.hours).cast("q")
+        hours = memoryview(acc.hours).cast(PACKING)
         start = max(since, min(first for _, _, first, _ in open_))
         cands = {first for _, _, first, _ in open_ if first >= start}
         cands.update(hours[bisect.bisect_left(hours, start):])
@@ -256,15 +263,15 @@ class LeadScoring:
         return base + at
 
     def _points_at(self, acc: Engagement, hour: int) -> int:
-        hours = memoryview(acc.hours).cast("q")
+        hours = memoryview(acc.hours).cast(PACKING)
         i = bisect.bisect_left(hours, hour)
-        return memoryview(acc.points).cast("q")[i] if i < len(hours) and hours[i] == hour \
+        return memoryview(acc.points).cast(PACKING)[i] if i < len(hours) and hours[i] == hour \
             else 0
 
     def _score_parts(self, acc: Engagement, hour: int) -> tuple[float, int]:
         """The score from the hours before ``hour``, and the hour's own points."""
-        hours = memoryview(acc.hours).cast("q")
-        points = memoryview(acc.points).cast("q")
+        hours = memoryview(acc.hours).cast(PACKING)
+        points = memoryview(acc.points).cast(PACKING)
         hi = bisect.bisect_right(hours, hour)
         at = points[hi - 1] if hi and hours[hi - 1] == hour else 0
         decay = self._decay
@@ -355,6 +362,12 @@ class LeadScoring:
         return {"accounts": self.accounts, "leads": self.leads}
 
     def loaded(self) -> None:
+        for acc in self.accounts.data.values():
+            if acc.packing != PACKING:  # version 1's 64-bit packing (its values fit)
+                acc.hours = array(PACKING, array(acc.packing, acc.hours)).tobytes()
+                acc.points = array(PACKING, (min(p, _POINTS_MAX) for p in array(
+                    acc.packing, acc.points))).tobytes()
+                acc.packing = PACKING
         self._base.clear()
         leads = self.leads.data
         self._by_created = sorted((lead.created, k) for k, lead in leads.items())

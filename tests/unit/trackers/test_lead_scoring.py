@@ -151,7 +151,7 @@ def test_state_is_packed_per_hour_and_survives_a_snapshot() -> None:
     busy = [email(f"o{i}", "email.opened", 1 + i / 1000, "a") for i in range(500)]
     tracker([*busy, lead("L", 0.5, "a")], t)
     acc = t.accounts.get("a")
-    assert acc is not None and len(acc.hours) == 8 and len(acc.points) == 8  # one hour
+    assert acc is not None and len(acc.hours) == 4 and len(acc.points) == 4  # one hour
     assert t.leads.data["L"].qualified == (T0 + HOUR) // HOUR  # 500 opens: 500 points
     t.announce()
     again = LeadScoring(365 * DAY)

@@ -14,7 +14,8 @@ import msgspec
 
 from metrics.catalog import load_catalog
 from metrics.trackers.lead_scoring import LeadScoring, LeadScoringState
-from tests.unit.trackers.test_lead_scoring import DAY, HOUR, T0, ev, lead, stage
+from tests.helpers import HOUR
+from tests.unit.trackers.test_lead_scoring import DAY, T0, ev, lead, stage
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "lead_scoring_v1.msgpack"
 
@@ -102,3 +103,41 @@ def write_fixture() -> None:
 
 def fixture() -> Fixture:
     return msgspec.msgpack.decode(FIXTURE.read_bytes(), type=Fixture)
+
+
+def test_version_2_scores_what_version_1_scored() -> None:
+    digest, _ = run(scoring(), stream())
+    assert digest == fixture().all
+
+
+def test_a_version_1_state_is_converted_and_goes_on_scoring_the_same() -> None:
+    fx, events = fixture(), stream()
+    old = msgspec.msgpack.decode(fx.state, type=LeadScoringState)
+    assert old.version == 1 and {a.packing for a in old.accounts.values()} == {"q"}
+    held = sum(len(a.hours) for a in old.accounts.values())
+    t = scoring()
+    t.restore(old)
+    assert {a.packing for a in t.accounts.data.values()} == {"i"}
+    assert sum(len(a.hours) for a in t.accounts.data.values()) * 2 == held > 8 * 1000
+    digest, _ = run(t, events[fx.half:], fx.seen)
+    assert digest == fx.second_half
+    # and from its own snapshot, as version 2
+    again = scoring()
+    again.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(t.snapshot()),
+                                         type=LeadScoringState))
+    assert again.snapshot() == t.snapshot() and again.snapshot().version == 2
+
+
+def test_an_hour_costs_8_bytes_and_its_points_saturate() -> None:
+    """A social interaction counted 2^62 times earns 2^63 points: version 1's 64-bit sum
+    overflowed (an exception in the tracker); the hour's points now stop at 2^31 - 1."""
+    t = scoring()
+    for e in stage([ev("i1", "social.interaction", 1.5, network="x", kind="like",
+                       count=2**62, account_id="a"),
+                    ev("i2", "social.interaction", 1.6, network="x", kind="like",
+                       count=2**62, account_id="a"),
+                    ev("p1", "page.viewed", 2.5, session_id="s", page="/", account_id="a")]):
+        t.observe(e)
+    acc = t.accounts.data["a"]
+    assert len(acc.hours) == len(acc.points) == 8  # two hours, 4 bytes each
+    assert t.current_score("a", T0 + 2 * HOUR) == (2**31 - 1) * 2 ** (-1 / 336) + 1
