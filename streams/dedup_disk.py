@@ -51,11 +51,14 @@ class Changes:
     ids: dict[str, int] = field(default_factory=dict)
     cutoff_h: int = 0
 
-    def by_hour(self) -> dict[int, list[tuple[str, int]]]:
-        """The ids grouped by the hour of their event time (forgotten ones too)."""
-        out: dict[int, list[tuple[str, int]]] = {}
+    def by_hour(self) -> dict[int, list[str]]:
+        """The ids grouped by the hour of their event time (forgotten ones too). Ids only:
+        a commit pairs them with their times an hour at a time as it encodes them
+        (streams/state.py: encode_segments), rather than hold a pair per id until it is
+        written (up to 200,000 of them, 64 bytes each, while a backlog is read)."""
+        out: dict[int, list[str]] = {}
         for eid, ts in self.ids.items():
-            out.setdefault(hour_of(ts), []).append((eid, ts))
+            out.setdefault(hour_of(ts), []).append(eid)
         return out
 
 

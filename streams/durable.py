@@ -110,7 +110,7 @@ class Durable:
         core, changed, names = engine.durable(source_ref, self.full_next)
         parts = self.parts.kept(names)
         by_hour = changes.by_hour()
-        extra = encode_segments(by_hour, self.name, seq)
+        extra = encode_segments(by_hour, changes.ids, self.name, seq)
         new_segments = {segment_key(self.name, seq, hour): (seq, hour) for hour in by_hour}
         for name, build in changed.items():  # one part's data at a time (Parts)
             value = zlib.compress(_ENCODE(build()), 1)

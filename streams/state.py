@@ -26,7 +26,7 @@ import hashlib
 import logging
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -299,11 +299,13 @@ def in_chain(seq: int, chain: dict[int, int]) -> bool:
 _SEGMENT: Final = msgspec.msgpack.Decoder(list[tuple[str, int]]).decode
 
 
-def encode_segments(by_hour: dict[int, list[tuple[str, int]]], group: str, seq: int
-                    ) -> list[tuple[bytes, bytes]]:
-    """One commit's ids, one record per hour of event time: (id, event time) pairs."""
-    return [(segment_key(group, seq, hour), zlib.compress(_ENCODE(ids), 1))
-            for hour, ids in sorted(by_hour.items())]
+def encode_segments(by_hour: dict[int, list[str]], ids: Mapping[str, int], group: str,
+                    seq: int) -> list[tuple[bytes, bytes]]:
+    """One commit's ids, one record per hour of event time: (id, event time) pairs, made
+    for one hour at a time (``ids``: their times)."""
+    return [(segment_key(group, seq, hour),
+             zlib.compress(_ENCODE([(eid, ids[eid]) for eid in hour_ids]), 1))
+            for hour, hour_ids in sorted(by_hour.items())]
 
 
 def decode_segment(key: bytes, value: bytes) -> list[tuple[str, int]]:
