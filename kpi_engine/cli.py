@@ -14,6 +14,7 @@ import click
 import orjson
 
 from metrics.errors import KpiEngineError
+from streams.errors import EXIT_INTERRUPTED, EXIT_USAGE, report
 
 if TYPE_CHECKING:
     from metrics.catalog import Catalog
@@ -324,13 +325,7 @@ def _parse_start(text: str | None) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
-#: exit codes besides 0: usage, settings, catalog or input errors; the broker unreachable
-EXIT_USAGE, EXIT_BROKER, EXIT_INTERRUPTED = 2, 3, 130
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from streams.errors import BrokerError
-
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="kpi-engine",
                       standalone_mode=False)
@@ -344,12 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:  # usage: an unknown flag, a missing argument
         print(f"kpi-engine: {exc.format_message()} (see --help)", file=sys.stderr)
         return EXIT_USAGE
-    except BrokerError as exc:
-        print(f"kpi-engine: {exc}", file=sys.stderr)
-        return EXIT_BROKER
     except KpiEngineError as exc:
-        print(f"kpi-engine: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return report(exc)
     except (click.Abort, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     return rv if isinstance(rv, int) else 0

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from metrics.catalog import Catalog, load_catalog
 from metrics.errors import KpiEngineError
 from metrics.events import ACCOUNTS, TOPIC_FAMILIES
-from streams.errors import BrokerError
+from streams.errors import BrokerError, report
 from streams.kafka_client import client_kwargs, topic_configs
 from streams.settings import Settings, load_settings
 
@@ -195,19 +195,15 @@ async def topic_sizes(bootstrap: str, topics: list[str],
 def main() -> int:
     """``python -m streams.topics``: the topics of the worker whose settings this process's
     KPI_ environment holds made, once, by the parent of its processes (streams/processes.py,
-    which keeps Kafka's client and the catalog out of its own memory). Exit codes as the
-    CLI's: 2 for settings or the catalog, 3 for the broker."""
+    which keeps Kafka's client and the catalog out of its own memory). Errors as the CLI
+    reports them (``report``)."""
     try:
         settings = load_settings()
         logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] "
                             "[%(process)d] [%(levelname)s] %(message)s")
         create_topics(settings, load_catalog(settings.catalog))
-    except BrokerError as exc:
-        print(f"kpi-engine: {exc}", file=sys.stderr)
-        return 3
     except KpiEngineError as exc:
-        print(f"kpi-engine: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     return 0
 
 
