@@ -24,7 +24,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import rocksdict
 
@@ -354,16 +354,12 @@ class DiskDedup(LazyStore):
         An id is deleted only when its own entry is that old: an index entry may outlive a
         copy written again later (rebuilt from segments that forgot, then remembered it)."""
         start, stop = b"x", b"x" + _HOUR.pack(cutoff_h)
-        it = self.db.iter()
-        it.seek(start)
-        found: dict[bytes, None] = {}  # an id may have a stale index entry besides its own
-        while it.valid():
-            key = bytes(it.key())
-            if key >= stop:
-                break
-            found[b"i" + key[5:]] = None
-            it.next()
-        keys: list[str | int | float | bytes | bool] = list(found)
+        bound = rocksdict.ReadOptions()  # read while it lives: the iterator uses it
+        bound.set_iterate_upper_bound(stop)
+        index: Any = self.db.keys(from_key=start, read_opt=bound)  # bytes: raw mode
+        # an id may have a stale index entry besides its own
+        keys: list[str | int | float | bytes | bool] = list(
+            dict.fromkeys(b"i" + key[5:] for key in index))
         n = 0
         for i in range(0, len(keys), _BATCH):
             part = keys[i:i + _BATCH]

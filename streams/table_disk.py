@@ -252,13 +252,14 @@ class DiskKeyed(Generic[K, V]):
         self.pending.update(gone)
         self._len -= len(keys)
 
-    def hour(self, hour: int) -> dict[K, Any]:
-        """The keys filed under an hour, with their values encoded (what a commit writes of
-        it: the part reads as a ``dict[K, V]``)."""
+    def hour(self, hour: int) -> msgspec.Raw:
+        """The keys filed under an hour with their values, as a commit writes it: the
+        ``dict[K, V]`` encoded, made of the bytes stored rather than decoded and encoded
+        again (a backlog's commits rewrite its busy hours whole: ``commit``)."""
         self.flush()
         keys = self._scan(self._h + _pack(hour), self._h + _pack(hour + 1))
-        return {self._key(kb): msgspec.Raw(raw[4:])
-                for kb, raw in zip(keys, self._values(keys), strict=True)}
+        body = b"".join([kb + raw[4:] for kb, raw in zip(keys, self._values(keys), strict=True)])
+        return msgspec.Raw(_map_header(len(keys)) + body)
 
     def drain(self) -> set[int]:
         dirty, self.dirty = self.dirty, set()
@@ -383,17 +384,10 @@ class DiskKeyed(Generic[K, V]):
     def data(self) -> dict[K, V]:
         """Every key with its value, read from disk (a whole snapshot, tests)."""
         self.flush()
-        db = self.store.db
-        it = db.iter()
-        it.seek(self._d)
         out: dict[K, V] = {}
-        while it.valid():
-            k = bytes(it.key())
-            if not k.startswith(self._d):
-                break
+        for k, raw in self._range(self._d, self._d[:-1] + b"e", keys_only=False):
             key = self._key(k[len(self._d):])
-            out[key] = self._value(memoryview(bytes(it.value()))[4:], key)
-            it.next()
+            out[key] = self._value(memoryview(raw)[4:], key)
         return out
 
     # ---- the cache ------------------------------------------------------------------------
@@ -483,16 +477,22 @@ class DiskKeyed(Generic[K, V]):
 
     def _scan(self, start: bytes, stop: bytes) -> list[bytes]:
         """The keys (encoded) of the index entries from ``start`` up to ``stop``."""
-        it = self.store.db.iter()
-        it.seek(start)
-        out = []
-        while it.valid():
-            k = bytes(it.key())
-            if k >= stop:
-                break
-            out.append(k[len(self._h) + 4:])
-            it.next()
-        return out
+        n = len(self._h) + 4
+        return [k[n:] for k in self._range(start, stop)]
+
+    def _range(self, start: bytes, stop: bytes, keys_only: bool = True) -> list[Any]:
+        """The store's keys (or items) from ``start`` up to ``stop``, bounded in RocksDB (one
+        call a key, not valid/key/next); read while ``bound`` lives: the iterator uses it."""
+        bound = rocksdict.ReadOptions()
+        bound.set_iterate_upper_bound(stop)
+        return list((self.store.db.keys if keys_only else self.store.db.items)(
+            from_key=start, read_opt=bound))
+
+
+def _map_header(n: int) -> bytes:
+    """msgpack's header of a map of ``n`` pairs (the shortest, as msgspec writes it)."""
+    return (bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big") if n < 1 << 16
+            else b"\xdf" + n.to_bytes(4, "big"))
 
 
 def _pack(hour: int) -> bytes:

@@ -47,7 +47,9 @@ def tables(tmp_path: Path) -> Any:
     store.close()
 
 
-def _decoded(part: dict[Key, Any]) -> dict[Key, Val]:
+def _decoded(part: Any) -> dict[Key, Val]:
+    if isinstance(part, msgspec.Raw):  # an hour on disk: written as its bytes are stored
+        return msgspec.msgpack.decode(part, type=dict[Key, Val])
     return {k: v if isinstance(v, Val) else msgspec.msgpack.decode(v, type=Val)
             for k, v in part.items()}
 
@@ -165,6 +167,24 @@ def test_a_table_filled_at_once_answers_as_one_filled_key_by_key(tables: DiskTab
     assert disk.data == mem.data and len(disk) == len(mem) > 150
 
 
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 65_535, 65_536])
+def test_an_hour_on_disk_is_the_bytes_msgpack_writes_of_its_keys_and_values(
+        tmp_path: Path, n: int) -> None:
+    """``hour`` joins the keys and values as stored, under a map header of its own: the
+    bytes msgspec writes of the dict (a header of each size msgpack has)."""
+    store = DiskTables(tmp_path / "tables", cache_keys=100_000)
+    disk: DiskKeyed[Key, Val] = store.table("t", _ts, Key, Val)
+    data = {("c", f"k{i:06d}"): Val(7 * HOUR_MS + i, i) for i in range(n)}
+    for key, value in data.items():
+        disk.put(key, value)
+    disk.put(("c", "elsewhere"), Val(8 * HOUR_MS, -1))  # another hour's: not in it
+    written = disk.hour(7)
+    assert isinstance(written, msgspec.Raw)
+    assert bytes(written) == msgspec.msgpack.encode(dict(sorted(data.items())))
+    assert _decoded(written) == data
+    store.close()
+
+
 def test_parts_filled_as_they_are_encoded_read_as_the_values_they_hold(
         tables: DiskTables) -> None:
     """A takeover writes a part's values without decoding them (``part_type``, ``fill``
@@ -198,8 +218,9 @@ class Changelog:
                                    if h in plan.hours}
         if plan.delta is not None:
             written[f"d|{plan.delta[0]}"] = plan.delta[1]()
-        self.keys_written.append(sum(len(v) if isinstance(v, dict) else len(v[0]) + len(v[1])
-                                     for v in written.values()))
+        self.keys_written.append(sum(
+            len(v) if isinstance(v, dict) else len(_decoded(v)) if isinstance(v, msgspec.Raw)
+            else len(v[0]) + len(v[1]) for v in written.values()))
         self.parts = {n: v for n, v in self.parts.items() if n in names}
         self.parts.update({n: msgspec.msgpack.encode(v) for n, v in written.items()})
         return plan
