@@ -88,18 +88,6 @@ def test_a_migrated_state_goes_out_with_the_next_commit(tmp_path: Path) -> None:
     assert d.drain().ids == {"x": 10, "y": 20}
 
 
-def test_a_store_answers_misses_from_filters_in_its_memtables_too(tmp_path: Path) -> None:
-    """Most lookups miss (a new event's id, a new table key): a whole-key filter answers
-    them in the memtables as in the files, as RocksDB's options file records."""
-    db = rocksdict.Rdict(str(tmp_path / "s"), options=store_options())
-    db[b"k"] = b"v"
-    assert db.get(b"k") == b"v" and db.get(b"missing") is None
-    db.close()
-    written = "\n".join(p.read_text() for p in (tmp_path / "s").glob("OPTIONS-*"))
-    assert "memtable_whole_key_filtering=true" in written
-    assert "memtable_prefix_bloom_size_ratio=0.100000" in written
-
-
 def test_the_stores_memtables_are_bounded_together_and_charged_to_the_cache(
         tmp_path: Path) -> None:
     """Each store alone would keep up to 8 MB of writes in its memtable before flushing:
