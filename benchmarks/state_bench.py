@@ -38,10 +38,11 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
+import kpi_engine
 from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.records import iso_ms
 from streams.broker import EmbeddedBroker, free_port
@@ -51,6 +52,11 @@ from streams.topics import all_topics, ensure_topics
 
 DAY_S = 86_400
 T0_MS = 1_767_225_600_000  # 2026-01-01
+
+#: the checkout whose code this run imported: workers start there, as ``python -m`` puts its
+#: working directory first on sys.path (``PYTHONPATH=<clone>`` from another checkout would
+#: otherwise run that checkout's worker)
+CODE_ROOT: Final = Path(kpi_engine.__file__).resolve().parents[1]
 
 
 def health(port: int) -> dict[str, Any] | None:
@@ -133,7 +139,7 @@ def start_worker(broker: EmbeddedBroker, data_dir: Path, log_path: Path) -> Work
         env["KPI_INSTANCE_ID"] = INSTANCE_ID[0]
     log = open(log_path, "ab")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "kpi_engine.cli", "worker"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+                            cwd=CODE_ROOT, stdout=log, stderr=subprocess.STDOUT)
     return Worker(proc, port, log)
 
 

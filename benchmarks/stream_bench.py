@@ -24,16 +24,23 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+import kpi_engine
 from kpi_engine.generator import Generator, GeneratorConfig
 from streams.broker import EmbeddedBroker, free_port
 from streams.produce import send_all
 from streams.settings import Settings
 from streams.topics import all_topics, ensure_topics, input_topics
+
+#: the checkout whose code this run imported: workers start there, as ``python -m`` puts its
+#: working directory first on sys.path (``PYTHONPATH=<clone>`` from another checkout would
+#: otherwise run that checkout's worker)
+CODE_ROOT: Final = Path(kpi_engine.__file__).resolve().parents[1]
 
 
 async def raw_consume(bootstrap: str, topics: list[str], partitions: int, n: int) -> float:
@@ -97,7 +104,8 @@ def main() -> None:
                        KPI_DATA_DIR=os.path.join(tmp, str(i)))
             logs.append(open(os.path.join(tmp, f"worker-{i}.log"), "wb"))  # noqa: SIM115
             workers.append(subprocess.Popen(
-                [sys.executable, "-m", "kpi_engine.cli", "worker"], env=env, stdout=logs[-1],
+                [sys.executable, "-m", "kpi_engine.cli", "worker"], env=env, cwd=CODE_ROOT,
+                stdout=logs[-1],
                 stderr=subprocess.STDOUT))
         cpu_from: float | None = None  # the workers' CPU seconds before their first batch
         try:
