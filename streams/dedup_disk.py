@@ -151,6 +151,13 @@ class LazyStore:
     def open(self) -> None:
         raise NotImplementedError
 
+    def between(self, start: bytes, stop: bytes, items: bool = False) -> list[Any]:
+        """The keys (or items) from ``start`` up to ``stop``, bounded in RocksDB (one call a
+        key, not valid/key/next); read here, while ``bound`` lives: the iterator uses it."""
+        bound = rocksdict.ReadOptions()
+        bound.set_iterate_upper_bound(stop)
+        return list((self.db.items if items else self.db.keys)(from_key=start, read_opt=bound))
+
 
 class DiskDedup(LazyStore):
     """``DedupStore`` over RocksDB. Opened when its shard is taken over, closed when it is
@@ -354,12 +361,9 @@ class DiskDedup(LazyStore):
         An id is deleted only when its own entry is that old: an index entry may outlive a
         copy written again later (rebuilt from segments that forgot, then remembered it)."""
         start, stop = b"x", b"x" + _HOUR.pack(cutoff_h)
-        bound = rocksdict.ReadOptions()  # read while it lives: the iterator uses it
-        bound.set_iterate_upper_bound(stop)
-        index: Any = self.db.keys(from_key=start, read_opt=bound)  # bytes: raw mode
         # an id may have a stale index entry besides its own
         keys: list[str | int | float | bytes | bool] = list(
-            dict.fromkeys(b"i" + key[5:] for key in index))
+            dict.fromkeys(b"i" + key[5:] for key in self.between(start, stop)))
         n = 0
         for i in range(0, len(keys), _BATCH):
             part = keys[i:i + _BATCH]

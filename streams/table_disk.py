@@ -385,7 +385,7 @@ class DiskKeyed(Generic[K, V]):
         """Every key with its value, read from disk (a whole snapshot, tests)."""
         self.flush()
         out: dict[K, V] = {}
-        for k, raw in self._range(self._d, self._d[:-1] + b"e", keys_only=False):
+        for k, raw in self.store.between(self._d, self._d[:-1] + b"e", items=True):
             key = self._key(k[len(self._d):])
             out[key] = self._value(memoryview(raw)[4:], key)
         return out
@@ -478,15 +478,7 @@ class DiskKeyed(Generic[K, V]):
     def _scan(self, start: bytes, stop: bytes) -> list[bytes]:
         """The keys (encoded) of the index entries from ``start`` up to ``stop``."""
         n = len(self._h) + 4
-        return [k[n:] for k in self._range(start, stop)]
-
-    def _range(self, start: bytes, stop: bytes, keys_only: bool = True) -> list[Any]:
-        """The store's keys (or items) from ``start`` up to ``stop``, bounded in RocksDB (one
-        call a key, not valid/key/next); read while ``bound`` lives: the iterator uses it."""
-        bound = rocksdict.ReadOptions()
-        bound.set_iterate_upper_bound(stop)
-        return list((self.store.db.keys if keys_only else self.store.db.items)(
-            from_key=start, read_opt=bound))
+        return [k[n:] for k in self.store.between(start, stop)]
 
 
 def _map_header(n: int) -> bytes:
