@@ -151,12 +151,12 @@ class LazyStore:
     def open(self) -> None:
         raise NotImplementedError
 
-    def between(self, start: bytes, stop: bytes, items: bool = False) -> list[Any]:
-        """The keys (or items) from ``start`` up to ``stop``, bounded in RocksDB (one call a
-        key, not valid/key/next); read here, while ``bound`` lives: the iterator uses it."""
+    def between(self, start: bytes, stop: bytes) -> list[Any]:
+        """The keys from ``start`` up to ``stop``, bounded in RocksDB (one call a key, not
+        valid/key/next); read here, while ``bound`` lives: the iterator uses it."""
         bound = rocksdict.ReadOptions()
         bound.set_iterate_upper_bound(stop)
-        return list((self.db.items if items else self.db.keys)(from_key=start, read_opt=bound))
+        return list(self.db.keys(from_key=start, read_opt=bound))
 
 
 class DiskDedup(LazyStore):

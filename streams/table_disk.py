@@ -22,7 +22,7 @@ import itertools
 import os
 import shutil
 import struct
-from collections.abc import Callable, Collection, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
@@ -41,6 +41,7 @@ CACHE_KEYS: Final = 50_000
 COLD_SHARE: Final = 25
 #: the most deltas a table's state holds over its hours before a commit writes them again
 MAX_DELTAS: Final = 32
+_CHUNK: Final = 256  # values read at once by a walk over the table (``items``)
 _HOUR: Final = struct.Struct(">I")
 _BIAS: Final = 1 << 31  # hours stored unsigned, so that they sort as numbers do
 _STORES: Final = itertools.count()  # names the folder of each store a process opens
@@ -222,8 +223,7 @@ class DiskKeyed(Generic[K, V]):
         return len(keys)
 
     def _expired(self, cutoff_ts: int) -> tuple[int, list[int], list[bytes]]:
-        """The hour ``cutoff_ts`` falls in, the hours filed before it, and their keys
-        (encoded)."""
+        """The hour ``cutoff_ts`` falls in, the hours filed before it, their keys (encoded)."""
         cutoff_h = cutoff_ts // HOUR_MS
         hours = [h for h in self.counts if h < cutoff_h]
         if not hours:
@@ -383,12 +383,21 @@ class DiskKeyed(Generic[K, V]):
     @property
     def data(self) -> dict[K, V]:
         """Every key with its value, read from disk (a whole snapshot, tests)."""
+        return dict(self._stored(self._value))
+
+    def items(self) -> Iterable[tuple[K, V]]:
+        """Every key with its value as the tracker reads them (``canon``): the cache's if it
+        holds them all, else from disk ``_CHUNK`` at a time (months of hours per key)."""
+        cached = [(k, e[_VALUE]) for k, e in self.cache.items() if e[_VALUE] is not None]
+        return cached if len(cached) == self._len else self._stored(self._read)
+
+    def _stored(self, read: Callable[[Any, Any], Any]) -> Iterator[tuple[K, V]]:
         self.flush()
-        out: dict[K, V] = {}
-        for k, raw in self.store.between(self._d, self._d[:-1] + b"e", items=True):
-            key = self._key(k[len(self._d):])
-            out[key] = self._value(memoryview(raw)[4:], key)
-        return out
+        keys = [k[len(self._d):] for k in self.store.between(self._d, self._d[:-1] + b"e")]
+        for i in range(0, len(keys), _CHUNK):
+            for kb, raw in zip(chunk := keys[i:i + _CHUNK], self._values(chunk), strict=True):
+                key = self._key(kb)
+                yield key, read(memoryview(raw)[4:], key)
 
     # ---- the cache ------------------------------------------------------------------------
 
@@ -427,10 +436,9 @@ class DiskKeyed(Generic[K, V]):
                              f"{exc}") from None
 
     def _evict(self) -> None:
-        """Drop the half of the cache loaded first, written first if changed. A key's
-        events come close together (a send, its delivery, its opens), so the keys loaded
-        last are those read again soonest: emptying the whole cache made every one of them
-        a read from disk."""
+        """Drop the half of the cache loaded first, written first if changed. A key's events
+        come close together (a send, its delivery, its opens): the keys loaded last are read
+        again soonest (emptying the whole cache made every one of them a read from disk)."""
         cache = self.cache
         old = list(itertools.islice(cache, len(cache) // 2))
         changed = self.changed

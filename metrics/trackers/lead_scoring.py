@@ -17,9 +17,11 @@ summed in hour order: shuffled input gives the same crossings.
 
 State: per account its hours with points, packed (8 bytes an hour: 32-bit hours and points,
 an hour's points saturating at 2^31 - 1; version 1 packed 64-bit ones, converted when
-loaded), and its leads; no object per event. An hour is kept while a revisable crossing
+read), and its leads; no object per event. An hour is kept while a revisable crossing
 can read it (reach + lookback), a lead while its crossing can change or a revisable window
-reads it.
+reads it. In a worker the accounts are on disk behind a small cache (``spill``): an
+account's hours over the ~4 months kept are up to ~23 KB, and their number grows with the
+accounts engaged.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from metrics.catalog_types import MqlConfig
 from metrics.constants import HOUR_MS, UNKNOWN
 from metrics.events import ACCOUNTS, Event
 from metrics.records import iso_ms
-from metrics.trackers.base import Dims, Fact, Keyed
+from metrics.trackers.base import Dims, Fact, Keyed, Table, TableFactory
 
 if TYPE_CHECKING:
     from metrics.catalog_types import Catalog
@@ -96,7 +98,7 @@ class LeadScoring:
         self.horizon_ms = horizon_ms
         self.reach_ms = horizon_ms  # configure: the stage's longest window + grace
         self.longest_ms = horizon_ms
-        self.accounts: Keyed[str, Engagement] = Keyed(_last_ts)
+        self.accounts: Table[str, Engagement] = Keyed(_last_ts)
         self._kept = KeptBy()
         self.leads: Keyed[str, Lead] = Keyed(self._kept)
         self._floor_h = -(2**62)  # hours before this no revisable crossing reads
@@ -109,6 +111,12 @@ class LeadScoring:
         self._by_created: list[tuple[int, str]] = []
         self._by_crossing: list[tuple[int, str]] = []
         self.set_config(MqlConfig())
+
+    def spill(self, make: TableFactory) -> None:
+        """Its accounts' hours with points: on disk (a worker's), a small cache. A value read
+        is changed, then put back or touched, before the next read of its table."""
+        self.accounts = make(f"{self.name}.accounts", _last_ts, str, Engagement, _repacked,
+                             cold=True)
 
     def set_config(self, cfg: MqlConfig) -> None:
         self.cfg = cfg
@@ -286,7 +294,7 @@ class LeadScoring:
         accounts above 0): what `kpi-accounts` carries."""
         hour = at // HOUR_MS
         out: dict[str, int] = {}
-        for account, acc in self.accounts.data.items():
+        for account, acc in self.accounts.items():
             base, pts = self._score_parts(acc, hour)
             score = round(base + pts)
             if score > 0:
@@ -358,16 +366,12 @@ class LeadScoring:
         self.leads.replace(state.leads)
         self.loaded()
 
-    def tables(self) -> dict[str, Keyed[Any, Any]]:
+    def tables(self) -> dict[str, Table[Any, Any]]:
         return {"accounts": self.accounts, "leads": self.leads}
 
     def loaded(self) -> None:
-        for acc in self.accounts.data.values():
-            if acc.packing != PACKING:  # version 1's 64-bit packing (its values fit)
-                acc.hours = array(PACKING, array(acc.packing, acc.hours)).tobytes()
-                acc.points = array(PACKING, (min(p, _POINTS_MAX) for p in array(
-                    acc.packing, acc.points))).tobytes()
-                acc.packing = PACKING
+        for acc in self.accounts.resident():  # on disk, the others as they are read
+            _repacked(acc)
         self._base.clear()
         leads = self.leads.data
         self._by_created = sorted((lead.created, k) for k, lead in leads.items())
@@ -440,3 +444,14 @@ def _fact(lead: Lead, delta: int) -> Fact:
 
 def _last_ts(acc: Engagement) -> int:
     return acc.last_ts
+
+
+def _repacked(acc: Engagement) -> Engagement:
+    """An account as this version packs it: version 1's 64-bit hours and points (their
+    values fit) converted, in place."""
+    if acc.packing != PACKING:
+        acc.hours = array(PACKING, array(acc.packing, acc.hours)).tobytes()
+        acc.points = array(PACKING, (min(p, _POINTS_MAX) for p in array(
+            acc.packing, acc.points))).tobytes()
+        acc.packing = PACKING
+    return acc

@@ -142,6 +142,53 @@ def test_memory_holds_the_cache_only(tables: DiskTables) -> None:
     assert disk.data == {("c", "x"): Val(1, 1)} and len(disk) == 1
 
 
+def test_a_walk_reads_the_table_a_chunk_at_a_time_as_the_tracker_reads_it(
+        tables: DiskTables, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``items``: every key with its value through the table's ``canon`` (as a ``get``
+    returns it), read from disk at most 256 values at a time (lead scoring walks every
+    account, each with months of hours, at each of its closes)."""
+    canon_seen: list[Val] = []
+
+    def canon(v: Val) -> Val:
+        canon_seen.append(v)
+        return Val(v.ts, v.n * 10)
+
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val, canon)
+    for i in range(600):
+        disk.put(("c", f"k{i}"), Val(i * 1000, i))
+    disk.delete(("c", "k5"))
+    disk.put(("c", "k9"), Val(9000, 90))  # changed since it was written: in the walk
+    want = {k: Val(v.ts, v.n * 10) for k, v in disk.data.items()}
+    reads: list[int] = []
+    canon_seen.clear()  # the delete and the put read their keys back
+    values = disk._values
+
+    def counted(keys: list[bytes]) -> list[Any]:
+        reads.append(len(keys))
+        return values(keys)
+
+    monkeypatch.setattr(disk, "_values", counted)
+    walked = dict(disk.items())
+    assert walked == want and len(walked) == 599 and ("c", "k5") not in walked
+    assert walked[("c", "k9")] == Val(9000, 900)
+    assert len(canon_seen) == 599 and max(reads) == 256 and sum(reads) == 599
+    assert len(disk.cache) <= 16
+
+
+def test_a_walk_over_a_table_all_in_its_cache_reads_nothing_from_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = DiskTables(tmp_path / "t", cache_keys=100)
+    disk: DiskKeyed[Key, Val] = store.table("t", _ts, Key, Val)
+    for i in range(50):
+        disk.put(("c", f"k{i}"), Val(i * 1000, i))
+    disk.get(("c", "absent"))  # cached as absent: not in the walk
+    disk.delete(("c", "k3"))
+    monkeypatch.setattr(disk, "_stored", None)  # a read from disk would fail
+    walked = list(disk.items())
+    assert len(walked) == 49 and all(v is disk.get(k) for k, v in walked)
+    store.close()
+
+
 def test_a_full_cache_keeps_the_keys_read_last(tables: DiskTables) -> None:
     disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
     for i in range(16):
@@ -404,8 +451,8 @@ def goes_on_alike(mem: KpiEngine, restored: KpiEngine, rest: list[Event], out: R
 def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
         tables: DiskTables, tmp_path: Path) -> None:
     """Send cohorts, visitors and their sessions, the accounts stage's touches, orders and
-    deals and purchases, the pipeline's leads, deals and accounts on disk, a cache of 16 keys a
-    table."""
+    deals and purchases and its accounts' engagement (lead scoring), the pipeline's leads,
+    deals and accounts on disk, a cache of 16 keys a table."""
     evs = events(seed=21)
     mem, disk = engine_on(None), engine_on(tables)
     t: dict[str, Any] = disk.trackers
@@ -414,12 +461,13 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
     assert isinstance(t["visitors"].sessions, DiskKeyed)
     assert all(isinstance(table, DiskKeyed) for table in (
         *t["attribution"].tables().values(), t["account_revenue"].deals,
-        *t["pipeline"].tables().values(), *t["account_purchases"].tables().values()))
+        *t["pipeline"].tables().values(), *t["account_purchases"].tables().values(),
+        t["lead_scoring"].accounts))
     # the tables read at the CRM's pace keep 2 keys here (16 // 25, at least 2): most reads
     # of a lead, a deal, a purchase or a day of touches go to disk
     cold = [*t["pipeline"].tables().values(), *t["account_purchases"].tables().values(),
             t["account_revenue"].deals, t["attribution"].touches, t["attribution"].orders,
-            t["attribution"].deals]
+            t["attribution"].deals, t["lead_scoring"].accounts]
     assert {table.cache_keys for table in cold} == {2}
     assert t["attribution"].accounts.cache_keys == t["visitors"].sessions.cache_keys == 16
     out_mem, out_disk, store_mem, store_disk = side_by_side(mem, disk, evs)
@@ -432,7 +480,7 @@ def test_an_engine_with_its_cohorts_on_disk_counts_and_restores_as_in_memory(
     assert {n.rpartition("|d|")[0] for n in deltas} == {
         "t|send_cohorts|cohorts", "t|visitors|visitors", "t|visitors|sessions",
         "t|attribution|accounts", "t|attribution|orders", "t|attribution|touches",
-        "t|account_purchases|purchases"}
+        "t|account_purchases|purchases", "t|lead_scoring|accounts"}
     assert set(store_mem.parts) == set(store_disk.parts) - deltas
     assert comparable(store_mem.restore()) == comparable(store_disk.restore())
     # a takeover in another process: its tables filled from the parts, then on as before

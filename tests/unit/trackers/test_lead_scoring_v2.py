@@ -14,6 +14,7 @@ import msgspec
 
 from metrics.catalog import load_catalog
 from metrics.trackers.lead_scoring import LeadScoring, LeadScoringState
+from streams.table_disk import DiskKeyed, DiskTables
 from tests.helpers import HOUR
 from tests.unit.trackers.test_lead_scoring import DAY, T0, ev, lead, stage
 
@@ -141,3 +142,36 @@ def test_an_hour_costs_8_bytes_and_its_points_saturate() -> None:
     acc = t.accounts.data["a"]
     assert len(acc.hours) == len(acc.points) == 8  # two hours, 4 bytes each
     assert t.current_score("a", T0 + 2 * HOUR) == (2**31 - 1) * 2 ** (-1 / 336) + 1
+
+
+def test_on_disk_with_a_cache_of_two_accounts_it_scores_what_it_scores_in_memory(
+        tmp_path: Path) -> None:
+    """A worker's accounts on disk (``spill``: a cold table, a 25th of the cache's keys):
+    with room for 2 of the 7 accounts every account is read back from disk again and again,
+    and the crossings, announcements and scores are version 1's, as in memory."""
+    tables = DiskTables(tmp_path / "t", cache_keys=50)
+    t = scoring()
+    t.spill(tables.table)
+    assert isinstance(t.accounts, DiskKeyed) and t.accounts.cache_keys == 2
+    digest, _ = run(t, stream())
+    assert digest == fixture().all
+    assert len(t.accounts.cache) <= 2 and len(t.accounts) >= 6
+    tables.close()
+
+
+def test_a_version_1_state_restored_on_disk_is_converted_as_it_is_read(
+        tmp_path: Path) -> None:
+    """Version 1's 64-bit accounts are filled onto disk as they are, and converted when the
+    tracker reads them (into its cache, or to score them all): it goes on scoring as version
+    1 did, and what it changed is written back as version 2."""
+    fx, events = fixture(), stream()
+    old = msgspec.msgpack.decode(fx.state, type=LeadScoringState)
+    tables = DiskTables(tmp_path / "t", cache_keys=50)
+    t = scoring()
+    t.spill(tables.table)
+    t.restore(old)
+    assert {a.packing for a in t.accounts.data.values()} == {"q"}  # as stored
+    digest, _ = run(t, events[fx.half:], fx.seen)
+    assert digest == fx.second_half
+    assert {a.packing for a in t.accounts.data.values()} == {"i"}
+    tables.close()
