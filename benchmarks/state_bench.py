@@ -42,6 +42,10 @@ from typing import Any, Final
 
 import orjson
 
+# run from a clone, a benchmark measures the clone: its checkout before the one an
+# editable install points to (which a script's imports would find otherwise)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import kpi_engine
 from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.records import iso_ms
@@ -53,9 +57,8 @@ from streams.topics import all_topics, ensure_topics
 DAY_S = 86_400
 T0_MS = 1_767_225_600_000  # 2026-01-01
 
-#: the checkout whose code this run imported: workers start there, as ``python -m`` puts its
-#: working directory first on sys.path (``PYTHONPATH=<clone>`` from another checkout would
-#: otherwise run that checkout's worker)
+#: the checkout whose code this run imported (this benchmark's, above): workers start there,
+#: as ``python -m`` puts its working directory first on sys.path
 CODE_ROOT: Final = Path(kpi_engine.__file__).resolve().parents[1]
 
 

@@ -47,6 +47,10 @@ from typing import Any
 
 import msgspec
 
+# run from a clone, a benchmark measures the clone: its checkout before the one an
+# editable install points to (which a script's imports would find otherwise)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from metrics.baselines import BaselineState
 from metrics.catalog import load_catalog
 from metrics.constants import DAY_MS

@@ -30,6 +30,10 @@ from typing import Any, Final
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+# run from a clone, a benchmark measures the clone: its checkout before the one an
+# editable install points to (which a script's imports would find otherwise)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import kpi_engine
 from kpi_engine.generator import Generator, GeneratorConfig
 from streams.broker import EmbeddedBroker, free_port
@@ -37,9 +41,8 @@ from streams.produce import send_all
 from streams.settings import Settings
 from streams.topics import all_topics, ensure_topics, input_topics
 
-#: the checkout whose code this run imported: workers start there, as ``python -m`` puts its
-#: working directory first on sys.path (``PYTHONPATH=<clone>`` from another checkout would
-#: otherwise run that checkout's worker)
+#: the checkout whose code this run imported (this benchmark's, above): workers start there,
+#: as ``python -m`` puts its working directory first on sys.path
 CODE_ROOT: Final = Path(kpi_engine.__file__).resolve().parents[1]
 
 
