@@ -72,6 +72,7 @@ class Commit:
     segments: dict[bytes, tuple[int, int]]  # its segments' keys -> (seq, hour)
     parts: PartMap  # part name -> (seq, crc32) after it
     chain: dict[int, int]
+    tenure: int  # the shard's, when encoded: a close since then abandons it
 
 
 class Abandoned(Exception):
@@ -120,12 +121,16 @@ class Durable:
         snap = Snapshot(seq, core, applied, invalid, outbox, chain, self.lineage, parts=parts,
                         alerts=alerts, baselines=baselines)
         return Commit(seq, changes, encode(snap, self.name, self.catalog), extra, new_segments,
-                      parts, chain)
+                      parts, chain, self.tenure)
 
     async def write(self, commit: Commit) -> None:
         """Write a prepared commit; once its manifest is durable, drop what it superseded."""
         self.full_next = True  # until this one is through
-        state, seq, tenure = self.state, commit.seq, self.tenure
+        state, seq, tenure = self.state, commit.seq, commit.tenure
+        if self.tenure != tenure:
+            # closed since it was encoded: its ids went with the close, and its state would
+            # count their events (the next owner would count their duplicates again)
+            raise Abandoned(f"commit {seq}: the shard was handed over before it was written")
         await state.write(commit.extra + commit.records[:-1])
         if self.tenure != tenure:
             # lost while its records were in flight: they may have reached a broker that came

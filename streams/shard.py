@@ -199,9 +199,9 @@ class Shard:
             return await self._snapshot()
 
     async def _snapshot(self) -> bool:
-        if not self.active:  # a standby must never overwrite the owner's state
-            return False
         async with self._state_lock:
+            if not self.active:  # handed over or lost while this waited: the close let its
+                return False  # ids go, and a standby never overwrites the owner's state
             # DLQ and late copies of the input this snapshot covers are out before it counts
             await self.io.flush()
             if self.engine.revised:  # a commit carries the revisions of what it covers

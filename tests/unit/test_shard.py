@@ -11,10 +11,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka.errors import UnknownError
 
 from kpi_engine.generator import Generator, GeneratorConfig
 from metrics.records import window_key
+from streams.durable import Abandoned
 from streams.settings import Settings
 from streams.shard import Shard
 from streams.shard_ports import Outputs
@@ -395,6 +397,77 @@ def test_a_commit_whose_shard_is_lost_meanwhile_writes_no_manifest() -> None:
     assert table.on_write is None, "the commit wrote its records"
     assert not [k for k in table.data if b"|manifest|" in k]
     assert any(b"|pt|" in k for k in table.data) and not io.windows()
+
+
+def test_a_commit_waiting_for_a_batch_while_the_shard_is_lost_writes_nothing() -> None:
+    """A timed commit that passed its checks and waits for the batch under way, while the
+    group drops the worker: the loss closes the id store (its ids not yet persisted go) and
+    the commit must not run after it. Run, it wrote the engine's state, whose events count
+    those ids, without them: the next owner counted their duplicates as new events (the
+    kill loop's 14 and 16 double counts)."""
+    lines = traffic()
+    parts = batches(lines)
+    cut = len(parts) // 2
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table)
+
+    async def go() -> bool:
+        await shard.activate([], 0.0)
+        for b in parts[:cut]:
+            await shard.handle(b)
+        await shard.snapshot(force=True)
+        for b in parts[cut:cut + 3]:  # ids remembered, not yet persisted
+            await shard.handle(b)
+        await shard._state_lock.acquire()  # a batch under way
+        lost = asyncio.ensure_future(shard.lose())
+        await asyncio.sleep(0)  # the loss waits for the batch...
+        commit = asyncio.ensure_future(shard.snapshot(force=True))
+        await asyncio.sleep(0)  # ... and so does the commit, behind it
+        shard._state_lock.release()
+        await lost
+        return await commit
+
+    committed = run(go())
+    manifests = [k for k in table.data if b"|manifest|" in k]
+    assert len(manifests) == 1, manifests  # the first commit's only
+    assert committed is False
+    # the next owner reads the log from the one durable commit, then the producer sends
+    # the batches of the lost commit again (a retry): those are duplicates, counted once
+    ends = {m.partition: m.offset + 1 for b in parts for m in b}
+    again = []
+    for m in [m for b in parts[cut:cut + 3] for m in b]:
+        again.append(replace(m, offset=ends[m.partition]))
+        ends[m.partition] += 1
+    other = new_shard(FakeIO(), table)
+
+    async def take_over() -> None:
+        await other.activate(table.records("email"), 0.0)
+        for b in [*parts, again]:
+            await other.handle(b)
+
+    run(take_over())
+    assert other.engine.events_total == first_run_counts(lines)
+
+
+def test_a_commit_encoded_before_a_close_is_abandoned_unwritten() -> None:
+    """The same rule where commits are written (``Durable.write``), whoever calls it: a
+    commit encoded before its shard's close writes nothing."""
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table)
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        await shard.handle(batches(traffic())[0])
+        commit = shard.durable.prepare(shard.engine, shard.snapshot_seq + 1, shard.applied,
+                                       {}, [], [], shard.baselines.snapshot())
+        assert commit.changes.ids  # it carries ids: they go with the close
+        before = dict(table.data)
+        shard.durable.close()
+        with pytest.raises(Abandoned):
+            await shard.durable.write(commit)
+        assert table.data == before
+
+    run(go())
 
 
 class LosingTable(FakeTable):
