@@ -101,8 +101,7 @@ class Shard:
         self.owned: set[tuple[str, int]] = set()
         self.revoked: set[tuple[str, int]] = set()
         self.stale_skipped = 0
-        #: owns the shard's input partitions (streams/assignor.py); a standby holds no state
-        self.active = False
+        self.active = False  # owns its input partitions (streams/assignor.py), or stands by
         self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
         self.gaps = Gaps()  # what the broker said of the partitions' logs (streams/gaps.py)
         self.open_values = OpenValues()  # what goes to `kpi-updates` (streams/updates.py)
@@ -224,9 +223,8 @@ class Shard:
         try:
             await self.durable.write(commit)
         except (*BROKER_ERRORS, Abandoned) as exc:
-            # the broker refused the state write (one that came back empty answers
-            # UnknownError until the changelog exists again): nothing is lost, the next
-            # commit writes everything again (``Durable.write``); the closed windows wait
+            # the broker refused the state write (back empty, it answers UnknownError until
+            # the changelog exists again), or the shard went: the closed windows wait
             self.outbox[:0] = outbox
             log.warning("%s: commit %d not written (%s: %s); retrying with the next",
                         self.name, commit.seq, type(exc).__name__, exc)
@@ -450,14 +448,16 @@ class Shard:
         if self.resend:  # the restored snapshot's outbox, first of all
             await self._send_finals([(t0, k, v) for k, v in self.resend])
             self.resend = []
-        if not self.active:
-            return
         async with self._state_lock:
+            if not self.active:  # a standby's, or handed over or lost while this waited
+                return
             if self.engine.config.idle_timeout_ms > 0 and self.feed_in is None:
                 await self._mark_behind()
             await self.publish_finals(self.engine.advance(), t0)
             await self.gaps.find_skipped(self.io, self.owned, self.applied)
         await self.snapshot()
+        if not self.active:  # went during the commit: a standby shows nothing
+            return
         current = self.stats.kpis = await self.open_values.emit(self.engine, self.io,
                                                                 self.out.topic_updates)
         emitted_at = current[0]["emitted_at"] if current else ""

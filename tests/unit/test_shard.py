@@ -449,6 +449,29 @@ def test_a_commit_waiting_for_a_batch_while_the_shard_is_lost_writes_nothing() -
     assert other.engine.events_total == first_run_counts(lines)
 
 
+def test_an_emit_waiting_for_a_batch_while_the_shard_is_lost_shows_nothing() -> None:
+    """The emit timer, the same way: once the shard is lost it closes no window, sends no
+    open value and shows no KPI (its tables are closed, another worker owns its output)."""
+    io, table = FakeIO(), FakeTable()
+    shard = new_shard(io, table)
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        for b in batches(traffic()):
+            await shard.handle(b)
+        await shard._state_lock.acquire()
+        lost = asyncio.ensure_future(shard.lose())
+        await asyncio.sleep(0)
+        tick = asyncio.ensure_future(shard.tick())
+        await asyncio.sleep(0)
+        shard._state_lock.release()
+        await lost
+        await tick
+
+    run(go())
+    assert not io.sent and not shard.stats.kpis and not shard.outbox
+
+
 def test_a_commit_encoded_before_a_close_is_abandoned_unwritten() -> None:
     """The same rule where commits are written (``Durable.write``), whoever calls it: a
     commit encoded before its shard's close writes nothing."""
