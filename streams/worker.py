@@ -95,6 +95,8 @@ class KpiShell:
         #: owned shards whose activation failed, with why; retried from ``tick``
         self.not_activated: dict[str, str] = {}
         self._retry_at = 0.0
+        #: one activation of a shard at a time: each restores it from what it read
+        self._activating = {name: asyncio.Lock() for name in self.shards}
         self._waiting: set[tuple[str, int]] = set()  # as the consumer last asked
         self._stage_awaits: list[Any] = []  # as last logged
 
@@ -176,6 +178,11 @@ class KpiShell:
         retry, and /health says so meanwhile. Anything else propagates, and the caller
         stops the worker: state it cannot read (StateError) would count twice if it went
         on without it, and a bug must not leave a live worker that counts nothing."""
+        async with self._activating[sh.name]:
+            if not sh.active:  # else the emit timer's retry and a recovery both came
+                await self._activate_now(sh)
+
+    async def _activate_now(self, sh: Shard) -> None:
         try:
             await sh.activate(self.state.records(sh.name), self._assigned_at)
         except (KafkaError, OSError, TimeoutError) as exc:

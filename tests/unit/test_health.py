@@ -124,6 +124,55 @@ def test_a_failed_activation_is_reported_then_retried(monkeypatch: pytest.Monkey
     asyncio.run(go())
 
 
+class GatedTable(FakeTable):
+    """The first write waits for ``gate``: a claim the broker is slow to take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gated = False
+
+    async def write(self, records: list[tuple[bytes, bytes]]) -> None:
+        if not self.gated:
+            self.gated = True
+            await self.gate.wait()
+        await super().write(records)
+
+
+def test_a_retried_activation_and_a_recovery_at_once_restore_the_shard_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emit timer retries a failed activation while a rebalance's recovery activates
+    the same shard (a broker coming back does both): one restores it, the other finds it
+    active. Both restoring, each from the records it read and in an epoch of its own, the
+    second threw away what the first counted and committed meanwhile."""
+    monkeypatch.setattr("streams.worker.RETRY_ACTIVATION_S", 0.0)
+    table = GatedTable()
+    sh, _ = shell(table)
+    restores: list[int] = []
+    email = sh.shards["email"]
+    real = email.restore
+
+    def counted(*args: object, **kwargs: object) -> None:
+        restores.append(1)
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(email, "restore", counted)
+    sh.not_activated = {"email": "KafkaConnectionError: broker away"}
+
+    async def go() -> None:
+        retry = asyncio.ensure_future(sh.tick())  # its claim waits at the gate
+        for _ in range(3):
+            await asyncio.sleep(0)
+        recovery = asyncio.ensure_future(sh.on_state_recovered({"email"}))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        table.gate.set()
+        await asyncio.gather(retry, recovery)
+
+    asyncio.run(go())
+    assert email.active and restores == [1]
+
+
 def test_unreadable_state_stops_the_takeover_loudly() -> None:
     # the stored state was built with another catalog (here: another currency)
     other = replace(DEFAULT_CATALOG.restrict(("email",)), currency="USD")
