@@ -86,13 +86,12 @@ class Shard:
         self.snapshot_seq = 0
         self._snapshot_applied: Offsets = {}
         self._last_snapshot_at = time.monotonic()
-        self.replayed_skipped = 0
+        self.replayed_skipped = self.stale_skipped = 0
         # (batch start, key, JSON): held as sent, ~300 bytes, not as a ~1 KB dict each
         self.outbox: list[tuple[float, bytes, bytes]] = []
         self.resend: list[tuple[bytes, bytes]] = []  # (key, JSON)
         self.committing = 0  # closed windows of the commit under way, sent once it is durable
-        #: what may wait for a commit (``uncommitted``) before a batch waits for one
-        self.max_uncommitted = MAX_UNCOMMITTED
+        self.max_uncommitted = MAX_UNCOMMITTED  # uncommitted() before a batch waits for one
         self.max_held = MAX_HELD  # events held before the consumer leaves some unread
         #: one batch, one emit or one snapshot at a time: a snapshot sees whole batches only
         self._state_lock = asyncio.Lock()
@@ -100,7 +99,6 @@ class Shard:
         #: the consumer has not yet given back (see ``sync_sources``)
         self.owned: set[tuple[str, int]] = set()
         self.revoked: set[tuple[str, int]] = set()
-        self.stale_skipped = 0
         self.active = False  # owns its input partitions (streams/assignor.py), or stands by
         self._snapshot_lock = asyncio.Lock()  # one snapshot at a time: seq and slot agree
         self.gaps = Gaps()  # what the broker said of the partitions' logs (streams/gaps.py)
@@ -448,8 +446,10 @@ class Shard:
         if self.resend:  # the restored snapshot's outbox, first of all
             await self._send_finals([(t0, k, v) for k, v in self.resend])
             self.resend = []
+        if not self.active:  # a standby's: not waiting for its lock (held by a restore)
+            return
         async with self._state_lock:
-            if not self.active:  # a standby's, or handed over or lost while this waited
+            if not self.active:  # handed over or lost while this waited
                 return
             if self.engine.config.idle_timeout_ms > 0 and self.feed_in is None:
                 await self._mark_behind()

@@ -472,6 +472,18 @@ def test_an_emit_waiting_for_a_batch_while_the_shard_is_lost_shows_nothing() -> 
     assert not io.sent and not shard.stats.kpis and not shard.outbox
 
 
+def test_a_standby_emit_does_not_wait_for_a_restore() -> None:
+    """A standby's emit returns at once, not behind its lock: a restore holds that lock for
+    seconds, and the worker's emit timer ticks the shards one after another."""
+    shard = new_shard(FakeIO(), FakeTable())
+
+    async def go() -> None:
+        await shard._state_lock.acquire()  # a restore under way
+        await asyncio.wait_for(shard.tick(), 1.0)
+
+    run(go())
+
+
 def test_a_commit_encoded_before_a_close_is_abandoned_unwritten() -> None:
     """The same rule where commits are written (``Durable.write``), whoever calls it: a
     commit encoded before its shard's close writes nothing."""
