@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -26,6 +26,7 @@ from tests.helpers import DEFAULT_CATALOG, final_values, replay
 SETTINGS = replace(Settings(), snapshot_interval=0.0, idle_timeout=0.0)
 EMAIL = DEFAULT_CATALOG.restrict(("email",))
 TOPIC = "email-events"
+T = TypeVar("T")
 
 
 @dataclass
@@ -399,6 +400,19 @@ def test_a_commit_whose_shard_is_lost_meanwhile_writes_no_manifest() -> None:
     assert any(b"|pt|" in k for k in table.data) and not io.windows()
 
 
+async def lost_behind_a_batch(shard: Shard, then: Awaitable[T]) -> T:
+    """The group drops the worker while a batch is under way (the shard's lock held), and
+    ``then`` (a commit, an emit) comes after, waiting behind the loss; returns its result."""
+    await shard._state_lock.acquire()  # a batch under way
+    lost = asyncio.ensure_future(shard.lose())
+    await asyncio.sleep(0)  # the loss waits for the batch...
+    after = asyncio.ensure_future(then)
+    await asyncio.sleep(0)  # ... and so does ``then``, behind it
+    shard._state_lock.release()
+    await lost
+    return await after
+
+
 def test_a_commit_waiting_for_a_batch_while_the_shard_is_lost_writes_nothing() -> None:
     """A timed commit that passed its checks and waits for the batch under way, while the
     group drops the worker: the loss closes the id store (its ids not yet persisted go) and
@@ -418,14 +432,7 @@ def test_a_commit_waiting_for_a_batch_while_the_shard_is_lost_writes_nothing() -
         await shard.snapshot(force=True)
         for b in parts[cut:cut + 3]:  # ids remembered, not yet persisted
             await shard.handle(b)
-        await shard._state_lock.acquire()  # a batch under way
-        lost = asyncio.ensure_future(shard.lose())
-        await asyncio.sleep(0)  # the loss waits for the batch...
-        commit = asyncio.ensure_future(shard.snapshot(force=True))
-        await asyncio.sleep(0)  # ... and so does the commit, behind it
-        shard._state_lock.release()
-        await lost
-        return await commit
+        return await lost_behind_a_batch(shard, shard.snapshot(force=True))
 
     committed = run(go())
     manifests = [k for k in table.data if b"|manifest|" in k]
@@ -459,14 +466,7 @@ def test_an_emit_waiting_for_a_batch_while_the_shard_is_lost_shows_nothing() -> 
         await shard.activate([], 0.0)
         for b in batches(traffic()):
             await shard.handle(b)
-        await shard._state_lock.acquire()
-        lost = asyncio.ensure_future(shard.lose())
-        await asyncio.sleep(0)
-        tick = asyncio.ensure_future(shard.tick())
-        await asyncio.sleep(0)
-        shard._state_lock.release()
-        await lost
-        await tick
+        await lost_behind_a_batch(shard, shard.tick())
 
     run(go())
     assert not io.sent and not shard.stats.kpis and not shard.outbox
