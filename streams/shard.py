@@ -5,10 +5,8 @@ its input partitions owns its state. The shard parses and validates each message
 engine, and routes what the engine can't use: invalid input to `kpi-dlq` with its reason and
 source coordinates, late input to `kpi-late`. Closed windows wait in an outbox for the
 snapshot that makes them durable, then go to `kpi-windows`; the emit timer publishes
-open-window values to `kpi-updates`.
-
-Everything outside the engine goes through small interfaces (streams/shard_ports.py): the
-shard's logic is unit-tested without a broker (tests/unit/test_shard.py)."""
+open-window values to `kpi-updates`. Everything outside the engine goes through small
+interfaces (streams/shard_ports.py), faked in tests/unit/test_shard.py."""
 
 from __future__ import annotations
 
@@ -139,6 +137,9 @@ class Shard:
         epoch = owner_epoch(records, self.name, snap.seq if snap else 0)
         await self.state.write([(claim_key(self.name), str(epoch).encode())])
         async with self._state_lock:
+            if not {tp for tp in self.io.assignment() if tp[0] in self.topics} - self.revoked:
+                log.warning("%s: revoked before its activation ended; standing by", self.name)
+                return
             # nothing durable yet: start from the empty state (this worker may have counted
             # before, as an owner whose work went to another)
             self.restore(records, snap, epoch)
@@ -434,9 +435,8 @@ class Shard:
         partition's records can wait behind the others' fetches (the consumer's position
         moves past transaction markers too, so a log ending on one still goes quiet)."""
         for tp in self.owned:
-            end = self.io.highwater(tp)
-            if end is not None and (pos := await self.io.position(tp)) is not None \
-                    and pos < end:
+            if (end := self.io.highwater(tp)) is not None and \
+                    (pos := await self.io.position(tp)) is not None and pos < end:
                 for wm in self.engine.watermarks.values():
                     wm.busy(tp)
 

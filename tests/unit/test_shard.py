@@ -472,6 +472,69 @@ def test_an_emit_waiting_for_a_batch_while_the_shard_is_lost_shows_nothing() -> 
     assert not io.sent and not shard.stats.kpis and not shard.outbox
 
 
+class SlowClaimTable(FakeTable):
+    """A table whose first write (the activation's claim) waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing, self.release = asyncio.Event(), asyncio.Event()
+
+    async def write(self, records: list[tuple[bytes, bytes]]) -> None:
+        if not self.release.is_set():
+            self.writing.set()
+            await self.release.wait()
+        await super().write(records)
+
+
+@pytest.mark.parametrize("when", ["while it claims", "before it starts"])
+def test_an_activation_revoked_before_it_ends_stands_by(when: str) -> None:
+    """A rebalance revokes the shard's partitions while its activation writes the claim (the
+    emit timer's retry), or before a recovery that ended late activates it (the consumer
+    lists a revoked partition until the next assignment). Active anyway, the shard showed the
+    KPIs of the state it restored beside the new owner's, and a window its idle advance closed
+    would make it commit: its state in its own epoch, the group's offsets back to its own."""
+    table = SlowClaimTable()
+    table.release.set()
+    parts = batches(traffic())
+    first = new_shard(FakeIO(), table)  # the previous owner: half the input, durable
+
+    async def go() -> Shard:
+        await first.activate([], 0.0)
+        for b in parts[:len(parts) // 2]:
+            await first.handle(b)
+        assert await first.snapshot(force=True)
+        await first.deactivate()
+        table.release.clear()
+        io = FakeIO()
+        shard = new_shard(io, table)
+        if when == "before it starts":
+            await shard.on_revoked(io.assignment())
+            table.release.set()
+            await shard.activate(table.records("email"), 0.0)
+        else:
+            activating = asyncio.ensure_future(shard.activate(table.records("email"), 0.0))
+            await table.writing.wait()
+            await shard.on_revoked(io.assignment())  # still listed, as aiokafka does
+            table.release.set()
+            await activating
+        assert not shard.active
+        manifests = {k for k in table.data if b"|manifest|" in k}
+        await shard.handle(parts[-1])
+        await shard.tick()
+        assert await shard.snapshot(force=True) is False
+        assert not shard.stats.kpis and shard.health()["role"] == "standby"
+        assert not io.commits and {k for k in table.data if b"|manifest|" in k} == manifests
+        # assigned back (on_assigned), the next recovery activates it as usual
+        shard.revoked -= io.assignment()
+        await shard.activate(table.records("email"), 0.0)
+        for b in parts:
+            await shard.handle(b)
+        return shard
+
+    shard = run(go())
+    assert shard.active and shard.engine.events_total == first_run_counts(traffic())
+
+
 def test_a_standby_emit_does_not_wait_for_a_restore() -> None:
     """A standby's emit returns at once, not behind its lock: a restore holds that lock for
     seconds, and the worker's emit timer ticks the shards one after another."""
