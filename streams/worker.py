@@ -104,7 +104,7 @@ class KpiShell:
         try:
             sizes = await topic_sizes(self.settings.bootstrap, input_topics(self.settings),
                                       client_kwargs(self.settings))
-        except KafkaError as exc:  # a weight, not a must: keep the last one
+        except (KafkaError, OSError, TimeoutError) as exc:  # a weight, not a must: keep the last
             log.warning("could not read the input topics' sizes: %s", exc)
             self._traffic_at = time.monotonic()
             return
@@ -257,8 +257,8 @@ class KpiShell:
                     self._tick_failed_at = now
                     log.warning("%s: emit cut short (%s: %s)", sh.name,
                                 type(exc).__name__, exc)
-        if time.monotonic() - self._traffic_at >= TRAFFIC_EVERY_S and (
-                self._traffic_task is None or self._traffic_task.done()):
+        if self.settings.broker and time.monotonic() - self._traffic_at >= TRAFFIC_EVERY_S and (
+                self._traffic_task is None or self._traffic_task.done()):  # (none: unit tests)
             # beside the emits, not in their way: reading sizes can wait on the cluster
             self._traffic_task = asyncio.ensure_future(self.refresh_traffic())
         self._log_stage_holding()
