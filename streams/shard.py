@@ -187,19 +187,20 @@ class Shard:
         self._lag_by_tp.clear()
 
     async def snapshot(self, force: bool = False) -> bool:
-        """Write the engine state and the offsets it covers, then let commits reach them."""
-        if not self.active or (self.applied == self._snapshot_applied and not self.outbox):
-            return False
-        if not force and (time.monotonic() - self._last_snapshot_at <
-                          self.settings.snapshot_interval or self.catching_up()):
+        """Write the engine state and the offsets it covers, then let commits reach them.
+        Forced (a handover, the bound), it waits for the batch under way and includes it."""
+        if not self.active or (not force and (
+                (self.applied == self._snapshot_applied and not self.outbox) or self.catching_up()
+                or time.monotonic() - self._last_snapshot_at < self.settings.snapshot_interval)):
             return False
         async with self._snapshot_lock:
             return await self._snapshot()
 
     async def _snapshot(self) -> bool:
         async with self._state_lock:
-            if not self.active:  # handed over or lost while this waited: the close let its
-                return False  # ids go, and a standby never overwrites the owner's state
+            # gone while this waited (its ids let go; a standby never writes), or nothing new
+            if not self.active or (self.applied == self._snapshot_applied and not self.outbox):
+                return False
             # DLQ and late copies of the input this snapshot covers are out before it counts
             await self.io.flush()
             if self.engine.revised:  # a commit carries the revisions of what it covers
@@ -495,6 +496,5 @@ class Shard:
             "durable": self.applied == self._snapshot_applied,
             "state": e.state_sizes(),
             "ids_loaded": self.durable.ids_loaded,
-            # the epochs the state table holds for it: one once its first commit is durable
-            "state_epochs": sorted(self.durable.epochs),
+            "state_epochs": sorted(self.durable.epochs),  # one once a commit is durable
         }

@@ -472,6 +472,52 @@ def test_an_emit_waiting_for_a_batch_while_the_shard_is_lost_shows_nothing() -> 
     assert not io.sent and not shard.stats.kpis and not shard.outbox
 
 
+class PausingIO(FakeIO):
+    """Asked where a partition's log starts, it answers once ``hold`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(partitions=3)
+        self.hold, self.asking = asyncio.Event(), asyncio.Event()
+
+    async def log_start(self, tp: tuple[str, int]) -> int:
+        self.asking.set()
+        await self.hold.wait()
+        return await super().log_start(tp)
+
+
+def test_a_handover_includes_the_batch_under_way() -> None:
+    """A rebalance revokes the shard while a batch is under way that has applied nothing
+    yet (it asks the broker where a partition's log starts, at its first message). The
+    handover's commit waits for the batch and makes it durable. It used to check for news
+    before the batch applied anything, find none, and leave the batch to the next owner to
+    read again: correct, but a re-read of what was counted."""
+    parts = batches(traffic())  # partitions 0 and 1; 2 speaks first in the batch under way
+    io, table = PausingIO(), FakeTable()
+    shard = new_shard(io, table)
+    io.starts[(TOPIC, 2)] = 7
+    first_of_2 = [Msg(TOPIC, 2, 7 + i, m.value) for i, m in enumerate(parts[4][:50])]
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        for b in parts[:3]:
+            await shard.handle(b)
+        assert await shard.snapshot(force=True)
+        batch = asyncio.ensure_future(shard.handle(first_of_2 + parts[3]))
+        await io.asking.wait()  # the batch holds the shard's lock, nothing applied yet
+        handover = asyncio.ensure_future(shard.on_revoked(io.assignment()))
+        await asyncio.sleep(0)
+        io.hold.set()
+        await batch
+        await handover
+
+    run(go())
+    assert not shard.active
+    other = new_shard(FakeIO(partitions=3), table)
+    run(other.activate(table.records("email"), 0.0))
+    assert other.applied == {(TOPIC, 0): 399, (TOPIC, 1): 399, (TOPIC, 2): 56}
+    assert other.engine.events_total == shard.engine.events_total
+
+
 class SlowClaimTable(FakeTable):
     """A table whose first write (the activation's claim) waits until ``release`` is set."""
 
