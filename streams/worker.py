@@ -13,8 +13,6 @@ import logging
 import time
 from typing import Any, Final
 
-from aiokafka.errors import KafkaError
-
 from metrics.catalog import Catalog
 from metrics.constants import NEVER
 from metrics.engine import KpiEngine
@@ -104,7 +102,7 @@ class KpiShell:
         try:
             sizes = await topic_sizes(self.settings.bootstrap, input_topics(self.settings),
                                       client_kwargs(self.settings))
-        except (KafkaError, OSError, TimeoutError) as exc:  # a weight, not a must: keep the last
+        except BROKER_ERRORS as exc:  # a weight, not a must: keep the last one
             log.warning("could not read the input topics' sizes: %s", exc)
             self._traffic_at = time.monotonic()
             return
@@ -185,7 +183,7 @@ class KpiShell:
     async def _activate_now(self, sh: Shard) -> None:
         try:
             await sh.activate(self.state.records(sh.name), self._assigned_at)
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except BROKER_ERRORS as exc:
             self.not_activated[sh.name] = f"{type(exc).__name__}: {exc}"
             self._retry_at = time.monotonic() + RETRY_ACTIVATION_S
             log.error("%s: could not activate (%s); retrying in %.0f s", sh.name,
