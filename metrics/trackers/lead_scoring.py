@@ -38,6 +38,7 @@ from metrics.constants import HOUR_MS, UNKNOWN
 from metrics.events import ACCOUNTS, Event
 from metrics.records import iso_ms
 from metrics.trackers.base import Dims, Fact, Keyed, Table, TableFactory
+from metrics.trackers.score_board import ScoreBoard, next_due
 
 if TYPE_CHECKING:
     from metrics.catalog_types import Catalog
@@ -106,6 +107,7 @@ class LeadScoring:
         #: event of the hour adds its points to
         self._base: dict[str, tuple[int, float]] = {}
         self.unannounced: set[str] = set()
+        self.board = ScoreBoard()  # derived: the scores `kpi-accounts` shows
         #: derived, sorted: (creation time, lead) and (crossing hour, lead), what the
         #: windowed builtins read
         self._by_created: list[tuple[int, str]] = []
@@ -123,10 +125,11 @@ class LeadScoring:
         self._kept.within_ms, self._kept.longest_ms = cfg.within_ms, self.longest_ms
         self._points = dict(cfg.points)
         self._lookback_h = max(1, cfg.lookback_ms // HOUR_MS)
-        half_life_h = cfg.half_life_ms / HOUR_MS
+        self._half_life_h = half_life_h = cfg.half_life_ms / HOUR_MS
         self._decay = [2.0 ** (-k / half_life_h) for k in range(self._lookback_h)]
         self._within_h = cfg.within_ms // HOUR_MS
         self._base.clear()
+        self.board.reset()
 
     def configure(self, catalog: Catalog) -> None:
         fam = catalog.families[ACCOUNTS]
@@ -162,6 +165,7 @@ class LeadScoring:
         acc.hours, acc.points = hours.tobytes(), points.tobytes()
         acc.last_ts = max(acc.last_ts, ev.ts_ms)
         self.accounts.put(account, acc)
+        self.board.touch(account)
         base = self._base.get(account)
         if base is not None and base[0] > hour:  # an earlier hour's points changed
             del self._base[account]
@@ -291,15 +295,28 @@ class LeadScoring:
 
     def scores(self, at: int) -> dict[str, int]:
         """Each account's score at the hour holding ``at``, to the nearest whole point (the
-        accounts above 0): what `kpi-accounts` carries."""
-        hour = at // HOUR_MS
-        out: dict[str, int] = {}
-        for account, acc in self.accounts.items():
-            base, pts = self._score_parts(acc, hour)
-            score = round(base + pts)
-            if score > 0:
-                out[account] = score
-        return out
+        accounts above 0): what `kpi-accounts` carries. Only the accounts whose number can
+        have changed since the last call are scored (``ScoreBoard``)."""
+        hour, board = at // HOUR_MS, self.board
+        if board.hour is None or hour < board.hour:
+            board.reset()
+            due: set[str] = set()
+            todo: Iterable[tuple[str, Engagement | None]] = self.accounts.items()
+        elif 4 * len(due := board.due(hour)) < len(self.accounts):  # a few: each read
+            todo = ((a, self.accounts.get(a)) for a in list(due))
+        else:  # most: read in one pass, as on disk a scan reads them in chunks
+            todo = ((a, acc) for a, acc in self.accounts.items() if a in due)
+        for account, acc in todo:
+            due.discard(account)
+            if acc is not None:
+                base, pts = self._score_parts(acc, hour)
+                board.show(account, round(base + pts), next_due(
+                    memoryview(acc.hours).cast(PACKING), hour, self._lookback_h,
+                    self._half_life_h, base + pts))
+        for account in due:  # expired
+            board.show(account, 0, None)
+        board.hour = hour
+        return dict(board.shown)
 
     def current_score(self, account: str, at: int) -> float:
         """The account's score at the hour holding ``at`` (0 for an unknown account)."""
@@ -354,7 +371,7 @@ class LeadScoring:
                 watermark - self.reach_ms - max(cfg.lookback_ms, cfg.within_ms)):
             self._base.pop(account, None)
         if self.leads.sweep(watermark - self.reach_ms - 2 * self.longest_ms):
-            self.loaded()
+            self._index_leads()  # the board stays: no account's hours changed
 
 
 
@@ -372,6 +389,11 @@ class LeadScoring:
     def loaded(self) -> None:
         for acc in self.accounts.resident():  # on disk, the others as they are read
             _repacked(acc)
+        self.board.reset()
+        self._index_leads()
+
+    def _index_leads(self) -> None:
+        """The derived indexes of the leads held (after a restore, or leads expired)."""
         self._base.clear()
         leads = self.leads.data
         self._by_created = sorted((lead.created, k) for k, lead in leads.items())
