@@ -35,6 +35,9 @@ class AccountScores:
         self.lifespan_years = lifespan_years
         #: account -> its latest record (what /accounts serves)
         self.latest: dict[str, Record] = {}
+        #: account -> what its record's stable fields come from, as last compared: a record
+        #: is built only for an account whose inputs changed (most are the same each hour)
+        self._inputs: dict[str, tuple[Any, ...]] = {}
         self.as_of = NEVER
 
     def update(self, purchases: AccountPurchases | None, at: int, emitted_at: str,
@@ -46,10 +49,22 @@ class AccountScores:
         self.as_of = at
         rfm = purchases.rfm(at) if purchases is not None else {}
         leads = scoring.scores(at) if scoring is not None else {}
+        moved = scoring.board.take_moved() if scoring is not None else set()
         out: list[tuple[str, Record]] = []
         as_of = iso_ms(at)
         years = purchases.horizon_ms / YEAR_MS if purchases is not None else 1.0
-        for account in sorted(rfm.keys() | leads.keys()):
+        changed: list[str] = []
+        if moved is None or not self.latest:  # scored all over again, or nothing shown yet
+            moved = set(leads)
+        # an account that left both is in neither: its record ends below
+        for account in rfm.keys() | (moved & leads.keys()):
+            s = rfm.get(account)
+            inputs = (leads.get(account, 0),) if s is None else (
+                leads.get(account, 0), s.last_ts, s.frequency, s.monetary, s.r, s.f, s.m)
+            if self._inputs.get(account) != inputs:
+                self._inputs[account] = inputs
+                changed.append(account)
+        for account in sorted(changed):
             s = rfm.get(account)
             rec: Record = {"account_id": account, "as_of": as_of,
                            **(self._rfm(s, years) if s is not None else _RFM_NONE),
@@ -60,7 +75,7 @@ class AccountScores:
                 self.latest[account] = rec
                 out.append((account, rec))
         for account in sorted(self.latest.keys() - rfm.keys() - leads.keys()):
-            del self.latest[account]
+            del self.latest[account], self._inputs[account]
             out.append((account, {"account_id": account, "as_of": as_of,
                                   "rfm_segment": None, "lead_score": None,
                                   "emitted_at": emitted_at}))

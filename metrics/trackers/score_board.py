@@ -55,6 +55,9 @@ class ScoreBoard:
         """Next time, every account is scored (``hour`` None)."""
         self.hour: int | None = None
         self.shown: dict[str, int] = {}
+        #: the accounts whose shown number changed since ``take_moved``; None: any (scored
+        #: all over again)
+        self.moved: set[str] | None = None
         self.touched: set[str] = set()  # points changed since the last scoring
         self._due_at: dict[str, int] = {}
         #: (hour, account), the ones no longer in ``_due_at`` skipped: a heap entry is
@@ -79,12 +82,17 @@ class ScoreBoard:
         self.hour = hour
         return out
 
+    def take_moved(self) -> set[str] | None:
+        moved, self.moved = self.moved, set()
+        return moved
+
     def show(self, account: str, score: int, due: int | None) -> None:
         """An account scored: its whole number (0: not shown) and when it is due again."""
+        was = self.shown.pop(account, 0) if score <= 0 else self.shown.get(account, 0)
         if score > 0:
             self.shown[account] = score
-        else:
-            self.shown.pop(account, None)
+        if was != score and self.moved is not None:
+            self.moved.add(account)
         if due is None:
             self._due_at.pop(account, None)
             return

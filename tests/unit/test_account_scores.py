@@ -3,13 +3,19 @@ record per account whose scores changed, and a last one when it is no longer sco
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
+from typing import Any
+
 from metrics.account_scores import AccountScores
+from metrics.catalog_types import MqlConfig
 from metrics.events import Event, struct_of
 from metrics.trackers.account_purchases import AccountPurchases
 from metrics.trackers.lead_scoring import LeadScoring
 from tests.helpers import HOUR
 from tests.unit.trackers.test_account_purchases import AT, DAY, rfm_orders
 from tests.unit.trackers.test_attribution import _Order
+from tests.unit.trackers.test_score_board import every_account
 
 
 def purchases() -> AccountPurchases:
@@ -73,3 +79,35 @@ def test_lead_scores_whole_points_and_engaged_accounts_without_purchases() -> No
     gone = dict(scores.update(t, AT + 91 * DAY, "gone", scoring))
     assert gone["Z"] == {"account_id": "Z", "as_of": "2027-07-06T00:00:00Z",
                          "rfm_segment": None, "lead_score": None, "emitted_at": "gone"}
+
+
+def test_records_follow_every_change_of_the_whole_numbers_at_every_hour() -> None:
+    """Engagement over 40 accounts for 10 days at a 3-hour half-life (whole numbers move
+    most hours), purchases beside: each hour's records are exactly the accounts whose lead
+    score (scoring every account) or RFM changed, and /accounts holds every account's
+    latest, as when every account was compared every hour."""
+    t, scores = purchases(), AccountScores("EUR")
+    scoring = LeadScoring(365 * DAY)
+    scoring.set_config(replace(MqlConfig(), half_life_ms=3 * HOUR, lookback_ms=24 * HOUR))
+    rng = random.Random(3)
+    start = AT - 5 * DAY
+    shown: dict[str, Any] = {}
+    for h in range(10 * 24):
+        for i in range(rng.randrange(8)):
+            account = f"a{rng.randrange(40)}"
+            scoring.observe(Event(f"g{h}-{i}", "account.goal", start + h * HOUR + i, "accounts",
+                                  struct_of("account.goal")(
+                                      event_id="x", ts=0, session_id="s", goal="demo",
+                                      account_id=account)))
+        at = start + h * HOUR + HOUR - 1
+        out = dict(scores.update(t, at, "x", scoring))
+        every = every_account(scoring, at)
+        rfm = t.rfm(at)
+        now = {a: (every.get(a), None if a not in rfm else (
+            rfm[a].last_ts, rfm[a].frequency, rfm[a].monetary, rfm[a].r, rfm[a].f, rfm[a].m))
+               for a in every.keys() | rfm.keys()}
+        assert set(out) == {a for a in now.keys() | shown.keys()
+                            if now.get(a) != shown.get(a)}, h
+        shown = now
+        assert {a: r["lead_score"] or None for a, r in scores.latest.items()} == {
+            a: v[0] for a, v in now.items()}
