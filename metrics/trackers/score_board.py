@@ -29,19 +29,19 @@ def next_due(hours: Sequence[int], hour: int, lookback_h: int, half_life_h: floa
     """The first hour after ``hour`` at which the whole-number score of an account with
     points at ``hours`` (ascending) and ``score`` at ``hour`` can change with no new points,
     or an hour before it; None: never."""
-    due: list[int] = []
     hi = bisect.bisect_right(hours, hour)
-    if hi < len(hours):
-        due.append(hours[hi])  # a later hour's points enter
-    lo = bisect.bisect_right(hours, hour - lookback_h)
-    if lo < hi:
-        due.append(hours[lo] + lookback_h)  # the oldest hour in the lookback leaves it
+    due = hours[hi] if hi < len(hours) else None  # a later hour's points enter
+    lo = bisect.bisect_right(hours, hour - lookback_h, 0, hi)
+    if lo < hi and (due is None or hours[lo] + lookback_h < due):
+        due = hours[lo] + lookback_h  # the oldest hour in the lookback leaves it
     shown = round(score)
     if shown > 0:  # it decays to the half point below: score × 2^(-t / h) <= shown - 0.5
         half = (shown - 0.5) * (1 + _MARGIN)
-        t = half_life_h * math.log2(score / half) if score > half else 0.0
-        due.append(hour + max(1, math.floor(t)))
-    return min(due) if due else None
+        t = hour + (max(1, math.floor(half_life_h * math.log2(score / half)))
+                    if score > half else 1)
+        if due is None or t < due:
+            due = t
+    return due
 
 
 class ScoreBoard:
