@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from metrics.catalog_types import MqlConfig
 from metrics.constants import HOUR_MS
 from metrics.engine import EngineConfig, KpiEngine
 from metrics.errors import StateError
@@ -21,12 +23,15 @@ from metrics.shelf import mem_shelf
 from metrics.snapshot import EngineState
 from metrics.trackers.base import Keyed
 from metrics.trackers.first_seen import UniqueOpeners
+from metrics.trackers.lead_scoring import LeadScoring
 from streams.settings import Settings
 from streams.shelf_disk import ShardStore
 from streams.table_disk import CACHE_KEYS, COLD_SHARE, DiskKeyed, DiskTables
 from tests.helpers import DEFAULT_CATALOG
 from tests.unit.test_parts import Store, comparable
 from tests.unit.test_snapshot import events, run
+from tests.unit.trackers.test_lead_scoring import DAY, T0, stage
+from tests.unit.trackers.test_score_board import engagement, every_account
 
 Key = tuple[str, str]
 
@@ -615,3 +620,28 @@ def test_new_sessions_leave_no_missing_visitors_in_the_cache(tmp_path: Path) -> 
     assert len(visitors) > 100
     assert [k for k, e in visitors.cache.items() if e[0] is None] == []
     store.close()
+
+
+def test_lead_scores_with_the_accounts_on_disk_are_those_in_memory(tables: DiskTables
+                                                                   ) -> None:
+    """Lead scoring's accounts on disk behind a cache of 2 (cold): the scores at every hour,
+    whether the accounts due are read one by one or in one walk, are those of the tracker
+    in memory, and those of scoring every account."""
+    rng = random.Random(9)
+    evs = stage(sorted(engagement(rng, 2_000, 24 * 6, 30),
+                       key=lambda e: e["ts"] + rng.random() * 6 * HOUR_MS))
+    cfg = replace(MqlConfig(), half_life_ms=4 * HOUR_MS, lookback_ms=18 * HOUR_MS)
+    mem, disk = LeadScoring(365 * DAY), LeadScoring(365 * DAY)
+    disk.spill(tables.table)
+    assert isinstance(disk.accounts, DiskKeyed) and disk.accounts.cache_keys == 2
+    for t in (mem, disk):
+        t.set_config(cfg)
+    hour = 0
+    for i, ev in enumerate(evs):
+        mem.observe(ev)
+        disk.observe(ev)
+        if i % 7 == 6:
+            hour = max(hour, ev.ts_ms // HOUR_MS - T0 // HOUR_MS - 2)
+            at = T0 + hour * HOUR_MS
+            assert disk.scores(at) == mem.scores(at) == every_account(mem, at), hour
+    assert len(mem.board.shown) > 10
