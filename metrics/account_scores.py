@@ -19,9 +19,6 @@ from metrics.trackers.account_purchases import YEAR_MS, AccountPurchases, Rfm
 from metrics.trackers.lead_scoring import LeadScoring
 
 Record = dict[str, Any]
-_STABLE: Final = ("last_purchase", "frequency", "monetary", "recency_score",
-                  "frequency_score", "monetary_score", "rfm_segment", "lifetime_value",
-                  "lead_score")
 _RFM_NONE: Final = dict.fromkeys(
     ("last_purchase", "frequency", "monetary", "recency_score", "frequency_score",
      "monetary_score", "rfm_segment", "lifetime_value"))
@@ -35,8 +32,9 @@ class AccountScores:
         self.lifespan_years = lifespan_years
         #: account -> its latest record (what /accounts serves)
         self.latest: dict[str, Record] = {}
-        #: account -> what its record's stable fields come from, as last compared: a record
-        #: is built only for an account whose inputs changed (most are the same each hour)
+        #: account -> what its record's fields but ``as_of`` and ``emitted_at`` are made of
+        #: (the segment and lifetime value follow from them), as last sent: a record is built
+        #: and sent only for an account whose inputs changed (most are the same each hour)
         self._inputs: dict[str, tuple[Any, ...]] = {}
         self.as_of = NEVER
 
@@ -70,10 +68,8 @@ class AccountScores:
                            **(self._rfm(s, years) if s is not None else _RFM_NONE),
                            "currency": self.currency, "lead_score": leads.get(account, 0),
                            "emitted_at": emitted_at}
-            prev = self.latest.get(account)
-            if prev is None or any(prev.get(k) != rec[k] for k in _STABLE):
-                self.latest[account] = rec
-                out.append((account, rec))
+            self.latest[account] = rec  # its inputs changed: so did one of its fields
+            out.append((account, rec))
         for account in sorted(self.latest.keys() - rfm.keys() - leads.keys()):
             del self.latest[account], self._inputs[account]
             out.append((account, {"account_id": account, "as_of": as_of,

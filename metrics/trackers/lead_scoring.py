@@ -371,6 +371,7 @@ class LeadScoring:
                 watermark - self.reach_ms - max(cfg.lookback_ms, cfg.within_ms)):
             self._base.pop(account, None)
         if self.leads.sweep(watermark - self.reach_ms - 2 * self.longest_ms):
+            self._base.clear()
             self._index_leads()  # the board stays: no account's hours changed
 
 
@@ -389,12 +390,12 @@ class LeadScoring:
     def loaded(self) -> None:
         for acc in self.accounts.resident():  # on disk, the others as they are read
             _repacked(acc)
+        self._base.clear()
         self.board.reset()
         self._index_leads()
 
     def _index_leads(self) -> None:
         """The derived indexes of the leads held (after a restore, or leads expired)."""
-        self._base.clear()
         leads = self.leads.data
         self._by_created = sorted((lead.created, k) for k, lead in leads.items())
         self._by_crossing = sorted((lead.qualified, k) for k, lead in leads.items()
