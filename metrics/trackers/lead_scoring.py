@@ -38,6 +38,7 @@ from metrics.constants import HOUR_MS, UNKNOWN
 from metrics.events import ACCOUNTS, Event
 from metrics.records import iso_ms
 from metrics.trackers.base import Dims, Fact, Keyed, Table, TableFactory
+from metrics.trackers.running_score import RunningScores
 from metrics.trackers.score_board import ScoreBoard, next_due
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ class LeadScoring:
         #: account -> (hour, its score from the hours before it): derived, what each new
         #: event of the hour adds its points to
         self._base: dict[str, tuple[int, float]] = {}
+        self._running = RunningScores()  # derived: the scores `scores` carries hour to hour
         self.unannounced: set[str] = set()
         self.board = ScoreBoard()  # derived: the scores `kpi-accounts` shows
         #: derived, sorted: (creation time, lead) and (crossing hour, lead), what the
@@ -129,6 +131,7 @@ class LeadScoring:
         self._decay = [2.0 ** (-k / half_life_h) for k in range(self._lookback_h)]
         self._within_h = cfg.within_ms // HOUR_MS
         self._base.clear()
+        self._running.configure(self._decay, self._lookback_h, half_life_h)
         self.board.reset()
 
     def configure(self, catalog: Catalog) -> None:
@@ -156,6 +159,7 @@ class LeadScoring:
         if hours and hours[0] < self._floor_h:  # what no revisable crossing reads any more
             cut = bisect.bisect_left(hours, self._floor_h)
             del hours[:cut], points[:cut]
+            self._running.forget(account)
         i = bisect.bisect_left(hours, hour)
         if i < len(hours) and hours[i] == hour:
             points[i] = min(points[i] + pts, _POINTS_MAX)
@@ -166,6 +170,7 @@ class LeadScoring:
         acc.last_ts = max(acc.last_ts, ev.ts_ms)
         self.accounts.put(account, acc)
         self.board.touch(account)
+        self._running.changed(account, hour)
         base = self._base.get(account)
         if base is not None and base[0] > hour:  # an earlier hour's points changed
             del self._base[account]
@@ -297,7 +302,7 @@ class LeadScoring:
         """Each account's score at the hour holding ``at``, to the nearest whole point (the
         accounts above 0): what `kpi-accounts` carries. Only the accounts whose number can
         have changed since the last call are scored (``ScoreBoard``)."""
-        hour, board = at // HOUR_MS, self.board
+        hour, board, running = at // HOUR_MS, self.board, self._running
         if board.hour is None or hour < board.hour:
             board.reset()
             due: set[str] = set()
@@ -309,10 +314,13 @@ class LeadScoring:
         for account, acc in todo:
             due.discard(account)
             if acc is not None:
-                base, pts = self._score_parts(acc, hour)
-                board.show(account, round(base + pts), next_due(
-                    memoryview(acc.hours).cast(PACKING), hour, self._lookback_h,
-                    self._half_life_h, base + pts))
+                hours = memoryview(acc.hours).cast(PACKING)
+                s = running.carried(account, hours, memoryview(acc.points).cast(PACKING), hour)
+                if s is None:
+                    s = sum(self._score_parts(acc, hour))
+                    running.start(account, hours, hour, s)
+                board.show(account, round(s), next_due(hours, hour, self._lookback_h,
+                                                       self._half_life_h, s))
         for account in due:  # expired
             board.show(account, 0, None)
         board.hour = hour
@@ -370,6 +378,7 @@ class LeadScoring:
         for account, _ in self.accounts.sweep(
                 watermark - self.reach_ms - max(cfg.lookback_ms, cfg.within_ms)):
             self._base.pop(account, None)
+            self._running.forget(account)
         if self.leads.sweep(watermark - self.reach_ms - 2 * self.longest_ms):
             self._base.clear()
             self._index_leads()  # the board stays: no account's hours changed
@@ -391,6 +400,7 @@ class LeadScoring:
         for acc in self.accounts.resident():  # on disk, the others as they are read
             _repacked(acc)
         self._base.clear()
+        self._running.sums.clear()
         self.board.reset()
         self._index_leads()
 
