@@ -400,7 +400,7 @@ class LeadScoring:
         for acc in self.accounts.resident():  # on disk, the others as they are read
             _repacked(acc)
         self._base.clear()
-        self._running.sums.clear()
+        self._running.clear()
         self.board.reset()
         self._index_leads()
 

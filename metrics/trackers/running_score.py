@@ -4,9 +4,10 @@
 An account's score at hour H is the sum over its hours h in (H - lookback, H] of their points
 × 2^(-(H - h) / half-life). Summed afresh, it costs every hour with points in the lookback:
 up to 2,160 of them, ~0.3 ms in Python, and with most accounts engaged every hour that made
-most of the time of a month-long backlog (68 us an event at 30 days of the default mix, and
-growing with the lookback). The score at H' > H is the one at H decayed by H' - H hours,
-less the hours that left the lookback, plus those that entered: a few terms an hour.
+most of the time of a month-long backlog (benchmarks/scores_bench.py, the default mix: 37.7
+us an engagement event at 30 days, 84.9 at 90; carried, 8.8 and 8.0). The score at H' > H is
+the one at H decayed by H' - H hours, less the hours that left the lookback, plus those
+that entered: a few terms an hour.
 
 The two differ only by float rounding, which is bounded (``bound``: every operation since
 the last sum afresh, each off by at most half an ulp of the largest value it saw). Where that
@@ -39,6 +40,10 @@ class RunningScores:
     def configure(self, decay: Sequence[float], lookback_h: int, half_life_h: float) -> None:
         """The settings' decay table (by age in hours, over the lookback)."""
         self._decay, self._lookback_h, self._half_life_h = decay, lookback_h, half_life_h
+        self.clear()
+
+    def clear(self) -> None:
+        """Every account summed afresh next (a restore: the points are another state's)."""
         self.sums.clear()
 
     def changed(self, account: str, hour: int) -> None:
@@ -60,29 +65,28 @@ class RunningScores:
         if entry is None or not 0 <= hour - entry[0] < lookback or entry[3] > _REFRESH:
             return None
         at, value, mass, ops = entry
-        if hour > at:
-            decay = self._decay
-            value *= decay[hour - at]
-            # the hours that left the lookback, (at - lookback, hour - lookback], and those
-            # that entered it, (at, hour]
-            lo = bisect.bisect_right(hours, at - lookback)
-            first = bisect.bisect_right(hours, hour - lookback, lo)
-            out = 0.0
-            for i in range(lo, first):
-                out += points[i] * 2.0 ** (-(hour - hours[i]) / self._half_life_h)
-            hi = bisect.bisect_right(hours, at, first)
-            end = bisect.bisect_right(hours, hour, hi)
-            new = 0.0
-            for i in range(hi, end):
-                new += points[i] * decay[hour - hours[i]]
-            mass = max(mass, value + new)
-            # the decay (its table's rounding and the product's), a term's power or table
-            # entry, product and sum, the two sums joined
-            ops += 4 + 3 * (first - lo + end - hi)
-            value = value - out + new
-            terms = end - first
-        else:
-            terms = bisect.bisect_right(hours, hour) - bisect.bisect_right(hours, hour - lookback)
+        if hour == at:  # as taken then: nothing at or before it changed since (``changed``)
+            return value
+        decay = self._decay
+        value *= decay[hour - at]
+        # the hours that left the lookback, (at - lookback, hour - lookback], and those
+        # that entered it, (at, hour]
+        lo = bisect.bisect_right(hours, at - lookback)
+        first = bisect.bisect_right(hours, hour - lookback, lo)
+        out = 0.0
+        for i in range(lo, first):
+            out += points[i] * 2.0 ** (-(hour - hours[i]) / self._half_life_h)
+        hi = bisect.bisect_right(hours, at, first)
+        end = bisect.bisect_right(hours, hour, hi)
+        new = 0.0
+        for i in range(hi, end):
+            new += points[i] * decay[hour - hours[i]]
+        mass = max(mass, value + new)
+        # the decay (its table's rounding and the product's), a term's power or table
+        # entry, product and sum, the two sums joined
+        ops += 4 + 3 * (first - lo + end - hi)
+        value = value - out + new
+        terms = end - first
         # the sum afresh it stands for is off too: by its terms' operations
         if _near_half(value, bound(mass, ops + 2 * terms)):
             return None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 from array import array
 from dataclasses import replace
-from typing import Any
 
 import msgspec
 import pytest
@@ -17,7 +16,7 @@ from metrics.constants import HOUR_MS
 from metrics.trackers.lead_scoring import LeadScoring, LeadScoringState
 from metrics.trackers.running_score import _REFRESH, RunningScores, bound
 from tests.unit.trackers.test_lead_scoring import DAY, T0, ev, stage
-from tests.unit.trackers.test_score_board import H0, every_account
+from tests.unit.trackers.test_score_board import H0, every_account, sums_counted
 
 
 def afresh(hours: list[int], points: list[int], hour: int, lookback: int,
@@ -113,14 +112,7 @@ def test_lead_scoring_carries_the_scores_of_accounts_engaged_every_hour(
     rng = random.Random(5)
     t = LeadScoring(365 * DAY)
     t.set_config(replace(MqlConfig(), half_life_ms=3 * HOUR_MS, lookback_ms=12 * HOUR_MS))
-    summed: list[int] = []
-    real = t._score_parts
-
-    def counted(acc: Any, h: int) -> tuple[float, int]:
-        summed.append(h)
-        return real(acc, h)
-
-    monkeypatch.setattr(t, "_score_parts", counted)
+    summed = sums_counted(monkeypatch, t)
     scorings = own = 0
     for h in range(240):
         for e in stage([ev(f"e{h}-{i}", "page.viewed", h + rng.random(), session_id="s",

@@ -31,6 +31,19 @@ def every_account(t: LeadScoring, at: int) -> dict[str, int]:
     return out
 
 
+def sums_counted(monkeypatch: pytest.MonkeyPatch, t: LeadScoring) -> list[int]:
+    """The hours at which the tracker sums an account afresh (``_score_parts``), from now."""
+    summed: list[int] = []
+    real = t._score_parts
+
+    def counted(acc: Any, h: int) -> tuple[float, int]:
+        summed.append(h)
+        return real(acc, h)
+
+    monkeypatch.setattr(t, "_score_parts", counted)
+    return summed
+
+
 def engagement(rng: random.Random, n: int, hours: int, accounts: int) -> list[dict[str, Any]]:
     kinds: list[tuple[str, dict[str, Any]]] = [("email.opened", {}), ("email.clicked", {}),
              ("goal.converted", {"session_id": "s", "goal": "demo"}),
@@ -90,14 +103,7 @@ def test_only_the_accounts_whose_number_can_change_are_scored(
     for e in stage([ev(f"g{i}", "goal.converted", 0.5, session_id="s", goal="demo",
                        account_id=f"a{i}") for i in range(1_000)]):
         t.observe(e)
-    scored: list[int] = []
-    real = t._score_parts
-
-    def counted(acc: Any, h: int) -> tuple[float, int]:
-        scored.append(h)
-        return real(acc, h)
-
-    monkeypatch.setattr(t, "_score_parts", counted)
+    scored = sums_counted(monkeypatch, t)
     shown = [t.scores(T0)]
     for e in stage([lead("old", -1_000 * 24, None)]):  # years old: the next expiry drops it
         t.observe(e)
