@@ -33,8 +33,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from metrics.catalog import Catalog, load_catalog
 from metrics.errors import StateError
-from metrics.runtime import tune_gc
 from streams.broker import refuse_busy_web_port
+from streams.cycles import EVERY_S as CYCLES_EVERY_S
+from streams.cycles import collect_on_clock
 from streams.dashboard import page
 from streams.errors import SettingsError
 from streams.faust_assignor import shard_assignor
@@ -400,6 +401,10 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
             if not app.should_stop:
                 raise
 
+    @app.timer(CYCLES_EVERY_S)  # type: ignore[untyped-decorator]
+    async def collect_cycles() -> None:
+        shell.cycles.collect()
+
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         # aiohttp wants the charset apart from the content type
@@ -438,7 +443,6 @@ def make_app(settings: Settings, catalog: Catalog, tansu: bool = False
 def run_worker(settings: Settings) -> int:
     catalog = load_catalog(settings.catalog)
     refuse_busy_web_port(settings.web_host, settings.web_port)
-    tune_gc()
     if not malloc_tuned():
         pin_mmap_threshold()
     create_topics(settings, catalog)
@@ -454,5 +458,6 @@ def run_worker(settings: Settings) -> int:
     shell.weigh(sizes)
     tame_client_logs(AUTO_OFFSET_RESET, debug=settings.log_level.lower() == "debug")
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    collect_on_clock()  # what is built so far stays; the timer above frees cycles from now
     worker.execute_from_commandline()
     return 0

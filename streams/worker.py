@@ -17,6 +17,7 @@ from metrics.catalog import Catalog
 from metrics.constants import NEVER
 from metrics.engine import KpiEngine
 from metrics.events import ACCOUNTS
+from streams.cycles import Cycles
 from streams.dashboard import History, RateMeter, catalog_meta
 from streams.dedup_disk import set_cache_mb
 from streams.errors import BrokerError
@@ -65,6 +66,7 @@ class KpiShell:
         self.history = History()
         self.event_rate = RateMeter()
         self.heap = HeapTrimmer()  # freed memory back to the OS once a backlog is through
+        self.cycles = Cycles()  # reference cycles freed on a timer (streams/cycles.py)
         self.catalog_meta = catalog_meta(catalog)
         self.registry, self.emit_latency = make_registry(catalog, self.owned_parts,
                                                          settings.topic)
@@ -331,6 +333,7 @@ class KpiShell:
                 # per shard, how its takeover loaded the event ids: from the local store
                 # (and how many from the changelog), or rebuilt from the changelog
                 "ids_loaded": loaded,
+                "cycles": self.cycles.health(),
                 # seconds from receiving the first batch to finishing the latest one, and
                 # both moments (Unix time: a benchmark spans the workers of a group)
                 "busy_s": (self.last_batch_done_at - self.first_event_at

@@ -58,6 +58,8 @@ def test_a_backlog_on_one_partition_is_held_only_so_far_and_then_counted_once(
     health = worker.health()
     assert (health["held"], health["late"], health["duplicates"]) == (0, 0, 0), health
     assert health["waiting"] == []
+    # its cycles are freed by its timer only (streams/cycles.py), not as allocations pile up
+    assert health["cycles"]["automatic"] is False, health["cycles"]
 
 
 def test_the_accounts_stage_names_the_partitions_it_holds_its_copies_for(
