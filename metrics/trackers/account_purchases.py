@@ -149,6 +149,9 @@ class AccountPurchases:
         self.deals: Table[str, DealWins] = Keyed(_last_ts)
         self.purchases: Table[str, Purchase] = Keyed(_purchase_ts)
         self._bought: dict[str, Bought] = {}  # derived: account -> its purchases held
+        #: the last ``rfm`` asked, until a purchase comes or goes: the account records and
+        #: the window of the same end ask it in turn, each ranking every account
+        self._rfm_memo: tuple[int, dict[str, Rfm]] | None = None
 
     def spill(self, make: TableFactory) -> None:
         """Its deals, each with its stage history, and its purchases, kept for the horizon (a
@@ -191,6 +194,7 @@ class AccountPurchases:
             self._buy(purchase)
 
     def _buy(self, purchase: Purchase) -> None:
+        self._rfm_memo = None
         ts, account, amount = purchase
         bought = self._bought.get(account)
         if bought is None:
@@ -198,6 +202,7 @@ class AccountPurchases:
         bought.add(ts, amount)
 
     def _unbuy(self, purchase: Purchase) -> None:
+        self._rfm_memo = None
         ts, account, amount = purchase
         bought = self._bought[account]
         bought.remove(ts, amount)
@@ -224,7 +229,10 @@ class AccountPurchases:
         """Each account with a purchase in the horizon before ``at``: its recency (since its
         last purchase), frequency (purchases) and monetary value (their amount), each
         scored 1-5 by quintile among those accounts (ties share the lower score), and its
-        segment by recency and frequency score."""
+        segment by recency and frequency score. The same dict while no purchase comes or
+        goes: not to be changed by the caller."""
+        if self._rfm_memo is not None and self._rfm_memo[0] == at:
+            return self._rfm_memo[1]
         last: dict[str, int] = {}
         freq: dict[str, int] = {}
         money: dict[str, int] = {}
@@ -236,8 +244,10 @@ class AccountPurchases:
                 money[account] = sum(b.amounts[lo:hi])
         r = _quintiles(last)  # the most recent scores highest
         f, m = _quintiles(freq), _quintiles(money)
-        return {a: Rfm((at - last[a]) / 86_400_000, freq[a], money[a] / MICRO, r[a], f[a],
-                       m[a], segment(r[a], f[a]), last[a]) for a in last}
+        out = {a: Rfm((at - last[a]) / 86_400_000, freq[a], money[a] / MICRO, r[a], f[a],
+                      m[a], segment(r[a], f[a]), last[a]) for a in last}
+        self._rfm_memo = at, out
+        return out
 
     def settled(self, watermark: int, grace_ms: int) -> int:
         raise NotImplementedError("its values are the window's as it is asked")
@@ -247,6 +257,7 @@ class AccountPurchases:
         cutoff = watermark - self.keep_ms
         if self.purchases.drop(cutoff):  # the hours before the one holding ``cutoff``
             cutoff -= cutoff % HOUR_MS
+            self._rfm_memo = None
             for account in [a for a, b in self._bought.items() if b.times[0] < cutoff]:
                 bought = self._bought[account]
                 bought.before(cutoff)
@@ -265,7 +276,7 @@ class AccountPurchases:
         return {"deals": self.deals, "purchases": self.purchases}
 
     def loaded(self) -> None:
-        self._bought = {}
+        self._bought, self._rfm_memo = {}, None
         for purchase in sorted(self.purchases.data.values()):
             self._buy(purchase)
 

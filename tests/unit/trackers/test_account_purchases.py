@@ -166,3 +166,35 @@ def test_the_segment_map_covers_every_score_pair() -> None:
                                    "hibernating", "lost"}
     assert (cells[(5, 5)], cells[(5, 1)], cells[(1, 5)], cells[(2, 1)], cells[(1, 1)]) == (
         "champions", "new", "at_risk", "hibernating", "lost")
+
+
+def test_rfm_asked_again_at_the_same_moment_follows_every_purchase_in_between() -> None:
+    """The account records and the 30-day window of the same end ask ``rfm`` in turn: the
+    second is answered from the first while no purchase came or went, never after."""
+    t = AccountPurchases(365 * DAY)
+    for e in rfm_orders():
+        t.observe(Event(e["event_id"], "account.order", e["ts"], "accounts",
+                        _Order(e["amount"], e["account_id"])))
+    first = t.rfm(AT)
+    assert t.rfm(AT) is first  # nothing new: not ranked again
+    assert set(t.rfm(AT + DAY)) == set(first) and t.rfm(AT + DAY) is not first
+    # a late order before AT: F joins, and the ranks move
+    t.observe(Event("f1", "account.order", AT - DAY, "accounts", _Order(9000, "F")))
+    joined = t.rfm(AT)
+    assert "F" in joined and joined["F"].m == 5 and joined["E"].m == 4
+    # a won deal counts, then leaves when it is lost
+    t.observe(Event("g1", "account.deal", AT - 2 * DAY, "accounts",
+                    _Deal("G", "won", 7, "G")))
+    assert "G" in t.rfm(AT)
+    t.observe(Event("g2", "account.deal", AT - DAY, "accounts", _Deal("G", "lost")))
+    assert "G" not in t.rfm(AT)
+    # a restore replaces the purchases: asked again, the restored ones only
+    again = AccountPurchases(365 * DAY)
+    again.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(t.snapshot()),
+                                         type=AccountPurchasesState))
+    assert set(again.rfm(AT)) == set(t.rfm(AT))
+    again.restore(AccountPurchases(365 * DAY).snapshot())  # none held
+    assert again.rfm(AT) == {}
+    # purchases expired: gone from the answer at the same moment
+    t.expire(AT + 2 * 365 * DAY)
+    assert t.rfm(AT) == {}
