@@ -8,9 +8,11 @@ import subprocess
 import sys
 import textwrap
 
+from streams.cycles import FULL_EVERY
+
 SCRIPT = textwrap.dedent("""
     import gc, json, weakref
-    from streams.cycles import Cycles, collect_on_clock
+    from streams.cycles import FULL_EVERY, Cycles, collect_on_clock
 
     class Node:
         pass
@@ -35,6 +37,19 @@ SCRIPT = textwrap.dedent("""
     out["freed"] = freed
     out["health"] = cycles.health()
     out["kept_tracked"] = sum(1 for o in gc.get_objects() if type(o) is Node)
+    # a cycle still in use at a collection is left to the full ones, FULL_EVERY apart
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    older = weakref.ref(a)
+    cycles.collect()  # the 2nd: it survives
+    del a, b
+    young = []
+    while cycles.collections % FULL_EVERY:  # up to the full one, not included
+        young.append(older() is not None)
+        cycles.collect()
+    out["older_kept_by_young"] = young
+    out["older_freed_by_full"] = older() is None
+    out["health_after"] = cycles.health()
     print(json.dumps(out))
 """)
 
@@ -51,8 +66,12 @@ def test_cycles_wait_for_the_timer_and_the_start_is_frozen() -> None:
     assert out["after_freed"]
     assert out["freed"] >= 2  # the cycle's two nodes (and their dicts)
     assert out["health"]["automatic"] is False
-    assert out["health"]["collections"] == 1
+    assert (out["health"]["collections"], out["health"]["full"]) == (1, 0)
     assert out["health"]["freed"] == out["freed"]
     assert out["health"]["seconds"] >= 0
     # what was alive at the start is out of every collection (not among the tracked)
     assert out["kept_tracked"] == 0
+    assert out["older_kept_by_young"] == [True] * (FULL_EVERY - 2)
+    assert out["older_freed_by_full"]
+    after = out["health_after"]
+    assert (after["collections"], after["full"]) == (FULL_EVERY, 1)
