@@ -1,4 +1,5 @@
-"""Process settings the engine runs best with (replay and the worker alike)."""
+"""Process settings replay runs best with (a worker collects cycles on its clock instead:
+streams/cycles.py)."""
 
 from __future__ import annotations
 

@@ -72,6 +72,8 @@ def merge_health(parts: list[dict[str, Any] | None], names: list[str]) -> dict[s
     waiting: set[str] = set()
     durable = True
     firsts, lasts = [], []
+    cycles: dict[str, Any] = {"automatic": False, "collections": 0, "full": 0, "freed": 0,
+                              "seconds": 0.0}  # the processes' collections, summed
     for name, h in zip(names, parts, strict=True):
         if h is None:
             out["problems"].append(f"{name}: not answering")
@@ -92,6 +94,8 @@ def merge_health(parts: list[dict[str, Any] | None], names: list[str]) -> dict[s
         if "accounts_stage" in h:
             out["accounts_stage"] = h["accounts_stage"]
         durable = durable and h["durable"]
+        for k, v in h["cycles"].items():
+            cycles[k] = cycles[k] or v if k == "automatic" else cycles[k] + v
         if h["first_batch_at"] is not None:
             firsts.append(h["first_batch_at"])
         if h["last_batch_done_at"] is not None:
@@ -106,6 +110,7 @@ def merge_health(parts: list[dict[str, Any] | None], names: list[str]) -> dict[s
     last = max(lasts) if lasts else None
     out |= {"status": "unavailable" if out["problems"] else "ok", "state": state,
             "durable": durable, "waiting": sorted(waiting),
+            "cycles": cycles | {"seconds": round(cycles["seconds"], 3)},
             "busy_s": last - first if first is not None and last is not None else None,
             "first_batch_at": first, "last_batch_done_at": last}
     return out

@@ -172,7 +172,8 @@ class Processes:
              "shards": None if h is None else sorted(
                  n for n, role in h["shards"].items() if role == "active"),
              "events": None if h is None else h["events"],
-             "busy_s": None if h is None else h["busy_s"]}
+             "busy_s": None if h is None else h["busy_s"],
+             "cycles": None if h is None else h["cycles"]}
             for p, port, h in zip(self.procs, self.ports, parts, strict=True)]
         return 503 if health["problems"] else 200, JSON_TYPE, orjson.dumps(health)
 

@@ -74,6 +74,8 @@ def test_a_worker_of_two_processes_counts_once_across_a_kill_9_and_serves_one_ad
     worker = start_worker(settings)
     wait_for(lambda: both_own_shards(worker), 60, "both processes to own shards", worker)
     procs = processes(worker)
+    # each process frees its cycles on its own clock (streams/cycles.py)
+    assert [p["cycles"]["automatic"] for p in procs] == [False, False]
     # each process serves its own pages on loopback only; the worker's address is the one
     for p in procs:
         assert listening(p["web_port"]) == {"127.0.0.1"}

@@ -94,6 +94,8 @@ def health(shards: dict[str, str], events: int = 0, problems: list[str] | None =
     out.update(dict.fromkeys(SUMMED, 0))
     out |= {"events": events, "late_by_family": {}, "state": {"ids": events},
             "durable": True, "state_epochs": {}, "waiting": [], "ids_loaded": {},
+            "cycles": {"automatic": False, "collections": 0, "full": 0, "freed": 0,
+                       "seconds": 0.0},
             "first_batch_at": first, "last_batch_done_at": last}
     return out | extra
 
@@ -106,8 +108,16 @@ def test_health_sums_the_processes_and_a_shard_is_active_where_one_owns_it() -> 
                waiting=["email/1"], late_by_family={"email": 1})
     b = health({"email": "standby", "web": "active"}, events=32, first=4.0, last=8.0,
                problems=[], waiting=["web/0"], late_by_family={"web": 2},
-               accounts_stage={"events": 5})
+               accounts_stage={"events": 5},
+               cycles={"automatic": False, "collections": 3, "full": 1, "freed": 40,
+                       "seconds": 0.25})
+    a["cycles"] |= {"collections": 2, "freed": 7, "seconds": 0.125}
     out = merge_health([a, b], NAMES)
+    assert out["cycles"] == {"automatic": False, "collections": 5, "full": 1, "freed": 47,
+                             "seconds": 0.375}
+    # one process collecting by itself (CPython's automatic collection) shows
+    assert merge_health([a, b | {"cycles": b["cycles"] | {"automatic": True}}], NAMES
+                        )["cycles"]["automatic"] is True
     assert out["status"] == "ok" and out["problems"] == []
     assert out["role"] == "active"
     assert out["shards"] == {"email": "active", "web": "active"}
