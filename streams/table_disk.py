@@ -10,10 +10,7 @@ The store is no durable copy: what a commit makes durable are the tables' hours 
 (metrics/snapshot.py), as for the tables in memory, and a takeover fills the store again
 from them. So it is emptied whenever its shard is taken over or handed over, may be written
 at any time (keys evicted from the cache between two commits), and needs no marker.
-
-Keys, after the table's one-byte prefix: ``d`` + key -> the hour it is filed under
-(4 bytes) + its value; ``h`` + hour (4 bytes) + key -> "" (what an hour holds: a commit's
-part of it, and expiry). Keys and values are MessagePack, decoded against their types.
+Its records' layout: streams/table_codec.py.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import struct
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
@@ -33,6 +29,7 @@ from metrics.constants import HOUR_MS
 from metrics.errors import StateError
 from metrics.trackers.base import TableCommit
 from streams.dedup_disk import LazyStore, alive, store_options
+from streams.table_codec import map_header, pack_hour, unpack_hour
 
 #: the most keys a table keeps in memory (those loaded from disk or created last): the
 #: default of ``KPI_STATE_CACHE_KEYS`` (Settings.state_cache_keys)
@@ -42,8 +39,6 @@ COLD_SHARE: Final = 25
 #: the most deltas a table's state holds over its hours before a commit writes them again
 MAX_DELTAS: Final = 32
 _CHUNK: Final = 256  # values read at once by a walk over the table (``items``)
-_HOUR: Final = struct.Struct(">I")
-_BIAS: Final = 1 << 31  # hours stored unsigned, so that they sort as numbers do
 _STORES: Final = itertools.count()  # names the folder of each store a process opens
 _ENCODE: Final = msgspec.msgpack.Encoder().encode
 
@@ -134,6 +129,7 @@ class DiskKeyed(Generic[K, V]):
         self.dirty: set[int] = set()  # hours changed since the last ``drain``
         #: one int object per hour a cached key is filed under, not one per key (32 bytes)
         self._hours: dict[int, int] = {}
+        self._filed: dict[int, list[K]] | None = None  # ``hour``'s: the cached keys by hour
         self._len = 0
         # what the changelog holds of it (``commit``): its hours as last written, then deltas
         self.pending: set[K] = set()  # keys changed (or gone) since the last commit
@@ -178,6 +174,7 @@ class DiskKeyed(Generic[K, V]):
         self.dirty.add(hour)
         self.changed.add(key)
         self.pending.add(key)
+        self._filed = None
 
     def delete(self, key: K) -> V:
         entry = self.cache.get(key)
@@ -189,6 +186,7 @@ class DiskKeyed(Generic[K, V]):
         self._unfile(entry[_HOUR_AT])
         self._len -= 1
         self.pending.add(key)
+        self._filed = None
         if entry[_DISK_H] is None:  # never written: nothing to delete on disk, nor to keep
             del self.cache[key]
             self.changed.discard(key)
@@ -229,7 +227,7 @@ class DiskKeyed(Generic[K, V]):
         if not hours:
             return cutoff_h, [], []
         self.flush()
-        return cutoff_h, hours, self._scan(self._h, self._h + _pack(cutoff_h))
+        return cutoff_h, hours, self._scan(self._h, self._h + pack_hour(cutoff_h))
 
     def _delete(self, cutoff_h: int, hours: list[int], keys: list[bytes],
                 gone: Iterable[K]) -> None:
@@ -240,7 +238,7 @@ class DiskKeyed(Generic[K, V]):
         batch = rocksdict.WriteBatch(raw_mode=True)
         for kb in keys:
             batch.delete(self._d + kb)
-        batch.delete_range(self._h, self._h + _pack(cutoff_h))
+        batch.delete_range(self._h, self._h + pack_hour(cutoff_h))
         self.store.db.write(batch)
         for key in [k for k, e in self.cache.items()
                     if e[_HOUR_AT] is not None and e[_HOUR_AT] < cutoff_h]:
@@ -251,15 +249,24 @@ class DiskKeyed(Generic[K, V]):
         self.dirty.update(hours)
         self.pending.update(gone)
         self._len -= len(keys)
+        self._filed = None
 
     def hour(self, hour: int) -> msgspec.Raw:
         """The keys filed under an hour with their values, as a commit writes it: the
-        ``dict[K, V]`` encoded, made of the bytes stored rather than decoded and encoded
-        again (a backlog's commits rewrite its busy hours whole: ``commit``)."""
-        self.flush()
-        keys = self._scan(self._h + _pack(hour), self._h + _pack(hour + 1))
-        body = b"".join([kb + raw[4:] for kb, raw in zip(keys, self._values(keys), strict=True)])
-        return msgspec.Raw(_map_header(len(keys)) + body)
+        ``dict[K, V]`` encoded. A cached key's value is encoded from memory, not written to
+        disk first (that flush was 5 % of a backlog's CPU); a key only on disk is written
+        as stored, not decoded and encoded again (a backlog rewrites busy hours whole)."""
+        cache = self.cache
+        if self._filed is None:  # the cached keys by hour: once for a commit's hours
+            self._filed = {}
+            for key, e in cache.items():
+                if e[_VALUE] is not None:
+                    self._filed.setdefault(e[_HOUR_AT], []).append(key)
+        body = [_ENCODE(k) + _ENCODE(cache[k][_VALUE]) for k in self._filed.get(hour, ())]
+        stored = [kb for kb in self._scan(self._h + pack_hour(hour), self._h + pack_hour(hour + 1))
+                  if self._key(kb) not in cache]  # a cached key's disk record may be old
+        body += [kb + raw[4:] for kb, raw in zip(stored, self._values(stored), strict=True)]
+        return msgspec.Raw(map_header(len(body)) + b"".join(body))
 
     def drain(self) -> set[int]:
         dirty, self.dirty = self.dirty, set()
@@ -363,7 +370,7 @@ class DiskKeyed(Generic[K, V]):
             return
         self.flush()
         batch = rocksdict.WriteBatch(raw_mode=True)
-        put, cache, hb = batch.put, self.cache, _pack(hour)
+        put, cache, hb = batch.put, self.cache, pack_hour(hour)
         d, hk = self._d, self._h + hb
         new = 0  # counted once per part (a restart fills 1.7 M send cohorts at 10 M ids)
         for key, value in data.items():
@@ -404,7 +411,7 @@ class DiskKeyed(Generic[K, V]):
     def forget(self) -> None:
         """Nothing held in memory (the store is emptied by its owner)."""
         self.cache, self.changed, self.counts, self.dirty = {}, set(), {}, set()
-        self._hours = {}
+        self._hours, self._filed = {}, None
         self._len = 0
         self.pending, self.stale, self.deltas, self._delta_keys = set(), set(), [], 0
 
@@ -415,10 +422,11 @@ class DiskKeyed(Generic[K, V]):
         if raw is None:
             entry: list[Any] = [None, None, None]
         else:
-            hour = _HOUR.unpack_from(raw)[0] - _BIAS
+            hour = unpack_hour(raw)
             hour = self._hours.setdefault(hour, hour)
             entry = [self._read(memoryview(raw)[4:], key), hour, hour]
         self.cache[key] = entry
+        self._filed = None  # (after an eviction, too)
         return entry
 
     def _read(self, raw: Any, key: Any) -> Any:
@@ -460,7 +468,7 @@ class DiskKeyed(Generic[K, V]):
 
     def _write(self, keys: Iterable[K]) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
-        pack = _pack
+        pack = pack_hour
         for key in keys:
             entry = self.cache[key]
             kb = _ENCODE(key)
@@ -487,14 +495,4 @@ class DiskKeyed(Generic[K, V]):
         """The keys (encoded) of the index entries from ``start`` up to ``stop``."""
         n = len(self._h) + 4
         return [k[n:] for k in self.store.between(start, stop)]
-
-
-def _map_header(n: int) -> bytes:
-    """msgpack's header of a map of ``n`` pairs (the shortest, as msgspec writes it)."""
-    return (bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big") if n < 1 << 16
-            else b"\xdf" + n.to_bytes(4, "big"))
-
-
-def _pack(hour: int) -> bytes:
-    return _HOUR.pack(hour + _BIAS)
 

@@ -219,11 +219,50 @@ def test_a_table_filled_at_once_answers_as_one_filled_key_by_key(tables: DiskTab
     assert disk.data == mem.data and len(disk) == len(mem) > 150
 
 
+def test_an_hour_is_written_from_the_cache_and_the_disk_without_a_flush(
+        tables: DiskTables) -> None:
+    """``hour`` takes a cached key's value from memory (nothing is written to disk for it)
+    and a key only on disk as stored; reads and evictions between two calls change
+    neither."""
+    mem: Keyed[Key, Val] = Keyed(_ts)
+    disk: DiskKeyed[Key, Val] = tables.table("t", _ts, Key, Val)
+    filled = {("c", f"f{i:02d}"): Val(7 * HOUR_MS + i, i) for i in range(40)}
+    for t in (mem, disk):
+        t.fill(filled)  # on disk only: none cached
+        for i in range(5):  # new, cached, in no write yet
+            t.put(("c", f"n{i}"), Val(7 * HOUR_MS + 100 + i, 100 + i))
+        moved = t.get(("c", "f03"))  # to the next hour
+        assert moved is not None
+        moved.ts = 8 * HOUR_MS
+        t.touch(("c", "f03"))
+        t.delete(("c", "f04"))
+    unwritten = {("c", f"n{i}") for i in range(5)} | {("c", "f03"), ("c", "f04")}
+    assert disk.changed == unwritten
+
+    def same() -> None:
+        for h in (7, 8):
+            assert _decoded(disk.hour(h)) == mem.hour(h)
+
+    same()
+    assert disk.changed == unwritten  # ``hour`` wrote nothing
+    assert disk.get(("c", "f10")) == mem.get(("c", "f10"))  # read into the cache: no touch
+    same()
+    for i in range(20, 40):  # the cache fills, half of it leaves (written as it goes)
+        assert disk.get(("c", f"f{i:02d}")) == mem.get(("c", f"f{i:02d}"))
+    same()
+    assert len(mem.hour(7)) == 43 and mem.hour(8) == {("c", "f03"): Val(8 * HOUR_MS, 3)}
+    assert mem.delete(("c", "f39")) == disk.delete(("c", "f39"))  # a cached key
+    same()
+    assert sorted(mem.sweep(8 * HOUR_MS)) == sorted(disk.sweep(8 * HOUR_MS))
+    same()
+    assert mem.hour(7) == {} and len(mem) == len(disk) == 1
+
+
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 65_535, 65_536])
 def test_an_hour_on_disk_is_the_bytes_msgpack_writes_of_its_keys_and_values(
         tmp_path: Path, n: int) -> None:
-    """``hour`` joins the keys and values as stored, under a map header of its own: the
-    bytes msgspec writes of the dict (a header of each size msgpack has)."""
+    """``hour`` joins the keys and values, under a map header of its own: the bytes msgspec
+    writes of the dict (a header of each size msgpack has)."""
     store = DiskTables(tmp_path / "tables", cache_keys=100_000)
     disk: DiskKeyed[Key, Val] = store.table("t", _ts, Key, Val)
     data = {("c", f"k{i:06d}"): Val(7 * HOUR_MS + i, i) for i in range(n)}
