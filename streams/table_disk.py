@@ -266,6 +266,8 @@ class DiskKeyed(Generic[K, V]):
         stored = [kb for kb in self._scan(self._h + pack_hour(hour), self._h + pack_hour(hour + 1))
                   if self._key(kb) not in cache]  # a cached key's disk record may be old
         body += [kb + raw[4:] for kb, raw in zip(stored, self._values(stored), strict=True)]
+        body.sort()  # in key order, as the disk holds them (msgpack keys: none a prefix of
+        # another): a part's bytes are the same whether its keys were cached or not
         return msgspec.Raw(map_header(len(body)) + b"".join(body))
 
     def drain(self) -> set[int]:
