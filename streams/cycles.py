@@ -1,12 +1,12 @@
 """Reference cycles in a worker: collected on the clock, not by counting allocations.
 
-CPython collects when tracked allocations outnumber deallocations by a threshold (50,000
-in the engine: metrics/runtime.py). A worker's state grows until its caches fill (their
-entries, visitors, send cohorts, sessions), and each such object is traversed by every
-young collection it meets until it is promoted: in stream_bench (one process, timed with
-``gc.callbacks``) the collector took 0.36 s of 7.5 s at 300,000 events and 2.5–3.2 s of
-~45 s at 900,000, for ~2,200 objects found in cycles in either run, nearly all of them the
-clients' (futures, exceptions).
+CPython collects when tracked allocations outnumber deallocations by a threshold (700 by
+default; replay raises it to 50,000: metrics/runtime.py). A worker's state grows until its
+caches fill (their entries, visitors, send cohorts, sessions), and each such object is
+traversed by every young collection it meets until it is promoted: in stream_bench (one
+process, timed with ``gc.callbacks``, the threshold then 50,000) the collector took 0.36 s
+of 7.5 s at 300,000 events and 2.5–3.2 s of ~45 s at 900,000, for ~2,200 objects found in
+cycles in either run, nearly all of them the clients' (futures, exceptions).
 
 So a worker collects on its clock instead: every ``EVERY_S`` seconds what was allocated
 since the last collection (a cycle of the clients' is garbage by then), and every

@@ -94,8 +94,11 @@ def merge_health(parts: list[dict[str, Any] | None], names: list[str]) -> dict[s
         if "accounts_stage" in h:
             out["accounts_stage"] = h["accounts_stage"]
         durable = durable and h["durable"]
-        for k, v in h["cycles"].items():
-            cycles[k] = cycles[k] or v if k == "automatic" else cycles[k] + v
+        for k, v in h["cycles"].items():  # automatic: on in any process
+            if k == "automatic":
+                cycles[k] = cycles[k] or v
+            else:
+                cycles[k] += v
         if h["first_batch_at"] is not None:
             firsts.append(h["first_batch_at"])
         if h["last_batch_done_at"] is not None:
