@@ -25,6 +25,6 @@ def unpack_hour(raw: bytes) -> int:
 
 def map_header(n: int) -> bytes:
     """msgpack's header of a map of ``n`` pairs (the shortest, as msgspec writes it): an
-    hour's part is its keys and values as stored, joined under it."""
+    hour's part is its keys and values, each already encoded, joined under it."""
     return (bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big") if n < 1 << 16
             else b"\xdf" + n.to_bytes(4, "big"))

@@ -129,7 +129,7 @@ class DiskKeyed(Generic[K, V]):
         self.dirty: set[int] = set()  # hours changed since the last ``drain``
         #: one int object per hour a cached key is filed under, not one per key (32 bytes)
         self._hours: dict[int, int] = {}
-        self._filed: dict[int, list[K]] | None = None  # ``hour``'s: the cached keys by hour
+        self._filed: dict[int, list[K]] | None = None  # ``hour``'s; a cache change drops it
         self._len = 0
         # what the changelog holds of it (``commit``): its hours as last written, then deltas
         self.pending: set[K] = set()  # keys changed (or gone) since the last commit
@@ -428,7 +428,7 @@ class DiskKeyed(Generic[K, V]):
             hour = self._hours.setdefault(hour, hour)
             entry = [self._read(memoryview(raw)[4:], key), hour, hour]
         self.cache[key] = entry
-        self._filed = None  # (after an eviction, too)
+        self._filed = None  # (the only place an eviction happens: before a load)
         return entry
 
     def _read(self, raw: Any, key: Any) -> Any:
