@@ -64,6 +64,10 @@ class Sessions:
         #: session id -> its session, or its sessions (a list, by start) when it has several;
         #: filed by the hour of its latest end
         self.state: Keyed[str, _Session | list[_Session]] = Keyed(_last_end)
+        #: the last scan of ``settled``: (reach, bound, when the bound's session ends)
+        self._scan: tuple[int, int, int] | None = None
+        #: the earliest start of a session made or changed since that scan
+        self._low = NEVER_END
 
     def observe(self, ev: Event) -> list[Fact]:
         d = ev.data
@@ -82,6 +86,8 @@ class Sessions:
             s = _Session(ts, ts, 1 if view else 0, first,
                          _NO_GOALS if goal is None else frozenset((goal,)))
             self.state.put(sid, s)
+            if ts < self._low:
+                self._low = ts
             return _session_facts(s)
         if isinstance(held, _Session):
             s = held
@@ -94,6 +100,8 @@ class Sessions:
                 if view:
                     s.views += 1
                 self.state.touch(sid)  # changed in place: its hour is written again
+                if s.start < self._low:
+                    self._low = s.start
                 if view and s.views == 2:
                     return [(s.start, "single_page_sessions", _session_dims(s), -1)]
                 return []
@@ -123,6 +131,8 @@ class Sessions:
         if goal is not None:
             s.goals = s.goals | {goal}
         self.state.put(sid, clusters[0] if len(clusters) == 1 else clusters)
+        if s.start < self._low:
+            self._low = s.start
         after = _session_facts(s)
         if after == before:
             return []
@@ -135,16 +145,29 @@ class Sessions:
         than ``MAX_SETTLE_MS`` (a bot, a monitor) holds nothing back beyond that."""
         reach = watermark - grace_ms  # the earliest event time still accepted
         floor = reach - SESSION_GAP_MS - MAX_SETTLE_MS
-        bound = NEVER_END
+        scan = self._scan
+        # The last scan's bound holds while its session is still open and no session made
+        # or changed since starts before it: a session open now was open then (its end as
+        # it was, reach no earlier) or changed since. Publishing asks at every batch while
+        # windows wait: a scan each time walked every recent session.
+        if scan is None or reach < scan[0] or reach >= scan[2] or self._low < scan[1]:
+            scan = self._scan = (reach, *self._open_bound(reach))
+            self._low = NEVER_END
+        return max(scan[1], floor)
+
+    def _open_bound(self, reach: int) -> tuple[int, int]:
+        """The earliest start of a session still open at ``reach``, and the time that
+        session ends for good (a rescan then); NEVER_END for both when none is open."""
+        bound = closes = NEVER_END
         by_hour, data = self.state.by_hour, self.state.data
         # a session id is filed by its latest end: only the recent hours can hold open ones
         for hour in [h for h in by_hour if (h + 1) * HOUR_MS + SESSION_GAP_MS > reach]:
             for sid in by_hour[hour]:
                 held = data[sid]
                 for c in held if isinstance(held, list) else (held,):
-                    if c.end + SESSION_GAP_MS > reach and c.start < bound:
-                        bound = c.start
-        return max(bound, floor)
+                    if c.start < bound and c.end + SESSION_GAP_MS > reach:
+                        bound, closes = c.start, c.end + SESSION_GAP_MS
+        return bound, closes
 
     def expire(self, watermark: int) -> None:
         # a session id is filed by its latest end: every session of an expired hour ended
@@ -156,12 +179,13 @@ class Sessions:
 
     def restore(self, state: SessionsState) -> None:
         self.state.replace(state.sessions)
+        self._scan = None
 
     def tables(self) -> dict[str, Keyed[Any, Any]]:
         return {"sessions": self.state}
 
     def loaded(self) -> None:
-        pass
+        self._scan = None  # filled from parts: scan anew
 
     def __len__(self) -> int:
         return len(self.state)
