@@ -242,8 +242,9 @@ def durable_consumer(shell: KpiShell, tansu: bool = False,
                 if not recs or not (active is None or tp in active or tp in buffered):
                     continue
                 if tp.topic in inputs:
-                    batch += [InputRecord(r.topic, r.partition, r.offset, r.timestamp, r.key,
-                                          r.value) for r in recs]
+                    topic, part = tp.topic, tp.partition
+                    batch += [InputRecord(topic, part, r.offset, r.timestamp, r.key, r.value)
+                              for r in recs]
                     read_offset[tp] = recs[-1].offset
                     continue
                 for r in recs:  # the state changelog, while Faust recovers it

@@ -97,6 +97,35 @@ class Gaps:
                 self.first[key] = first
         return follows(offset, last, first)
 
+    async def admit(self, io: Any, msg: Any, tp: TP, applied: dict[TP, int],
+                    owned: set[TP], stale: dict[TP, int]) -> str:
+        """Whether a fetched message that is not simply the next of its partition is
+        applied: 'apply' (``applied`` moves to it), 'replayed' (already in the state), or
+        'stale': skipped, as is the rest of its partition's batch (``stale``: where to read
+        it again from)."""
+        if tp in stale:
+            return "stale"
+        last = applied.get(tp)
+        if last is None and msg.offset > 0:
+            last = await self.before_start(io, tp)
+            if last is None:  # the broker could not say where the log starts
+                stale[tp] = msg.offset
+                return "stale"
+        if tp not in owned:
+            # fetched before a revoke: its owner reads it from the committed offset, which
+            # never passes what a snapshot holds
+            stale[tp] = msg.offset if last is None else last + 1
+            return "stale"
+        if last is not None and msg.offset != last + 1:  # not the next one
+            where = await self.where(io, tp, msg.offset, last)
+            if where == "replayed":
+                return "replayed"
+            if where == "hole":
+                stale[tp] = last + 1
+                return "stale"
+        applied[tp] = msg.offset
+        return "apply"
+
     async def reread(self, io: Any, tp: TP, offset: int) -> None:
         log.warning("re-reading %s[%d] from %d", *tp, offset)
         self.reread_from[tp] = offset

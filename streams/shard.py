@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from itertools import groupby
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,6 +48,7 @@ MAX_UNCOMMITTED: Final = 200_000
 #: events held before a family starts (~230 B each) beyond which its partitions that spoke
 #: wait in the broker (``waiting``): a 6-day backlog held 170k-400k, which set the RSS
 MAX_HELD: Final = 20_000
+_TP: Final = attrgetter("topic", "partition")  # a record's partition
 
 
 class Shard:
@@ -350,52 +353,43 @@ class Shard:
         stale: dict[tuple[str, int], int] = {}
         gaps = self.gaps
         fed, feeds = self.feed_in, self.feed_out  # the accounts stage (streams/feed.py)
-        for msg in batch:
-            tp = (msg.topic, msg.partition)
-            if tp in stale:
-                self.stale_skipped += 1
-                continue
-            last = applied.get(tp)
-            if last is None and msg.offset > 0:
-                last = await gaps.before_start(io, tp)
-                if last is None:  # the broker could not say where the log starts
-                    self.stale_skipped += 1
-                    stale[tp] = msg.offset
+        ingest = engine.ingest
+        for tp, run in groupby(batch, _TP):  # a partition's records come together
+            msgs = list(run)
+            first, last = msgs[0].offset, applied.get(tp)
+            if tp in stale or tp not in owned or first != (0 if last is None else last + 1) \
+                    or msgs[-1].offset - first != len(msgs) - 1:  # not simply the next ones
+                kept = []
+                for m in msgs:
+                    why = await gaps.admit(io, m, tp, applied, owned, stale)
+                    if why == "apply":
+                        kept.append(m)
+                    elif why == "replayed":  # re-read after a restart: already in the state
+                        self.replayed_skipped += 1
+                    else:
+                        self.stale_skipped += 1
+                if not kept:
                     continue
-            if tp not in owned:
-                # fetched before a revoke: its owner reads it from the committed offset,
-                # which never passes what a snapshot holds
-                self.stale_skipped += 1
-                stale[tp] = msg.offset if last is None else last + 1
-                continue
-            if last is not None and msg.offset != last + 1:  # not the next one
-                where = await gaps.where(io, tp, msg.offset, last)
-                if where == "replayed":  # re-read after a restart: already in the state
-                    self.replayed_skipped += 1
-                    continue
-                if where == "hole":
-                    self.stale_skipped += 1
-                    stale[tp] = last + 1
-                    continue
-            applied[tp] = msg.offset
-            raw = msg.value if isinstance(msg.value, bytes) else b""
-            parse = parsers.get(msg.topic)
+                msgs = kept
+            applied[tp] = last_offsets[tp] = msgs[-1].offset
+            parse = parsers.get(tp[0])
             if parse is None:  # the accounts stage's copies come from several families
-                parse = parsers[msg.topic] = event_parser(
+                parse = parsers[tp[0]] = event_parser(
                     now_ms=now, currency=currency,
-                    topic_family=None if fed else family_of(settings, msg.topic))
-            last_offsets[tp] = msg.offset
-            if fed:  # the accounts stage: framed copies, or a feeding partition's progress
-                fed.take(engine, msg, raw, parse, rejected)
-                continue
-            parsed = parse(raw)
-            if type(parsed) is Event:
-                stamp = msg.timestamp  # seconds (Faust), the broker's record timestamp
-                engine.ingest(parsed, tp, msg, round(stamp * 1000) if stamp else None)
-                if feeds:
-                    feeds.add(tp, parsed, raw, stamp)
-            else:
-                rejected.append((msg, parsed.reason))  # type: ignore[union-attr]
+                    topic_family=None if fed else family_of(settings, tp[0]))
+            for msg in msgs:
+                raw = msg.value if isinstance(msg.value, bytes) else b""
+                if fed:  # the accounts stage: framed copies, or a feeding partition's progress
+                    fed.take(engine, msg, raw, parse, rejected)
+                    continue
+                parsed = parse(raw)
+                if type(parsed) is Event:
+                    stamp = msg.timestamp  # seconds (Faust), the broker's record timestamp
+                    ingest(parsed, tp, msg, round(stamp * 1000) if stamp else None)
+                    if feeds:
+                        feeds.add(tp, parsed, raw, stamp)
+                else:
+                    rejected.append((msg, parsed.reason))  # type: ignore[union-attr]
         if feeds:
             await feeds.send(io)
         late = engine.late_refs  # every event found late, held ones included

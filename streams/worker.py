@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from itertools import groupby
+from operator import attrgetter
 from typing import Any, Final
 
 from metrics.catalog import Catalog
@@ -47,6 +49,7 @@ TRAFFIC_EVERY_S: Final = 30.0
 RETRY_ACTIVATION_S: Final = 2.0
 #: the fewest seconds between two log lines of emits the broker cut short
 TICK_ERROR_EVERY_S: Final = 30.0
+_TOPIC: Final = attrgetter("topic")
 
 
 class KpiShell:
@@ -215,14 +218,14 @@ class KpiShell:
         t0 = time.time()
         parts: dict[Shard, list[Any]] = {}
         shard_of = self.shard_of_topic
-        for msg in batch:
-            sh = shard_of.get(msg.topic)
+        for topic, run in groupby(batch, _TOPIC):  # a partition's records come together
+            sh = shard_of.get(topic)
             if sh is not None:
                 part = parts.get(sh)
                 if part is None:
-                    parts[sh] = [msg]
+                    parts[sh] = list(run)
                 else:
-                    part.append(msg)
+                    part += run
         for sh, part in parts.items():
             await sh.handle(part)
         if self.first_event_at is None:

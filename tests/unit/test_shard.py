@@ -798,6 +798,33 @@ def test_a_gap_in_a_partition_is_read_again_from_where_the_state_stops() -> None
     run(go())
 
 
+def test_a_partition_s_run_that_does_not_simply_follow_is_taken_message_by_message() -> None:
+    """A batch's records of one partition are applied as one run when they simply follow
+    the state; a run that straddles what is counted, or has a hole inside, is judged one
+    message at a time: the counted part skipped, the rest up to the hole applied."""
+    io, shard, msgs = one_batch(partitions=1, n=50)
+
+    async def go() -> None:
+        await shard.activate([], 0.0)
+        await shard.handle(msgs[:10])
+        await shard.handle(msgs[5:15])  # 5..9 counted already, 10..14 new
+        assert shard.applied[(TOPIC, 0)] == 14 and shard.replayed_skipped == 5
+        await shard.handle(msgs[15:18] + msgs[20:25])  # 18, 19 missing inside the run
+        assert shard.applied[(TOPIC, 0)] == 17 and io.seeks == [((TOPIC, 0), 18)]
+        assert shard.stale_skipped == 5
+
+    run(go())
+    _, ref, _ = one_batch(partitions=1, n=50)
+
+    async def straight() -> None:
+        await ref.activate([], 0.0)
+        await ref.handle(msgs[:18])
+
+    run(straight())
+    assert shard.engine.state_sizes() == ref.engine.state_sizes()
+    assert shard.engine.duplicates_total == ref.engine.duplicates_total
+
+
 def test_a_stale_batch_after_the_re_read_is_no_gap_and_a_real_gap_is_passed() -> None:
     """After the seek that re-reads a gap, the consumer's buffers can still hand over
     messages fetched before it: they do not follow either, and applying them would lose
