@@ -38,6 +38,10 @@ class DedupStore(Protocol):
 
     def remember(self, eid: str, ts: int) -> None: ...
 
+    def admit(self, eid: str, ts: int) -> bool:
+        """``remember`` an id not held; False (nothing done) when it is: a duplicate."""
+        ...
+
     def forget(self, eid: str) -> None:
         """An id remembered for an event that then turned out late: not counted."""
         ...
@@ -76,6 +80,12 @@ class MemoryDedup:
             self.by_hour[hour] = [eid]
         else:
             bucket.append(eid)
+
+    def admit(self, eid: str, ts: int) -> bool:
+        if eid in self.ids:
+            return False
+        self.remember(eid, ts)
+        return True
 
     def forget(self, eid: str) -> None:
         self.ids.pop(eid, None)

@@ -166,19 +166,27 @@ class KpiEngine:
         """Count one event. Returns 'ok', 'duplicate', 'late' or 'held'.
 
         ``arrival``: when the event reached the broker (the record's timestamp, epoch ms), if
-        known; it orders the events held before a family starts across partitions.
-
-        'held': the family's watermark is not known yet (an assigned partition has not
-        spoken), so its windows have not started; the event is applied, or found late, once
-        it is. A late event's ``ref`` is appended to ``late_refs`` for the caller to route.
-        """
+        known; it orders the events held before a family starts across partitions. 'held':
+        the family's watermark is not known yet (an assigned partition has not spoken), so
+        its windows have not started; the event is applied, or found late, once it is. A
+        late event's ``ref`` is appended to ``late_refs`` for the caller to route."""
         eid = ev.event_id
         fam = ev.family
         seen, fw, wm = self._lanes[fam]
+        ts = ev.ts_ms
+        # the common case: not late, so a new id is remembered as it is looked up
+        if fw.started and (ts >= fw.frontier or not fw.is_late(ts)):
+            if not seen.admit(eid, ts):
+                self.duplicates_total += fam != ACCOUNTS
+                return "duplicate"
+            self._count[ev.type](ev, fw)
+            wm.observe(source, ts)
+            if wm.value >= self._next_close[fam]:
+                self.due = True
+            return "ok"
         if eid in seen:  # a copy's duplicate is not the input's (metrics/feed.py)
             self.duplicates_total += fam != ACCOUNTS
             return "duplicate"
-        ts = ev.ts_ms
         if not fw.started:
             seen.remember(eid, ts)
             self._held[fam].append(hold(ev, ref, arrival, source))
@@ -187,16 +195,9 @@ class KpiEngine:
                 return "held"
             self._start(fam)
             return "ok" if eid in seen else "late"
-        if ts < fw.frontier and fw.is_late(ts):  # beyond the frontier nothing is closed
-            self.late_total[fam] += 1
-            self.late_refs.append(ref)
-            return "late"
-        seen.remember(eid, ts)
-        self._count[ev.type](ev, fw)
-        wm.observe(source, ts)
-        if wm.value >= self._next_close[fam]:
-            self.due = True
-        return "ok"
+        self.late_total[fam] += 1
+        self.late_refs.append(ref)
+        return "late"
 
     def progress(self, family: str, source: Source, ts: int, arrival: int | None = None
                  ) -> None:
@@ -221,8 +222,7 @@ class KpiEngine:
 
     def _bind_state(self) -> None:
         """Derived views of the state: made at start and after every restore()."""
-        #: family -> what ingest() looks up for every event: its shard's ids, its windows,
-        #: its watermark
+        #: family -> what ingest() looks up for every event: shard's ids, windows, watermark
         self._lanes = {f: (self.dedup[shard], self.windows[f], self.watermarks[f])
                        for f, shard in self._shard_of.items()}
         #: event type -> the function that counts it into its family's windows

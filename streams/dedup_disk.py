@@ -9,8 +9,11 @@ restart the local store is used when its marker is part of the restored snapshot
 (only the commits after it are applied from the changelog), and rebuilt from the changelog
 otherwise.
 
-Keys: ``i`` + id -> event time (8 bytes); ``x`` + hour (4 bytes) + id -> "" (the hour
-index expiry walks); ``m`` + name -> metadata (the marker, the expiry cutoff, the count).
+Keys: ``i`` + id -> event time (8 bytes); ``x`` + hour (4 bytes) + ``\xff`` + write number
+(8 bytes) -> the ids a write filed under that hour, msgpack (the hour index expiry walks: one
+put a write and hour, not one an id, which cost as much again as the ids' own); ``m`` + name
+-> metadata (the marker, the expiry cutoff, the count, the writes numbered). Stores of
+before kept one index key an id, ``x`` + hour + id -> "": the sweep still reads them.
 An id forgotten (held, then found late) is filed as ``-ts - 1``, in the hour of its event
 time, until a commit deletes it.
 """
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import rocksdict
 
 from metrics.constants import HOUR_MS
@@ -39,6 +43,12 @@ _HOUR: Final = struct.Struct(">I")
 _MARKER: Final = b"mmarker"
 _CUTOFF: Final = b"mcutoff"
 _COUNT: Final = b"mcount"
+_WRITES: Final = b"mwrites"
+#: ends an hour's prefix in the index keys of a write's ids (an id's key of before cannot
+#: hold it: an id is UTF-8, where no byte is 0xff)
+_FILED: Final = b"\xff"
+_IDS: Final = msgspec.msgpack.Encoder().encode
+_READ_IDS: Final = msgspec.msgpack.Decoder(list[str]).decode
 #: ids written per RocksDB write batch while rebuilding
 _BATCH: Final = 100_000
 
@@ -58,7 +68,10 @@ class Changes:
         written (up to 200,000 of them, 64 bytes each, while a backlog is read)."""
         out: dict[int, list[str]] = {}
         for eid, ts in self.ids.items():
-            out.setdefault(hour_of(ts), []).append(eid)
+            h = (ts if ts >= 0 else -ts - 1) // HOUR_MS  # hour_of, inline: once an id
+            if (hour := out.get(h)) is None:
+                out[h] = hour = []
+            hour.append(eid)
         return out
 
 
@@ -151,12 +164,13 @@ class LazyStore:
     def open(self) -> None:
         raise NotImplementedError
 
-    def between(self, start: bytes, stop: bytes) -> list[Any]:
-        """The keys from ``start`` up to ``stop``, bounded in RocksDB (one call a key, not
-        valid/key/next); read here, while ``bound`` lives: the iterator uses it."""
+    def between(self, start: bytes, stop: bytes, items: bool = False) -> list[Any]:
+        """The keys (or items) from ``start`` up to ``stop``, bounded in RocksDB (one call a
+        key, not valid/key/next); read here, while ``bound`` lives: the iterator uses it."""
         bound = rocksdict.ReadOptions()
         bound.set_iterate_upper_bound(stop)
-        return list(self.db.keys(from_key=start, read_opt=bound))
+        read = self.db.items if items else self.db.keys
+        return list(read(from_key=start, read_opt=bound))
 
 
 class DiskDedup(LazyStore):
@@ -170,6 +184,7 @@ class DiskDedup(LazyStore):
         self.cutoff_h = 0  # ids of hours before it are expired
         self._persisted_cutoff_h = 0  # the hours before it are gone from disk
         self._count = 0  # ids on disk (persisted)
+        self._writes = 0  # writes that filed ids: numbers their index keys
         #: ids remembered again after a forget not yet persisted: their disk copy is read
         #: when written (rare: an event held, found late, then sent again)
         self._recheck: set[str] = set()
@@ -194,6 +209,7 @@ class DiskDedup(LazyStore):
             self._db = rocksdict.Rdict(str(self.path), options=store_options())
         self._persisted_cutoff_h = self.cutoff_h = _int(self._db.get(_CUTOFF))
         self._count = _int(self._db.get(_COUNT))
+        self._writes = _int(self._db.get(_WRITES))
 
     def close(self) -> None:
         if self._db is not None:
@@ -249,6 +265,28 @@ class DiskDedup(LazyStore):
                 self._recheck.add(eid)
             self.pending[eid] = ts
 
+    def admit(self, eid: str, ts: int) -> bool:
+        """``in`` and ``remember`` together: an event's id is looked up once (every event
+        asks it)."""
+        cutoff_h = self.cutoff_h
+        before = self.pending.get(eid)
+        if before is None:
+            before = self.flushing.get(eid)
+            if before is None:  # on disk, or new (the common case: the filter answers)
+                raw = self.db.get(b"i" + eid.encode())
+                if raw is not None and _TS.unpack(raw)[0] // HOUR_MS >= cutoff_h:
+                    return False
+                if ts // HOUR_MS >= cutoff_h:
+                    self.pending[eid] = ts
+                return True
+        if before >= 0 and before // HOUR_MS >= cutoff_h:
+            return False
+        if ts // HOUR_MS >= cutoff_h:  # as remember
+            if before < 0:
+                self._recheck.add(eid)
+            self.pending[eid] = ts
+        return True
+
     def forget(self, eid: str) -> None:
         ts = self._lookup(eid)
         if ts is not None and ts >= 0 and ts // HOUR_MS >= self.cutoff_h:  # else the sweep's
@@ -296,6 +334,9 @@ class DiskDedup(LazyStore):
     def persist(self, changes: Changes, marker: tuple[str, int]) -> None:
         """Write a durable commit's changes in one batch, with its marker."""
         self._write(changes.ids.items(), changes.cutoff_h, marker)
+        if self.flushing.items() <= changes.ids.items():  # all of it: the usual case
+            self.flushing = {}
+            return
         for eid, ts in changes.ids.items():
             if self.flushing.get(eid) == ts:
                 del self.flushing[eid]
@@ -329,26 +370,35 @@ class DiskDedup(LazyStore):
             count -= self._sweep(batch, cutoff_h)
             batch.put(_CUTOFF, str(cutoff_h).encode())
             swept_h = cutoff_h
-        pack_ts, pack_h = _TS.pack, _HOUR.pack
+        pack_ts, put = _TS.pack, batch.put
+        filed: dict[int, list[str]] = {}
         for eid, ts in ids:
-            key = eid.encode()
+            key = b"i" + eid.encode()
             # new to the store, unless forgotten (an event held, then found late) or
             # remembered again since: its copy on disk goes, unless the sweep above took it
+            # (its index entry may stay: the sweep skips an id whose copy is newer, or gone)
             gone = ts < 0
             if gone or eid in self._recheck:
                 self._recheck.discard(eid)
-                old = db.get(b"i" + key)
-                old_h = _TS.unpack(old)[0] // HOUR_MS if old is not None else -1
-                if old_h >= swept_h:
+                old = db.get(key)
+                if old is not None and _TS.unpack(old)[0] // HOUR_MS >= swept_h:
                     if gone:
-                        batch.delete(b"i" + key)
-                    batch.delete(b"x" + pack_h(old_h) + key)
+                        batch.delete(key)
                     count -= 1
                 if gone:
                     continue
-            batch.put(b"i" + key, pack_ts(ts))
-            batch.put(b"x" + pack_h(ts // HOUR_MS) + key, b"")
+            put(key, pack_ts(ts))
+            h = ts // HOUR_MS
+            if (hour := filed.get(h)) is None:
+                filed[h] = hour = []
+            hour.append(eid)
             count += 1
+        if filed:
+            self._writes += 1
+            suffix = _FILED + _TS.pack(self._writes)
+            for h, eids in filed.items():
+                put(b"x" + _HOUR.pack(h) + suffix, _IDS(eids))
+            put(_WRITES, str(self._writes).encode())
         if marker is not None:
             batch.put(_MARKER, f"{marker[0]}|{marker[1]}".encode())
         batch.put(_COUNT, str(count).encode())
@@ -361,9 +411,13 @@ class DiskDedup(LazyStore):
         An id is deleted only when its own entry is that old: an index entry may outlive a
         copy written again later (rebuilt from segments that forgot, then remembered it)."""
         start, stop = b"x", b"x" + _HOUR.pack(cutoff_h)
-        # an id may have a stale index entry besides its own
-        keys: list[str | int | float | bytes | bool] = list(
-            dict.fromkeys(b"i" + key[5:] for key in self.between(start, stop)))
+        filed: dict[bytes, None] = {}  # an id may be filed more than once
+        for key, value in self.between(start, stop, items=True):
+            if key[5:6] == _FILED:
+                filed.update(dict.fromkeys(b"i" + e.encode() for e in _READ_IDS(value)))
+            else:  # an index key of before: one id
+                filed[b"i" + key[5:]] = None
+        keys: list[str | int | float | bytes | bool] = list(filed)
         n = 0
         for i in range(0, len(keys), _BATCH):
             part = keys[i:i + _BATCH]

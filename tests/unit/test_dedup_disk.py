@@ -4,6 +4,7 @@ commits, expiries and forgets in between; its content survives a reopen with its
 from __future__ import annotations
 
 import random
+import struct
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ H = 3_600_000
 
 
 def test_the_disk_store_answers_as_the_memory_store(tmp_path: Path) -> None:
+    """Every way in: ``in`` then ``remember``, ``admit``, forgets, commits, expiries."""
     rnd = random.Random(7)
     mem, disk = MemoryDedup(), DiskDedup(tmp_path / "d")
     pool = [f"e{i}" for i in range(3000)]
@@ -36,7 +38,10 @@ def test_the_disk_store_answers_as_the_memory_store(tmp_path: Path) -> None:
         assert (eid in disk) == (eid in mem), (step, eid)
         checked += 1
         r = rnd.random()
-        if eid not in mem and r < 0.9:
+        if r < 0.45:  # looked up and remembered at once, as the engine does an event's id
+            held = eid in mem
+            assert mem.admit(eid, ts) is disk.admit(eid, ts) is not held, (step, eid)
+        elif eid not in mem and r < 0.9:
             mem.remember(eid, ts)
             disk.remember(eid, ts)
         elif r < 0.92:
@@ -77,6 +82,37 @@ def test_expired_hours_are_swept_from_disk_and_an_id_may_return(tmp_path: Path) 
     d.persist(d.drain(), ("l", 2))  # the sweep runs before the new copy is written
     assert "old" in d and len(d) == 2
     assert d.db.get(b"iold") is not None
+
+
+def test_a_store_of_before_has_its_ids_swept_too(tmp_path: Path) -> None:
+    """A store written before the index filed a write's ids together (one index key an
+    id, ``x`` + hour + id): its expired ids still go with the sweep, beside ones filed now,
+    and the index holds one key a write and hour."""
+    d = DiskDedup(tmp_path / "d")
+    before = rocksdict.WriteBatch(raw_mode=True)
+    for eid, ts in (("old-a", 10), ("old-b", 2 * H + 10)):
+        before.put(b"i" + eid.encode(), struct.pack(">q", ts))
+        before.put(b"x" + struct.pack(">I", ts // H) + eid.encode(), b"")
+    before.put(b"mcount", b"2")
+    d.db.write(before)
+    d.close()
+    d = DiskDedup(tmp_path / "d")
+    for i in range(50):
+        d.remember(f"new-{i}", (i % 3) * H + i)
+    d.persist(d.drain(), ("l", 1))
+    assert len(d) == 52
+    index = list(d.db.keys(from_key=b"x"))
+    assert len([k for k in index if k.startswith(b"x")]) == 2 + 3
+    d.expire(2 * H)
+    d.persist(d.drain(), ("l", 2))  # hours 0 and 1 swept: old-a and 34 new ids
+    assert len(d) == 52 - 1 - 34
+    assert d.db.get(b"iold-a") is None and d.db.get(b"inew-0") is None
+    assert d.db.get(b"iold-b") is not None and d.db.get(b"inew-2") is not None
+    d.close()
+    again = DiskDedup(tmp_path / "d")  # counts and numbers its writes on from where it was
+    again.remember("late", 5 * H)
+    again.persist(again.drain(), ("l", 3))
+    assert "late" in again and "old-b" in again and len(again) == 18
 
 
 def test_a_migrated_state_goes_out_with_the_next_commit(tmp_path: Path) -> None:
