@@ -176,18 +176,17 @@ class KpiEngine:
         ts = ev.ts_ms
         # the common case: not late, so a new id is remembered as it is looked up
         if fw.started and (ts >= fw.frontier or not fw.is_late(ts)):
-            if not seen.admit(eid, ts):
-                self.duplicates_total += fam != ACCOUNTS
-                return "duplicate"
-            self._count[ev.type](ev, fw)
-            wm.observe(source, ts)
-            if wm.value >= self._next_close[fam]:
-                self.due = True
-            return "ok"
-        if eid in seen:  # a copy's duplicate is not the input's (metrics/feed.py)
-            self.duplicates_total += fam != ACCOUNTS
-            return "duplicate"
-        if not fw.started:
+            if seen.admit(eid, ts):
+                self._count[ev.type](ev, fw)
+                wm.observe(source, ts)
+                if wm.value >= self._next_close[fam]:
+                    self.due = True
+                return "ok"
+        elif eid not in seen:
+            if fw.started:
+                self.late_total[fam] += 1
+                self.late_refs.append(ref)
+                return "late"
             seen.remember(eid, ts)
             self._held[fam].append(hold(ev, ref, arrival, source))
             wm.observe(source, ts)
@@ -195,9 +194,8 @@ class KpiEngine:
                 return "held"
             self._start(fam)
             return "ok" if eid in seen else "late"
-        self.late_total[fam] += 1
-        self.late_refs.append(ref)
-        return "late"
+        self.duplicates_total += fam != ACCOUNTS  # a copy's is not the input's (metrics/feed.py)
+        return "duplicate"
 
     def progress(self, family: str, source: Source, ts: int, arrival: int | None = None
                  ) -> None:

@@ -68,10 +68,7 @@ class Changes:
         written (up to 200,000 of them, 64 bytes each, while a backlog is read)."""
         out: dict[int, list[str]] = {}
         for eid, ts in self.ids.items():
-            h = (ts if ts >= 0 else -ts - 1) // HOUR_MS  # hour_of, inline: once an id
-            if (hour := out.get(h)) is None:
-                out[h] = hour = []
-            hour.append(eid)
+            out.setdefault(hour_of(ts), []).append(eid)
         return out
 
 
@@ -267,22 +264,13 @@ class DiskDedup(LazyStore):
 
     def admit(self, eid: str, ts: int) -> bool:
         """``in`` and ``remember`` together: an event's id is looked up once (every event
-        asks it)."""
+        asks it). A forgotten id (``-ts - 1``) is only ever in memory: no write puts one."""
+        before = self._lookup(eid)
         cutoff_h = self.cutoff_h
-        before = self.pending.get(eid)
-        if before is None:
-            before = self.flushing.get(eid)
-            if before is None:  # on disk, or new (the common case: the filter answers)
-                raw = self.db.get(b"i" + eid.encode())
-                if raw is not None and _TS.unpack(raw)[0] // HOUR_MS >= cutoff_h:
-                    return False
-                if ts // HOUR_MS >= cutoff_h:
-                    self.pending[eid] = ts
-                return True
-        if before >= 0 and before // HOUR_MS >= cutoff_h:
+        if before is not None and before >= 0 and before // HOUR_MS >= cutoff_h:
             return False
         if ts // HOUR_MS >= cutoff_h:  # as remember
-            if before < 0:
+            if before is not None and before < 0:
                 self._recheck.add(eid)
             self.pending[eid] = ts
         return True
