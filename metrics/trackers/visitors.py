@@ -122,16 +122,15 @@ class Visitors:
         self.sessions.put(sid, visit)  # put, not touch: ``_leave`` may have evicted it
         who = _who(sid, visit)
         held = self.visitors.get(who)
-        if held is None:
-            v = Visitor(None, {}, [sid], ts)
-            self.visitors.put(who, (v, []))
+        if held is None:  # filed by ``_refresh``, once its facts are known
+            held = (Visitor(None, {}, [sid], ts), [])
         else:
             v = held[0]
             if sid not in v.sessions:
                 v.sessions.append(sid)
             v.last_ts = max(v.last_ts, ts)
-        _absorb(v, visit)
-        return out + self._refresh(who)
+        _absorb(held[0], visit)
+        return out + self._refresh(who, held)
 
     def _leave(self, who: str, sid: str) -> list[Fact]:
         """The session left ``who`` for a visitor id of its own: ``who``'s firsts are
@@ -150,13 +149,12 @@ class Visitors:
             visit = self.sessions.get(other)
             if visit is not None:
                 _absorb(v, visit)
-        return self._refresh(who)
+        return self._refresh(who, held)
 
-    def _refresh(self, who: str) -> list[Fact]:
+    def _refresh(self, who: str, held: tuple[Visitor, list[Fact]]) -> list[Fact]:
         """The facts of a visitor just changed (its sessions, its latest event, its firsts),
-        and filed again by its latest event whether they changed or not."""
-        held = self.visitors.get(who)
-        assert held is not None
+        and filed again by its latest event whether they changed or not. ``held``: as the
+        caller read it (or made it: a new visitor, filed here), no read of the table since."""
         v, before = held
         after: list[Fact] = []
         conv = min(v.goals.values()) if v.goals else None
@@ -169,11 +167,12 @@ class Visitors:
                 after.append((conv[0], "converting_visitors", dims, 1))
                 for goal in sorted(v.goals):
                     after.append((v.goals[goal][0], "goal_visitors", (*dims, ("goal", goal)), 1))
-        if after == before:
+        if after == before and before:  # (a new visitor has facts: it is filed below)
             self.visitors.touch(who)
             return []
         self.visitors.put(who, (v, after))
-        return net_change(before, after)
+        # a visitor's facts differ in their builtin or goal: none cancels another
+        return net_change(before, after) if before else after.copy()
 
     def settled(self, watermark: int, grace_ms: int) -> int:
         raise NotImplementedError("its facts are final as they come")
