@@ -134,7 +134,8 @@ def store_options() -> rocksdict.Options:
     opts.set_arena_block_size(ARENA_BLOCK)
     # ... with a filter of their own (0.8 MB each): a new id (every new event, and a table's
     # new key) missed the memtables by walking their skip lists, 1.65 us at 300,000 ids in
-    # them; 0.37 us with it (benchmarks/rocksdb_bench.py; 4 % of the email shard's CPU)
+    # them; 0.37 us with it (benchmarks/rocksdb_bench.py; 4 % of the email shard's
+    # instructions, callgrind)
     opts.set_memtable_prefix_bloom_ratio(0.1)
     opts.set_memtable_whole_key_filtering(True)
     return opts

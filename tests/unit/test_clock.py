@@ -505,8 +505,7 @@ def test_held_events_written_by_the_previous_format_are_read() -> None:
 
 
 def test_every_type_comes_back_as_it_was_held() -> None:
-    """``unhold`` rebuilds each type's struct from its values, checked by a decoder of the
-    struct's field types: the same values of the same Python types (an amount held as an
+    """``unhold`` gives back the same values of the same Python types (an amount held as an
     int stays one, 120 == 120.0 would not tell), for every event type the generator sends
     (CRM, spend, surveys and the accounts stage's copies included)."""
     gen = Generator(GeneratorConfig(rate=40, duration_s=3_600, seed=11, history_days=30))
